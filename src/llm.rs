@@ -1,0 +1,43 @@
+//! Streaming chat completions from OpenAI, Azure OpenAI and compatible servers.
+//!
+//! The pipeline for one request, each stage in its own file:
+//!
+//! ```text
+//! ChatRequest ──request.rs──▶ JSON body ──client.rs──▶ POST (retries before the first token)
+//!   bytes ──sse.rs (UTF-8 repair, per-event cap)──▶ eventsource-stream ──chunk.rs──▶ deltas
+//!   deltas ──tool_call_assembler.rs / usage.rs / structured.rs──▶ StreamEvent
+//! ```
+//!
+//! [`ChatStream`] is a plain `futures` stream: no task is spawned per request, so
+//! dropping it drops the response body and the connection closes at once — the
+//! property barge-in is built on.
+
+mod chunk;
+mod client;
+mod config;
+mod error;
+mod event;
+mod options;
+mod request;
+mod sse;
+mod stream;
+mod structured;
+mod tool_call_assembler;
+mod usage;
+
+pub use client::ChatClient;
+pub use config::{
+    AzureAuth, AzureConfig, AzureSettings, ClientConfig, DEFAULT_AZURE_API_VERSION, OpenAiConfig,
+    Provider, RetryPolicy,
+};
+pub use error::{ConfigError, LlmError, ProviderError};
+pub use event::{FinishReason, StreamEvent, StreamSummary, ToolCall};
+pub use options::{LlmOptions, ReasoningEffort, Verbosity};
+pub use request::{ChatRequest, build_body};
+pub use stream::{ChatStream, StreamLimits};
+pub use structured::{JsonFieldStreamer, StructuredOutput};
+pub use tool_call_assembler::ToolCallAssembler;
+pub use usage::Usage;
+
+#[doc(hidden)]
+pub use sse::bench_support;

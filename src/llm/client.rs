@@ -1,0 +1,318 @@
+//! The HTTP side: one shared connection pool, credentials, status handling.
+//!
+//! A [`ChatClient`] is cheap to clone (an `Arc`) and is meant to be shared by
+//! every session of a process: one pool means one TLS handshake per host, not one
+//! per conversation. Each call to [`ChatClient::stream`] builds the body once;
+//! retries resend the same bytes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::TryStreamExt;
+use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+use super::config::{AzureAuth, ClientConfig, Provider, RetryPolicy};
+use super::error::{ConfigError, LlmError, parse_provider_error};
+use super::request::{ChatRequest, build_body};
+use super::stream::{ByteSource, ChatStream, Driver};
+
+/// Streaming chat-completions client for one provider.
+#[derive(Clone)]
+pub struct ChatClient {
+    inner: Arc<ClientInner>,
+}
+
+struct ClientInner {
+    http: reqwest::Client,
+    url: reqwest::Url,
+    headers: HeaderMap,
+    config: ClientConfig,
+    provider_name: &'static str,
+}
+
+impl std::fmt::Debug for ChatClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChatClient")
+            .field("provider", &self.inner.provider_name)
+            .field("url", &self.inner.url.as_str())
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn sensitive(value: &str) -> Result<HeaderValue, ConfigError> {
+    let mut v = HeaderValue::from_str(value)
+        .map_err(|_| ConfigError::InvalidHeader("<credential>".into()))?;
+    v.set_sensitive(true);
+    Ok(v)
+}
+
+fn plain_header(name: &str, value: &str) -> Result<(HeaderName, HeaderValue), ConfigError> {
+    let n = HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| ConfigError::InvalidHeader(name.into()))?;
+    let v = HeaderValue::from_str(value).map_err(|_| ConfigError::InvalidHeader(name.into()))?;
+    Ok((n, v))
+}
+
+impl ChatClient {
+    /// A client with the default [`ClientConfig`] and its own connection pool.
+    pub fn new(provider: impl Into<Provider>) -> Result<Self, LlmError> {
+        Self::with_config(provider, ClientConfig::default())
+    }
+
+    /// A client with a custom transport policy.
+    pub fn with_config(
+        provider: impl Into<Provider>,
+        config: ClientConfig,
+    ) -> Result<Self, LlmError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(config.connect_timeout)
+            .pool_max_idle_per_host(config.pool_max_idle_per_host)
+            .pool_idle_timeout(Duration::from_secs(120))
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| ConfigError::HttpClient(e.without_url().to_string()))?;
+        Self::with_http_client(provider, config, http)
+    }
+
+    /// A client over a caller-supplied `reqwest::Client` (its own timeouts and
+    /// pool apply; `config` still sets read-gap, first-token, retry and limits).
+    pub fn with_http_client(
+        provider: impl Into<Provider>,
+        config: ClientConfig,
+        http: reqwest::Client,
+    ) -> Result<Self, LlmError> {
+        let provider = provider.into();
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        let (url, org, project, provider_name) = match &provider {
+            Provider::OpenAi(c) => {
+                if let Some(key) = &c.api_key {
+                    headers.insert(
+                        header::AUTHORIZATION,
+                        sensitive(&format!("Bearer {}", key.expose()))?,
+                    );
+                }
+                let url = format!("{}/chat/completions", c.base_url.trim_end_matches('/'));
+                (url, c.organization.clone(), c.project.clone(), "openai")
+            }
+            Provider::Azure(c) => {
+                match &c.auth {
+                    AzureAuth::ApiKey(key) => {
+                        headers
+                            .insert(HeaderName::from_static("api-key"), sensitive(key.expose())?);
+                    }
+                    AzureAuth::AdToken(token) => {
+                        headers.insert(
+                            header::AUTHORIZATION,
+                            sensitive(&format!("Bearer {}", token.expose()))?,
+                        );
+                    }
+                }
+                (
+                    c.chat_url(),
+                    c.organization.clone(),
+                    c.project.clone(),
+                    "azure",
+                )
+            }
+        };
+        if let Some(org) = org {
+            let (n, v) = plain_header("openai-organization", &org)?;
+            headers.insert(n, v);
+        }
+        if let Some(project) = project {
+            let (n, v) = plain_header("openai-project", &project)?;
+            headers.insert(n, v);
+        }
+        let mut url =
+            reqwest::Url::parse(&url).map_err(|_| ConfigError::InvalidUrl(url.clone()))?;
+        if let Provider::Azure(c) = &provider {
+            url.query_pairs_mut()
+                .append_pair("api-version", &c.api_version);
+        }
+        Ok(Self {
+            inner: Arc::new(ClientInner {
+                http,
+                url,
+                headers,
+                config,
+                provider_name,
+            }),
+        })
+    }
+
+    /// The transport policy.
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.config
+    }
+
+    /// The chat-completions URL requests go to (without per-request query extras).
+    pub fn url(&self) -> &str {
+        self.inner.url.as_str()
+    }
+
+    /// Starts a streamed completion. Nothing is sent until the stream is polled;
+    /// dropping the stream at any point closes the connection.
+    pub fn stream(&self, request: ChatRequest<'_>) -> Result<ChatStream, LlmError> {
+        let options = request.options;
+        let body = build_body(&request);
+        let mut headers = self.inner.headers.clone();
+        for (name, value) in &options.extra_headers {
+            let (n, v) = plain_header(name, value)?;
+            headers.insert(n, v);
+        }
+        let mut url = self.inner.url.clone();
+        if !options.extra_query.is_empty() {
+            let mut q = url.query_pairs_mut();
+            for (k, v) in &options.extra_query {
+                q.append_pair(k, v);
+            }
+        }
+        let body = Bytes::from(
+            serde_json::to_vec(&body).map_err(|e| LlmError::UnexpectedBody(e.to_string()))?,
+        );
+        metrics::counter!("colloquy_llm_requests_total").increment(1);
+        let connector = Connector {
+            client: self.inner.clone(),
+            request: Arc::new(Prepared { url, headers, body }),
+        };
+        let driver = Driver::new(
+            Some(connector),
+            self.inner.config.limits,
+            options.structured_output.clone(),
+        );
+        Ok(ChatStream::from_driver(driver))
+    }
+}
+
+struct Prepared {
+    url: reqwest::Url,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+/// What a successful HTTP exchange produced.
+pub(crate) enum Connected {
+    /// An event stream.
+    Sse {
+        body: ByteSource,
+        request_id: Option<String>,
+    },
+    /// A single JSON completion.
+    Completion {
+        body: String,
+        request_id: Option<String>,
+    },
+}
+
+/// Sends one prepared request; shared by the attempts of a stream.
+#[derive(Clone)]
+pub(crate) struct Connector {
+    client: Arc<ClientInner>,
+    request: Arc<Prepared>,
+}
+
+fn connection_error(e: reqwest::Error) -> LlmError {
+    LlmError::Connection(e.without_url().to_string())
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    if let Some(ms) =
+        header_str(headers, "retry-after-ms").and_then(|v| v.trim().parse::<f64>().ok())
+    {
+        return Some(Duration::from_secs_f64(ms.max(0.0) / 1000.0));
+    }
+    header_str(headers, "retry-after")
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite())
+        .map(|s| Duration::from_secs_f64(s.clamp(0.0, 3600.0)))
+}
+
+async fn read_bounded(mut resp: reqwest::Response, limit: usize) -> Result<String, LlmError> {
+    let mut buf = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(connection_error)? {
+        if buf.len() + chunk.len() > limit {
+            return Err(LlmError::UnexpectedBody(format!(
+                "body exceeds {limit} bytes"
+            )));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
+impl Connector {
+    pub(crate) fn read_gap(&self) -> Duration {
+        self.client.config.read_gap_timeout
+    }
+
+    pub(crate) fn first_token_timeout(&self) -> Option<Duration> {
+        self.client.config.first_token_timeout
+    }
+
+    pub(crate) fn retry_policy(&self) -> RetryPolicy {
+        self.client.config.retry
+    }
+
+    pub(crate) async fn send(&self) -> Result<Connected, LlmError> {
+        let req = &self.request;
+        let resp = self
+            .client
+            .http
+            .post(req.url.clone())
+            .headers(req.headers.clone())
+            .body(req.body.clone())
+            .send()
+            .await
+            .map_err(connection_error)?;
+        let status = resp.status();
+        let headers = resp.headers();
+        let request_id = ["x-request-id", "apim-request-id", "x-groq-id"]
+            .iter()
+            .find_map(|h| header_str(headers, h))
+            .map(str::to_string);
+        let limit = self.client.config.limits.max_body_bytes;
+        if !status.is_success() {
+            let retry_after = retry_after(headers);
+            let text = read_bounded(resp, limit).await.unwrap_or_default();
+            let error = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| parse_provider_error(&v))
+                .unwrap_or_else(|| super::error::ProviderError {
+                    message: if text.trim().is_empty() {
+                        status.canonical_reason().unwrap_or("error").to_string()
+                    } else {
+                        text.chars().take(500).collect()
+                    },
+                    ..Default::default()
+                });
+            return Err(LlmError::Http {
+                status: status.as_u16(),
+                error,
+                retry_after,
+                request_id,
+            });
+        }
+        let is_json = header_str(headers, "content-type")
+            .is_some_and(|ct| ct.trim_start().starts_with("application/json"));
+        if is_json {
+            let body = read_bounded(resp, limit).await?;
+            return Ok(Connected::Completion { body, request_id });
+        }
+        let body: ByteSource = Box::pin(resp.bytes_stream().map_err(connection_error));
+        Ok(Connected::Sse { body, request_id })
+    }
+}
