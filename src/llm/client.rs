@@ -222,7 +222,17 @@ pub(crate) struct Connector {
 }
 
 fn connection_error(e: reqwest::Error) -> LlmError {
-    LlmError::Connection(e.without_url().to_string())
+    // reqwest's own message is generic ("error sending request"); the cause
+    // (refused, reset, DNS, TLS) is in the source chain. URLs are left out.
+    let e = e.without_url();
+    let mut message = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    LlmError::Connection(message)
 }
 
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
