@@ -1,1 +1,60 @@
-//! x
+//! # colloquy-actors — the voice-agent runtime on ractor
+//!
+//! One [`Supervisor`] per process owns the sessions. Each session has a
+//! [`SessionBus`](bus::SessionBus), an LLM actor that owns the conversation and
+//! streams replies, and optionally a tool executor and a segmenter for TTS.
+//! Embedders hold a [`SessionHandle`] and wire their STT and TTS onto the bus.
+//!
+//! The promise: when the user talks over the agent, the reply stops now — the
+//! HTTP stream is closed, no stale token reaches a speaker (the bus fence
+//! refuses every later event of the cancelled turn), and the history records
+//! what the user heard.
+//!
+//! ```
+//! use colloquy::llm::{ChatClient, LlmOptions, OpenAiConfig};
+//! use colloquy::mock::{MockResponse, MockServer};
+//! use colloquy_actors::bus::{EventKind, TurnEnd};
+//! use colloquy_actors::{AgentSettings, SessionConfig, Supervisor, SupervisorConfig};
+//!
+//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let server = MockServer::start(|_| MockResponse::text(&["Hello", " there!"])).await?;
+//! let client = ChatClient::new(OpenAiConfig::compatible(server.base_url()))?;
+//! let supervisor = Supervisor::start(SupervisorConfig::default()).await?;
+//! let session = supervisor
+//!     .start_session("call-1", SessionConfig::new(client, AgentSettings::new(LlmOptions::new("demo"))))
+//!     .await?;
+//! let mut events = session.subscribe();
+//! session.user_transcript("Hi!", true); // what an STT actor publishes
+//! let mut reply = String::new();
+//! loop {
+//!     let event = events.recv().await?;
+//!     match event.kind {
+//!         EventKind::Token(t) => reply.push_str(&t),
+//!         EventKind::TurnFinished(end) => {
+//!             assert_eq!(end, TurnEnd::Stop);
+//!             break;
+//!         }
+//!         _ => {}
+//!     }
+//! }
+//! assert_eq!(reply, "Hello there!");
+//! supervisor.shutdown().await;
+//! # Ok(()) }
+//! ```
+#![warn(missing_docs, unreachable_pub)]
+
+pub mod bus;
+mod ids;
+mod llm_actor;
+mod segmenter;
+mod session;
+mod supervisor;
+mod task;
+mod tool_executor;
+
+pub use ids::{SessionId, TurnId};
+pub use llm_actor::{AgentSettings, BeforeTurnHook, InterruptionPolicy};
+pub use segmenter::{SegmentBuffer, SegmenterConfig};
+pub use session::{SessionError, SessionHandle};
+pub use supervisor::{SessionConfig, Supervisor, SupervisorConfig, SupervisorError};
+pub use tool_executor::{Tool, ToolError, ToolFuture, ToolRegistry};

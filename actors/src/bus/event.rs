@@ -1,0 +1,137 @@
+//! What travels on a session bus.
+
+use std::sync::Arc;
+
+use colloquy::llm::{ToolCall, Usage};
+
+use crate::ids::{SessionId, TurnId};
+
+/// A tool's answer to one call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolOutput {
+    /// The call this answers.
+    pub call_id: String,
+    /// The tool's name.
+    pub name: String,
+    /// What goes back to the model.
+    pub output: String,
+    /// Whether `output` describes a failure (unknown tool, invalid arguments,
+    /// handler error, timeout, cancellation).
+    pub is_error: bool,
+}
+
+/// How a turn ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TurnEnd {
+    /// The model finished its answer.
+    Stop,
+    /// `max_completion_tokens` cut the answer.
+    Length,
+    /// The last round asked for tools and no further round was possible.
+    ToolCalls,
+    /// The provider's content filter cut the answer.
+    ContentFilter,
+    /// The user interrupted, or the embedder cancelled.
+    Cancelled,
+    /// The request failed; the text is the error (kind and message).
+    Failed(Arc<str>),
+    /// Any other finish reason, verbatim.
+    Other(Arc<str>),
+}
+
+impl TurnEnd {
+    /// Whether the turn was cut (cancelled or failed): nothing more of it may be
+    /// published, spoken or played.
+    pub fn is_abort(&self) -> bool {
+        matches!(self, TurnEnd::Cancelled | TurnEnd::Failed(_))
+    }
+
+    /// A short label for logs and metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            TurnEnd::Stop => "stop",
+            TurnEnd::Length => "length",
+            TurnEnd::ToolCalls => "tool_calls",
+            TurnEnd::ContentFilter => "content_filter",
+            TurnEnd::Cancelled => "cancelled",
+            TurnEnd::Failed(_) => "failed",
+            TurnEnd::Other(_) => "other",
+        }
+    }
+}
+
+/// The payload of a bus event.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum EventKind {
+    /// The agent started a reply.
+    TurnStarted,
+    /// Answer text.
+    Token(Arc<str>),
+    /// Reasoning text (not to be spoken).
+    Reasoning(Arc<str>),
+    /// Refusal text.
+    Refusal(Arc<str>),
+    /// A complete tool call.
+    ToolCall(Arc<ToolCall>),
+    /// A tool's answer.
+    ToolResult(Arc<ToolOutput>),
+    /// Token usage of one request (several per turn with tool rounds).
+    Usage(Arc<Usage>),
+    /// Structured mode: the parsed response object.
+    Structured(Arc<serde_json::Value>),
+    /// The reply ended. Always the last event of a turn from the LLM actor.
+    TurnFinished(TurnEnd),
+    /// The user started talking (from voice activity detection).
+    UserSpeechStarted,
+    /// What the user said; `is_final` transcripts start a turn.
+    UserTranscript {
+        /// The transcript.
+        text: Arc<str>,
+        /// Final (end of utterance) or partial.
+        is_final: bool,
+    },
+    /// A piece of the turn's text ready for text-to-speech. The segments of a
+    /// turn concatenate to exactly its token text.
+    Speakable(Arc<str>),
+    /// Playback progress: characters of the turn's text played so far.
+    SpeechPlayed {
+        /// Cumulative characters heard.
+        chars: usize,
+    },
+}
+
+impl EventKind {
+    /// Events about the user, never fenced by turn.
+    pub fn is_user_side(&self) -> bool {
+        matches!(
+            self,
+            EventKind::UserSpeechStarted | EventKind::UserTranscript { .. }
+        )
+    }
+
+    /// Events that may still follow a normally finished turn (speech of its tail).
+    pub(crate) fn is_playback(&self) -> bool {
+        matches!(
+            self,
+            EventKind::Speakable(_) | EventKind::SpeechPlayed { .. }
+        )
+    }
+}
+
+/// One event on a session bus, stamped `(session, turn, seq)`.
+///
+/// `seq` increases by one for every event of the session, so a subscriber can
+/// detect gaps and order events; `turn` lets it drop a stale turn in O(1).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BusEvent {
+    /// The conversation.
+    pub session: SessionId,
+    /// The turn the event belongs to (user events: the latest turn).
+    pub turn: TurnId,
+    /// Position in the session's event sequence, from 1.
+    pub seq: u64,
+    /// The payload.
+    pub kind: EventKind,
+}

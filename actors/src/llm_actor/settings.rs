@@ -1,0 +1,82 @@
+//! What the LLM actor does with a conversation, changeable between turns.
+
+use std::sync::Arc;
+
+use colloquy::context::ChatContext;
+use colloquy::llm::LlmOptions;
+
+/// A callback that may edit the context before each turn's first request (inject
+/// retrieved facts, trim history). It runs inside the LLM actor: a panic here
+/// fails the actor, and the supervisor restarts it with the last committed context.
+pub type BeforeTurnHook = Arc<dyn Fn(&mut ChatContext) + Send + Sync>;
+
+/// When the user's voice interrupts the agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InterruptionPolicy {
+    /// Cancel the turn in flight on [`EventKind::UserSpeechStarted`](crate::bus::EventKind::UserSpeechStarted).
+    pub cancel_on_speech_started: bool,
+    /// Cancel the turn in flight when a new user message arrives; when false the
+    /// message waits until the turn ends, then gets its own turn.
+    pub cancel_on_user_message: bool,
+}
+
+impl Default for InterruptionPolicy {
+    fn default() -> Self {
+        Self {
+            cancel_on_speech_started: true,
+            cancel_on_user_message: true,
+        }
+    }
+}
+
+/// Generation settings of a session's agent.
+#[derive(Clone)]
+pub struct AgentSettings {
+    /// Model, sampling and tools of each request.
+    pub options: LlmOptions,
+    /// A system message sent first on every request (not stored in the context).
+    pub instructions: Option<String>,
+    /// Tool rounds per turn; the round after the last one is asked with
+    /// `tool_choice: none`, so the turn ends with an answer.
+    pub max_tool_rounds: u32,
+    /// Interruption rules.
+    pub interruption: InterruptionPolicy,
+    /// Cap on context items (see [`ChatContext::truncate`]); `None` keeps all.
+    pub max_context_items: Option<usize>,
+    /// Optional pre-turn context edit.
+    pub before_turn: Option<BeforeTurnHook>,
+}
+
+impl std::fmt::Debug for AgentSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentSettings")
+            .field("options", &self.options)
+            .field("instructions", &self.instructions)
+            .field("max_tool_rounds", &self.max_tool_rounds)
+            .field("interruption", &self.interruption)
+            .field("max_context_items", &self.max_context_items)
+            .field("before_turn", &self.before_turn.is_some())
+            .finish()
+    }
+}
+
+impl AgentSettings {
+    /// Settings for a model with the defaults: 4 tool rounds, interrupt on speech
+    /// and on new messages, 200 context items.
+    pub fn new(options: LlmOptions) -> Self {
+        Self {
+            options,
+            instructions: None,
+            max_tool_rounds: 4,
+            interruption: InterruptionPolicy::default(),
+            max_context_items: Some(200),
+            before_turn: None,
+        }
+    }
+
+    /// Sets the instructions.
+    pub fn with_instructions(mut self, instructions: impl Into<String>) -> Self {
+        self.instructions = Some(instructions.into());
+        self
+    }
+}

@@ -1,0 +1,166 @@
+//! The tool executor: runs the model's tool calls and answers them.
+//!
+//! It receives each call the moment the LLM stream publishes it complete (a
+//! lossless bus tap, not a lagging subscription: a missed call would be a broken
+//! promise), runs the calls of a round concurrently, each under the registry's
+//! timeout, and publishes every outcome as a [`ToolResult`](crate::bus::EventKind::ToolResult)
+//! through the turn fence. Nothing the model sends can make it panic or stay
+//! silent: an unknown tool, arguments that are not valid JSON, a handler error, a
+//! handler panic and a timeout all become error outputs the model can read. When
+//! a turn is cancelled its running tools are aborted.
+
+mod registry;
+
+pub use registry::{Tool, ToolError, ToolFuture, ToolRegistry};
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use colloquy::llm::ToolCall;
+use futures_util::FutureExt;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+
+use crate::bus::{BusEvent, EventKind, SessionBus, ToolOutput};
+use crate::ids::TurnId;
+use crate::task::AbortOnDrop;
+
+/// Messages of the tool executor.
+pub(crate) enum ToolExecutorMsg {
+    /// A bus event from the tap (tool calls and turn ends).
+    Bus(BusEvent),
+}
+
+pub(crate) struct ToolExecutor;
+
+pub(crate) struct ToolExecutorState {
+    bus: SessionBus,
+    registry: ToolRegistry,
+    tap: u64,
+    running: HashMap<TurnId, Vec<AbortOnDrop>>,
+}
+
+fn tap_filter(kind: &EventKind) -> bool {
+    matches!(kind, EventKind::ToolCall(_) | EventKind::TurnFinished(_))
+}
+
+/// Runs one call to completion; never panics, always produces an output.
+pub(crate) async fn execute(registry: &ToolRegistry, call: &ToolCall) -> ToolOutput {
+    let started = Instant::now();
+    let result = run(registry, call).await;
+    let (output, is_error, outcome) = match result {
+        Ok(out) => (out, false, "ok"),
+        Err((reason, msg)) => (msg, true, reason),
+    };
+    metrics::histogram!("colloquy_tool_duration_seconds", "outcome" => outcome)
+        .record(started.elapsed().as_secs_f64());
+    if is_error {
+        metrics::counter!("colloquy_tool_errors_total", "reason" => outcome).increment(1);
+    }
+    ToolOutput {
+        call_id: call.id.clone(),
+        name: call.name.clone(),
+        output,
+        is_error,
+    }
+}
+
+async fn run(registry: &ToolRegistry, call: &ToolCall) -> Result<String, (&'static str, String)> {
+    let tool = registry.get(&call.name).ok_or_else(|| {
+        (
+            "unknown_tool",
+            format!("error: there is no tool named {:?}", call.name),
+        )
+    })?;
+    if !call.valid_json {
+        return Err((
+            "invalid_arguments",
+            format!(
+                "error: the arguments are not valid JSON: {}",
+                call.arguments
+            ),
+        ));
+    }
+    let args: serde_json::Value = serde_json::from_str(&call.arguments).map_err(|e| {
+        (
+            "invalid_arguments",
+            format!("error: invalid arguments: {e}"),
+        )
+    })?;
+    let future = std::panic::AssertUnwindSafe((tool.handler)(args)).catch_unwind();
+    match tokio::time::timeout(registry.timeout, future).await {
+        Err(_) => Err((
+            "timeout",
+            format!("error: the tool timed out after {:?}", registry.timeout),
+        )),
+        Ok(Err(_)) => Err(("panic", "error: the tool crashed".to_string())),
+        Ok(Ok(Err(e))) => Err(("handler_error", format!("error: {e}"))),
+        Ok(Ok(Ok(out))) => Ok(out),
+    }
+}
+
+impl Actor for ToolExecutor {
+    type Msg = ToolExecutorMsg;
+    type State = ToolExecutorState;
+    type Arguments = (SessionBus, ToolRegistry);
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<ToolExecutorMsg>,
+        (bus, registry): (SessionBus, ToolRegistry),
+    ) -> Result<ToolExecutorState, ActorProcessingErr> {
+        let tap = bus.add_tap(tap_filter, move |ev| {
+            let _ = myself.cast(ToolExecutorMsg::Bus(ev.clone()));
+        });
+        Ok(ToolExecutorState {
+            bus,
+            registry,
+            tap,
+            running: HashMap::new(),
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _: ActorRef<ToolExecutorMsg>,
+        state: &mut ToolExecutorState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.bus.remove_tap(state.tap);
+        state.running.clear();
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        _: ActorRef<ToolExecutorMsg>,
+        msg: ToolExecutorMsg,
+        state: &mut ToolExecutorState,
+    ) -> Result<(), ActorProcessingErr> {
+        let ToolExecutorMsg::Bus(event) = msg;
+        match event.kind {
+            EventKind::ToolCall(call) => {
+                let (bus, registry, turn) = (state.bus.clone(), state.registry.clone(), event.turn);
+                let task = tokio::spawn(async move {
+                    let output = execute(&registry, &call).await;
+                    // Refused if the turn was cancelled meanwhile: nothing to answer.
+                    let _ = bus.publish(turn, EventKind::ToolResult(Arc::new(output)));
+                });
+                state
+                    .running
+                    .entry(turn)
+                    .or_default()
+                    .push(AbortOnDrop(task));
+            }
+            EventKind::TurnFinished(end) => {
+                // Dropping the handles aborts the tools of a cancelled turn; for a
+                // finished turn they are done already.
+                if end.is_abort() {
+                    state.running.remove(&event.turn);
+                }
+                state.running.retain(|turn, _| *turn > event.turn);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
