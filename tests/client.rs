@@ -480,12 +480,14 @@ async fn structured_output_streams_the_spoken_field() {
     .await
     .unwrap();
     let client = ChatClient::new(OpenAiConfig::compatible(server.base_url())).unwrap();
-    let mut o = LlmOptions::default();
-    o.structured_output = Some(StructuredOutput::new(
-        "reply",
-        json!({"type":"object","properties":{"say":{"type":"string"},"next_state":{"type":"string"}}}),
-        "say",
-    ));
+    let o = LlmOptions {
+        structured_output: Some(StructuredOutput::new(
+            "reply",
+            json!({"type":"object","properties":{"say":{"type":"string"},"next_state":{"type":"string"}}}),
+            "say",
+        )),
+        ..LlmOptions::default()
+    };
     let (events, err) = collect(&client, &o).await;
     assert!(err.is_none(), "{err:?}");
     assert_eq!(text_of(&events), "Hi \"there\", café!");

@@ -184,10 +184,8 @@ impl LlmState {
 
     fn bus_event(&mut self, event: BusEvent) {
         match event.kind {
-            EventKind::UserSpeechStarted => {
-                if self.settings.interruption.cancel_on_speech_started {
-                    self.cancel(Instant::now(), TurnEnd::Cancelled);
-                }
+            EventKind::UserSpeechStarted if self.settings.interruption.cancel_on_speech_started => {
+                self.cancel(Instant::now(), TurnEnd::Cancelled);
             }
             EventKind::UserTranscript {
                 text,

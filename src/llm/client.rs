@@ -311,7 +311,7 @@ impl Connector {
                 });
             return Err(LlmError::Http {
                 status: status.as_u16(),
-                error,
+                error: Box::new(error),
                 retry_after,
                 request_id,
             });

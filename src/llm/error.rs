@@ -69,7 +69,7 @@ pub enum LlmError {
         /// HTTP status code.
         status: u16,
         /// What the body said.
-        error: ProviderError,
+        error: Box<ProviderError>,
         /// The `Retry-After` the server asked for.
         retry_after: Option<Duration>,
         /// The provider's request id, for support tickets.
@@ -79,7 +79,7 @@ pub enum LlmError {
     #[error("provider error mid-stream: {error}")]
     Provider {
         /// What the provider said.
-        error: ProviderError,
+        error: Box<ProviderError>,
         /// A status code the provider put in the error event, if any.
         status: Option<u16>,
     },
@@ -154,7 +154,7 @@ impl LlmError {
     /// The provider's error details, if it sent any.
     pub fn provider_error(&self) -> Option<&ProviderError> {
         match self {
-            LlmError::Http { error, .. } | LlmError::Provider { error, .. } => Some(error),
+            LlmError::Http { error, .. } | LlmError::Provider { error, .. } => Some(&**error),
             _ => None,
         }
     }

@@ -297,10 +297,10 @@ impl ChunkState {
             if !got_usage {
                 got_usage = self.usage(choice.usage.as_ref(), out);
             }
-            if let Some(reason) = choice.finish_reason.as_deref().filter(|r| !r.is_empty()) {
-                if self.finish.is_none() {
-                    self.finish = Some(FinishReason::parse(reason));
-                }
+            if let Some(reason) = choice.finish_reason.as_deref().filter(|r| !r.is_empty())
+                && self.finish.is_none()
+            {
+                self.finish = Some(FinishReason::parse(reason));
             }
         }
         if let Some(error) = chunk.error.as_ref().filter(|e| !e.is_null()) {
@@ -313,16 +313,18 @@ impl ChunkState {
     fn finalize(&mut self, attempts: u32, out: &mut VecDeque<StreamEvent>) -> Result<(), LlmError> {
         self.assembler.finish(&mut self.scratch);
         self.flush_calls(out);
-        if let Some(s) = &self.structured {
-            if !s.raw().trim().is_empty() {
-                match s.finish() {
-                    Ok(v) => out.push_back(StreamEvent::Structured(v)),
-                    Err(e) => {
-                        return Err(LlmError::MalformedChunk(format!(
-                            "structured output is not valid JSON ({e}): {}",
-                            excerpt(s.raw())
-                        )));
-                    }
+        if let Some(s) = self
+            .structured
+            .as_ref()
+            .filter(|s| !s.raw().trim().is_empty())
+        {
+            match s.finish() {
+                Ok(v) => out.push_back(StreamEvent::Structured(v)),
+                Err(e) => {
+                    return Err(LlmError::MalformedChunk(format!(
+                        "structured output is not valid JSON ({e}): {}",
+                        excerpt(s.raw())
+                    )));
                 }
             }
         }
@@ -352,7 +354,7 @@ fn provider_error(value: &serde_json::Value) -> LlmError {
         .or_else(|| err.get("code").and_then(serde_json::Value::as_u64))
         .and_then(|s| u16::try_from(s).ok());
     LlmError::Provider {
-        error: parse_provider_error(value).unwrap_or_default(),
+        error: Box::new(parse_provider_error(value).unwrap_or_default()),
         status,
     }
 }
