@@ -22,7 +22,6 @@ pub use response::{MockResponse, sse_chunk};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 /// A request the server received.
@@ -121,7 +120,12 @@ impl MockServer {
     where
         F: Fn(&RecordedRequest) -> MockResponse + Send + Sync + 'static,
     {
-        let listener = TcpListener::bind(("127.0.0.1", port)).await?;
+        // A deep accept backlog: a load test opens a thousand connections at once,
+        // and a dropped SYN costs the client a one-second retransmit.
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.set_reuseaddr(true)?;
+        socket.bind(std::net::SocketAddr::from(([127, 0, 0, 1], port)))?;
+        let listener = socket.listen(4096)?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             handler: Box::new(handler),

@@ -11,7 +11,9 @@ use colloquy::llm::{ChatClient, LlmOptions, OpenAiConfig};
 use colloquy::mock::{MockResponse, MockServer, sse_chunk};
 use colloquy::tools::ToolDefinition;
 use colloquy_actors::bus::{BusReceiver, EventKind, TurnEnd};
-use colloquy_actors::{AgentSettings, SessionConfig, Supervisor, SupervisorConfig, Tool, ToolRegistry};
+use colloquy_actors::{
+    AgentSettings, SessionConfig, Supervisor, SupervisorConfig, Tool, ToolRegistry,
+};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use serde_json::json;
 
@@ -27,11 +29,17 @@ fn name_and_labels(key: &metrics::Key) -> String {
 async fn runtime_metrics_are_recorded() {
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
-    recorder.install().expect("first recorder of this test binary");
+    recorder
+        .install()
+        .expect("first recorder of this test binary");
 
     let server = MockServer::start(|req| {
         let body = req.json();
-        let last = body["messages"].as_array().and_then(|m| m.last()).cloned().unwrap_or_default();
+        let last = body["messages"]
+            .as_array()
+            .and_then(|m| m.last())
+            .cloned()
+            .unwrap_or_default();
         if last["role"] == "tool" {
             MockResponse::text(&["Done", "."])
         } else if last["content"] == "use the tool" {
@@ -47,14 +55,18 @@ async fn runtime_metrics_are_recorded() {
     .await
     .unwrap();
     let client = ChatClient::new(OpenAiConfig::compatible(server.base_url())).unwrap();
-    let sup = Supervisor::start(SupervisorConfig::default()).await.unwrap();
-    let tools = ToolRegistry::new().with_tool(Tool::new(ToolDefinition::free_form("ping", "Ping"), |_| async {
-        Ok("pong".to_string())
-    }));
+    let sup = Supervisor::start(SupervisorConfig::default())
+        .await
+        .unwrap();
+    let tools = ToolRegistry::new().with_tool(Tool::new(
+        ToolDefinition::free_form("ping", "Ping"),
+        |_| async { Ok("pong".to_string()) },
+    ));
     let session = sup
         .start_session(
             "m1",
-            SessionConfig::new(client, AgentSettings::new(LlmOptions::new("mock"))).with_tools(tools),
+            SessionConfig::new(client, AgentSettings::new(LlmOptions::new("mock")))
+                .with_tools(tools),
         )
         .await
         .unwrap();
@@ -75,13 +87,26 @@ async fn runtime_metrics_are_recorded() {
     let is_end = |k: &EventKind| matches!(k, EventKind::TurnFinished(_));
 
     session.send_text("hi").unwrap();
-    assert_eq!(wait_for(&mut rx, is_end).await, EventKind::TurnFinished(TurnEnd::Stop));
+    assert_eq!(
+        wait_for(&mut rx, is_end).await,
+        EventKind::TurnFinished(TurnEnd::Stop)
+    );
     session.send_text("use the tool").unwrap();
-    assert_eq!(wait_for(&mut rx, is_end).await, EventKind::TurnFinished(TurnEnd::Stop));
+    assert_eq!(
+        wait_for(&mut rx, is_end).await,
+        EventKind::TurnFinished(TurnEnd::Stop)
+    );
     session.send_text("stall").unwrap();
     wait_for(&mut rx, |k| matches!(k, EventKind::Token(_))).await;
     session.cancel().unwrap();
-    assert_eq!(wait_for(&mut rx, is_end).await, EventKind::TurnFinished(TurnEnd::Cancelled));
+    assert_eq!(
+        wait_for(&mut rx, is_end).await,
+        EventKind::TurnFinished(TurnEnd::Cancelled)
+    );
+
+    // The commit of the cancelled turn runs in the actor after TurnFinished is
+    // published; a context read is queued behind it.
+    session.context().await.unwrap();
 
     let snapshot: HashMap<String, DebugValue> = snapshotter
         .snapshot()
@@ -91,18 +116,32 @@ async fn runtime_metrics_are_recorded() {
         .collect();
     let counter = |name: &str| match snapshot.get(name) {
         Some(DebugValue::Counter(n)) => *n,
-        other => panic!("{name}: {other:?}\nall: {:?}", snapshot.keys().collect::<Vec<_>>()),
+        other => panic!(
+            "{name}: {other:?}\nall: {:?}",
+            snapshot.keys().collect::<Vec<_>>()
+        ),
     };
     let samples = |name: &str| match snapshot.get(name) {
         Some(DebugValue::Histogram(v)) => v.len(),
-        other => panic!("{name}: {other:?}\nall: {:?}", snapshot.keys().collect::<Vec<_>>()),
+        other => panic!(
+            "{name}: {other:?}\nall: {:?}",
+            snapshot.keys().collect::<Vec<_>>()
+        ),
     };
     assert_eq!(counter("colloquy_turns_total{end=stop}"), 2);
     assert_eq!(counter("colloquy_turns_total{end=cancelled}"), 1);
     assert_eq!(samples("colloquy_cancel_latency_seconds"), 1);
-    assert_eq!(samples("colloquy_time_to_first_token_seconds"), 2, "turns 1 and 3 spoke in round 0");
+    assert_eq!(
+        samples("colloquy_time_to_first_token_seconds"),
+        2,
+        "turns 1 and 3 spoke in round 0"
+    );
     assert_eq!(counter("colloquy_tokens_total"), 5);
-    assert_eq!(counter("colloquy_usage_estimated_total"), 1, "the cancelled turn's usage is estimated");
+    assert_eq!(
+        counter("colloquy_usage_estimated_total"),
+        1,
+        "the cancelled turn's usage is estimated"
+    );
     assert!(counter("colloquy_usage_prompt_tokens_total") >= 40);
     assert_eq!(samples("colloquy_tool_duration_seconds{outcome=ok}"), 1);
     assert_eq!(counter("colloquy_llm_requests_total"), 4);

@@ -37,7 +37,7 @@ use tokio::sync::broadcast;
 use crate::ids::{SessionId, TurnId};
 
 /// Default number of events a subscriber may fall behind before it lags.
-pub const DEFAULT_BUS_CAPACITY: usize = 128;
+pub const DEFAULT_BUS_CAPACITY: usize = 64;
 
 /// Why an event was not published.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -170,6 +170,12 @@ impl SessionBus {
     /// Number of live subscribers.
     pub fn subscriber_count(&self) -> usize {
         self.inner.tx.receiver_count()
+    }
+
+    /// Whether `turn` is the current turn and still open.
+    pub fn is_open(&self, turn: TurnId) -> bool {
+        let f = self.lock();
+        f.turn == turn && f.phase == Phase::Open
     }
 
     /// The latest turn and whether it is still streaming.

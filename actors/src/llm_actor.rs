@@ -27,7 +27,7 @@ use colloquy::llm::{ChatRequest, FinishReason, LlmError, Usage};
 use colloquy::tools::ToolChoice;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
-use crate::bus::{BusEvent, EventKind, ToolOutput, TurnEnd};
+use crate::bus::{BusEvent, EventKind, ToolOutput, TurnEnd, TurnRecord};
 use crate::ids::TurnId;
 use crate::session::SessionCore;
 use crate::task::AbortOnDrop;
@@ -43,8 +43,9 @@ pub(crate) enum LlmMsg {
     },
     /// Start a turn on the current context.
     Generate,
-    /// Cancel the turn in flight (no-op when idle).
-    Cancel { requested_at: Instant },
+    /// A turn was closed outside the actor (cancel fast path, supervisor):
+    /// commit what its record says was heard.
+    TurnClosed { record: TurnRecord, end: TurnEnd },
     /// A lossless bus tap delivery: user speech, transcripts, tool results.
     Bus(BusEvent),
     /// A round's stream ended.
@@ -135,7 +136,7 @@ impl Actor for LlmActor {
                     state.start_turn();
                 }
             }
-            LlmMsg::Cancel { requested_at } => state.cancel(requested_at, TurnEnd::Cancelled),
+            LlmMsg::TurnClosed { record, end } => state.turn_closed(record, end),
             LlmMsg::Bus(event) => state.bus_event(event),
             LlmMsg::RoundEnded {
                 turn,
@@ -216,7 +217,6 @@ impl LlmState {
             draft: TurnDraft::default(),
             pending_calls: Vec::new(),
             started: Instant::now(),
-            prompt_bytes: 0,
             span,
         });
         self.start_round();
@@ -239,6 +239,9 @@ impl LlmState {
         let Some(turn) = self.turn.as_ref() else {
             return;
         };
+        if !self.core.bus.is_open(turn.id) {
+            return; // closed by a cancel; its TurnClosed message follows
+        }
         let ctx = self.request_context(turn);
         let mut options = self.settings.options.clone();
         if turn.round >= self.settings.max_tool_rounds && !options.tools.is_empty() {
@@ -249,7 +252,6 @@ impl LlmState {
         let Some(turn) = self.turn.as_mut() else {
             return;
         };
-        turn.prompt_bytes = prompt_bytes;
         match stream {
             Ok(stream) => {
                 let task = tokio::spawn(tracing::Instrument::instrument(
@@ -263,9 +265,14 @@ impl LlmState {
                     ),
                     turn.span.clone(),
                 ));
+                self.core
+                    .set_stream(turn.id, task.abort_handle(), prompt_bytes);
                 turn.task = Some(AbortOnDrop(task));
             }
-            Err(e) => self.end_early(TurnEnd::Failed(Arc::from(format!("{}: {e}", e.kind())))),
+            Err(e) => self.cancel(
+                Instant::now(),
+                TurnEnd::Failed(Arc::from(format!("{}: {e}", e.kind()))),
+            ),
         }
     }
 
@@ -314,7 +321,10 @@ impl LlmState {
             Err(e) => {
                 metrics::counter!("colloquy_errors_total", "kind" => e.kind()).increment(1);
                 tracing::warn!(parent: &turn.span, error = %e, "turn failed");
-                self.end_early(TurnEnd::Failed(Arc::from(format!("{}: {e}", e.kind()))));
+                self.cancel(
+                    Instant::now(),
+                    TurnEnd::Failed(Arc::from(format!("{}: {e}", e.kind()))),
+                );
                 return;
             }
         };
@@ -366,41 +376,41 @@ impl LlmState {
         self.after_turn();
     }
 
-    /// Cancel (or failure): stop the stream, close the fence, commit what was heard.
+    /// Cancel (or failure) from inside the actor: close the turn through the
+    /// same fast path as a handle's cancel, then commit what was heard.
     pub(crate) fn cancel(&mut self, requested_at: Instant, end: TurnEnd) {
-        if self.turn.is_none() {
+        let Some(id) = self.turn.as_ref().map(|t| t.id) else {
             return;
+        };
+        if let Some(record) = self.core.close_turn(Some(id), end.clone(), requested_at) {
+            self.turn_closed(record, end);
         }
-        self.end_early(end);
-        metrics::histogram!("colloquy_cancel_latency_seconds")
-            .record(requested_at.elapsed().as_secs_f64());
+        // Otherwise it was closed already and its TurnClosed message is queued.
     }
 
-    fn end_early(&mut self, end: TurnEnd) {
+    /// Commits a turn closed early, from its record.
+    fn turn_closed(&mut self, record: TurnRecord, end: TurnEnd) {
+        if self.turn.as_ref().is_none_or(|t| t.id != record.turn) {
+            return;
+        }
         let Some(mut turn) = self.turn.take() else {
             return;
         };
-        drop(turn.task.take()); // aborts the stream task: the connection closes now
-        let prompt_bytes = turn.prompt_bytes;
-        let record = self.core.bus.finish_turn(turn.id, end.clone(), |text| {
-            Usage::estimate(prompt_bytes, text.chars().count())
-        });
+        drop(turn.task.take()); // close_turn aborted it already; this is the backstop
         let why = match &end {
             TurnEnd::Cancelled => {
                 "cancelled: the user interrupted before this tool call finished".to_string()
             }
             other => format!("not executed: the turn ended ({})", other.label()),
         };
-        if let Ok(record) = record {
-            if let Some(u) = record.usage.filter(|u| u.estimated) {
-                record_usage(&u);
-            }
-            self.context.items.extend(interrupted_items(
-                std::mem::take(&mut turn.draft),
-                &record,
-                &why,
-            ));
+        if let Some(u) = record.usage.filter(|u| u.estimated) {
+            record_usage(&u);
         }
+        self.context.items.extend(interrupted_items(
+            std::mem::take(&mut turn.draft),
+            &record,
+            &why,
+        ));
         metrics::counter!("colloquy_turns_total", "end" => end.label()).increment(1);
         self.checkpoint();
         self.after_turn();

@@ -6,14 +6,18 @@
 //! restart of the LLM actor because it reaches the actor through the session's
 //! shared core, which the supervisor updates.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use colloquy::context::{ChatContext, ContentPart};
-use colloquy::llm::ChatClient;
+use colloquy::llm::{ChatClient, Usage};
 use ractor::{ActorRef, RpcReplyPort};
+use tokio::task::AbortHandle;
 
-use crate::bus::{BusReceiver, EventKind, PublishError, SessionBus, ToolOutput};
+use crate::bus::{
+    BusReceiver, EventKind, PublishError, SessionBus, ToolOutput, TurnEnd, TurnRecord,
+};
 use crate::ids::{SessionId, TurnId};
 use crate::llm_actor::{AgentSettings, LlmMsg};
 
@@ -42,6 +46,11 @@ pub(crate) struct SessionCore {
     settings: Mutex<AgentSettings>,
     llm: RwLock<Option<ActorRef<LlmMsg>>>,
     llm_tap: Mutex<Option<u64>>,
+    /// The stream task of the turn in flight, so a cancel can stop it without
+    /// waiting for the actor.
+    stream: Mutex<Option<(crate::ids::TurnId, AbortHandle)>>,
+    /// Prompt size of the round in flight, for the usage estimate of a cancel.
+    prompt_bytes: AtomicUsize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -66,7 +75,70 @@ impl SessionCore {
             settings: Mutex::new(settings),
             llm: RwLock::new(None),
             llm_tap: Mutex::new(None),
+            stream: Mutex::new(None),
+            prompt_bytes: AtomicUsize::new(0),
         }
+    }
+
+    /// Records the stream task of a round, so [`SessionCore::close_turn`] can abort it.
+    pub(crate) fn set_stream(
+        &self,
+        turn: crate::ids::TurnId,
+        task: AbortHandle,
+        prompt_bytes: usize,
+    ) {
+        self.prompt_bytes.store(prompt_bytes, Ordering::Relaxed);
+        *lock(&self.stream) = Some((turn, task));
+    }
+
+    /// Ends a turn early, right here in the caller: aborts its stream task (the
+    /// HTTP connection closes), publishes usage (an estimate when the provider's
+    /// figure has not arrived) and `TurnFinished(end)`, and closes the fence.
+    /// `turn` defaults to the turn in flight. Returns `None` when that turn is
+    /// not in flight (already finished or closed): a no-op.
+    ///
+    /// This is the cancel fast path: it does not wait for the LLM actor, whose
+    /// mailbox may be behind. The actor commits the record afterwards.
+    pub(crate) fn close_turn(
+        &self,
+        turn: Option<crate::ids::TurnId>,
+        end: TurnEnd,
+        requested_at: Instant,
+    ) -> Option<TurnRecord> {
+        let (current, open) = self.bus.current_turn();
+        let turn = turn.unwrap_or(current);
+        if !open || turn != current {
+            return None;
+        }
+        {
+            let mut stream = lock(&self.stream);
+            if stream.as_ref().is_some_and(|(t, _)| *t == turn) {
+                if let Some((_, task)) = stream.take() {
+                    task.abort();
+                }
+            }
+        }
+        let prompt_bytes = self.prompt_bytes.load(Ordering::Relaxed);
+        let is_cancel = end == TurnEnd::Cancelled;
+        let record = self
+            .bus
+            .finish_turn(turn, end, |text| {
+                Usage::estimate(prompt_bytes, text.chars().count())
+            })
+            .ok()?;
+        if is_cancel {
+            metrics::histogram!("colloquy_cancel_latency_seconds")
+                .record(requested_at.elapsed().as_secs_f64());
+        }
+        Some(record)
+    }
+
+    /// Closes the turn in flight and hands the record to the actor for the commit.
+    fn cancel(&self, end: TurnEnd) -> Result<(), SessionError> {
+        if let Some(record) = self.close_turn(None, end.clone(), Instant::now()) {
+            self.send(LlmMsg::TurnClosed { record, end })?;
+        }
+        Ok(())
     }
 
     pub(crate) fn checkpoint(&self) -> Arc<ChatContext> {
@@ -152,9 +224,14 @@ impl SessionHandle {
         self.core.send(LlmMsg::UserMessage { content, respond })
     }
 
-    /// For STT actors: the user started speaking (barge-in).
+    /// For STT actors: the user started speaking (barge-in). With the default
+    /// policy the turn in flight is cancelled here and now, before this returns.
     pub fn user_speech_started(&self) -> u64 {
-        self.core.bus.publish_user(EventKind::UserSpeechStarted)
+        let seq = self.core.bus.publish_user(EventKind::UserSpeechStarted);
+        if self.core.settings().interruption.cancel_on_speech_started {
+            let _ = self.core.cancel(TurnEnd::Cancelled);
+        }
+        seq
     }
 
     /// For STT actors: a transcript; a final one starts a turn.
@@ -171,10 +248,13 @@ impl SessionHandle {
     }
 
     /// Cancels the turn in flight; a no-op when the agent is idle.
+    ///
+    /// The cancel completes before this returns: the stream task is aborted (the
+    /// HTTP connection closes), `Usage` and `TurnFinished(Cancelled)` are
+    /// published, and the fence refuses every later event of the turn. The LLM
+    /// actor then commits what the user heard.
     pub fn cancel(&self) -> Result<(), SessionError> {
-        self.core.send(LlmMsg::Cancel {
-            requested_at: Instant::now(),
-        })
+        self.core.cancel(TurnEnd::Cancelled)
     }
 
     /// Answers a tool call of `turn` (for embedders that run tools themselves).

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use colloquy::context::ChatContext;
-use colloquy::llm::{ChatClient, Usage};
+use colloquy::llm::ChatClient;
 use dashmap::DashMap;
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 
@@ -188,14 +188,11 @@ async fn restart(shared: &Arc<Shared>, sup: ActorCell, session: &SessionId, role
     if role == Role::Llm {
         // The turn in flight died with the actor: close it so subscribers and
         // speakers stop, and report an estimate of its usage.
-        let (turn, open) = core.bus.current_turn();
-        if open {
-            let _ = core.bus.finish_turn(
-                turn,
-                TurnEnd::Failed(Arc::from("llm actor failed")),
-                |text| Usage::estimate(0, text.chars().count()),
-            );
-        }
+        let _ = core.close_turn(
+            None,
+            TurnEnd::Failed(Arc::from("llm actor failed")),
+            std::time::Instant::now(),
+        );
         core.set_llm(None);
     }
     if restarts > shared.config.max_restarts {

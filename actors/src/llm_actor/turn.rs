@@ -39,7 +39,6 @@ pub(crate) struct InFlight {
     /// Call ids of the last round still waiting for an output.
     pub(crate) pending_calls: Vec<String>,
     pub(crate) started: Instant,
-    pub(crate) prompt_bytes: usize,
     pub(crate) span: tracing::Span,
 }
 
