@@ -112,10 +112,8 @@ impl SessionCore {
         }
         {
             let mut stream = lock(&self.stream);
-            if stream.as_ref().is_some_and(|(t, _)| *t == turn) {
-                if let Some((_, task)) = stream.take() {
-                    task.abort();
-                }
+            if let Some((_, task)) = stream.take_if(|(t, _)| *t == turn) {
+                task.abort();
             }
         }
         let prompt_bytes = self.prompt_bytes.load(Ordering::Relaxed);
