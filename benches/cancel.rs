@@ -1,1 +1,93 @@
-fn main() {}
+//! Cancel latency through the actor runtime: a session streams (the server
+//! stalls after the first token, like a slow model), then the time from
+//! `cancel()` (or a barge-in `user_speech_started()`) to a subscriber holding
+//! `TurnFinished(Cancelled)` is measured. Setup (a new turn and its first
+//! token) is not timed.
+//!
+//! `cargo bench --bench cancel`
+
+use std::time::{Duration, Instant};
+
+use colloquy::llm::{ChatClient, LlmOptions, OpenAiConfig};
+use colloquy::mock::{MockResponse, MockServer, sse_chunk};
+use colloquy_actors::bus::{BusReceiver, EventKind, TurnEnd};
+use colloquy_actors::{AgentSettings, SessionConfig, SessionHandle, Supervisor, SupervisorConfig};
+use criterion::{Criterion, criterion_group, criterion_main};
+
+async fn until(rx: &mut BusReceiver, pred: impl Fn(&EventKind) -> bool) {
+    loop {
+        if let Ok(ev) = rx.recv().await
+            && pred(&ev.kind)
+        {
+            return;
+        }
+    }
+}
+
+async fn one(session: &SessionHandle, rx: &mut BusReceiver, barge_in: bool) -> Duration {
+    session.send_text("go").unwrap();
+    until(rx, |k| matches!(k, EventKind::Token(_))).await;
+    let start = Instant::now();
+    if barge_in {
+        session.user_speech_started();
+    } else {
+        session.cancel().unwrap();
+    }
+    until(rx, |k| *k == EventKind::TurnFinished(TurnEnd::Cancelled)).await;
+    start.elapsed()
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (_server, sup, session) = rt.block_on(async {
+        let server = MockServer::start_with(
+            |_| {
+                MockResponse::event_stream()
+                    .event(&sse_chunk(serde_json::json!({"content": "Hello"}), None))
+                    .stall()
+            },
+            false,
+            0,
+        )
+        .await
+        .unwrap();
+        let client = ChatClient::new(OpenAiConfig::compatible(server.base_url())).unwrap();
+        let sup = Supervisor::start(SupervisorConfig::default())
+            .await
+            .unwrap();
+        let mut settings = AgentSettings::new(LlmOptions::new("bench"));
+        settings.max_context_items = Some(8);
+        let session = sup
+            .start_session("bench", SessionConfig::new(client, settings))
+            .await
+            .unwrap();
+        (server, sup, session)
+    });
+    let mut group = c.benchmark_group("cancel_to_turn_finished");
+    group
+        .sample_size(30)
+        .measurement_time(Duration::from_secs(4));
+    for (name, barge_in) in [("cancel", false), ("barge_in_speech_started", true)] {
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let mut rx = session.subscribe();
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        total += one(&session, &mut rx, barge_in).await;
+                    }
+                    total
+                })
+            })
+        });
+    }
+    group.finish();
+    rt.block_on(sup.shutdown());
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
