@@ -765,3 +765,58 @@ async fn tool_rounds_are_capped_then_answered_without_tools() {
     };
     sup.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn barge_in_during_tail_speech_trims_the_finished_reply() {
+    // The model finishes long before the speech does: the user interrupts the
+    // speech of a turn whose generation already ended.
+    let server =
+        MockServer::start(|_| MockResponse::text(&["The forecast ", "for tomorrow is rain."]))
+            .await
+            .unwrap();
+    let (sup, session, mut rx) = setup(&server, |_| {}).await;
+    session.send_text("forecast?").unwrap();
+    let turn = next_matching(&mut rx, |e| e.kind == EventKind::TurnStarted)
+        .await
+        .turn;
+    assert_eq!(finished(&mut rx, turn).await, TurnEnd::Stop);
+    session.speech_played(turn, 12).unwrap(); // "The forecast" played so far
+    session.user_speech_started();
+    let cut = next_matching(&mut rx, |e| matches!(e.kind, EventKind::Interrupted { .. })).await;
+    assert_eq!(
+        (cut.turn, cut.kind),
+        (turn, EventKind::Interrupted { heard_chars: 12 })
+    );
+    assert!(
+        session.speech_played(turn, 20).is_err(),
+        "nothing more of the turn is accepted"
+    );
+    let ctx = session.context().await.unwrap();
+    assert_eq!(
+        last_assistant(&ctx),
+        Some(("The forecast".to_string(), true))
+    );
+
+    // A reply played to the end is not touched by a later barge-in.
+    session.send_text("and today?").unwrap();
+    let t2 = next_matching(&mut rx, |e| e.kind == EventKind::TurnStarted)
+        .await
+        .turn;
+    assert_eq!(finished(&mut rx, t2).await, TurnEnd::Stop);
+    session.speech_played(t2, 34).unwrap(); // all 34 characters
+    let marker = session.user_speech_started();
+    let next = next_matching(&mut rx, |e| {
+        !matches!(e.kind, EventKind::SpeechPlayed { .. })
+    })
+    .await;
+    assert_eq!(
+        next.seq, marker,
+        "no Interrupted event for a fully played reply"
+    );
+    let ctx = session.context().await.unwrap();
+    assert_eq!(
+        last_assistant(&ctx),
+        Some(("The forecast for tomorrow is rain.".to_string(), false))
+    );
+    sup.shutdown().await;
+}

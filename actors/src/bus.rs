@@ -226,7 +226,12 @@ impl SessionBus {
         let mut f = self.lock();
         let accepted = f.turn == turn
             && match f.phase {
-                Phase::Open => !matches!(kind, EventKind::TurnStarted | EventKind::TurnFinished(_)),
+                Phase::Open => !matches!(
+                    kind,
+                    EventKind::TurnStarted
+                        | EventKind::TurnFinished(_)
+                        | EventKind::Interrupted { .. }
+                ),
                 Phase::Finished => kind.is_playback(),
                 Phase::Aborted => false,
             };
@@ -308,6 +313,35 @@ impl SessionBus {
             turn,
             text: f.text.clone(),
             heard_chars: f.heard_chars,
+            tool_calls: f.tool_calls.clone(),
+            usage: f.usage,
+            text_truncated: f.text_truncated,
+        })
+    }
+
+    /// Cuts the speech of `turn` after its generation finished normally, when a
+    /// TTS reported playback (`SpeechPlayed`) that has not reached the end of the
+    /// turn's text: publishes [`EventKind::Interrupted`] and closes the fence.
+    /// Refused when the turn is not the current one, is still streaming, was
+    /// already cut, never reported playback, or was played to the end.
+    pub fn interrupt_playback(&self, turn: TurnId) -> Result<TurnRecord, PublishError> {
+        let mut f = self.lock();
+        let total = f.text.chars().count();
+        let heard = match f.heard_chars {
+            Some(h) if f.turn == turn && f.phase == Phase::Finished && h < total => h,
+            _ => {
+                return Err(PublishError::Stale {
+                    turn,
+                    current: f.turn,
+                });
+            }
+        };
+        f.phase = Phase::Aborted;
+        self.send_locked(&mut f, turn, EventKind::Interrupted { heard_chars: heard });
+        Ok(TurnRecord {
+            turn,
+            text: f.text.clone(),
+            heard_chars: Some(heard),
             tool_calls: f.tool_calls.clone(),
             usage: f.usage,
             text_truncated: f.text_truncated,
@@ -416,6 +450,42 @@ mod tests {
                 .is_err()
         );
         assert!(bus.begin_turn(TurnId(2)).is_err(), "turn ids only increase");
+    }
+
+    #[test]
+    fn playback_of_a_finished_turn_can_be_cut_once() {
+        let bus = SessionBus::new(SessionId::new("s"), 16);
+        let t = TurnId(1);
+        bus.begin_turn(t).unwrap();
+        bus.publish(t, token("Hello world")).unwrap();
+        assert!(
+            bus.interrupt_playback(t).is_err(),
+            "still streaming: cancel, not cut"
+        );
+        bus.finish_turn(t, TurnEnd::Stop, |_| Usage::default())
+            .unwrap();
+        assert!(
+            bus.interrupt_playback(t).is_err(),
+            "no playback reported: nothing known to cut"
+        );
+        bus.publish(t, EventKind::SpeechPlayed { chars: 5 })
+            .unwrap();
+        let record = bus.interrupt_playback(t).unwrap();
+        assert_eq!(record.heard_chars, Some(5));
+        assert!(
+            bus.publish(t, EventKind::Speakable(Arc::from(" world")))
+                .is_err()
+        );
+        assert!(bus.interrupt_playback(t).is_err(), "once");
+        // Played to the end: nothing to cut.
+        let t2 = TurnId(2);
+        bus.begin_turn(t2).unwrap();
+        bus.publish(t2, token("Hi")).unwrap();
+        bus.finish_turn(t2, TurnEnd::Stop, |_| Usage::default())
+            .unwrap();
+        bus.publish(t2, EventKind::SpeechPlayed { chars: 2 })
+            .unwrap();
+        assert!(bus.interrupt_playback(t2).is_err());
     }
 
     #[test]

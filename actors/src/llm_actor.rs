@@ -29,7 +29,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::bus::{BusEvent, EventKind, ToolOutput, TurnEnd, TurnRecord};
 use crate::ids::TurnId;
-use crate::session::SessionCore;
+use crate::session::{Closed, SessionCore};
 use crate::task::AbortOnDrop;
 use commit::{TurnDraft, interrupted_items};
 use turn::{InFlight, RoundOutput, run_round};
@@ -43,9 +43,9 @@ pub(crate) enum LlmMsg {
     },
     /// Start a turn on the current context.
     Generate,
-    /// A turn was closed outside the actor (cancel fast path, supervisor):
-    /// commit what its record says was heard.
-    TurnClosed { record: TurnRecord, end: TurnEnd },
+    /// A turn was closed (or its speech cut) outside the actor (cancel fast
+    /// path): commit what its record says was heard.
+    TurnClosed { closed: Closed, end: TurnEnd },
     /// A lossless bus tap delivery: user speech, transcripts, tool results.
     Bus(BusEvent),
     /// A round's stream ended.
@@ -71,6 +71,9 @@ pub(crate) struct LlmState {
     context: ChatContext,
     settings: AgentSettings,
     turn: Option<InFlight>,
+    /// The last turn that finished normally and the ids of the items it
+    /// committed: trimmed if the user cuts its speech.
+    last_turn: Option<(TurnId, Vec<String>)>,
     queued: Vec<(ChatMessage, bool)>,
 }
 
@@ -108,6 +111,7 @@ impl Actor for LlmActor {
             context,
             settings,
             turn: None,
+            last_turn: None,
             queued: Vec::new(),
         })
     }
@@ -136,7 +140,7 @@ impl Actor for LlmActor {
                     state.start_turn();
                 }
             }
-            LlmMsg::TurnClosed { record, end } => state.turn_closed(record, end),
+            LlmMsg::TurnClosed { closed, end } => state.turn_closed(closed, end),
             LlmMsg::Bus(event) => state.bus_event(event),
             LlmMsg::RoundEnded {
                 turn,
@@ -168,13 +172,12 @@ impl LlmState {
     }
 
     fn user_message(&mut self, message: ChatMessage, respond: bool) {
-        if self.turn.is_some() {
-            if self.settings.interruption.cancel_on_user_message {
-                self.cancel(Instant::now(), TurnEnd::Cancelled);
-            } else {
-                self.queued.push((message, respond));
-                return;
-            }
+        if self.settings.interruption.cancel_on_user_message {
+            // Cancels a turn in flight, or cuts the speech of the last one.
+            self.cancel(Instant::now(), TurnEnd::Cancelled);
+        } else if self.turn.is_some() {
+            self.queued.push((message, respond));
+            return;
         }
         self.context.push(ChatItem::Message(message));
         self.checkpoint();
@@ -290,7 +293,8 @@ impl LlmState {
         let Some(turn) = self.turn.as_mut() else {
             return;
         };
-        if !turn.awaiting_tools() || !turn.all_results_in() {
+        if !turn.awaiting_tools() || !turn.all_results_in() || !self.core.bus.is_open(turn.id) {
+            // A closed turn's record is on its way in a TurnClosed message.
             return;
         }
         for call_id in std::mem::take(&mut turn.pending_calls) {
@@ -363,11 +367,28 @@ impl LlmState {
 
     /// Normal end: commit every item of the turn.
     fn finish(&mut self, end: TurnEnd) {
-        let Some(turn) = self.turn.take() else { return };
-        let _ = self
+        let Some(id) = self.turn.as_ref().map(|t| t.id) else {
+            return;
+        };
+        if self
             .core
             .bus
-            .finish_turn(turn.id, end.clone(), |_| Usage::default());
+            .finish_turn(id, end.clone(), |_| Usage::default())
+            .is_err()
+        {
+            // Closed meanwhile by a cancel: its TurnClosed message commits the turn.
+            return;
+        }
+        let Some(turn) = self.turn.take() else {
+            return;
+        };
+        let ids = turn
+            .draft
+            .items
+            .iter()
+            .map(|i| i.id().to_string())
+            .collect();
+        self.last_turn = Some((turn.id, ids));
         self.context.items.extend(turn.draft.items);
         metrics::counter!("colloquy_turns_total", "end" => end.label()).increment(1);
         metrics::histogram!("colloquy_turn_duration_seconds")
@@ -377,19 +398,25 @@ impl LlmState {
     }
 
     /// Cancel (or failure) from inside the actor: close the turn through the
-    /// same fast path as a handle's cancel, then commit what was heard.
+    /// same fast path as a handle's cancel (or cut the speech of the last turn
+    /// when none is in flight), then commit what was heard.
     pub(crate) fn cancel(&mut self, requested_at: Instant, end: TurnEnd) {
-        let Some(id) = self.turn.as_ref().map(|t| t.id) else {
-            return;
-        };
-        if let Some(record) = self.core.close_turn(Some(id), end.clone(), requested_at) {
-            self.turn_closed(record, end);
+        let turn = self.turn.as_ref().map(|t| t.id);
+        if let Some(closed) = self.core.close_turn(turn, end.clone(), requested_at) {
+            self.turn_closed(closed, end);
         }
         // Otherwise it was closed already and its TurnClosed message is queued.
     }
 
+    fn turn_closed(&mut self, closed: Closed, end: TurnEnd) {
+        match closed {
+            Closed::Turn(record) => self.commit_closed_turn(record, end),
+            Closed::Playback(record) => self.trim_last_turn(record),
+        }
+    }
+
     /// Commits a turn closed early, from its record.
-    fn turn_closed(&mut self, record: TurnRecord, end: TurnEnd) {
+    fn commit_closed_turn(&mut self, record: TurnRecord, end: TurnEnd) {
         if self.turn.as_ref().is_none_or(|t| t.id != record.turn) {
             return;
         }
@@ -397,6 +424,7 @@ impl LlmState {
             return;
         };
         drop(turn.task.take()); // close_turn aborted it already; this is the backstop
+        self.last_turn = None;
         let why = match &end {
             TurnEnd::Cancelled => {
                 "cancelled: the user interrupted before this tool call finished".to_string()
@@ -414,6 +442,40 @@ impl LlmState {
         metrics::counter!("colloquy_turns_total", "end" => end.label()).increment(1);
         self.checkpoint();
         self.after_turn();
+    }
+
+    /// The user cut the speech of the last finished turn: trim its committed
+    /// text to what was played.
+    fn trim_last_turn(&mut self, record: TurnRecord) {
+        let Some((turn, ids)) = self.last_turn.take() else {
+            return;
+        };
+        if turn != record.turn {
+            return;
+        }
+        let ids: std::collections::HashSet<String> = ids.into_iter().collect();
+        let Some(first) = self.context.items.iter().position(|i| ids.contains(i.id())) else {
+            return;
+        };
+        let mut items = Vec::new();
+        let mut kept = Vec::with_capacity(self.context.items.len());
+        for item in std::mem::take(&mut self.context.items) {
+            if ids.contains(item.id()) {
+                items.push(item);
+            } else {
+                kept.push(item);
+            }
+        }
+        let draft = TurnDraft {
+            items,
+            round_text_start: record.text.chars().count(),
+            results: Default::default(),
+        };
+        let trimmed = interrupted_items(draft, &record, "cancelled");
+        kept.splice(first..first, trimmed);
+        self.context.items = kept;
+        metrics::counter!("colloquy_playback_interruptions_total").increment(1);
+        self.checkpoint();
     }
 
     fn after_turn(&mut self) {

@@ -36,6 +36,15 @@ pub enum SessionError {
     Timeout(SessionId),
 }
 
+/// What [`SessionCore::close_turn`] closed.
+#[derive(Debug)]
+pub(crate) enum Closed {
+    /// A turn still generating: its stream was stopped.
+    Turn(TurnRecord),
+    /// A finished turn whose speech was still playing: its speech was cut.
+    Playback(TurnRecord),
+}
+
 /// State shared by a session's actors, its handles and the supervisor.
 pub(crate) struct SessionCore {
     pub(crate) id: SessionId,
@@ -104,11 +113,21 @@ impl SessionCore {
         turn: Option<crate::ids::TurnId>,
         end: TurnEnd,
         requested_at: Instant,
-    ) -> Option<TurnRecord> {
+    ) -> Option<Closed> {
         let (current, open) = self.bus.current_turn();
         let turn = turn.unwrap_or(current);
-        if !open || turn != current {
+        if turn != current {
             return None;
+        }
+        if !open {
+            // Generation is over; the speech of the turn may still be playing.
+            if end != TurnEnd::Cancelled {
+                return None;
+            }
+            let record = self.bus.interrupt_playback(turn).ok()?;
+            metrics::histogram!("colloquy_cancel_latency_seconds")
+                .record(requested_at.elapsed().as_secs_f64());
+            return Some(Closed::Playback(record));
         }
         {
             let mut stream = lock(&self.stream);
@@ -128,13 +147,14 @@ impl SessionCore {
             metrics::histogram!("colloquy_cancel_latency_seconds")
                 .record(requested_at.elapsed().as_secs_f64());
         }
-        Some(record)
+        Some(Closed::Turn(record))
     }
 
-    /// Closes the turn in flight and hands the record to the actor for the commit.
+    /// Closes the turn in flight (or cuts its speech) and hands the record to the
+    /// actor for the commit.
     fn cancel(&self, end: TurnEnd) -> Result<(), SessionError> {
-        if let Some(record) = self.close_turn(None, end.clone(), Instant::now()) {
-            self.send(LlmMsg::TurnClosed { record, end })?;
+        if let Some(closed) = self.close_turn(None, end.clone(), Instant::now()) {
+            self.send(LlmMsg::TurnClosed { closed, end })?;
         }
         Ok(())
     }

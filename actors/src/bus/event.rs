@@ -81,8 +81,17 @@ pub enum EventKind {
     Usage(Arc<Usage>),
     /// Structured mode: the parsed response object.
     Structured(Arc<serde_json::Value>),
-    /// The reply ended. Always the last event of a turn from the LLM actor.
+    /// The reply ended. The last event of a turn from the LLM actor, except for
+    /// [`EventKind::Interrupted`].
     TurnFinished(TurnEnd),
+    /// The user interrupted the turn's speech after its generation had finished
+    /// (the model is usually faster than speech): stop speaking it. Only
+    /// `heard_chars` of its text were played; nothing more of the turn is
+    /// published after this.
+    Interrupted {
+        /// Characters of the turn's text that were played.
+        heard_chars: usize,
+    },
     /// The user started talking (from voice activity detection).
     UserSpeechStarted,
     /// What the user said; `is_final` transcripts start a turn.
