@@ -293,11 +293,14 @@ async fn tts(
                 played = 0;
                 finished = false;
             }
-            EventKind::Speakable(seg) if ev.turn == turn => {
-                if state.borrow().speaking_since.is_none() {
+            EventKind::Speakable { text, last } if ev.turn == turn => {
+                if state.borrow().speaking_since.is_none() && !text.is_empty() {
                     state.send_modify(|p| p.speaking_since = Some(Instant::now()));
                 }
-                queue.push_back((ev.turn, seg));
+                if !text.is_empty() {
+                    queue.push_back((ev.turn, text));
+                }
+                finished = last;
             }
             EventKind::TurnFinished(TurnEnd::Cancelled) | EventKind::Interrupted { .. }
                 if ev.turn == turn =>
@@ -322,7 +325,6 @@ async fn tts(
                     p.idle_turns += 1;
                 });
             }
-            EventKind::TurnFinished(_) if ev.turn == turn => finished = true,
             _ => {}
         }
     }

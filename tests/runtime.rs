@@ -645,18 +645,22 @@ async fn segmenter_speaks_whole_turns_and_drops_cancelled_ones() {
         .await
         .turn;
     let mut spoken = String::new();
+    let mut segments = 0;
     loop {
         let ev = next_matching(&mut rx, |e| {
-            e.turn == t1 && matches!(e.kind, EventKind::Speakable(_))
+            e.turn == t1 && matches!(e.kind, EventKind::Speakable { .. })
         })
         .await;
-        if let EventKind::Speakable(s) = ev.kind {
-            spoken.push_str(&s);
-        }
-        if spoken == "Sure thing. The weather is fine today. Bye" {
-            break;
+        if let EventKind::Speakable { text, last } = ev.kind {
+            spoken.push_str(&text);
+            segments += 1;
+            if last {
+                break;
+            }
         }
     }
+    assert_eq!(spoken, "Sure thing. The weather is fine today. Bye");
+    assert!(segments >= 3, "cut into several segments ({segments})");
     session.send_text("interrupt me").unwrap();
     let t2 = next_matching(&mut rx, |e| {
         matches!(e.kind, EventKind::Token(_)) && e.turn > t1

@@ -412,7 +412,10 @@ mod tests {
         assert!(record.usage.unwrap().estimated);
         for kind in [
             token("late"),
-            EventKind::Speakable(Arc::from("late")),
+            EventKind::Speakable {
+                text: Arc::from("late"),
+                last: false,
+            },
             EventKind::SpeechPlayed { chars: 6 },
         ] {
             assert!(matches!(
@@ -440,14 +443,26 @@ mod tests {
         })
         .unwrap();
         assert!(
-            bus.publish(t, EventKind::Speakable(Arc::from("tail.")))
-                .is_ok()
+            bus.publish(
+                t,
+                EventKind::Speakable {
+                    text: Arc::from("tail."),
+                    last: false
+                }
+            )
+            .is_ok()
         );
         assert!(bus.publish(t, token("x")).is_err());
         bus.begin_turn(TurnId(2)).unwrap();
         assert!(
-            bus.publish(t, EventKind::Speakable(Arc::from("old")))
-                .is_err()
+            bus.publish(
+                t,
+                EventKind::Speakable {
+                    text: Arc::from("old"),
+                    last: false
+                }
+            )
+            .is_err()
         );
         assert!(bus.begin_turn(TurnId(2)).is_err(), "turn ids only increase");
     }
@@ -473,8 +488,14 @@ mod tests {
         let record = bus.interrupt_playback(t).unwrap();
         assert_eq!(record.heard_chars, Some(5));
         assert!(
-            bus.publish(t, EventKind::Speakable(Arc::from(" world")))
-                .is_err()
+            bus.publish(
+                t,
+                EventKind::Speakable {
+                    text: Arc::from(" world"),
+                    last: false
+                }
+            )
+            .is_err()
         );
         assert!(bus.interrupt_playback(t).is_err(), "once");
         // Played to the end: nothing to cut.

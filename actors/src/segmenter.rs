@@ -144,10 +144,14 @@ pub(crate) struct SegmenterState {
 }
 
 impl SegmenterState {
-    fn publish(&self, segment: String) {
-        let _ = self
-            .bus
-            .publish(self.turn, EventKind::Speakable(Arc::from(segment)));
+    fn publish(&self, segment: String, last: bool) {
+        let _ = self.bus.publish(
+            self.turn,
+            EventKind::Speakable {
+                text: Arc::from(segment),
+                last,
+            },
+        );
     }
 
     fn token(&mut self, turn: TurnId, text: &str) {
@@ -162,7 +166,7 @@ impl SegmenterState {
         }
         self.consumed_chars += text.chars().count();
         for segment in self.buffer.push(text, &self.config) {
-            self.publish(segment);
+            self.publish(segment, false);
         }
     }
 }
@@ -233,15 +237,16 @@ impl Actor for Segmenter {
                     EventKind::Token(t) => state.token(ev.turn, &t),
                     EventKind::ToolCall(_) if ev.turn == state.turn => {
                         if let Some(seg) = state.buffer.flush() {
-                            state.publish(seg);
+                            state.publish(seg, false);
                         }
                     }
                     EventKind::TurnFinished(end) if ev.turn == state.turn => {
                         if end.is_abort() {
                             state.aborted = true;
                             state.buffer.reset();
-                        } else if let Some(seg) = state.buffer.flush() {
-                            state.publish(seg);
+                        } else {
+                            let tail = state.buffer.flush().unwrap_or_default();
+                            state.publish(tail, true);
                         }
                     }
                     _ => {}

@@ -102,8 +102,14 @@ pub enum EventKind {
         is_final: bool,
     },
     /// A piece of the turn's text ready for text-to-speech. The segments of a
-    /// turn concatenate to exactly its token text.
-    Speakable(Arc<str>),
+    /// turn concatenate to exactly its token text; the segment with `last` set
+    /// (possibly empty) closes the turn's speech.
+    Speakable {
+        /// The text to speak.
+        text: Arc<str>,
+        /// No more segments follow for this turn.
+        last: bool,
+    },
     /// Playback progress: characters of the turn's text played so far.
     SpeechPlayed {
         /// Cumulative characters heard.
@@ -124,7 +130,7 @@ impl EventKind {
     pub(crate) fn is_playback(&self) -> bool {
         matches!(
             self,
-            EventKind::Speakable(_) | EventKind::SpeechPlayed { .. }
+            EventKind::Speakable { .. } | EventKind::SpeechPlayed { .. }
         )
     }
 }
