@@ -58,3 +58,8 @@ pub use segmenter::{SegmentBuffer, SegmenterConfig};
 pub use session::{SessionError, SessionHandle};
 pub use supervisor::{SessionConfig, Supervisor, SupervisorConfig, SupervisorError};
 pub use tool_executor::{Tool, ToolError, ToolFuture, ToolRegistry};
+
+/// The README's code blocks, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use eventsource_stream::{EventStream, EventStreamError, Eventsource};
 use futures_util::{Stream, StreamExt};
+use tracing::Instrument;
 
 use super::chunk::{WireChunk, WireContent, WireDelta, split_parts};
 use super::client::{Connected, Connector};
@@ -371,6 +372,8 @@ pub(crate) struct Driver {
     attempts: u32,
     attempt_started: Instant,
     first_output_recorded: bool,
+    /// One span per HTTP attempt, with the provider's request id once known.
+    span: tracing::Span,
 }
 
 impl Driver {
@@ -391,6 +394,7 @@ impl Driver {
             attempts: 0,
             attempt_started: Instant::now(),
             first_output_recorded: false,
+            span: tracing::Span::none(),
         }
     }
 
@@ -461,10 +465,11 @@ impl Driver {
             if let Some(error) = self.error.take() {
                 return Some(Err(error));
             }
+            let span = self.span.clone();
             let result = match &mut self.phase {
                 Phase::Done => return None,
-                Phase::Connect => self.connect().await,
-                Phase::Body(_) => self.read().await,
+                Phase::Connect => self.connect().instrument(span).await,
+                Phase::Body(_) => self.read().instrument(span).await,
             };
             if let Err(error) = result {
                 let emitted = self.state.emitted_output;
@@ -487,6 +492,11 @@ impl Driver {
         };
         self.attempts += 1;
         self.attempt_started = Instant::now();
+        self.span = tracing::debug_span!(
+            "llm_request",
+            attempt = self.attempts,
+            request_id = tracing::field::Empty
+        );
         self.state = ChunkState::new(&self.limits, self.structured.as_deref());
         let send = connector.send();
         let connected = match connector.first_token_timeout() {
@@ -497,6 +507,9 @@ impl Driver {
         };
         match connected {
             Connected::Sse { body, request_id } => {
+                if let Some(id) = &request_id {
+                    self.span.record("request_id", id.as_str());
+                }
                 self.state.request_id = request_id;
                 self.phase = Phase::Body(guarded(body, self.limits.max_event_bytes));
             }
