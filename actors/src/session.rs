@@ -53,6 +53,9 @@ pub(crate) struct SessionCore {
     pub(crate) span: tracing::Span,
     checkpoint: Mutex<Arc<ChatContext>>,
     settings: Mutex<AgentSettings>,
+    /// `settings.interruption.cancel_on_speech_started`, readable on the
+    /// barge-in path without cloning the settings.
+    cancel_on_speech: std::sync::atomic::AtomicBool,
     llm: RwLock<Option<ActorRef<LlmMsg>>>,
     llm_tap: Mutex<Option<u64>>,
     /// The stream task of the turn in flight, so a cancel can stop it without
@@ -81,6 +84,9 @@ impl SessionCore {
             client,
             span,
             checkpoint: Mutex::new(Arc::new(context)),
+            cancel_on_speech: std::sync::atomic::AtomicBool::new(
+                settings.interruption.cancel_on_speech_started,
+            ),
             settings: Mutex::new(settings),
             llm: RwLock::new(None),
             llm_tap: Mutex::new(None),
@@ -172,6 +178,10 @@ impl SessionCore {
     }
 
     pub(crate) fn store_settings(&self, settings: &AgentSettings) {
+        self.cancel_on_speech.store(
+            settings.interruption.cancel_on_speech_started,
+            Ordering::Relaxed,
+        );
         *lock(&self.settings) = settings.clone();
     }
 
@@ -246,7 +256,7 @@ impl SessionHandle {
     /// policy the turn in flight is cancelled here and now, before this returns.
     pub fn user_speech_started(&self) -> u64 {
         let seq = self.core.bus.publish_user(EventKind::UserSpeechStarted);
-        if self.core.settings().interruption.cancel_on_speech_started {
+        if self.core.cancel_on_speech.load(Ordering::Relaxed) {
             let _ = self.core.cancel(TurnEnd::Cancelled);
         }
         seq
