@@ -29,11 +29,7 @@ async fn main() -> std::io::Result<()> {
     let server = MockServer::start_with(
         move |req| {
             let body = req.json();
-            let last = body["messages"]
-                .as_array()
-                .and_then(|m| m.last())
-                .cloned()
-                .unwrap_or_default();
+            let last = req.last_message();
             let wants_tool =
                 last["role"] == "user" && last["content"].to_string().contains("weather");
             if wants_tool && body.get("tools").is_some() {

@@ -105,12 +105,7 @@ async fn offline_demo_model() -> std::io::Result<MockServer> {
     }
     let gap = Duration::from_millis(45);
     MockServer::start(move |req| {
-        let body = req.json();
-        let last = body["messages"]
-            .as_array()
-            .and_then(|m| m.last())
-            .cloned()
-            .unwrap_or_default();
+        let last = req.last_message();
         let said = last["content"].as_str().unwrap_or("").to_lowercase();
         if last["role"] == "tool" {
             return paced(

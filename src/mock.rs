@@ -52,6 +52,18 @@ impl RecordedRequest {
         serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
     }
 
+    /// The last entry of the body's `messages` (`Null` when there is none): what
+    /// a scripted server usually answers to.
+    pub fn last_message(&self) -> serde_json::Value {
+        match self.json() {
+            serde_json::Value::Object(mut body) => match body.remove("messages") {
+                Some(serde_json::Value::Array(mut messages)) => messages.pop().unwrap_or_default(),
+                _ => serde_json::Value::Null,
+            },
+            _ => serde_json::Value::Null,
+        }
+    }
+
     /// The path without the query.
     pub fn path(&self) -> &str {
         self.target.split('?').next().unwrap_or("")

@@ -34,12 +34,7 @@ async fn runtime_metrics_are_recorded() {
         .expect("first recorder of this test binary");
 
     let server = MockServer::start(|req| {
-        let body = req.json();
-        let last = body["messages"]
-            .as_array()
-            .and_then(|m| m.last())
-            .cloned()
-            .unwrap_or_default();
+        let last = req.last_message();
         if last["role"] == "tool" {
             MockResponse::text(&["Done", "."])
         } else if last["content"] == "use the tool" {

@@ -53,11 +53,7 @@ fn paced_words(n: usize, gap_ms: u64) -> MockResponse {
 }
 
 fn last_message(req: &RecordedRequest) -> String {
-    req.json()["messages"]
-        .as_array()
-        .and_then(|m| m.last())
-        .map(|m| m["content"].to_string())
-        .unwrap_or_default()
+    req.last_message()["content"].to_string()
 }
 
 fn has_tool_output(req: &RecordedRequest) -> bool {
