@@ -820,3 +820,28 @@ async fn barge_in_during_tail_speech_trims_the_finished_reply() {
     );
     sup.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cut_hook_runs_before_cancel_returns() {
+    let server = MockServer::start(|_| {
+        MockResponse::event_stream()
+            .event(&sse_chunk(json!({"content": "Talking"}), None))
+            .stall()
+    })
+    .await
+    .unwrap();
+    let (sup, session, mut rx) = setup(&server, |_| {}).await;
+    let (tx, cuts) = std::sync::mpsc::channel();
+    session.bus().on_cut(move |turn| {
+        let _ = tx.send(turn);
+    });
+    session.send_text("talk").unwrap();
+    let turn = next_matching(&mut rx, |e| matches!(e.kind, EventKind::Token(_)))
+        .await
+        .turn;
+    assert!(cuts.try_recv().is_err(), "no cut yet");
+    session.cancel().unwrap();
+    // Synchronous: the audio can be stopped before cancel() even returns.
+    assert_eq!(cuts.try_recv(), Ok(turn));
+    sup.shutdown().await;
+}

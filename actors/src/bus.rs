@@ -110,12 +110,20 @@ struct Fence {
     next_tap: u64,
 }
 
+type CutHook = Arc<dyn Fn(TurnId) + Send + Sync>;
+
 struct Inner {
     session: SessionId,
     tx: broadcast::Sender<BusEvent>,
     fence: Mutex<Fence>,
     max_turn_text: usize,
+    cut_hooks: Mutex<Vec<(u64, CutHook)>>,
+    next_hook: std::sync::atomic::AtomicU64,
 }
+
+/// Identifies a hook added with [`SessionBus::on_cut`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CutHookId(u64);
 
 /// A session's event bus. Cheap to clone; all clones are the same bus.
 #[derive(Clone)]
@@ -153,6 +161,8 @@ impl SessionBus {
                     next_tap: 1,
                 }),
                 max_turn_text: 256 * 1024,
+                cut_hooks: Mutex::new(Vec::new()),
+                next_hook: std::sync::atomic::AtomicU64::new(1),
             }),
         }
     }
@@ -303,20 +313,68 @@ impl SessionBus {
             f.usage = Some(estimate);
             self.send_locked(&mut f, turn, EventKind::Usage(Arc::new(estimate)));
         }
-        f.phase = if end.is_abort() {
+        let abort = end.is_abort();
+        f.phase = if abort {
             Phase::Aborted
         } else {
             Phase::Finished
         };
         self.send_locked(&mut f, turn, EventKind::TurnFinished(end));
-        Ok(TurnRecord {
+        let record = TurnRecord {
             turn,
             text: f.text.clone(),
             heard_chars: f.heard_chars,
             tool_calls: f.tool_calls.clone(),
             usage: f.usage,
             text_truncated: f.text_truncated,
-        })
+        };
+        drop(f);
+        if abort {
+            self.run_cut_hooks(turn);
+        }
+        Ok(record)
+    }
+
+    /// Registers a hook called synchronously, in the thread that cancels, right
+    /// after a turn is cut (cancelled, failed, or its speech interrupted) and its
+    /// events are published. A TTS whose audio output can be stopped from any
+    /// thread (an atomic flag its audio callback reads) goes silent this way
+    /// without waiting for its task to be scheduled. The hook runs outside the
+    /// bus lock; keep it short.
+    pub fn on_cut(&self, hook: impl Fn(TurnId) + Send + Sync + 'static) -> CutHookId {
+        let id = self
+            .inner
+            .next_hook
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner
+            .cut_hooks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((id, Arc::new(hook)));
+        CutHookId(id)
+    }
+
+    /// Removes a hook added with [`SessionBus::on_cut`].
+    pub fn remove_cut_hook(&self, id: CutHookId) {
+        self.inner
+            .cut_hooks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(h, _)| *h != id.0);
+    }
+
+    fn run_cut_hooks(&self, turn: TurnId) {
+        let hooks: Vec<CutHook> = self
+            .inner
+            .cut_hooks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(_, h)| h.clone())
+            .collect();
+        for hook in hooks {
+            hook(turn);
+        }
     }
 
     /// Cuts the speech of `turn` after its generation finished normally, when a
@@ -338,14 +396,17 @@ impl SessionBus {
         };
         f.phase = Phase::Aborted;
         self.send_locked(&mut f, turn, EventKind::Interrupted { heard_chars: heard });
-        Ok(TurnRecord {
+        let record = TurnRecord {
             turn,
             text: f.text.clone(),
             heard_chars: Some(heard),
             tool_calls: f.tool_calls.clone(),
             usage: f.usage,
             text_truncated: f.text_truncated,
-        })
+        };
+        drop(f);
+        self.run_cut_hooks(turn);
+        Ok(record)
     }
 
     /// Catch-up for a lagging subscriber: the current turn's text after the first
@@ -470,6 +531,9 @@ mod tests {
     #[test]
     fn playback_of_a_finished_turn_can_be_cut_once() {
         let bus = SessionBus::new(SessionId::new("s"), 16);
+        let cuts = Arc::new(Mutex::new(Vec::new()));
+        let seen = cuts.clone();
+        bus.on_cut(move |turn| seen.lock().unwrap().push(turn));
         let t = TurnId(1);
         bus.begin_turn(t).unwrap();
         bus.publish(t, token("Hello world")).unwrap();
@@ -487,6 +551,11 @@ mod tests {
             .unwrap();
         let record = bus.interrupt_playback(t).unwrap();
         assert_eq!(record.heard_chars, Some(5));
+        assert_eq!(
+            *cuts.lock().unwrap(),
+            vec![t],
+            "hook ran before interrupt_playback returned"
+        );
         assert!(
             bus.publish(
                 t,
