@@ -18,6 +18,32 @@ use super::request::{ChatRequest, build_body};
 use super::stream::{ByteSource, ChatStream, Driver};
 
 /// Streaming chat-completions client for one provider.
+///
+/// ```
+/// use colloquy::context::ChatContext;
+/// use colloquy::llm::{ChatClient, ChatRequest, LlmOptions, OpenAiConfig, StreamEvent};
+/// use colloquy::mock::{MockResponse, MockServer};
+/// use futures_util::StreamExt;
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// // A local scripted server; use `OpenAiConfig::from_env()?` for the real API.
+/// let server = MockServer::start(|_| MockResponse::text(&["Hel", "lo!"])).await?;
+/// let client = ChatClient::new(OpenAiConfig::compatible(server.base_url()))?;
+/// let mut ctx = ChatContext::new();
+/// ctx.add_user("Say hello.");
+/// let options = LlmOptions::new("gpt-4o-mini");
+/// let mut stream = client.stream(ChatRequest::new(&ctx, &options))?;
+/// let mut text = String::new();
+/// while let Some(event) = stream.next().await {
+///     match event? {
+///         StreamEvent::Token(t) => text.push_str(&t),
+///         StreamEvent::Usage(u) => assert_eq!(u.completion_tokens, 2),
+///         _ => {}
+///     }
+/// }
+/// assert_eq!(text, "Hello!");
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct ChatClient {
     inner: Arc<ClientInner>,

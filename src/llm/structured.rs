@@ -52,6 +52,17 @@ enum Escape {
 
 /// Incremental scanner that extracts one top-level string field of a JSON object
 /// from arbitrary fragments.
+///
+/// ```
+/// use colloquy::llm::JsonFieldStreamer;
+/// let mut s = JsonFieldStreamer::new("say");
+/// let mut spoken = String::new();
+/// for fragment in [r#"{"mood": "ok", "sa"#, r#"y": "Hi \"the"#, r#"re\"!"}"#] {
+///     spoken.push_str(&s.push(fragment));
+/// }
+/// assert_eq!(spoken, "Hi \"there\"!");
+/// assert_eq!(s.finish().unwrap()["mood"], "ok");
+/// ```
 #[derive(Debug, Clone)]
 pub struct JsonFieldStreamer {
     field: String,
