@@ -48,10 +48,11 @@ fn tap_filter(kind: &EventKind) -> bool {
 pub(crate) async fn execute(registry: &ToolRegistry, call: &ToolCall) -> ToolOutput {
     let started = Instant::now();
     let result = run(registry, call).await;
-    let (output, is_error, outcome) = match result {
+    let (mut output, is_error, outcome) = match result {
         Ok(out) => (out, false, "ok"),
         Err((reason, msg)) => (msg, true, reason),
     };
+    truncate_output(&mut output, registry.max_output_bytes);
     metrics::histogram!("colloquy_tool_duration_seconds", "outcome" => outcome)
         .record(started.elapsed().as_secs_f64());
     if is_error {
@@ -63,6 +64,21 @@ pub(crate) async fn execute(registry: &ToolRegistry, call: &ToolCall) -> ToolOut
         output,
         is_error,
     }
+}
+
+/// Cuts `output` to at most `max` bytes (plus a marker) at a character boundary.
+fn truncate_output(output: &mut String, max: usize) {
+    const MARKER: &str = "…[truncated]";
+    if output.len() <= max {
+        return;
+    }
+    let mut end = max;
+    while !output.is_char_boundary(end) {
+        end -= 1;
+    }
+    output.truncate(end);
+    output.push_str(MARKER);
+    metrics::counter!("colloquy_tool_outputs_truncated_total").increment(1);
 }
 
 async fn run(registry: &ToolRegistry, call: &ToolCall) -> Result<String, (&'static str, String)> {
@@ -162,5 +178,41 @@ impl Actor for ToolExecutor {
             _ => {}
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use colloquy::tools::ToolDefinition;
+
+    #[test]
+    fn long_outputs_are_cut_at_a_char_boundary() {
+        let mut s = "ééééé".to_string(); // 10 bytes
+        truncate_output(&mut s, 5);
+        assert_eq!(s, "éé…[truncated]");
+        let mut short = "ok".to_string();
+        truncate_output(&mut short, 5);
+        assert_eq!(short, "ok");
+    }
+
+    #[tokio::test]
+    async fn executor_applies_the_output_cap() {
+        let registry = ToolRegistry::new()
+            .with_tool(Tool::new(
+                ToolDefinition::free_form("big", "Big"),
+                |_| async { Ok("x".repeat(1000)) },
+            ))
+            .with_max_output_bytes(100);
+        let call = ToolCall {
+            index: 0,
+            id: "c".into(),
+            name: "big".into(),
+            arguments: "{}".into(),
+            valid_json: true,
+        };
+        let out = execute(&registry, &call).await;
+        assert!(!out.is_error);
+        assert_eq!(out.output.len(), 100 + "…[truncated]".len());
     }
 }

@@ -77,6 +77,7 @@ impl Tool {
 pub struct ToolRegistry {
     pub(crate) tools: Arc<HashMap<String, Tool>>,
     pub(crate) timeout: Duration,
+    pub(crate) max_output_bytes: usize,
 }
 
 impl Default for ToolRegistry {
@@ -84,12 +85,13 @@ impl Default for ToolRegistry {
         Self {
             tools: Arc::new(HashMap::new()),
             timeout: Duration::from_secs(10),
+            max_output_bytes: 64 * 1024,
         }
     }
 }
 
 impl ToolRegistry {
-    /// An empty registry with a 10 s per-call timeout.
+    /// An empty registry with a 10 s per-call timeout and 64 KiB outputs.
     pub fn new() -> Self {
         Self::default()
     }
@@ -97,6 +99,14 @@ impl ToolRegistry {
     /// Adds a tool (replacing one of the same name).
     pub fn with_tool(mut self, tool: Tool) -> Self {
         Arc::make_mut(&mut self.tools).insert(tool.definition.name.clone(), tool);
+        self
+    }
+
+    /// Caps what one call may send back to the model; longer outputs are cut at
+    /// a character boundary and marked as truncated (the context, and every later
+    /// request, would otherwise carry them whole).
+    pub fn with_max_output_bytes(mut self, max: usize) -> Self {
+        self.max_output_bytes = max;
         self
     }
 
