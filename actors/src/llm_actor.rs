@@ -335,12 +335,19 @@ impl LlmState {
         if let Some(u) = &out.usage {
             record_usage(u);
         }
-        if !out.text.is_empty() {
-            turn.draft.round_text_start += out.text.chars().count();
-            turn.draft.items.push(ChatItem::Message(ChatMessage::text(
-                Role::Assistant,
-                out.text,
-            )));
+        // The round's text is what the fence recorded for the turn after the
+        // earlier rounds' text (the stream task does not keep a second copy).
+        let text = self
+            .core
+            .bus
+            .turn_text_since(turn.id, turn.draft.round_text_start)
+            .map(|(text, _)| text)
+            .unwrap_or_default();
+        if !text.is_empty() {
+            turn.draft.round_text_start += text.chars().count();
+            turn.draft
+                .items
+                .push(ChatItem::Message(ChatMessage::text(Role::Assistant, text)));
         }
         if out.tool_calls.is_empty() || turn.round >= self.settings.max_tool_rounds {
             let end = match out.finish {

@@ -24,7 +24,6 @@ use crate::task::AbortOnDrop;
 /// What one streamed request produced.
 #[derive(Debug, Default)]
 pub(crate) struct RoundOutput {
-    pub(crate) text: String,
     pub(crate) tool_calls: Vec<ToolCall>,
     pub(crate) finish: Option<FinishReason>,
     pub(crate) usage: Option<Usage>,
@@ -77,7 +76,6 @@ pub(crate) async fn run_round(
                         .record(turn_started.elapsed().as_secs_f64());
                 }
                 metrics::counter!("colloquy_tokens_total").increment(1);
-                out.text.push_str(&t);
                 EventKind::Token(Arc::from(t))
             }
             Ok(StreamEvent::Reasoning(t)) => EventKind::Reasoning(Arc::from(t)),
