@@ -138,6 +138,34 @@ pub enum ChatItem {
 }
 
 impl ChatItem {
+    /// A tool call item with a fresh id.
+    pub fn function_call(
+        call_id: impl Into<String>,
+        name: impl Into<String>,
+        arguments: impl Into<String>,
+    ) -> Self {
+        ChatItem::FunctionCall(FunctionCall {
+            id: new_item_id("fc"),
+            call_id: call_id.into(),
+            name: name.into(),
+            arguments: arguments.into(),
+        })
+    }
+
+    /// A tool output item with a fresh id.
+    pub fn function_output(
+        call_id: impl Into<String>,
+        output: impl Into<String>,
+        is_error: bool,
+    ) -> Self {
+        ChatItem::FunctionCallOutput(FunctionCallOutput {
+            id: new_item_id("fco"),
+            call_id: call_id.into(),
+            output: output.into(),
+            is_error,
+        })
+    }
+
     /// The item's id.
     pub fn id(&self) -> &str {
         match self {
@@ -210,12 +238,8 @@ impl ChatContext {
         name: impl Into<String>,
         arguments: impl Into<String>,
     ) {
-        self.items.push(ChatItem::FunctionCall(FunctionCall {
-            id: new_item_id("fc"),
-            call_id: call_id.into(),
-            name: name.into(),
-            arguments: arguments.into(),
-        }));
+        self.items
+            .push(ChatItem::function_call(call_id, name, arguments));
     }
 
     /// Appends a tool's output.
@@ -226,12 +250,7 @@ impl ChatContext {
         is_error: bool,
     ) {
         self.items
-            .push(ChatItem::FunctionCallOutput(FunctionCallOutput {
-                id: new_item_id("fco"),
-                call_id: call_id.into(),
-                output: output.into(),
-                is_error,
-            }));
+            .push(ChatItem::function_output(call_id, output, is_error));
     }
 
     /// Number of items.

@@ -299,12 +299,8 @@ impl LlmState {
         }
         for call_id in std::mem::take(&mut turn.pending_calls) {
             if let Some(r) = turn.draft.results.get(&call_id) {
-                let (output, is_error) = (r.output.clone(), r.is_error);
-                let mut ctx = ChatContext {
-                    items: std::mem::take(&mut turn.draft.items),
-                };
-                ctx.add_function_output(call_id, output, is_error);
-                turn.draft.items = ctx.items;
+                let item = ChatItem::function_output(call_id, r.output.clone(), r.is_error);
+                turn.draft.items.push(item);
             }
         }
         turn.round += 1;
@@ -361,14 +357,14 @@ impl LlmState {
             self.finish(end);
             return;
         }
-        let mut ctx = ChatContext {
-            items: std::mem::take(&mut turn.draft.items),
-        };
         for call in &out.tool_calls {
-            ctx.add_function_call(call.id.clone(), call.name.clone(), call.arguments.clone());
+            turn.draft.items.push(ChatItem::function_call(
+                call.id.clone(),
+                call.name.clone(),
+                call.arguments.clone(),
+            ));
             turn.pending_calls.push(call.id.clone());
         }
-        turn.draft.items = ctx.items;
         self.maybe_continue();
     }
 

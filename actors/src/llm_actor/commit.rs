@@ -11,7 +11,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use colloquy::context::{ChatItem, ChatMessage, ContentPart, FunctionCall, Role, new_item_id};
+use colloquy::context::{ChatItem, ChatMessage, ContentPart, Role};
 
 use crate::bus::{ToolOutput, TurnRecord};
 
@@ -73,12 +73,11 @@ pub(crate) fn interrupted_items(draft: TurnDraft, record: &TurnRecord, why: &str
         })
         .collect();
     for call in record.tool_calls.iter().filter(|c| !known.contains(&c.id)) {
-        out.push(ChatItem::FunctionCall(FunctionCall {
-            id: new_item_id("fc"),
-            call_id: call.id.clone(),
-            name: call.name.clone(),
-            arguments: call.arguments.clone(),
-        }));
+        out.push(ChatItem::function_call(
+            call.id.clone(),
+            call.name.clone(),
+            call.arguments.clone(),
+        ));
     }
     let answered: HashSet<String> = out
         .iter()
@@ -99,14 +98,7 @@ pub(crate) fn interrupted_items(draft: TurnDraft, record: &TurnRecord, why: &str
             Some(r) => (r.output.clone(), r.is_error),
             None => (why.to_string(), true),
         };
-        out.push(ChatItem::FunctionCallOutput(
-            colloquy::context::FunctionCallOutput {
-                id: new_item_id("fco"),
-                call_id,
-                output,
-                is_error,
-            },
-        ));
+        out.push(ChatItem::function_output(call_id, output, is_error));
     }
     out
 }
