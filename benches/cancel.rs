@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use colloquy::llm::{ChatClient, LlmOptions, OpenAiConfig};
-use colloquy::mock::{MockResponse, MockServer, sse_chunk};
+use colloquy::mock::{MockResponse, MockServer};
 use colloquy_actors::bus::{BusReceiver, EventKind, TurnEnd};
 use colloquy_actors::{AgentSettings, SessionConfig, SessionHandle, Supervisor, SupervisorConfig};
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -44,17 +44,10 @@ fn bench(c: &mut Criterion) {
         .build()
         .unwrap();
     let (_server, sup, session) = rt.block_on(async {
-        let server = MockServer::start_with(
-            |_| {
-                MockResponse::event_stream()
-                    .event(&sse_chunk(serde_json::json!({"content": "Hello"}), None))
-                    .stall()
-            },
-            false,
-            0,
-        )
-        .await
-        .unwrap();
+        let server =
+            MockServer::start_with(|_| MockResponse::text_then_stall(&["Hello"]), false, 0)
+                .await
+                .unwrap();
         let client = ChatClient::new(OpenAiConfig::compatible(server.base_url())).unwrap();
         let sup = Supervisor::start(SupervisorConfig::default())
             .await

@@ -299,13 +299,9 @@ async fn first_token_deadline_and_read_gap() {
         "{err:?}"
     );
 
-    let server = MockServer::start(|_| {
-        MockResponse::event_stream()
-            .event(&sse_chunk(json!({"content":"a"}), None))
-            .stall()
-    })
-    .await
-    .unwrap();
+    let server = MockServer::start(|_| MockResponse::text_then_stall(&["a"]))
+        .await
+        .unwrap();
     let mut cfg = fast_config();
     cfg.read_gap_timeout = Duration::from_millis(100);
     let client = ChatClient::with_config(OpenAiConfig::compatible(server.base_url()), cfg).unwrap();
@@ -316,13 +312,9 @@ async fn first_token_deadline_and_read_gap() {
 
 #[tokio::test]
 async fn dropping_the_stream_closes_the_connection() {
-    let server = MockServer::start(|_| {
-        MockResponse::event_stream()
-            .event(&sse_chunk(json!({"content":"first"}), None))
-            .stall()
-    })
-    .await
-    .unwrap();
+    let server = MockServer::start(|_| MockResponse::text_then_stall(&["first"]))
+        .await
+        .unwrap();
     let client = ChatClient::new(OpenAiConfig::compatible(server.base_url())).unwrap();
     let c = ctx();
     let options = LlmOptions::default();

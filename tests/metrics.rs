@@ -8,14 +8,13 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use colloquy::llm::{ChatClient, LlmOptions, OpenAiConfig};
-use colloquy::mock::{MockResponse, MockServer, sse_chunk};
+use colloquy::mock::{MockResponse, MockServer};
 use colloquy::tools::ToolDefinition;
 use colloquy_actors::bus::{BusReceiver, EventKind, TurnEnd};
 use colloquy_actors::{
     AgentSettings, SessionConfig, Supervisor, SupervisorConfig, Tool, ToolRegistry,
 };
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
-use serde_json::json;
 
 fn name_and_labels(key: &metrics::Key) -> String {
     let mut s = key.name().to_string();
@@ -40,9 +39,7 @@ async fn runtime_metrics_are_recorded() {
         } else if last["content"] == "use the tool" {
             MockResponse::tool_calls(&[("c1", "ping", "{}")])
         } else if last["content"] == "stall" {
-            MockResponse::event_stream()
-                .event(&sse_chunk(json!({"content": "Partial answer"}), None))
-                .stall()
+            MockResponse::text_then_stall(&["Partial answer"])
         } else {
             MockResponse::text(&["Hello", " world"])
         }

@@ -46,6 +46,14 @@ async fn finished(rx: &mut BusReceiver, turn: TurnId) -> TurnEnd {
     }
 }
 
+/// Waits until the mock server has seen a client close a response mid-way.
+async fn server_saw_close(disconnects: &mut tokio::sync::watch::Receiver<u64>) {
+    tokio::time::timeout(GUARD, disconnects.wait_for(|n| *n >= 1))
+        .await
+        .expect("the server did not see the connection close")
+        .expect("server gone");
+}
+
 fn paced_words(n: usize, gap_ms: u64) -> MockResponse {
     let words: Vec<String> = (0..n).map(|i| format!("w{i} ")).collect();
     let refs: Vec<&str> = words.iter().map(String::as_str).collect();
@@ -134,10 +142,7 @@ async fn cancel_mid_stream_closes_connection_fences_and_commits_published_text()
         other => panic!("expected usage before the end, got {other:?}"),
     }
     assert_eq!(finished(&mut rx, turn).await, TurnEnd::Cancelled);
-    tokio::time::timeout(GUARD, disconnects.wait_for(|n| *n >= 1))
-        .await
-        .unwrap()
-        .unwrap();
+    server_saw_close(&mut disconnects).await;
 
     let ctx = session.context().await.unwrap();
     let (text, interrupted) = last_assistant(&ctx).expect("partial answer committed");
@@ -163,10 +168,7 @@ async fn cancel_while_waiting_for_the_first_token() {
     let mut disconnects = server.disconnects();
     session.cancel().unwrap();
     assert_eq!(finished(&mut rx, turn).await, TurnEnd::Cancelled);
-    tokio::time::timeout(GUARD, disconnects.wait_for(|n| *n >= 1))
-        .await
-        .unwrap()
-        .unwrap();
+    server_saw_close(&mut disconnects).await;
     let ctx = session.context().await.unwrap();
     assert!(
         last_assistant(&ctx).is_none(),
@@ -177,23 +179,16 @@ async fn cancel_while_waiting_for_the_first_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_during_a_stalled_stream() {
-    let server = MockServer::start(|_| {
-        MockResponse::event_stream()
-            .event(&sse_chunk(json!({"content": "Let me think"}), None))
-            .stall()
-    })
-    .await
-    .unwrap();
+    let server = MockServer::start(|_| MockResponse::text_then_stall(&["Let me think"]))
+        .await
+        .unwrap();
     let (sup, session, mut rx) = setup(&server, |_| {}).await;
     session.send_text("hard question").unwrap();
     let tok = next_matching(&mut rx, |e| matches!(e.kind, EventKind::Token(_))).await;
     let mut disconnects = server.disconnects();
     session.user_speech_started(); // barge-in through the bus
     assert_eq!(finished(&mut rx, tok.turn).await, TurnEnd::Cancelled);
-    tokio::time::timeout(GUARD, disconnects.wait_for(|n| *n >= 1))
-        .await
-        .unwrap()
-        .unwrap();
+    server_saw_close(&mut disconnects).await;
     let ctx = session.context().await.unwrap();
     assert_eq!(
         last_assistant(&ctx),
@@ -205,10 +200,7 @@ async fn cancel_during_a_stalled_stream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partial_commit_stops_at_the_last_speech_played_position() {
     let server = MockServer::start(|_| {
-        MockResponse::event_stream()
-            .event(&sse_chunk(json!({"content": "Hello there, "}), None))
-            .event(&sse_chunk(json!({"content": "how are you today?"}), None))
-            .stall()
+        MockResponse::text_then_stall(&["Hello there, ", "how are you today?"])
     })
     .await
     .unwrap();
@@ -556,9 +548,7 @@ async fn cancel_when_idle_is_a_noop_and_new_message_cancels_the_turn() {
         if last_message(req).contains("second") {
             MockResponse::text(&["ok"])
         } else {
-            MockResponse::event_stream()
-                .event(&sse_chunk(json!({"content": "first answer"}), None))
-                .stall()
+            MockResponse::text_then_stall(&["first answer"])
         }
     })
     .await
@@ -671,13 +661,9 @@ async fn segmenter_speaks_whole_turns_and_drops_cancelled_ones() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn supervisor_caps_sessions_and_stop_leaves_nothing_behind() {
-    let server = MockServer::start(|_| {
-        MockResponse::event_stream()
-            .event(&sse_chunk(json!({"content": "x"}), None))
-            .stall()
-    })
-    .await
-    .unwrap();
+    let server = MockServer::start(|_| MockResponse::text_then_stall(&["x"]))
+        .await
+        .unwrap();
     let client = ChatClient::new(OpenAiConfig::compatible(server.base_url())).unwrap();
     let sup = Supervisor::start(SupervisorConfig {
         max_sessions: 2,
@@ -705,10 +691,7 @@ async fn supervisor_caps_sessions_and_stop_leaves_nothing_behind() {
     let mut disconnects = server.disconnects();
     sup.stop_session(a.id()).await.unwrap();
     assert_eq!(finished(&mut rx, turn).await, TurnEnd::Cancelled);
-    tokio::time::timeout(GUARD, disconnects.wait_for(|n| *n >= 1))
-        .await
-        .unwrap()
-        .unwrap();
+    server_saw_close(&mut disconnects).await;
     assert!(sup.session(a.id()).is_none());
     assert!(matches!(
         a.send_text("anyone?"),
@@ -823,13 +806,9 @@ async fn barge_in_during_tail_speech_trims_the_finished_reply() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cut_hook_runs_before_cancel_returns() {
-    let server = MockServer::start(|_| {
-        MockResponse::event_stream()
-            .event(&sse_chunk(json!({"content": "Talking"}), None))
-            .stall()
-    })
-    .await
-    .unwrap();
+    let server = MockServer::start(|_| MockResponse::text_then_stall(&["Talking"]))
+        .await
+        .unwrap();
     let (sup, session, mut rx) = setup(&server, |_| {}).await;
     let (tx, cuts) = std::sync::mpsc::channel();
     session.bus().on_cut(move |turn| {

@@ -76,6 +76,17 @@ impl MockResponse {
         r.finish("stop", 10, tokens.len() as u64)
     }
 
+    /// Streams these content tokens, then stalls with the connection open: a
+    /// model that stopped mid-answer (what cancel tests cut).
+    pub fn text_then_stall(tokens: &[&str]) -> Self {
+        tokens
+            .iter()
+            .fold(Self::event_stream(), |r, t| {
+                r.event(&sse_chunk(json!({"content": t}), None))
+            })
+            .stall()
+    }
+
     /// A streamed round of tool calls `(id, name, arguments)`, arguments split in
     /// two fragments, finish `tool_calls`.
     pub fn tool_calls(calls: &[(&str, &str, &str)]) -> Self {
