@@ -122,6 +122,9 @@ impl Actor for LlmActor {
         state: &mut LlmState,
     ) -> Result<(), ActorProcessingErr> {
         state.cancel(Instant::now(), TurnEnd::Cancelled);
+        if let Some(tap) = state.core.take_llm_tap() {
+            state.core.bus.remove_tap(tap);
+        }
         Ok(())
     }
 

@@ -185,6 +185,10 @@ impl SessionCore {
         *lock(&self.settings) = settings.clone();
     }
 
+    pub(crate) fn take_llm_tap(&self) -> Option<u64> {
+        lock(&self.llm_tap).take()
+    }
+
     pub(crate) fn replace_llm_tap(&self, tap: u64) -> Option<u64> {
         lock(&self.llm_tap).replace(tap)
     }
