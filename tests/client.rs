@@ -303,7 +303,7 @@ async fn first_token_deadline_and_read_gap() {
         .await
         .unwrap();
     let mut cfg = fast_config();
-    cfg.read_gap_timeout = Duration::from_millis(100);
+    cfg.read_gap_timeout = Duration::from_millis(500);
     let client = ChatClient::with_config(OpenAiConfig::compatible(server.base_url()), cfg).unwrap();
     let (events, err) = collect(&client, &LlmOptions::default()).await;
     assert_eq!(text_of(&events), "a");
