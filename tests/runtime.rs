@@ -514,7 +514,17 @@ async fn panicking_llm_actor_is_restarted_with_its_context() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_sessions_cancel_independently() {
-    let server = MockServer::start(|_| paced_words(30, 2)).await.unwrap();
+    // Session a's model stalls after one token (only a cancel can end it);
+    // session b's streams 30 words over ≈0.6 s, so it is mid-stream at a's cancel.
+    let server = MockServer::start(|req| {
+        if last_message(req).contains("stall") {
+            MockResponse::text_then_stall(&["w0 "])
+        } else {
+            paced_words(30, 20)
+        }
+    })
+    .await
+    .unwrap();
     let client = ChatClient::new(OpenAiConfig::compatible(server.base_url())).unwrap();
     let sup = Supervisor::start(SupervisorConfig::default())
         .await
@@ -523,7 +533,7 @@ async fn two_sessions_cancel_independently() {
     let a = sup.start_session("a", cfg.clone()).await.unwrap();
     let b = sup.start_session("b", cfg).await.unwrap();
     let (mut ra, mut rb) = (a.subscribe(), b.subscribe());
-    a.send_text("go").unwrap();
+    a.send_text("stall").unwrap();
     b.send_text("go").unwrap();
     let ta = next_matching(&mut ra, |e| matches!(e.kind, EventKind::Token(_)))
         .await
