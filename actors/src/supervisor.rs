@@ -230,17 +230,31 @@ async fn restart(shared: &Arc<Shared>, sup: ActorCell, session: &SessionId, role
     }
 }
 
+/// Spawns one session actor linked to the supervisor and records its role, so
+/// a failure can be traced back to the session and restarted.
+async fn spawn_child<A: Actor>(
+    shared: &Shared,
+    core: &SessionCore,
+    role: Role,
+    actor: A,
+    args: A::Arguments,
+    sup: ActorCell,
+) -> Result<ActorRef<A::Msg>, SupervisorError> {
+    let (actor, _) = Actor::spawn_linked(None, actor, args, sup)
+        .await
+        .map_err(|e| SupervisorError::Spawn(e.to_string()))?;
+    shared
+        .by_actor
+        .insert(actor.get_id(), (core.id.clone(), role));
+    Ok(actor)
+}
+
 async fn spawn_llm(
     shared: &Shared,
     core: &Arc<SessionCore>,
     sup: ActorCell,
 ) -> Result<(), SupervisorError> {
-    let (actor, _) = Actor::spawn_linked(None, LlmActor, core.clone(), sup)
-        .await
-        .map_err(|e| SupervisorError::Spawn(e.to_string()))?;
-    shared
-        .by_actor
-        .insert(actor.get_id(), (core.id.clone(), Role::Llm));
+    let actor = spawn_child(shared, core, Role::Llm, LlmActor, core.clone(), sup).await?;
     core.set_llm(Some(actor));
     Ok(())
 }
@@ -251,13 +265,8 @@ async fn spawn_tools(
     registry: ToolRegistry,
     sup: ActorCell,
 ) -> Result<ActorRef<ToolExecutorMsg>, SupervisorError> {
-    let (actor, _) = Actor::spawn_linked(None, ToolExecutor, (core.bus.clone(), registry), sup)
-        .await
-        .map_err(|e| SupervisorError::Spawn(e.to_string()))?;
-    shared
-        .by_actor
-        .insert(actor.get_id(), (core.id.clone(), Role::Tools));
-    Ok(actor)
+    let args = (core.bus.clone(), registry);
+    spawn_child(shared, core, Role::Tools, ToolExecutor, args, sup).await
 }
 
 async fn spawn_segmenter(
@@ -266,13 +275,8 @@ async fn spawn_segmenter(
     config: SegmenterConfig,
     sup: ActorCell,
 ) -> Result<ActorRef<SegmenterMsg>, SupervisorError> {
-    let (actor, _) = Actor::spawn_linked(None, Segmenter, (core.bus.clone(), config), sup)
-        .await
-        .map_err(|e| SupervisorError::Spawn(e.to_string()))?;
-    shared
-        .by_actor
-        .insert(actor.get_id(), (core.id.clone(), Role::Segmenter));
-    Ok(actor)
+    let args = (core.bus.clone(), config);
+    spawn_child(shared, core, Role::Segmenter, Segmenter, args, sup).await
 }
 
 async fn stop_entry(shared: &Shared, entry: SessionEntry) {
