@@ -66,6 +66,10 @@ pub struct ChatMessage {
     /// user heard, not what the model generated.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub interrupted: bool,
+    /// Set on an assistant message whose answer hit the runtime's size cap: the
+    /// content is cut (the user may have heard more).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
 }
 
 impl ChatMessage {
@@ -82,6 +86,7 @@ impl ChatMessage {
             content,
             name: None,
             interrupted: false,
+            truncated: false,
         }
     }
 

@@ -1,20 +1,22 @@
-//! The per-session broadcast bus, with the turn fence.
+//! The per-session broadcast bus, and the turn ledger behind it.
 //!
 //! Everything a session does is an event on its bus: the user's speech and
 //! transcripts (from STT actors), the agent's tokens, tool calls, usage and turn
 //! ends (from the LLM actor), speakable segments (segmenter) and playback
 //! progress (TTS). Any number of subscribers read it.
 //!
-//! The bus is also where the cancel guarantee lives. Publishing an event of the
-//! agent's side names its turn, and a small mutex-guarded *fence* checks it:
-//! once a turn is finished as cancelled or failed, every later event of that turn
-//! — a token the stream task had in hand, a segment the segmenter was about to
-//! flush, a tool result — is refused with [`PublishError::Stale`]. Because the
+//! The bus is also where the cancel guarantee lives. Every event of the agent's
+//! side names its turn, and the [turn ledger](ledger) behind one mutex checks
+//! it: once a turn is finished as cancelled or failed, every later event of that
+//! turn — a token the stream task had in hand, a segment the segmenter was about
+//! to flush, a tool result — is refused with [`PublishError::Stale`]. Because the
 //! check and the broadcast happen under the same lock, "TurnFinished(Cancelled),
 //! then nothing of that turn" holds for every subscriber, without trusting the
-//! publishers to be fast. The fence also records what the turn published (its
-//! text, tool calls, usage) and how much of it was played, which is exactly what
-//! the interruption commit needs.
+//! publishers to be fast. The ledger also owns the turn's life (begin, rounds,
+//! cut, finish) and keeps what each round published until the LLM actor commits
+//! it; those controls are crate-private. Embedders publish their own events —
+//! user speech and transcripts, tool results, speakable segments, playback —
+//! and subscribe.
 //!
 //! Subscribers read through a bounded `tokio::sync::broadcast`. One that falls
 //! more than the capacity behind is told how many events it missed
@@ -22,8 +24,11 @@
 //! can resynchronise the current turn's text with [`SessionBus::turn_text_since`].
 //! Consumers that must not miss anything (the LLM actor for user input and tool
 //! results, the tool executor for calls) are attached as lossless taps instead.
+//! When the session stops, the bus closes: subscribers get
+//! [`BusRecvError::Closed`] once they have drained it.
 
 mod event;
+pub(crate) mod ledger;
 mod subscriber;
 
 pub use event::{BusEvent, EventKind, ToolOutput, TurnEnd};
@@ -31,13 +36,14 @@ pub use subscriber::{BusReceiver, BusRecvError};
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use colloquy::llm::{ToolCall, Usage};
-use tokio::sync::broadcast;
-
 use crate::ids::{SessionId, TurnId};
+use ledger::{Closed, Cut, Ledger, LedgerError, TapFilter};
 
 /// Default number of events a subscriber may fall behind before it lags.
 pub const DEFAULT_BUS_CAPACITY: usize = 64;
+
+/// Default cap on the answer text a turn keeps for its commit (256 KiB).
+pub const DEFAULT_MAX_TURN_TEXT: usize = 256 * 1024;
 
 /// Why an event was not published.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -51,72 +57,26 @@ pub enum PublishError {
         /// The session's current turn.
         current: TurnId,
     },
-    /// Only the LLM actor starts turns, with increasing ids.
-    #[error("turn {turn} cannot start after turn {current}")]
-    TurnOrder {
-        /// The turn that was to start.
-        turn: TurnId,
-        /// The session's current turn.
-        current: TurnId,
-    },
-}
-
-/// What a turn published, returned when it finishes.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TurnRecord {
-    /// The turn.
-    pub turn: TurnId,
-    /// All answer text published in the turn (every round).
-    pub text: String,
-    /// Characters of `text` that playback reported as heard, if a TTS reported.
-    pub heard_chars: Option<usize>,
-    /// Tool calls published in the turn.
-    pub tool_calls: Vec<Arc<ToolCall>>,
-    /// The last usage published in the turn.
-    pub usage: Option<Usage>,
-    /// Whether `text` stopped growing at the text cap.
-    pub text_truncated: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    /// Published events are accepted for the current turn.
-    Open,
-    /// Finished normally: only playback events (tail speech) are accepted.
-    Finished,
-    /// Cancelled or failed: nothing more of this turn.
-    Aborted,
-}
-
-pub(crate) type TapFilter = fn(&EventKind) -> bool;
-type TapFn = Box<dyn Fn(&BusEvent) + Send + Sync>;
-
-struct Tap {
-    id: u64,
-    filter: TapFilter,
-    deliver: TapFn,
-}
-
-struct Fence {
-    seq: u64,
-    turn: TurnId,
-    phase: Phase,
-    text: String,
-    text_truncated: bool,
-    heard_chars: Option<usize>,
-    tool_calls: Vec<Arc<ToolCall>>,
-    usage: Option<Usage>,
-    taps: Vec<Tap>,
-    next_tap: u64,
+    /// Only the runtime publishes this kind of event (tokens, tool calls,
+    /// usage, turn starts and ends).
+    #[error("only the runtime publishes {0} events")]
+    NotAllowed(&'static str),
+    /// A tool result for a call the turn never made.
+    #[error("turn has no tool call {0:?}")]
+    UnknownCall(String),
+    /// A second tool result for the same call.
+    #[error("tool call {0:?} is already answered")]
+    AlreadyAnswered(String),
+    /// The session stopped.
+    #[error("the session's bus is closed")]
+    Closed,
 }
 
 type CutHook = Arc<dyn Fn(TurnId) + Send + Sync>;
 
 struct Inner {
     session: SessionId,
-    tx: broadcast::Sender<BusEvent>,
-    fence: Mutex<Fence>,
-    max_turn_text: usize,
+    ledger: Mutex<Ledger>,
     cut_hooks: Mutex<Vec<(u64, CutHook)>>,
     next_hook: std::sync::atomic::AtomicU64,
 }
@@ -135,7 +95,7 @@ impl std::fmt::Debug for SessionBus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SessionBus")
             .field("session", &self.inner.session)
-            .field("subscribers", &self.inner.tx.receiver_count())
+            .field("subscribers", &self.subscriber_count())
             .finish()
     }
 }
@@ -143,24 +103,17 @@ impl std::fmt::Debug for SessionBus {
 impl SessionBus {
     /// A bus whose subscribers may fall `capacity` events behind.
     pub fn new(session: SessionId, capacity: usize) -> Self {
-        let (tx, _) = broadcast::channel(capacity.max(1));
+        Self::with_text_cap(session, capacity, DEFAULT_MAX_TURN_TEXT)
+    }
+
+    /// Like [`SessionBus::new`], keeping at most `max_turn_text` bytes of a
+    /// turn's answer for its commit (a longer answer is committed cut and
+    /// marked `truncated`).
+    pub fn with_text_cap(session: SessionId, capacity: usize, max_turn_text: usize) -> Self {
         Self {
             inner: Arc::new(Inner {
+                ledger: Mutex::new(Ledger::new(session.clone(), capacity, max_turn_text)),
                 session,
-                tx,
-                fence: Mutex::new(Fence {
-                    seq: 0,
-                    turn: TurnId(0),
-                    phase: Phase::Finished,
-                    text: String::new(),
-                    text_truncated: false,
-                    heard_chars: None,
-                    tool_calls: Vec::new(),
-                    usage: None,
-                    taps: Vec::new(),
-                    next_tap: 1,
-                }),
-                max_turn_text: 256 * 1024,
                 cut_hooks: Mutex::new(Vec::new()),
                 next_hook: std::sync::atomic::AtomicU64::new(1),
             }),
@@ -174,168 +127,122 @@ impl SessionBus {
 
     /// A new subscriber, receiving events published from now on.
     pub fn subscribe(&self) -> BusReceiver {
-        BusReceiver::new(self.inner.tx.subscribe())
+        BusReceiver::new(self.lock().subscribe())
     }
 
     /// Number of live subscribers.
     pub fn subscriber_count(&self) -> usize {
-        self.inner.tx.receiver_count()
+        self.lock().subscriber_count()
     }
 
-    /// Whether `turn` is the current turn and still open.
+    /// Whether `turn` is the current turn and still generating.
     pub fn is_open(&self, turn: TurnId) -> bool {
-        let f = self.lock();
-        f.turn == turn && f.phase == Phase::Open
+        self.lock().is_open(turn)
     }
 
-    /// The latest turn and whether it is still streaming.
+    /// The latest turn and whether it is still generating.
     pub fn current_turn(&self) -> (TurnId, bool) {
-        let f = self.lock();
-        (f.turn, f.phase == Phase::Open)
+        let l = self.lock();
+        (l.turn(), l.is_open(l.turn()))
     }
 
-    fn lock(&self) -> MutexGuard<'_, Fence> {
-        // A panic while holding the lock cannot leave the fence half-updated in a
-        // way that matters more than losing the bus, so poisoning is ignored.
-        self.inner.fence.lock().unwrap_or_else(|e| e.into_inner())
+    /// Whether the session stopped and the bus is closed.
+    pub fn is_closed(&self) -> bool {
+        self.lock().is_closed()
     }
 
-    fn send_locked(&self, f: &mut Fence, turn: TurnId, kind: EventKind) -> u64 {
-        f.seq += 1;
-        let event = BusEvent {
-            session: self.inner.session.clone(),
-            turn,
-            seq: f.seq,
-            kind,
-        };
-        for tap in &f.taps {
-            if (tap.filter)(&event.kind) {
-                (tap.deliver)(&event);
-            }
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Ledger> {
+        // A panic while holding the lock cannot leave the ledger half-updated in
+        // a way that matters more than losing the bus, so poisoning is ignored.
+        self.inner.ledger.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Publishes a user-side event (speech started, transcript); never fenced.
+    /// `UserSpeechStarted` cuts the agent's turn (or its speech) here, before
+    /// this returns, when the session's interruption policy says so. Returns
+    /// the event's seq.
+    pub fn publish_user(&self, kind: EventKind) -> Result<u64, PublishError> {
+        if !kind.is_user_side() {
+            return Err(PublishError::NotAllowed(kind.name()));
         }
-        // No subscriber is not an error: the event is simply not observed.
-        let _ = self.inner.tx.send(event);
-        f.seq
+        let (seq, cut) = self.lock().publish_user(kind)?;
+        if let Some(cut) = cut {
+            self.after_cut(cut);
+        }
+        Ok(seq)
     }
 
-    /// Publishes a user-side event (speech started, transcript). Never fenced.
-    /// Returns the event's seq.
-    pub fn publish_user(&self, kind: EventKind) -> u64 {
-        let mut f = self.lock();
-        let turn = f.turn;
-        self.send_locked(&mut f, turn, kind)
-    }
-
-    /// Publishes an event of `turn`. Refused with [`PublishError::Stale`] when the
-    /// turn is not the current one, was cancelled or failed, or (for anything but
-    /// playback events) already finished.
+    /// Publishes an embedder's event of `turn`: a tool result, a speakable
+    /// segment or playback progress (user-side events go to
+    /// [`SessionBus::publish_user`]). Refused with [`PublishError::Stale`] when
+    /// the turn is not the current one, was cut, or (for tool results) already
+    /// finished; the runtime's own kinds are [`PublishError::NotAllowed`].
     pub fn publish(&self, turn: TurnId, kind: EventKind) -> Result<u64, PublishError> {
         if kind.is_user_side() {
-            return Ok(self.publish_user(kind));
+            return self.publish_user(kind);
         }
-        let mut f = self.lock();
-        let accepted = f.turn == turn
-            && match f.phase {
-                Phase::Open => !matches!(
-                    kind,
-                    EventKind::TurnStarted
-                        | EventKind::TurnFinished(_)
-                        | EventKind::Interrupted { .. }
-                ),
-                Phase::Finished => kind.is_playback(),
-                Phase::Aborted => false,
-            };
-        if !accepted {
-            metrics::counter!("colloquy_bus_stale_rejected_total").increment(1);
-            return Err(PublishError::Stale {
-                turn,
-                current: f.turn,
-            });
+        if !kind.is_embedder_side() {
+            return Err(PublishError::NotAllowed(kind.name()));
         }
-        match &kind {
-            EventKind::Token(t) => {
-                if f.text.len() + t.len() <= self.inner.max_turn_text {
-                    f.text.push_str(t);
-                } else {
-                    f.text_truncated = true;
-                }
-            }
-            EventKind::ToolCall(c) => f.tool_calls.push(c.clone()),
-            EventKind::Usage(u) => f.usage = Some(**u),
-            EventKind::SpeechPlayed { chars } => {
-                let chars = *chars;
-                f.heard_chars = Some(f.heard_chars.map_or(chars, |h| h.max(chars)));
-            }
-            _ => {}
-        }
-        Ok(self.send_locked(&mut f, turn, kind))
+        self.lock().publish(turn, kind)
     }
 
-    /// Starts `turn` (must be newer than the current one) and publishes
-    /// [`EventKind::TurnStarted`]. A still-open older turn is aborted silently;
-    /// the LLM actor always finishes a turn before starting the next.
-    pub fn begin_turn(&self, turn: TurnId) -> Result<u64, PublishError> {
-        let mut f = self.lock();
-        if turn <= f.turn {
-            return Err(PublishError::TurnOrder {
-                turn,
-                current: f.turn,
-            });
-        }
-        f.turn = turn;
-        f.phase = Phase::Open;
-        f.text.clear();
-        f.text_truncated = false;
-        f.heard_chars = None;
-        f.tool_calls.clear();
-        f.usage = None;
-        Ok(self.send_locked(&mut f, turn, EventKind::TurnStarted))
+    /// Publishes an event of the agent's side (stream task, tool executor).
+    pub(crate) fn publish_agent(&self, turn: TurnId, kind: EventKind) -> Result<u64, PublishError> {
+        self.lock().publish(turn, kind)
     }
 
-    /// Finishes `turn`: publishes `usage_if_missing(text)` when the turn published
-    /// no usage and `end` is an abort, then [`EventKind::TurnFinished`], and
-    /// closes the fence. Returns what the turn published.
-    pub fn finish_turn(
-        &self,
-        turn: TurnId,
-        end: TurnEnd,
-        usage_if_missing: impl FnOnce(&str) -> Usage,
-    ) -> Result<TurnRecord, PublishError> {
-        let mut f = self.lock();
-        if f.turn != turn || f.phase != Phase::Open {
-            return Err(PublishError::Stale {
-                turn,
-                current: f.turn,
-            });
-        }
-        if end.is_abort() && f.usage.is_none() {
-            let estimate = usage_if_missing(&f.text);
-            f.usage = Some(estimate);
-            self.send_locked(&mut f, turn, EventKind::Usage(Arc::new(estimate)));
-        }
+    /// Starts the next turn (publishes `TurnStarted`).
+    pub(crate) fn begin_turn(&self) -> Result<TurnId, LedgerError> {
+        self.lock().begin()
+    }
+
+    /// Closes `turn` with the end its stream reached; `false` when it was cut
+    /// first (its record is then waiting in the ledger).
+    pub(crate) fn finish_turn(&self, turn: TurnId, end: TurnEnd) -> bool {
         let abort = end.is_abort();
-        f.phase = if abort {
-            Phase::Aborted
-        } else {
-            Phase::Finished
-        };
-        self.send_locked(&mut f, turn, EventKind::TurnFinished(end));
-        let record = TurnRecord {
-            turn,
-            text: f.text.clone(),
-            heard_chars: f.heard_chars,
-            tool_calls: f.tool_calls.clone(),
-            usage: f.usage,
-            text_truncated: f.text_truncated,
-        };
-        drop(f);
-        if abort {
+        let closed = self.lock().finish(turn, end);
+        if closed && abort {
             self.run_cut_hooks(turn);
         }
-        Ok(record)
+        closed
     }
 
-    /// Registers a hook called synchronously, in the thread that cancels, right
+    /// Cuts `target` (default: the current turn) in one critical section: a
+    /// turn still generating is closed with `end` (stream aborted, usage
+    /// reported, `TurnFinished` published); the speech of a finished turn is
+    /// interrupted (`Interrupted` published). Cut hooks run before this returns.
+    pub(crate) fn cut(&self, target: Option<TurnId>, end: TurnEnd) -> Option<Cut> {
+        let cut = self.lock().cut(target, end)?;
+        self.after_cut(cut);
+        Some(cut)
+    }
+
+    fn after_cut(&self, cut: Cut) {
+        if matches!(cut, Cut::Generation(_)) {
+            metrics::counter!("colloquy_turn_cuts_total", "what" => "generation").increment(1);
+        } else {
+            metrics::counter!("colloquy_turn_cuts_total", "what" => "speech").increment(1);
+        }
+        self.run_cut_hooks(cut.turn());
+    }
+
+    /// Takes the record of a closed turn waiting for its commit.
+    pub(crate) fn take_closed(&self) -> Option<Closed> {
+        self.lock().take_closed()
+    }
+
+    /// Closes the bus: the session stopped.
+    pub(crate) fn close(&self) {
+        self.lock().close_bus();
+    }
+
+    /// Sets the interruption policy applied when `UserSpeechStarted` is published.
+    pub(crate) fn set_cut_on_speech(&self, cut: bool) {
+        self.lock().cut_on_speech = cut;
+    }
+
+    /// Registers a hook called synchronously, in the thread that cuts, right
     /// after a turn is cut (cancelled, failed, or its speech interrupted) and its
     /// events are published. A TTS whose audio output can be stopped from any
     /// thread (an atomic flag its audio callback reads) goes silent this way
@@ -377,48 +284,12 @@ impl SessionBus {
         }
     }
 
-    /// Cuts the speech of `turn` after its generation finished normally, when a
-    /// TTS reported playback (`SpeechPlayed`) that has not reached the end of the
-    /// turn's text: publishes [`EventKind::Interrupted`] and closes the fence.
-    /// Refused when the turn is not the current one, is still streaming, was
-    /// already cut, never reported playback, or was played to the end.
-    pub fn interrupt_playback(&self, turn: TurnId) -> Result<TurnRecord, PublishError> {
-        let mut f = self.lock();
-        let total = f.text.chars().count();
-        let heard = match f.heard_chars {
-            Some(h) if f.turn == turn && f.phase == Phase::Finished && h < total => h,
-            _ => {
-                return Err(PublishError::Stale {
-                    turn,
-                    current: f.turn,
-                });
-            }
-        };
-        f.phase = Phase::Aborted;
-        self.send_locked(&mut f, turn, EventKind::Interrupted { heard_chars: heard });
-        let record = TurnRecord {
-            turn,
-            text: f.text.clone(),
-            heard_chars: Some(heard),
-            tool_calls: f.tool_calls.clone(),
-            usage: f.usage,
-            text_truncated: f.text_truncated,
-        };
-        drop(f);
-        self.run_cut_hooks(turn);
-        Ok(record)
-    }
-
     /// Catch-up for a lagging subscriber: the current turn's text after the first
     /// `consumed_chars` characters, with the seq of the last event it includes
     /// (skip token events up to that seq), or `None` when `turn` is no longer
-    /// current or was aborted.
+    /// current or was cut.
     pub fn turn_text_since(&self, turn: TurnId, consumed_chars: usize) -> Option<(String, u64)> {
-        let f = self.lock();
-        if f.turn != turn || f.phase == Phase::Aborted {
-            return None;
-        }
-        Some((f.text.chars().skip(consumed_chars).collect(), f.seq))
+        self.lock().text_since(turn, consumed_chars)
     }
 
     /// Attaches a lossless, synchronous consumer for the kinds `filter` accepts.
@@ -429,103 +300,212 @@ impl SessionBus {
         filter: TapFilter,
         deliver: impl Fn(&BusEvent) + Send + Sync + 'static,
     ) -> u64 {
-        let mut f = self.lock();
-        let id = f.next_tap;
-        f.next_tap += 1;
-        f.taps.push(Tap {
-            id,
-            filter,
-            deliver: Box::new(deliver),
-        });
-        id
+        self.lock().add_tap(filter, Box::new(deliver))
     }
 
     /// Detaches a tap.
     pub(crate) fn remove_tap(&self, id: u64) {
-        self.lock().taps.retain(|t| t.id != id);
+        self.lock().remove_tap(id);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use colloquy::llm::{ToolCall, Usage};
 
     fn token(s: &str) -> EventKind {
         EventKind::Token(Arc::from(s))
+    }
+
+    fn speakable(s: &str) -> EventKind {
+        EventKind::Speakable {
+            text: Arc::from(s),
+            last: false,
+        }
+    }
+
+    /// Begins a turn and opens one round with no task.
+    fn begin(bus: &SessionBus, prompt_bytes: usize) -> TurnId {
+        let t = bus.begin_turn().unwrap();
+        bus.lock()
+            .open_round(t, prompt_bytes, || (dummy_abort(), ()))
+            .unwrap();
+        t
+    }
+
+    fn dummy_abort() -> tokio::task::AbortHandle {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async { tokio::spawn(async {}).abort_handle() })
+    }
+
+    fn kinds(rx: &mut BusReceiver) -> Vec<EventKind> {
+        std::iter::from_fn(|| rx.try_recv().ok().flatten())
+            .map(|e| e.kind)
+            .collect()
     }
 
     #[test]
     fn fence_refuses_everything_of_a_cancelled_turn() {
         let bus = SessionBus::new(SessionId::new("s"), 16);
         let mut rx = bus.subscribe();
-        let t1 = TurnId(1);
-        bus.begin_turn(t1).unwrap();
-        bus.publish(t1, token("Hello ")).unwrap();
+        let t1 = begin(&bus, 40);
+        bus.publish_agent(t1, token("Hello ")).unwrap();
         bus.publish(t1, EventKind::SpeechPlayed { chars: 3 })
             .unwrap();
-        let record = bus
-            .finish_turn(t1, TurnEnd::Cancelled, |text| {
-                Usage::estimate(40, text.chars().count())
-            })
-            .unwrap();
-        assert_eq!(record.text, "Hello ");
-        assert_eq!(record.heard_chars, Some(3));
-        assert!(record.usage.unwrap().estimated);
+        assert_eq!(bus.cut(None, TurnEnd::Cancelled), Some(Cut::Generation(t1)));
+        let Some(Closed::Ended { record, end, .. }) = bus.take_closed() else {
+            panic!("a closed record waits for the actor")
+        };
+        assert_eq!(
+            (record.rounds[0].text.as_str(), record.heard_chars),
+            ("Hello ", Some(3))
+        );
+        assert_eq!(end, TurnEnd::Cancelled);
+        assert!(record.rounds[0].usage.unwrap().estimated);
         for kind in [
             token("late"),
-            EventKind::Speakable {
-                text: Arc::from("late"),
-                last: false,
-            },
+            speakable("late"),
             EventKind::SpeechPlayed { chars: 6 },
         ] {
             assert!(matches!(
-                bus.publish(t1, kind),
+                bus.publish_agent(t1, kind),
                 Err(PublishError::Stale { .. })
             ));
         }
-        let kinds: Vec<EventKind> = std::iter::from_fn(|| rx.try_recv().ok().flatten())
-            .map(|e| e.kind)
-            .collect();
+        let kinds = kinds(&mut rx);
         assert_eq!(kinds.len(), 5, "{kinds:?}"); // started, token, played, usage, finished
         assert_eq!(
             kinds.last(),
             Some(&EventKind::TurnFinished(TurnEnd::Cancelled))
         );
+        assert_eq!(bus.cut(None, TurnEnd::Cancelled), None, "once");
+    }
+
+    #[test]
+    fn embedders_cannot_publish_the_runtimes_events() {
+        let bus = SessionBus::new(SessionId::new("s"), 16);
+        let t = begin(&bus, 0);
+        for kind in [
+            token("x"),
+            EventKind::TurnStarted,
+            EventKind::TurnFinished(TurnEnd::Stop),
+        ] {
+            assert!(matches!(
+                bus.publish(t, kind),
+                Err(PublishError::NotAllowed(_))
+            ));
+        }
+        assert!(matches!(
+            bus.publish_user(token("x")),
+            Err(PublishError::NotAllowed("token"))
+        ));
+    }
+
+    #[test]
+    fn usage_is_per_request_and_estimated_for_every_round_without_one() {
+        let bus = SessionBus::new(SessionId::new("s"), 32);
+        let mut rx = bus.subscribe();
+        let t = begin(&bus, 400);
+        let reported = Usage {
+            prompt_tokens: 100,
+            completion_tokens: 3,
+            total_tokens: 103,
+            ..Usage::default()
+        };
+        bus.publish_agent(t, EventKind::Usage(Arc::new(reported)))
+            .unwrap();
+        bus.lock()
+            .open_round(t, 800, || (dummy_abort(), ()))
+            .unwrap();
+        bus.publish_agent(t, token("It is")).unwrap();
+        bus.cut(None, TurnEnd::Cancelled).unwrap();
+        let usages: Vec<Usage> = kinds(&mut rx)
+            .into_iter()
+            .filter_map(|k| match k {
+                EventKind::Usage(u) => Some(*u),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(usages.len(), 2, "{usages:?}");
+        assert_eq!(usages[0], reported);
+        assert_eq!(usages[1], Usage::estimate(800, 5));
+    }
+
+    #[test]
+    fn tool_results_are_recorded_once_per_known_call() {
+        let bus = SessionBus::new(SessionId::new("s"), 16);
+        let t = begin(&bus, 0);
+        let call = ToolCall {
+            index: 0,
+            id: "c1".into(),
+            name: "f".into(),
+            arguments: "{}".into(),
+            valid_json: true,
+        };
+        bus.publish_agent(t, EventKind::ToolCall(Arc::new(call)))
+            .unwrap();
+        assert!(!bus.lock().last_round_answered(t));
+        let out = |id: &str| {
+            EventKind::ToolResult(Arc::new(ToolOutput {
+                call_id: id.into(),
+                name: "f".into(),
+                output: "ok".into(),
+                is_error: false,
+            }))
+        };
+        assert!(matches!(
+            bus.publish(t, out("zz")),
+            Err(PublishError::UnknownCall(_))
+        ));
+        bus.publish(t, out("c1")).unwrap();
+        assert!(matches!(
+            bus.publish(t, out("c1")),
+            Err(PublishError::AlreadyAnswered(_))
+        ));
+        assert!(bus.lock().last_round_answered(t));
     }
 
     #[test]
     fn finished_turn_still_accepts_its_tail_speech_only() {
         let bus = SessionBus::new(SessionId::new("s"), 16);
-        let t = TurnId(1);
-        bus.begin_turn(t).unwrap();
-        bus.finish_turn(t, TurnEnd::Stop, |_| {
-            unreachable!("no estimate for a normal end")
-        })
-        .unwrap();
-        assert!(
-            bus.publish(
-                t,
-                EventKind::Speakable {
-                    text: Arc::from("tail."),
-                    last: false
-                }
-            )
-            .is_ok()
+        let t = begin(&bus, 0);
+        assert!(bus.finish_turn(t, TurnEnd::Stop));
+        assert!(bus.publish(t, speakable("tail.")).is_ok());
+        assert!(bus.publish_agent(t, token("x")).is_err());
+        assert_eq!(
+            bus.begin_turn(),
+            Err(LedgerError::PendingCommit),
+            "no new turn while a closed one waits for its commit"
         );
-        assert!(bus.publish(t, token("x")).is_err());
-        bus.begin_turn(TurnId(2)).unwrap();
-        assert!(
-            bus.publish(
-                t,
-                EventKind::Speakable {
-                    text: Arc::from("old"),
-                    last: false
-                }
-            )
-            .is_err()
-        );
-        assert!(bus.begin_turn(TurnId(2)).is_err(), "turn ids only increase");
+        assert!(bus.take_closed().is_some());
+        let t2 = bus.begin_turn().unwrap();
+        assert_eq!(t2, t.next());
+        assert!(bus.publish(t, speakable("old")).is_err());
+    }
+
+    #[test]
+    fn a_cut_cannot_be_lost_to_a_racing_finish() {
+        // The actor's normal finish lands first: the caller's cut then cuts the
+        // speech instead (when playback is behind), never nothing.
+        let bus = SessionBus::new(SessionId::new("s"), 16);
+        let t = begin(&bus, 0);
+        bus.publish_agent(t, token("Hello world")).unwrap();
+        bus.publish(t, EventKind::SpeechPlayed { chars: 5 })
+            .unwrap();
+        assert!(bus.finish_turn(t, TurnEnd::Stop));
+        assert_eq!(bus.cut(None, TurnEnd::Cancelled), Some(Cut::Speech(t)));
+        // The actor had not committed yet: its record carries the cut.
+        let Some(Closed::Ended {
+            record, speech_cut, ..
+        }) = bus.take_closed()
+        else {
+            panic!()
+        };
+        assert!(speech_cut);
+        assert_eq!(record.heard_chars, Some(5));
     }
 
     #[test]
@@ -534,60 +514,87 @@ mod tests {
         let cuts = Arc::new(Mutex::new(Vec::new()));
         let seen = cuts.clone();
         bus.on_cut(move |turn| seen.lock().unwrap().push(turn));
-        let t = TurnId(1);
-        bus.begin_turn(t).unwrap();
-        bus.publish(t, token("Hello world")).unwrap();
-        assert!(
-            bus.interrupt_playback(t).is_err(),
-            "still streaming: cancel, not cut"
-        );
-        bus.finish_turn(t, TurnEnd::Stop, |_| Usage::default())
-            .unwrap();
-        assert!(
-            bus.interrupt_playback(t).is_err(),
+        let t = begin(&bus, 0);
+        bus.publish_agent(t, token("Hello world")).unwrap();
+        bus.finish_turn(t, TurnEnd::Stop);
+        bus.take_closed();
+        assert_eq!(
+            bus.cut(Some(t), TurnEnd::Cancelled),
+            None,
             "no playback reported: nothing known to cut"
         );
         bus.publish(t, EventKind::SpeechPlayed { chars: 5 })
             .unwrap();
-        let record = bus.interrupt_playback(t).unwrap();
-        assert_eq!(record.heard_chars, Some(5));
+        assert_eq!(bus.cut(Some(t), TurnEnd::Cancelled), Some(Cut::Speech(t)));
         assert_eq!(
             *cuts.lock().unwrap(),
             vec![t],
-            "hook ran before interrupt_playback returned"
+            "hook ran before cut returned"
         );
-        assert!(
-            bus.publish(
-                t,
-                EventKind::Speakable {
-                    text: Arc::from(" world"),
-                    last: false
-                }
-            )
-            .is_err()
+        assert_eq!(
+            bus.take_closed(),
+            Some(Closed::SpeechCut {
+                turn: t,
+                heard_chars: 5
+            })
         );
-        assert!(bus.interrupt_playback(t).is_err(), "once");
+        assert!(bus.publish(t, speakable(" world")).is_err());
+        assert_eq!(bus.cut(Some(t), TurnEnd::Cancelled), None, "once");
         // Played to the end: nothing to cut.
-        let t2 = TurnId(2);
-        bus.begin_turn(t2).unwrap();
-        bus.publish(t2, token("Hi")).unwrap();
-        bus.finish_turn(t2, TurnEnd::Stop, |_| Usage::default())
-            .unwrap();
+        let t2 = begin(&bus, 0);
+        bus.publish_agent(t2, token("Hi")).unwrap();
+        bus.finish_turn(t2, TurnEnd::Stop);
         bus.publish(t2, EventKind::SpeechPlayed { chars: 2 })
             .unwrap();
-        assert!(bus.interrupt_playback(t2).is_err());
+        assert_eq!(bus.cut(Some(t2), TurnEnd::Cancelled), None);
+    }
+
+    #[test]
+    fn speech_started_cuts_in_the_same_critical_section() {
+        let bus = SessionBus::new(SessionId::new("s"), 16);
+        let mut rx = bus.subscribe();
+        let t = begin(&bus, 0);
+        bus.publish_user(EventKind::UserSpeechStarted).unwrap();
+        let kinds = kinds(&mut rx);
+        assert_eq!(kinds[1], EventKind::UserSpeechStarted);
+        assert_eq!(
+            kinds.last(),
+            Some(&EventKind::TurnFinished(TurnEnd::Cancelled))
+        );
+        assert!(!bus.is_open(t));
+        bus.take_closed();
+        bus.set_cut_on_speech(false);
+        let t2 = begin(&bus, 0);
+        bus.publish_user(EventKind::UserSpeechStarted).unwrap();
+        assert!(bus.is_open(t2), "policy off: speech alone does not cut");
+    }
+
+    #[test]
+    fn closed_bus_ends_subscriptions_and_refuses_events() {
+        let bus = SessionBus::new(SessionId::new("s"), 16);
+        let mut rx = bus.subscribe();
+        bus.publish_user(EventKind::UserSpeechStarted).unwrap();
+        bus.close();
+        assert!(
+            rx.try_recv().unwrap().is_some(),
+            "buffered events are still read"
+        );
+        assert_eq!(rx.try_recv(), Err(BusRecvError::Closed));
+        assert_eq!(bus.subscribe().try_recv(), Err(BusRecvError::Closed));
+        assert_eq!(
+            bus.publish_user(EventKind::UserSpeechStarted),
+            Err(PublishError::Closed)
+        );
+        assert_eq!(bus.begin_turn(), Err(LedgerError::BusClosed));
     }
 
     #[test]
     fn seq_increases_across_user_and_agent_events() {
         let bus = SessionBus::new(SessionId::new("s"), 16);
-        let a = bus.publish_user(EventKind::UserSpeechStarted);
-        let b = bus.begin_turn(TurnId(1)).unwrap();
-        let c = bus.publish(TurnId(1), token("x")).unwrap();
-        assert_eq!((a, b, c), (1, 2, 3));
-        assert_eq!(
-            bus.turn_text_since(TurnId(1), 0),
-            Some(("x".to_string(), 3))
-        );
+        let a = bus.publish_user(EventKind::UserSpeechStarted).unwrap();
+        let t = begin(&bus, 0);
+        let c = bus.publish_agent(t, token("x")).unwrap();
+        assert_eq!((a, c), (1, 3));
+        assert_eq!(bus.turn_text_since(t, 0), Some(("x".to_string(), 3)));
     }
 }

@@ -10,13 +10,13 @@
 //! exactly the turn's text, so playback positions (characters) line up with the
 //! text the LLM actor commits.
 //!
-//! The segmenter reads an ordinary (bounded) subscription. If it lags, it
-//! resynchronises from the bus's record of the turn's text instead of skipping
-//! words.
+//! The segmenter is a task that reads an ordinary (bounded) subscription
+//! directly — no mailbox in between, so its input stays bounded and a lag is
+//! real: it is reported (`colloquy_bus_lagged_events_total`) and the segmenter
+//! resynchronises from the ledger's record of the turn's text instead of
+//! skipping words. It ends when the session's bus closes.
 
 use std::sync::Arc;
-
-use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use crate::bus::{BusEvent, BusRecvError, EventKind, SessionBus};
 use crate::ids::TurnId;
@@ -124,15 +124,7 @@ impl SegmentBuffer {
     }
 }
 
-/// Messages of the segmenter actor.
-pub(crate) enum SegmenterMsg {
-    Event(BusEvent),
-    Lagged,
-}
-
-pub(crate) struct Segmenter;
-
-pub(crate) struct SegmenterState {
+struct SegmenterState {
     bus: SessionBus,
     config: SegmenterConfig,
     buffer: SegmentBuffer,
@@ -140,11 +132,11 @@ pub(crate) struct SegmenterState {
     consumed_chars: usize,
     skip_through_seq: u64,
     aborted: bool,
-    _reader: AbortOnDrop,
 }
 
 impl SegmenterState {
     fn publish(&self, segment: String, last: bool) {
+        // Refused when the turn was cut meanwhile: nothing of it is spoken.
         let _ = self.bus.publish(
             self.turn,
             EventKind::Speakable {
@@ -169,92 +161,64 @@ impl SegmenterState {
             self.publish(segment, false);
         }
     }
+
+    fn lagged(&mut self) {
+        if let Some((missed, seq)) = self.bus.turn_text_since(self.turn, self.consumed_chars) {
+            self.skip_through_seq = seq;
+            let turn = self.turn;
+            self.token(turn, &missed);
+        }
+    }
+
+    fn event(&mut self, ev: BusEvent) {
+        if ev.seq <= self.skip_through_seq && matches!(ev.kind, EventKind::Token(_)) {
+            return;
+        }
+        match ev.kind {
+            EventKind::TurnStarted => self.token(ev.turn, ""),
+            EventKind::Token(t) => self.token(ev.turn, &t),
+            EventKind::ToolCall(_) if ev.turn == self.turn => {
+                if let Some(seg) = self.buffer.flush() {
+                    self.publish(seg, false);
+                }
+            }
+            EventKind::TurnFinished(end) if ev.turn == self.turn => {
+                if end.is_abort() {
+                    self.aborted = true;
+                    self.buffer.reset();
+                } else {
+                    let tail = self.buffer.flush().unwrap_or_default();
+                    self.publish(tail, true);
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
-impl Actor for Segmenter {
-    type Msg = SegmenterMsg;
-    type State = SegmenterState;
-    type Arguments = (SessionBus, SegmenterConfig);
-
-    async fn pre_start(
-        &self,
-        myself: ActorRef<SegmenterMsg>,
-        (bus, config): (SessionBus, SegmenterConfig),
-    ) -> Result<SegmenterState, ActorProcessingErr> {
-        let mut rx = bus.subscribe();
-        let reader = tokio::spawn(async move {
-            loop {
-                let msg = match rx.recv().await {
-                    Ok(ev) => match ev.kind {
-                        EventKind::TurnStarted
-                        | EventKind::Token(_)
-                        | EventKind::ToolCall(_)
-                        | EventKind::TurnFinished(_) => SegmenterMsg::Event(ev),
-                        _ => continue,
-                    },
-                    Err(BusRecvError::Lagged { .. }) => SegmenterMsg::Lagged,
-                    Err(_) => return,
-                };
-                if myself.cast(msg).is_err() {
-                    return;
-                }
-            }
-        });
-        Ok(SegmenterState {
-            bus,
-            config,
-            buffer: SegmentBuffer::default(),
-            turn: TurnId(0),
-            consumed_chars: 0,
-            skip_through_seq: 0,
-            aborted: false,
-            _reader: AbortOnDrop(reader),
-        })
-    }
-
-    async fn handle(
-        &self,
-        _: ActorRef<SegmenterMsg>,
-        msg: SegmenterMsg,
-        state: &mut SegmenterState,
-    ) -> Result<(), ActorProcessingErr> {
-        match msg {
-            SegmenterMsg::Lagged => {
-                if let Some((missed, seq)) =
-                    state.bus.turn_text_since(state.turn, state.consumed_chars)
-                {
-                    state.skip_through_seq = seq;
-                    let turn = state.turn;
-                    state.token(turn, &missed);
-                }
-            }
-            SegmenterMsg::Event(ev) => {
-                if ev.seq <= state.skip_through_seq && matches!(ev.kind, EventKind::Token(_)) {
-                    return Ok(());
-                }
-                match ev.kind {
-                    EventKind::TurnStarted => state.token(ev.turn, ""),
-                    EventKind::Token(t) => state.token(ev.turn, &t),
-                    EventKind::ToolCall(_) if ev.turn == state.turn => {
-                        if let Some(seg) = state.buffer.flush() {
-                            state.publish(seg, false);
-                        }
-                    }
-                    EventKind::TurnFinished(end) if ev.turn == state.turn => {
-                        if end.is_abort() {
-                            state.aborted = true;
-                            state.buffer.reset();
-                        } else {
-                            let tail = state.buffer.flush().unwrap_or_default();
-                            state.publish(tail, true);
-                        }
-                    }
-                    _ => {}
-                }
+/// Starts a session's segmenter. It subscribes before returning, so it sees
+/// every turn that starts afterwards; it stops when the bus closes or the
+/// returned handle is dropped.
+pub(crate) fn spawn(bus: SessionBus, config: SegmenterConfig) -> AbortOnDrop {
+    let mut rx = bus.subscribe();
+    let mut state = SegmenterState {
+        bus,
+        config,
+        buffer: SegmentBuffer::default(),
+        turn: TurnId(0),
+        consumed_chars: 0,
+        skip_through_seq: 0,
+        aborted: false,
+    };
+    AbortOnDrop(tokio::spawn(async move {
+        loop {
+            match rx.recv().await {
+                Ok(ev) => state.event(ev),
+                Err(BusRecvError::Lagged { .. }) => state.lagged(),
+                Err(_) => return,
             }
         }
-        Ok(())
-    }
+    }))
 }
 
 #[cfg(test)]

@@ -6,18 +6,14 @@
 //! restart of the LLM actor because it reaches the actor through the session's
 //! shared core, which the supervisor updates.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use colloquy::context::{ChatContext, ContentPart};
-use colloquy::llm::{ChatClient, Usage};
+use colloquy::llm::ChatClient;
 use ractor::{ActorRef, RpcReplyPort};
-use tokio::task::AbortHandle;
 
-use crate::bus::{
-    BusReceiver, EventKind, PublishError, SessionBus, ToolOutput, TurnEnd, TurnRecord,
-};
+use crate::bus::{BusReceiver, EventKind, PublishError, SessionBus, ToolOutput, TurnEnd};
 use crate::ids::{SessionId, TurnId};
 use crate::llm_actor::{AgentSettings, LlmMsg};
 
@@ -28,21 +24,15 @@ pub enum SessionError {
     /// The session was stopped (or its LLM actor is restarting).
     #[error("session {0} is not running")]
     NotRunning(SessionId),
-    /// The event was refused by the turn fence.
+    /// The event was refused by the turn ledger.
     #[error(transparent)]
     Publish(#[from] PublishError),
     /// The LLM actor did not answer in time.
     #[error("session {0} did not answer in time")]
     Timeout(SessionId),
-}
-
-/// What [`SessionCore::close_turn`] closed.
-#[derive(Debug)]
-pub(crate) enum Closed {
-    /// A turn still generating: its stream was stopped.
-    Turn(TurnRecord),
-    /// A finished turn whose speech was still playing: its speech was cut.
-    Playback(TurnRecord),
+    /// The operation needs the agent to be idle and a turn is in flight.
+    #[error("session {0} has a turn in flight")]
+    TurnInFlight(SessionId),
 }
 
 /// State shared by a session's actors, its handles and the supervisor.
@@ -53,16 +43,8 @@ pub(crate) struct SessionCore {
     pub(crate) span: tracing::Span,
     checkpoint: Mutex<Arc<ChatContext>>,
     settings: Mutex<AgentSettings>,
-    /// `settings.interruption.cancel_on_speech_started`, readable on the
-    /// barge-in path without cloning the settings.
-    cancel_on_speech: std::sync::atomic::AtomicBool,
     llm: RwLock<Option<ActorRef<LlmMsg>>>,
     llm_tap: Mutex<Option<u64>>,
-    /// The stream task of the turn in flight, so a cancel can stop it without
-    /// waiting for the actor.
-    stream: Mutex<Option<(crate::ids::TurnId, AbortHandle)>>,
-    /// Prompt size of the round in flight, for the usage estimate of a cancel.
-    prompt_bytes: AtomicUsize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -78,89 +60,32 @@ impl SessionCore {
         context: ChatContext,
     ) -> Self {
         let span = tracing::info_span!("session", id = %id);
+        bus.set_cut_on_speech(settings.interruption.cancel_on_speech_started);
         Self {
             id,
             bus,
             client,
             span,
             checkpoint: Mutex::new(Arc::new(context)),
-            cancel_on_speech: std::sync::atomic::AtomicBool::new(
-                settings.interruption.cancel_on_speech_started,
-            ),
             settings: Mutex::new(settings),
             llm: RwLock::new(None),
             llm_tap: Mutex::new(None),
-            stream: Mutex::new(None),
-            prompt_bytes: AtomicUsize::new(0),
         }
     }
 
-    /// Records the stream task of a round, so [`SessionCore::close_turn`] can abort it.
-    pub(crate) fn set_stream(
-        &self,
-        turn: crate::ids::TurnId,
-        task: AbortHandle,
-        prompt_bytes: usize,
-    ) {
-        self.prompt_bytes.store(prompt_bytes, Ordering::Relaxed);
-        *lock(&self.stream) = Some((turn, task));
-    }
-
-    /// Ends a turn early, right here in the caller: aborts its stream task (the
-    /// HTTP connection closes), publishes usage (an estimate when the provider's
-    /// figure has not arrived) and `TurnFinished(end)`, and closes the fence.
-    /// `turn` defaults to the turn in flight. Returns `None` when that turn is
-    /// not in flight (already finished or closed): a no-op.
-    ///
-    /// This is the cancel fast path: it does not wait for the LLM actor, whose
-    /// mailbox may be behind. The actor commits the record afterwards.
-    pub(crate) fn close_turn(
-        &self,
-        turn: Option<crate::ids::TurnId>,
-        end: TurnEnd,
-        requested_at: Instant,
-    ) -> Option<Closed> {
-        let (current, open) = self.bus.current_turn();
-        let turn = turn.unwrap_or(current);
-        if turn != current {
-            return None;
+    /// Cuts the turn in flight (or its speech) here, in the caller, and asks
+    /// the actor to commit it.
+    fn cancel(&self) -> Result<(), SessionError> {
+        if self.bus.is_closed() {
+            return Err(SessionError::NotRunning(self.id.clone()));
         }
-        if !open {
-            // Generation is over; the speech of the turn may still be playing.
-            if end != TurnEnd::Cancelled {
-                return None;
-            }
-            let record = self.bus.interrupt_playback(turn).ok()?;
+        let started = Instant::now();
+        if self.bus.cut(None, TurnEnd::Cancelled).is_some() {
             metrics::histogram!("colloquy_cancel_latency_seconds")
-                .record(requested_at.elapsed().as_secs_f64());
-            return Some(Closed::Playback(record));
-        }
-        {
-            let mut stream = lock(&self.stream);
-            if let Some((_, task)) = stream.take_if(|(t, _)| *t == turn) {
-                task.abort();
-            }
-        }
-        let prompt_bytes = self.prompt_bytes.load(Ordering::Relaxed);
-        let is_cancel = end == TurnEnd::Cancelled;
-        let record = self
-            .bus
-            .finish_turn(turn, end, |text| {
-                Usage::estimate(prompt_bytes, text.chars().count())
-            })
-            .ok()?;
-        if is_cancel {
-            metrics::histogram!("colloquy_cancel_latency_seconds")
-                .record(requested_at.elapsed().as_secs_f64());
-        }
-        Some(Closed::Turn(record))
-    }
-
-    /// Closes the turn in flight (or cuts its speech) and hands the record to the
-    /// actor for the commit.
-    fn cancel(&self, end: TurnEnd) -> Result<(), SessionError> {
-        if let Some(closed) = self.close_turn(None, end.clone(), Instant::now()) {
-            self.send(LlmMsg::TurnClosed { closed, end })?;
+                .record(started.elapsed().as_secs_f64());
+            // The actor reconciles before any message; this one only makes the
+            // commit prompt. A restarting actor commits when it starts.
+            let _ = self.send(LlmMsg::Reconcile);
         }
         Ok(())
     }
@@ -178,10 +103,8 @@ impl SessionCore {
     }
 
     pub(crate) fn store_settings(&self, settings: &AgentSettings) {
-        self.cancel_on_speech.store(
-            settings.interruption.cancel_on_speech_started,
-            Ordering::Relaxed,
-        );
+        self.bus
+            .set_cut_on_speech(settings.interruption.cancel_on_speech_started);
         *lock(&self.settings) = settings.clone();
     }
 
@@ -257,21 +180,26 @@ impl SessionHandle {
     }
 
     /// For STT actors: the user started speaking (barge-in). With the default
-    /// policy the turn in flight is cancelled here and now, before this returns.
+    /// policy the turn in flight (or the speech of the last one) is cut here
+    /// and now, before this returns. Returns the event's seq (0 once the
+    /// session stopped).
     pub fn user_speech_started(&self) -> u64 {
-        let seq = self.core.bus.publish_user(EventKind::UserSpeechStarted);
-        if self.core.cancel_on_speech.load(Ordering::Relaxed) {
-            let _ = self.core.cancel(TurnEnd::Cancelled);
-        }
-        seq
+        self.core
+            .bus
+            .publish_user(EventKind::UserSpeechStarted)
+            .unwrap_or(0)
     }
 
-    /// For STT actors: a transcript; a final one starts a turn.
+    /// For STT actors: a transcript; a final one starts a turn. Returns the
+    /// event's seq (0 once the session stopped).
     pub fn user_transcript(&self, text: impl Into<String>, is_final: bool) -> u64 {
-        self.core.bus.publish_user(EventKind::UserTranscript {
-            text: Arc::from(text.into()),
-            is_final,
-        })
+        self.core
+            .bus
+            .publish_user(EventKind::UserTranscript {
+                text: Arc::from(text.into()),
+                is_final,
+            })
+            .unwrap_or(0)
     }
 
     /// Starts a turn on the current context (e.g. to greet the user first).
@@ -279,14 +207,20 @@ impl SessionHandle {
         self.core.send(LlmMsg::Generate)
     }
 
-    /// Cancels the turn in flight; a no-op when the agent is idle.
+    /// Cancels the turn in flight; a no-op when the agent is idle;
+    /// [`SessionError::NotRunning`] once the session stopped.
     ///
-    /// The cancel completes before this returns: the stream task is aborted (the
-    /// HTTP connection closes), `Usage` and `TurnFinished(Cancelled)` are
-    /// published, and the fence refuses every later event of the turn. The LLM
-    /// actor then commits what the user heard.
+    /// On return, in this thread: the turn is closed on the ledger (no later
+    /// event of it can be published by anyone), its stream task is aborted,
+    /// usage of every request of the turn is published (estimates, marked, for
+    /// those the provider had not reported), `TurnFinished(Cancelled)` is
+    /// published, and the cut hooks have run. Then, asynchronously: the task
+    /// is dropped at its next poll, which closes the connection (HTTP/1.1) or
+    /// resets the stream (HTTP/2); the LLM actor commits what the user heard.
+    /// A reply whose generation had finished but whose speech is still
+    /// playing is cut instead (`Interrupted`).
     pub fn cancel(&self) -> Result<(), SessionError> {
-        self.core.cancel(TurnEnd::Cancelled)
+        self.core.cancel()
     }
 
     /// Answers a tool call of `turn` (for embedders that run tools themselves).
@@ -341,8 +275,25 @@ impl SessionHandle {
         self.core.send(LlmMsg::Update(Box::new(update)))
     }
 
-    /// Replaces the committed context (between turns).
-    pub fn replace_context(&self, context: ChatContext) -> Result<(), SessionError> {
-        self.core.send(LlmMsg::ReplaceContext(context))
+    /// Replaces the committed context. Refused with
+    /// [`SessionError::TurnInFlight`] while a turn is in flight (its commit
+    /// would otherwise land on a history it was not generated from); the
+    /// actor decides, after committing any turn that was cut.
+    pub async fn replace_context(&self, context: ChatContext) -> Result<(), SessionError> {
+        let actor = self
+            .core
+            .llm()
+            .ok_or_else(|| SessionError::NotRunning(self.core.id.clone()))?;
+        match actor
+            .call(
+                |reply| LlmMsg::ReplaceContext(context, reply),
+                Some(Duration::from_secs(10)),
+            )
+            .await
+        {
+            Ok(ractor::rpc::CallResult::Success(result)) => result,
+            Ok(_) => Err(SessionError::Timeout(self.core.id.clone())),
+            Err(_) => Err(SessionError::NotRunning(self.core.id.clone())),
+        }
     }
 }

@@ -5,8 +5,9 @@
 //! Every session actor is spawned linked to one supervisor actor, which
 //! overrides ractor's default supervision (stop the supervisor when a child
 //! dies): a failed LLM actor is restarted with the session's last committed
-//! context, its turn in flight is closed on the bus as failed, and the other
-//! sessions never notice. A failed tool executor or segmenter is restarted too.
+//! context, its turn in flight is closed on the bus as failed (and committed
+//! by the new actor), and the other sessions never notice. A failed tool
+//! executor is restarted too. The segmenter is a task owned by the session.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -20,8 +21,9 @@ use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, Supervisio
 use crate::bus::{DEFAULT_BUS_CAPACITY, SessionBus, TurnEnd};
 use crate::ids::SessionId;
 use crate::llm_actor::{AgentSettings, LlmActor};
-use crate::segmenter::{Segmenter, SegmenterConfig, SegmenterMsg};
+use crate::segmenter::SegmenterConfig;
 use crate::session::{SessionCore, SessionHandle};
+use crate::task::AbortOnDrop;
 use crate::tool_executor::{ToolExecutor, ToolExecutorMsg, ToolRegistry};
 
 /// Errors of the supervisor.
@@ -117,13 +119,12 @@ impl Default for SupervisorConfig {
 enum Role {
     Llm,
     Tools,
-    Segmenter,
 }
 
 struct SessionEntry {
     core: Arc<SessionCore>,
     tools: Option<(ToolRegistry, ActorRef<ToolExecutorMsg>)>,
-    segmenter: Option<(SegmenterConfig, ActorRef<SegmenterMsg>)>,
+    _segmenter: Option<AbortOnDrop>,
     restarts: u32,
 }
 
@@ -174,25 +175,22 @@ impl Actor for SupervisorActor {
 }
 
 async fn restart(shared: &Arc<Shared>, sup: ActorCell, session: &SessionId, role: Role) {
-    let Some((core, restarts, tools, seg)) = shared.sessions.get_mut(session).map(|mut e| {
+    let Some((core, restarts, tools)) = shared.sessions.get_mut(session).map(|mut e| {
         e.restarts += 1;
         (
             e.core.clone(),
             e.restarts,
             e.tools.as_ref().map(|(r, _)| r.clone()),
-            e.segmenter.as_ref().map(|(c, _)| *c),
         )
     }) else {
         return;
     };
     if role == Role::Llm {
         // The turn in flight died with the actor: close it so subscribers and
-        // speakers stop, and report an estimate of its usage.
-        let _ = core.close_turn(
-            None,
-            TurnEnd::Failed(Arc::from("llm actor failed")),
-            std::time::Instant::now(),
-        );
+        // speakers stop, and report an estimate of its usage. The new actor
+        // commits its record when it starts.
+        core.bus
+            .cut(None, TurnEnd::Failed(Arc::from("llm actor failed")));
         core.set_llm(None);
     }
     if restarts > shared.config.max_restarts {
@@ -214,14 +212,6 @@ async fn restart(shared: &Arc<Shared>, sup: ActorCell, session: &SessionId, role
                         e.tools = Some((registry, a));
                     }
                 }),
-            None => Ok(()),
-        },
-        Role::Segmenter => match seg {
-            Some(config) => spawn_segmenter(shared, &core, config, sup).await.map(|a| {
-                if let Some(mut e) = shared.sessions.get_mut(session) {
-                    e.segmenter = Some((config, a));
-                }
-            }),
             None => Ok(()),
         },
     };
@@ -269,16 +259,6 @@ async fn spawn_tools(
     spawn_child(shared, core, Role::Tools, ToolExecutor, args, sup).await
 }
 
-async fn spawn_segmenter(
-    shared: &Shared,
-    core: &Arc<SessionCore>,
-    config: SegmenterConfig,
-    sup: ActorCell,
-) -> Result<ActorRef<SegmenterMsg>, SupervisorError> {
-    let args = (core.bus.clone(), config);
-    spawn_child(shared, core, Role::Segmenter, Segmenter, args, sup).await
-}
-
 async fn stop_entry(shared: &Shared, entry: SessionEntry) {
     let timeout = Some(Duration::from_secs(5));
     let mut cells: Vec<ActorCell> = Vec::new();
@@ -288,14 +268,13 @@ async fn stop_entry(shared: &Shared, entry: SessionEntry) {
     if let Some((_, a)) = &entry.tools {
         cells.push(a.get_cell());
     }
-    if let Some((_, a)) = &entry.segmenter {
-        cells.push(a.get_cell());
-    }
     for cell in cells {
         shared.by_actor.remove(&cell.get_id());
         let _ = cell.stop_and_wait(None, timeout).await;
     }
     entry.core.set_llm(None);
+    // Subscribers see `Closed` once drained, even while handles live.
+    entry.core.bus.close();
 }
 
 /// Owns every session of a process (or of a shard of one).
@@ -389,18 +368,12 @@ impl Supervisor {
             )),
             None => None,
         };
-        let segmenter = match segmenter {
-            Some(c) => Some((
-                c,
-                spawn_segmenter(&self.shared, &core, c, sup.clone()).await?,
-            )),
-            None => None,
-        };
+        let segmenter = segmenter.map(|c| crate::segmenter::spawn(core.bus.clone(), c));
         spawn_llm(&self.shared, &core, sup).await?;
         let entry = SessionEntry {
             core: core.clone(),
             tools,
-            segmenter,
+            _segmenter: segmenter,
             restarts: 0,
         };
         match self.shared.sessions.entry(id.clone()) {

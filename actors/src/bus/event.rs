@@ -126,6 +126,35 @@ impl EventKind {
         )
     }
 
+    /// Events embedders publish for a turn: tool results, speakable segments,
+    /// playback progress.
+    pub fn is_embedder_side(&self) -> bool {
+        matches!(
+            self,
+            EventKind::ToolResult(_) | EventKind::Speakable { .. } | EventKind::SpeechPlayed { .. }
+        )
+    }
+
+    /// The kind's name, for errors and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            EventKind::TurnStarted => "turn_started",
+            EventKind::Token(_) => "token",
+            EventKind::Reasoning(_) => "reasoning",
+            EventKind::Refusal(_) => "refusal",
+            EventKind::ToolCall(_) => "tool_call",
+            EventKind::ToolResult(_) => "tool_result",
+            EventKind::Usage(_) => "usage",
+            EventKind::Structured(_) => "structured",
+            EventKind::TurnFinished(_) => "turn_finished",
+            EventKind::Interrupted { .. } => "interrupted",
+            EventKind::UserSpeechStarted => "user_speech_started",
+            EventKind::UserTranscript { .. } => "user_transcript",
+            EventKind::Speakable { .. } => "speakable",
+            EventKind::SpeechPlayed { .. } => "speech_played",
+        }
+    }
+
     /// Events that may still follow a normally finished turn (speech of its tail).
     pub(crate) fn is_playback(&self) -> bool {
         matches!(

@@ -1,106 +1,68 @@
-//! What goes into the history when a turn is cut short.
+//! What goes into the history for a turn: built from the ledger's record,
+//! round by round.
 //!
 //! The rule (DESIGN.md, cancel semantics 4 and 5): the history records what the
-//! user heard, and never a tool call without its output. A turn in flight holds
-//! the items of its finished rounds (text, calls, outputs) plus a round still
-//! streaming. When it is cut, assistant text is trimmed to the last playback
-//! position (all published text when no TTS reported progress) and marked
-//! interrupted, text nobody heard is dropped, and every call gets an output —
-//! its real result if the tool finished, else an error output saying it was
-//! cancelled.
+//! user heard, and is always valid on the wire. Each round contributes, in this
+//! order, its assistant text, its calls, and one output per call — so the
+//! assistant message that made the calls precedes them and every call has
+//! exactly one output, whatever interleaving closed the turn. When the turn was
+//! cut, assistant text is trimmed to the last playback position (all published
+//! text when no TTS reported progress) and marked interrupted, text nobody
+//! heard is dropped, and a call with no result gets an error output saying why.
+//! Calls are kept even when their round's text was not heard: the tools ran.
 
-use std::collections::{HashMap, HashSet};
+use colloquy::context::{ChatItem, ChatMessage, Role};
 
-use colloquy::context::{ChatItem, ChatMessage, ContentPart, Role};
+use crate::bus::ledger::TurnRecord;
 
-use crate::bus::{ToolOutput, TurnRecord};
-
-/// The items a turn has produced so far, before they are committed.
-#[derive(Debug, Default)]
-pub(crate) struct TurnDraft {
-    /// Finished rounds: assistant text, calls, and the outputs received.
-    pub(crate) items: Vec<ChatItem>,
-    /// Characters of the turn's text that precede the streaming round.
-    pub(crate) round_text_start: usize,
-    /// Tool outputs received for the turn, by call id.
-    pub(crate) results: HashMap<String, ToolOutput>,
-}
-
-fn assistant(text: String, interrupted: bool) -> ChatItem {
-    let mut m = ChatMessage::parts(Role::Assistant, vec![ContentPart::Text(text)]);
-    m.interrupted = interrupted;
-    ChatItem::Message(m)
-}
-
-/// The items to commit for a turn that ended early (`why` explains the missing outputs).
-pub(crate) fn interrupted_items(draft: TurnDraft, record: &TurnRecord, why: &str) -> Vec<ChatItem> {
-    let total = record.text.chars().count();
-    let heard = record.heard_chars.map_or(total, |h| h.min(total));
-    let mut out = Vec::with_capacity(draft.items.len() + 4);
+/// The items of `record`, trimmed to `heard` characters of its text when set
+/// (a cut turn). `why` is the output of a call that never got one.
+pub(crate) fn turn_items(record: &TurnRecord, heard: Option<usize>, why: &str) -> Vec<ChatItem> {
+    let mut out = Vec::new();
     let mut pos = 0;
-    for item in draft.items {
-        match item {
-            ChatItem::Message(mut m) if m.role == Role::Assistant => {
-                let text = m.text_content();
-                let len = text.chars().count();
-                if pos < heard {
-                    if pos + len > heard {
-                        m.content =
-                            vec![ContentPart::Text(text.chars().take(heard - pos).collect())];
-                        m.interrupted = true;
-                    }
-                    out.push(ChatItem::Message(m));
+    let mut last_text = None;
+    for round in &record.rounds {
+        let len = round.text.chars().count();
+        let keep = heard.map_or(len, |h| h.saturating_sub(pos).min(len));
+        pos += len;
+        if keep > 0 {
+            let text = if keep < len {
+                round.text.chars().take(keep).collect()
+            } else {
+                round.text.clone()
+            };
+            let mut m = ChatMessage::text(Role::Assistant, text);
+            m.interrupted = keep < len || (heard.is_some() && !round.complete);
+            last_text = Some(out.len());
+            out.push(ChatItem::Message(m));
+        }
+        for call in &round.calls {
+            out.push(ChatItem::function_call(
+                call.id.clone(),
+                call.name.clone(),
+                call.arguments.clone(),
+            ));
+        }
+        for call in &round.calls {
+            out.push(match round.output(&call.id) {
+                Some(o) => {
+                    ChatItem::function_output(o.call_id.clone(), o.output.clone(), o.is_error)
                 }
-                pos += len;
-            }
-            other => out.push(other),
+                None => ChatItem::function_output(call.id.clone(), why, true),
+            });
         }
     }
-    if heard > draft.round_text_start {
-        let partial: String = record
-            .text
-            .chars()
-            .skip(draft.round_text_start)
-            .take(heard - draft.round_text_start)
-            .collect();
-        out.push(assistant(partial, true));
-    }
-    let known: HashSet<String> = out
-        .iter()
-        .filter_map(|i| match i {
-            ChatItem::FunctionCall(c) => Some(c.call_id.clone()),
-            _ => None,
-        })
-        .collect();
-    for call in record.tool_calls.iter().filter(|c| !known.contains(&c.id)) {
-        out.push(ChatItem::function_call(
-            call.id.clone(),
-            call.name.clone(),
-            call.arguments.clone(),
-        ));
-    }
-    let answered: HashSet<String> = out
-        .iter()
-        .filter_map(|i| match i {
-            ChatItem::FunctionCallOutput(o) => Some(o.call_id.clone()),
-            _ => None,
-        })
-        .collect();
-    let missing: Vec<String> = out
-        .iter()
-        .filter_map(|i| match i {
-            ChatItem::FunctionCall(c) if !answered.contains(&c.call_id) => Some(c.call_id.clone()),
-            _ => None,
-        })
-        .collect();
-    for call_id in missing {
-        let (output, is_error) = match draft.results.get(&call_id) {
-            Some(r) => (r.output.clone(), r.is_error),
-            None => (why.to_string(), true),
-        };
-        out.push(ChatItem::function_output(call_id, output, is_error));
+    if record.text_truncated
+        && let Some(ChatItem::Message(m)) = last_text.and_then(|i| out.get_mut(i))
+    {
+        m.truncated = true;
     }
     out
+}
+
+/// The items of the finished rounds of a turn in flight, for its next request.
+pub(crate) fn draft_items(record: &TurnRecord) -> Vec<ChatItem> {
+    turn_items(record, None, "pending")
 }
 
 #[cfg(test)]
@@ -110,14 +72,13 @@ mod tests {
     use colloquy::llm::ToolCall;
     use std::sync::Arc;
 
-    use crate::ids::TurnId;
+    use crate::bus::ToolOutput;
+    use crate::bus::ledger::RoundRecord;
 
-    fn record(text: &str, heard: Option<usize>, calls: &[&str]) -> TurnRecord {
-        TurnRecord {
-            turn: TurnId(1),
+    fn round(text: &str, calls: &[&str], answered: &[(&str, &str)], complete: bool) -> RoundRecord {
+        RoundRecord {
             text: text.into(),
-            heard_chars: heard,
-            tool_calls: calls
+            calls: calls
                 .iter()
                 .enumerate()
                 .map(|(i, id)| {
@@ -130,117 +91,110 @@ mod tests {
                     })
                 })
                 .collect(),
+            outputs: answered
+                .iter()
+                .map(|(id, out)| {
+                    Arc::new(ToolOutput {
+                        call_id: id.to_string(),
+                        name: "f".into(),
+                        output: out.to_string(),
+                        is_error: false,
+                    })
+                })
+                .collect(),
             usage: None,
-            text_truncated: false,
+            prompt_bytes: 0,
+            complete,
         }
     }
 
-    fn texts(items: &[ChatItem]) -> Vec<(String, bool)> {
+    fn record(rounds: Vec<RoundRecord>) -> TurnRecord {
+        TurnRecord {
+            rounds,
+            ..TurnRecord::default()
+        }
+    }
+
+    fn shape(items: &[ChatItem]) -> Vec<String> {
         items
             .iter()
-            .filter_map(|i| match i {
-                ChatItem::Message(m) => Some((m.text_content(), m.interrupted)),
-                _ => None,
+            .map(|i| match i {
+                ChatItem::Message(m) if m.interrupted => format!("a*:{}", m.text_content()),
+                ChatItem::Message(m) => format!("a:{}", m.text_content()),
+                ChatItem::FunctionCall(c) => format!("call:{}", c.call_id),
+                ChatItem::FunctionCallOutput(o) => format!("out:{}={}", o.call_id, o.output),
+                _ => "?".into(),
             })
             .collect()
     }
 
     #[test]
     fn trims_streaming_round_to_what_was_heard() {
-        let items = interrupted_items(
-            TurnDraft::default(),
-            &record("Hello there, friend", Some(5), &[]),
-            "x",
+        let r = record(vec![round("Hello there, friend", &[], &[], false)]);
+        assert_eq!(shape(&turn_items(&r, Some(5), "x")), ["a*:Hello"]);
+        assert_eq!(
+            shape(&turn_items(&r, Some(19), "x")),
+            ["a*:Hello there, friend"]
         );
-        assert_eq!(texts(&items), vec![("Hello".to_string(), true)]);
-        let items = interrupted_items(TurnDraft::default(), &record("Hello there", None, &[]), "x");
-        assert_eq!(texts(&items), vec![("Hello there".to_string(), true)]);
-        let items = interrupted_items(TurnDraft::default(), &record("Hello", Some(0), &[]), "x");
-        assert!(items.is_empty(), "nothing heard, nothing committed");
+        assert!(
+            turn_items(&r, Some(0), "x").is_empty(),
+            "nothing heard, nothing committed"
+        );
+        assert_eq!(shape(&turn_items(&r, None, "x")), ["a:Hello there, friend"]);
     }
 
     #[test]
     fn heard_position_counts_characters_not_bytes() {
-        let items = interrupted_items(
-            TurnDraft::default(),
-            &record("héllo wörld", Some(4), &[]),
-            "x",
-        );
-        assert_eq!(texts(&items), vec![("héll".to_string(), true)]);
+        let r = record(vec![round("héllo wörld", &[], &[], true)]);
+        assert_eq!(shape(&turn_items(&r, Some(4), "x")), ["a*:héll"]);
     }
 
     #[test]
-    fn every_call_gets_an_output() {
-        // Round 1 finished: "Let me check." + call a (result arrived) + call b (pending).
-        let mut ctx = ChatContext::new();
-        ctx.add_assistant("Let me check.");
-        ctx.add_function_call("a", "f", "{}");
-        ctx.add_function_call("b", "f", "{}");
-        let mut draft = TurnDraft {
-            items: ctx.items,
-            round_text_start: 13,
-            results: HashMap::new(),
-        };
-        draft.results.insert(
-            "a".into(),
-            ToolOutput {
-                call_id: "a".into(),
-                name: "f".into(),
-                output: "42".into(),
-                is_error: false,
-            },
-        );
-        // The in-flight round 2 already published call c.
-        let items = interrupted_items(
-            draft,
-            &record("Let me check. It is", None, &["a", "b", "c"]),
-            "cancelled",
-        );
-        let committed = ChatContext { items };
-        assert!(committed.calls_without_output().is_empty());
+    fn text_precedes_its_calls_and_every_call_gets_one_output() {
+        // Round 0: "Let me check." + call a (answered) + call b (pending);
+        // round 1 streaming: " It is" + call c.
+        let r = record(vec![
+            round("Let me check.", &["a", "b"], &[("a", "42")], true),
+            round(" It is", &["c"], &[], false),
+        ]);
+        let items = turn_items(&r, Some(19), "cancelled");
         assert_eq!(
-            texts(&committed.items),
-            vec![
-                ("Let me check.".to_string(), false),
-                (" It is".to_string(), true)
+            shape(&items),
+            [
+                "a:Let me check.",
+                "call:a",
+                "call:b",
+                "out:a=42",
+                "out:b=cancelled",
+                "a*: It is",
+                "call:c",
+                "out:c=cancelled"
             ]
         );
-        let outputs: Vec<(String, String, bool)> = committed
-            .items
-            .iter()
-            .filter_map(|i| match i {
-                ChatItem::FunctionCallOutput(o) => {
-                    Some((o.call_id.clone(), o.output.clone(), o.is_error))
-                }
-                _ => None,
-            })
-            .collect();
-        assert_eq!(
-            outputs,
-            vec![
-                ("a".into(), "42".into(), false),
-                ("b".into(), "cancelled".into(), true),
-                ("c".into(), "cancelled".into(), true)
-            ]
-        );
-    }
-
-    #[test]
-    fn earlier_round_text_not_heard_is_trimmed_too() {
-        let mut ctx = ChatContext::new();
-        ctx.add_assistant("Let me check.");
-        ctx.add_function_call("a", "f", "{}");
-        let draft = TurnDraft {
-            items: ctx.items,
-            round_text_start: 13,
-            results: HashMap::new(),
-        };
-        let items = interrupted_items(
-            draft,
-            &record("Let me check.", Some(3), &["a"]),
-            "cancelled",
-        );
-        assert_eq!(texts(&items), vec![("Let".to_string(), true)]);
         assert!(ChatContext { items }.calls_without_output().is_empty());
+    }
+
+    #[test]
+    fn unheard_text_is_dropped_but_calls_are_kept() {
+        let r = record(vec![round("Let me check.", &["a"], &[], true)]);
+        assert_eq!(
+            shape(&turn_items(&r, Some(3), "cancelled")),
+            ["a*:Let", "call:a", "out:a=cancelled"]
+        );
+        assert_eq!(
+            shape(&turn_items(&r, Some(0), "cancelled")),
+            ["call:a", "out:a=cancelled"]
+        );
+    }
+
+    #[test]
+    fn a_capped_answer_is_marked() {
+        let mut r = record(vec![round("abc", &[], &[], true)]);
+        r.text_truncated = true;
+        let items = turn_items(&r, None, "x");
+        let ChatItem::Message(m) = &items[0] else {
+            panic!("{items:?}")
+        };
+        assert!(m.truncated && !m.interrupted);
     }
 }

@@ -1,114 +1,305 @@
-//! One turn in flight, and the task that streams each of its rounds.
+//! The actor's side of a turn: an explicit state, and every transition of it.
 //!
-//! The task runs outside the actor's message handler — ractor runs one handler
-//! at a time, so a handler awaiting the HTTP stream would leave a Cancel waiting
-//! behind it. The task publishes straight onto the bus through the turn fence
-//! (no hop through the actor's mailbox per token) and reports the round's result
-//! to the actor at the end. When the fence refuses an event the turn is over, so
-//! the task returns, dropping the stream and closing the connection; when the
-//! actor cancels, it aborts the task outright.
+//! ```text
+//!            start_turn                 round ended with calls
+//!   Idle ───────────────▶ Streaming ───────────────────────────▶ AwaitingTools
+//!    ▲                      │  ▲                                      │
+//!    │  commit (reconcile)  │  └──────── every call answered ─────────┘
+//!    └──────────────────────┴─── round ended without calls / failed: ledger.finish
+//! ```
+//!
+//! The actor never decides alone that a turn is over: it asks the ledger to
+//! finish the turn (which may already have been cut by a caller) and then
+//! *reconciles* — takes whatever closed record the ledger holds and commits
+//! it. Reconciling runs before and after every message, so a cut that lands
+//! anywhere (before a queued user message, behind a round's end, between two
+//! handlers) is committed exactly once, in turn order. Requests are built from
+//! the ledger's rounds too: there is no second copy of what a turn published.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use colloquy::llm::{ChatStream, FinishReason, LlmError, StreamEvent, ToolCall, Usage};
-use futures_util::StreamExt;
-use ractor::ActorRef;
+use colloquy::context::{ChatContext, ChatItem, ChatMessage, Role};
+use colloquy::llm::{ChatRequest, FinishReason, LlmError};
+use colloquy::tools::ToolChoice;
 
-use super::LlmMsg;
-use super::commit::TurnDraft;
-use crate::bus::{EventKind, SessionBus};
+use super::commit::{draft_items, turn_items};
+use super::round::{RoundOutput, run_round};
+use super::{LlmState, record_usage};
+use crate::bus::TurnEnd;
+use crate::bus::ledger::{Closed, LedgerError, TurnRecord};
 use crate::ids::TurnId;
 use crate::task::AbortOnDrop;
 
-/// What one streamed request produced.
-#[derive(Debug, Default)]
-pub(crate) struct RoundOutput {
-    pub(crate) tool_calls: Vec<ToolCall>,
-    pub(crate) finish: Option<FinishReason>,
-    pub(crate) usage: Option<Usage>,
-}
-
-/// The turn the actor is running.
-pub(crate) struct InFlight {
+/// A turn the actor is running.
+pub(crate) struct ActiveTurn {
     pub(crate) id: TurnId,
-    pub(crate) round: u32,
-    pub(crate) task: Option<AbortOnDrop>,
-    pub(crate) draft: TurnDraft,
-    /// Call ids of the last round still waiting for an output.
-    pub(crate) pending_calls: Vec<String>,
     pub(crate) started: Instant,
     pub(crate) span: tracing::Span,
 }
 
-impl InFlight {
-    pub(crate) fn awaiting_tools(&self) -> bool {
-        !self.pending_calls.is_empty()
+/// Where the actor's turn stands.
+pub(crate) enum TurnState {
+    /// No turn in flight (the last one is committed).
+    Idle,
+    /// Round `round`'s stream task is running.
+    Streaming {
+        turn: ActiveTurn,
+        round: u32,
+        /// Backstop: dropping the state aborts the task (the ledger aborts it on a cut).
+        _task: AbortOnDrop,
+    },
+    /// The last round made tool calls; waiting for every output.
+    AwaitingTools { turn: ActiveTurn },
+}
+
+impl TurnState {
+    /// The turn in flight, if any.
+    pub(crate) fn active(&self) -> Option<&ActiveTurn> {
+        match self {
+            TurnState::Idle => None,
+            TurnState::Streaming { turn, .. } | TurnState::AwaitingTools { turn, .. } => Some(turn),
+        }
     }
 
-    pub(crate) fn all_results_in(&self) -> bool {
-        self.pending_calls
-            .iter()
-            .all(|id| self.draft.results.contains_key(id))
+    pub(crate) fn take_active(&mut self) -> Option<ActiveTurn> {
+        match std::mem::replace(self, TurnState::Idle) {
+            TurnState::Idle => None,
+            TurnState::Streaming { turn, .. } | TurnState::AwaitingTools { turn, .. } => Some(turn),
+        }
     }
 }
 
-/// Streams one round; publishes through the fence; reports to the actor.
-pub(crate) async fn run_round(
-    mut stream: ChatStream,
-    bus: SessionBus,
-    turn: TurnId,
-    round: u32,
-    actor: ActorRef<LlmMsg>,
-    turn_started: Instant,
-) {
-    let mut out = RoundOutput::default();
-    let mut first_token = round == 0;
-    let result = loop {
-        let Some(event) = stream.next().await else {
-            break Err(LlmError::Incomplete);
-        };
-        let kind = match event {
-            Ok(StreamEvent::Token(t)) => {
-                if first_token {
-                    first_token = false;
-                    metrics::histogram!("colloquy_time_to_first_token_seconds")
-                        .record(turn_started.elapsed().as_secs_f64());
+fn failed(e: &LlmError) -> TurnEnd {
+    TurnEnd::Failed(Arc::from(format!("{}: {e}", e.kind())))
+}
+
+fn end_of(finish: Option<FinishReason>) -> TurnEnd {
+    match finish {
+        None | Some(FinishReason::Stop) => TurnEnd::Stop,
+        Some(FinishReason::Length) => TurnEnd::Length,
+        Some(FinishReason::ToolCalls) => TurnEnd::ToolCalls,
+        Some(FinishReason::ContentFilter) => TurnEnd::ContentFilter,
+        Some(FinishReason::Other(raw)) => TurnEnd::Other(Arc::from(raw)),
+        Some(_) => TurnEnd::Other(Arc::from("unknown")),
+    }
+}
+
+impl LlmState {
+    /// Commits every closed turn the ledger holds. Idempotent: a record is
+    /// taken once, and commits happen in turn order because the ledger does
+    /// not begin a turn while one waits.
+    pub(crate) fn reconcile(&mut self) {
+        while let Some(closed) = self.core.bus.take_closed() {
+            match closed {
+                Closed::Ended {
+                    record,
+                    end,
+                    speech_cut,
+                } => {
+                    let active = if self.turn.active().is_some_and(|t| t.id == record.turn) {
+                        self.turn.take_active()
+                    } else {
+                        None
+                    };
+                    self.commit(record, &end, speech_cut, active);
                 }
-                metrics::counter!("colloquy_tokens_total").increment(1);
-                EventKind::Token(Arc::from(t))
+                Closed::SpeechCut { turn, heard_chars } => self.trim_last_turn(turn, heard_chars),
             }
-            Ok(StreamEvent::Reasoning(t)) => EventKind::Reasoning(Arc::from(t)),
-            Ok(StreamEvent::Refusal(t)) => EventKind::Refusal(Arc::from(t)),
-            Ok(StreamEvent::ToolCall(call)) => {
-                out.tool_calls.push(call.clone());
-                EventKind::ToolCall(Arc::new(call))
+        }
+    }
+
+    fn commit(
+        &mut self,
+        record: TurnRecord,
+        end: &TurnEnd,
+        speech_cut: bool,
+        active: Option<ActiveTurn>,
+    ) {
+        let cut = end.is_abort() || speech_cut;
+        let heard = cut.then(|| {
+            let total = record.text_chars();
+            record.heard_chars.map_or(total, |h| h.min(total))
+        });
+        let why = match end {
+            TurnEnd::Cancelled => {
+                "cancelled: the user interrupted before this tool call finished".to_string()
             }
-            Ok(StreamEvent::Usage(u)) => {
-                out.usage = Some(u);
-                EventKind::Usage(Arc::new(u))
-            }
-            Ok(StreamEvent::Structured(v)) => EventKind::Structured(Arc::new(v)),
-            Ok(StreamEvent::Metadata { request_id, model }) => {
-                tracing::debug!(?request_id, ?model, round, "provider answered");
-                continue;
-            }
-            Ok(StreamEvent::Finished(summary)) => {
-                out.finish = summary.reason;
-                break Ok(());
-            }
-            Ok(_) => continue,
-            Err(e) => break Err(e),
+            other => format!("not executed: the turn ended ({})", other.label()),
         };
-        if bus.publish(turn, kind).is_err() {
-            // The turn was closed (cancelled or superseded): stop reading now.
+        let items = turn_items(&record, heard, &why);
+        for round in &record.rounds {
+            if let Some(u) = &round.usage {
+                record_usage(u);
+            }
+        }
+        self.last_turn = (!cut).then(|| {
+            let ids = items.iter().map(|i| i.id().to_string()).collect();
+            (record, ids)
+        });
+        self.context.items.extend(items);
+        metrics::counter!("colloquy_turns_total", "end" => end.label()).increment(1);
+        if speech_cut {
+            metrics::counter!("colloquy_playback_interruptions_total").increment(1);
+        }
+        if let Some(turn) = active {
+            metrics::histogram!("colloquy_turn_duration_seconds")
+                .record(turn.started.elapsed().as_secs_f64());
+        }
+        self.checkpoint();
+    }
+
+    /// The user cut the speech of the last committed turn: trim its items to
+    /// what was played.
+    fn trim_last_turn(&mut self, turn: TurnId, heard: usize) {
+        let Some((record, ids)) = self.last_turn.take() else {
+            return;
+        };
+        if record.turn != turn {
             return;
         }
-    };
-    drop(stream);
-    let _ = actor.cast(LlmMsg::RoundEnded {
-        turn,
-        round,
-        result: result.map(|()| out),
-    });
+        let ids: std::collections::HashSet<String> = ids.into_iter().collect();
+        let Some(first) = self.context.items.iter().position(|i| ids.contains(i.id())) else {
+            return;
+        };
+        self.context.items.retain(|i| !ids.contains(i.id()));
+        let trimmed = turn_items(&record, Some(heard), "cancelled");
+        self.context.items.splice(first..first, trimmed);
+        metrics::counter!("colloquy_playback_interruptions_total").increment(1);
+        self.checkpoint();
+    }
+
+    /// Idle → Streaming: begins the next turn on the ledger and starts round 0.
+    pub(crate) fn start_turn(&mut self) {
+        debug_assert!(self.turn.active().is_none());
+        let id = loop {
+            match self.core.bus.begin_turn() {
+                Ok(id) => break id,
+                // A cut landed since the last reconcile: commit it first.
+                Err(LedgerError::PendingCommit) => self.reconcile(),
+                Err(e) => {
+                    tracing::error!(parent: &self.core.span, error = %e, "cannot start a turn");
+                    return;
+                }
+            }
+        };
+        if let Some(hook) = self.settings.before_turn.clone() {
+            hook(&mut self.context);
+        }
+        let turn = ActiveTurn {
+            id,
+            started: Instant::now(),
+            span: tracing::info_span!(parent: &self.core.span, "turn", turn = id.0),
+        };
+        self.start_round(turn);
+    }
+
+    /// The request for the next round of `turn` (context, then the turn's
+    /// rounds so far) and that round's index; `None` once the turn is closed.
+    fn next_request(&self, turn: TurnId) -> Option<(ChatContext, u32)> {
+        let rounds = self.core.bus.lock().rounds(turn)?;
+        let next_round = rounds.len() as u32;
+        let draft = draft_items(&TurnRecord {
+            turn,
+            rounds,
+            ..TurnRecord::default()
+        });
+        let mut items = Vec::with_capacity(self.context.len() + draft.len() + 1);
+        if let Some(instructions) = &self.settings.instructions {
+            items.push(ChatItem::Message(ChatMessage::text(
+                Role::System,
+                instructions.clone(),
+            )));
+        }
+        items.extend(self.context.items.iter().cloned());
+        items.extend(draft);
+        Some((ChatContext { items }, next_round))
+    }
+
+    /// → Streaming: opens the next round of `turn` on the ledger with its task.
+    /// If the turn was cut meanwhile nothing is sent; the state is idle and
+    /// the reconcile commits the cut.
+    fn start_round(&mut self, turn: ActiveTurn) {
+        let Some((ctx, next_round)) = self.next_request(turn.id) else {
+            return;
+        };
+        let mut options = self.settings.options.clone();
+        if next_round >= self.settings.max_tool_rounds && !options.tools.is_empty() {
+            options.tool_choice = ToolChoice::None;
+        }
+        let prompt_bytes = ctx.approx_bytes();
+        let stream = match self.core.client.stream(ChatRequest::new(&ctx, &options)) {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::warn!(parent: &turn.span, error = %e, "request not sent");
+                self.core.bus.finish_turn(turn.id, failed(&e));
+                return;
+            }
+        };
+        let (bus, myself, span) = (
+            self.core.bus.clone(),
+            self.myself.clone(),
+            turn.span.clone(),
+        );
+        let opened = self.core.bus.lock().open_round(turn.id, prompt_bytes, || {
+            let task = tokio::spawn(tracing::Instrument::instrument(
+                run_round(stream, bus, turn.id, next_round, myself, turn.started),
+                span,
+            ));
+            (task.abort_handle(), AbortOnDrop(task))
+        });
+        if let Ok((round, task)) = opened {
+            self.turn = TurnState::Streaming {
+                turn,
+                round,
+                _task: task,
+            };
+        }
+    }
+
+    /// Streaming → AwaitingTools, or the turn's end.
+    pub(crate) fn round_ended(
+        &mut self,
+        turn: TurnId,
+        round: u32,
+        result: Result<RoundOutput, LlmError>,
+    ) {
+        let current = matches!(&self.turn,
+            TurnState::Streaming { turn: t, round: r, .. } if t.id == turn && *r == round);
+        if !current {
+            return; // a round of a turn already committed
+        }
+        match result {
+            Err(e) => {
+                metrics::counter!("colloquy_errors_total", "kind" => e.kind()).increment(1);
+                if let Some(t) = self.turn.active() {
+                    tracing::warn!(parent: &t.span, error = %e, "turn failed");
+                }
+                self.core.bus.finish_turn(turn, failed(&e));
+            }
+            Ok(out) if !out.made_calls || round >= self.settings.max_tool_rounds => {
+                self.core.bus.finish_turn(turn, end_of(out.finish));
+            }
+            Ok(_) => {
+                if let Some(active) = self.turn.take_active() {
+                    self.turn = TurnState::AwaitingTools { turn: active };
+                }
+                self.maybe_continue();
+            }
+        }
+        // Commits the end just decided, or the cut that came first.
+        self.reconcile();
+    }
+
+    /// AwaitingTools → Streaming once every call of the round has its output.
+    pub(crate) fn maybe_continue(&mut self) {
+        let ready = matches!(&self.turn,
+            TurnState::AwaitingTools { turn, .. } if self.core.bus.lock().last_round_answered(turn.id));
+        if !ready {
+            return;
+        }
+        if let Some(turn) = self.turn.take_active() {
+            self.start_round(turn);
+        }
+    }
 }

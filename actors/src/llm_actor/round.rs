@@ -1,0 +1,81 @@
+//! The stream task of one round: reads the provider's stream and publishes
+//! straight onto the bus through the ledger, then reports the round's end to
+//! the actor. It keeps nothing the ledger does not already hold.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use colloquy::llm::{ChatStream, FinishReason, LlmError, StreamEvent};
+use futures_util::StreamExt;
+use ractor::ActorRef;
+
+use super::LlmMsg;
+use crate::bus::{EventKind, SessionBus};
+use crate::ids::TurnId;
+
+/// How a round's stream ended.
+#[derive(Debug, Default)]
+pub(crate) struct RoundOutput {
+    /// The round asked for tools.
+    pub(crate) made_calls: bool,
+    pub(crate) finish: Option<FinishReason>,
+}
+
+/// Streams one round; publishes through the ledger; reports to the actor.
+pub(crate) async fn run_round(
+    mut stream: ChatStream,
+    bus: SessionBus,
+    turn: TurnId,
+    round: u32,
+    actor: ActorRef<LlmMsg>,
+    turn_started: Instant,
+) {
+    let mut out = RoundOutput::default();
+    let mut first_token = round == 0;
+    let result = loop {
+        let Some(event) = stream.next().await else {
+            break Err(LlmError::Incomplete);
+        };
+        let kind = match event {
+            Ok(StreamEvent::Token(t)) => {
+                if first_token {
+                    first_token = false;
+                    metrics::histogram!("colloquy_time_to_first_token_seconds")
+                        .record(turn_started.elapsed().as_secs_f64());
+                }
+                metrics::counter!("colloquy_tokens_total").increment(1);
+                EventKind::Token(Arc::from(t))
+            }
+            Ok(StreamEvent::Reasoning(t)) => EventKind::Reasoning(Arc::from(t)),
+            Ok(StreamEvent::Refusal(t)) => EventKind::Refusal(Arc::from(t)),
+            Ok(StreamEvent::ToolCall(call)) => {
+                out.made_calls = true;
+                EventKind::ToolCall(Arc::new(call))
+            }
+            Ok(StreamEvent::Usage(u)) => EventKind::Usage(Arc::new(u)),
+            Ok(StreamEvent::Structured(v)) => EventKind::Structured(Arc::new(v)),
+            Ok(StreamEvent::Metadata { request_id, model }) => {
+                tracing::debug!(?request_id, ?model, round, "provider answered");
+                continue;
+            }
+            Ok(StreamEvent::Finished(summary)) => {
+                out.finish = summary.reason;
+                bus.lock().complete_round(turn);
+                break Ok(());
+            }
+            Ok(_) => continue,
+            Err(e) => break Err(e),
+        };
+        if bus.publish_agent(turn, kind).is_err() {
+            // The turn was cut: stop reading now (dropping the stream closes
+            // the connection); the actor commits from the ledger's record.
+            return;
+        }
+    };
+    drop(stream);
+    let _ = actor.cast(LlmMsg::RoundEnded {
+        turn,
+        round,
+        result: result.map(|()| out),
+    });
+}

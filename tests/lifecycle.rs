@@ -1,0 +1,355 @@
+//! Regression tests for the turn's life (issue 7): the seam between a caller's
+//! cancel and the LLM actor's commit. Each test reproduces a defect found by
+//! review or fault injection through the public API; DESIGN.md's cancel
+//! semantics 4, 5, 6 and 8 are what they check.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use colloquy::context::{ChatContext, ChatItem, Role};
+use colloquy::llm::{ChatClient, ClientConfig, LlmOptions, OpenAiConfig};
+use colloquy::mock::{MockResponse, MockServer, RecordedRequest, sse_chunk};
+use colloquy::tools::ToolDefinition;
+use colloquy_actors::bus::{BusEvent, BusReceiver, BusRecvError, EventKind, TurnEnd};
+use colloquy_actors::{
+    AgentSettings, SessionConfig, SessionError, SessionHandle, Supervisor, SupervisorConfig, Tool,
+    ToolRegistry, TurnId,
+};
+use serde_json::json;
+
+const GUARD: Duration = Duration::from_secs(20);
+
+async fn next_matching(rx: &mut BusReceiver, mut pred: impl FnMut(&BusEvent) -> bool) -> BusEvent {
+    tokio::time::timeout(GUARD, async {
+        loop {
+            match rx.recv().await {
+                Ok(ev) if pred(&ev) => return ev,
+                Ok(_) => {}
+                Err(BusRecvError::Lagged { .. }) => {}
+                Err(e) => panic!("bus closed: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("event did not arrive")
+}
+
+async fn finished(rx: &mut BusReceiver, turn: TurnId) -> TurnEnd {
+    match next_matching(rx, |e| {
+        e.turn == turn && matches!(e.kind, EventKind::TurnFinished(_))
+    })
+    .await
+    .kind
+    {
+        EventKind::TurnFinished(end) => end,
+        _ => unreachable!(),
+    }
+}
+
+fn has_tool_output(req: &RecordedRequest) -> bool {
+    req.json()["messages"]
+        .as_array()
+        .is_some_and(|m| m.iter().any(|m| m["role"] == "tool"))
+}
+
+async fn setup(
+    server: &MockServer,
+    tweak: impl FnOnce(&mut SessionConfig),
+) -> (Supervisor, SessionHandle, BusReceiver) {
+    let client = ChatClient::with_config(
+        OpenAiConfig::compatible(server.base_url()),
+        ClientConfig::default(),
+    )
+    .unwrap();
+    let supervisor = Supervisor::start(SupervisorConfig::default())
+        .await
+        .unwrap();
+    let mut config = SessionConfig::new(client, AgentSettings::new(LlmOptions::new("mock")));
+    tweak(&mut config);
+    let session = supervisor.start_session("s1", config).await.unwrap();
+    let rx = session.subscribe();
+    (supervisor, session, rx)
+}
+
+/// A compact view of a history: `u:text`, `a:text` (`a*:` when interrupted),
+/// `call:id`, `out:id`.
+fn shape(ctx: &ChatContext) -> Vec<String> {
+    ctx.items
+        .iter()
+        .map(|i| match i {
+            ChatItem::Message(m) => {
+                let who = match (m.role, m.interrupted) {
+                    (Role::User, _) => "u",
+                    (Role::Assistant, true) => "a*",
+                    (Role::Assistant, false) => "a",
+                    _ => "s",
+                };
+                format!("{who}:{}", m.text_content())
+            }
+            ChatItem::FunctionCall(c) => format!("call:{}", c.call_id),
+            ChatItem::FunctionCallOutput(o) => format!("out:{}", o.call_id),
+            _ => "?".into(),
+        })
+        .collect()
+}
+
+/// R1 / F4: a user message queued before a cancel must not make the actor drop
+/// the cancelled turn's commit. On a current-thread runtime the two calls run
+/// with no await in between, so the actor sees `UserMessage` before it learns
+/// of the cancel.
+#[tokio::test(flavor = "current_thread")]
+async fn r1_message_queued_before_cancel_keeps_the_cancelled_turns_commit() {
+    let server = MockServer::start(|req| {
+        if req.last_message()["content"] == "second" {
+            MockResponse::text(&["ok"])
+        } else {
+            MockResponse::text_then_stall(&["Partial answer"])
+        }
+    })
+    .await
+    .unwrap();
+    let (sup, session, mut rx) = setup(&server, |_| {}).await;
+    session.send_text("first").unwrap();
+    let t1 = next_matching(&mut rx, |e| matches!(e.kind, EventKind::Token(_)))
+        .await
+        .turn;
+    session.send_text("second").unwrap();
+    session.cancel().unwrap();
+    assert_eq!(finished(&mut rx, t1).await, TurnEnd::Cancelled);
+    let t2 = next_matching(&mut rx, |e| e.kind == EventKind::TurnStarted)
+        .await
+        .turn;
+    assert_eq!(finished(&mut rx, t2).await, TurnEnd::Stop);
+    let ctx = session.context().await.unwrap();
+    assert_eq!(
+        shape(&ctx),
+        vec!["u:first", "a*:Partial answer", "u:second", "a:ok"]
+    );
+    sup.shutdown().await;
+}
+
+/// F4 seen from outside: `cancel()` on one thread racing `send_text()` on
+/// another must never lose the cancelled turn's partial reply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f4_cancel_racing_send_text_never_loses_the_partial_reply() {
+    let server = MockServer::start(|req| {
+        let last = req.last_message()["content"].to_string();
+        if last.contains("next") {
+            MockResponse::text(&["ok"])
+        } else {
+            MockResponse::text_then_stall(&["Partial"])
+        }
+    })
+    .await
+    .unwrap();
+    let (sup, session, mut rx) = setup(&server, |_| {}).await;
+    for round in 0..20 {
+        session.send_text(format!("q{round}")).unwrap();
+        let t = next_matching(&mut rx, |e| matches!(e.kind, EventKind::Token(_)))
+            .await
+            .turn;
+        let (a, b) = (session.clone(), session.clone());
+        let barrier = Arc::new(std::sync::Barrier::new(2));
+        let (ba, bb) = (barrier.clone(), barrier);
+        let canceller = std::thread::spawn(move || {
+            ba.wait();
+            a.cancel().unwrap();
+        });
+        let sender = std::thread::spawn(move || {
+            bb.wait();
+            b.send_text(format!("next{round}")).unwrap();
+        });
+        canceller.join().unwrap();
+        sender.join().unwrap();
+        assert_eq!(finished(&mut rx, t).await, TurnEnd::Cancelled);
+        // The next turn answers "next…"; the racing cancel may land on it too
+        // when the actor started it first — either way it ends.
+        let t2 = next_matching(&mut rx, |e| e.kind == EventKind::TurnStarted)
+            .await
+            .turn;
+        finished(&mut rx, t2).await;
+    }
+    let ctx = session.context().await.unwrap();
+    let shape = shape(&ctx);
+    for round in 0..20 {
+        let at = shape
+            .iter()
+            .position(|s| *s == format!("u:q{round}"))
+            .unwrap_or_else(|| panic!("q{round} missing: {shape:?}"));
+        assert_eq!(
+            shape.get(at + 1).map(String::as_str),
+            Some("a*:Partial"),
+            "turn {round} lost its partial reply: {shape:?}"
+        );
+        assert_eq!(
+            shape.get(at + 2),
+            Some(&format!("u:next{round}")),
+            "{shape:?}"
+        );
+    }
+    sup.shutdown().await;
+}
+
+/// R2: a round with text and a call ends while the actor is busy (its
+/// `RoundEnded` waits in the mailbox), then a fast cancel closes the turn. The
+/// committed history must be valid on the wire: the assistant's text, then its
+/// call, then the call's output — and the next request must carry it so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r2_round_ended_behind_a_cancel_commits_a_wire_valid_history() {
+    let server = MockServer::start(|req| {
+        if req.last_message()["content"] == "again" {
+            return MockResponse::text(&["fine"]);
+        }
+        MockResponse::event_stream()
+            .event(&sse_chunk(
+                json!({"role": "assistant", "content": ""}),
+                None,
+            ))
+            .event(&sse_chunk(json!({"content": "Let me check."}), None))
+            .event(&sse_chunk(
+                json!({"tool_calls": [{"index": 0, "id": "c1", "type": "function",
+                        "function": {"name": "lookup", "arguments": "{}"}}]}),
+                None,
+            ))
+            .finish("tool_calls", 10, 5)
+    })
+    .await
+    .unwrap();
+    let (sup, session, mut rx) = setup(&server, |_| {}).await;
+    session.send_text("q").unwrap();
+    next_matching(&mut rx, |e| matches!(e.kind, EventKind::Usage(_))).await;
+    // Hold the actor busy so the round's end waits in its mailbox.
+    let (release, wait) = std::sync::mpsc::channel::<()>();
+    session
+        .update_settings(move |_| {
+            let _ = wait.recv_timeout(GUARD);
+        })
+        .unwrap();
+    // Widen the window: the stream task reports the round's end meanwhile.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    session.cancel().unwrap();
+    release.send(()).unwrap();
+    session.send_text("again").unwrap();
+    let t2 = next_matching(&mut rx, |e| {
+        e.turn > TurnId(1) && e.kind == EventKind::TurnStarted
+    })
+    .await
+    .turn;
+    assert_eq!(finished(&mut rx, t2).await, TurnEnd::Stop);
+    let ctx = session.context().await.unwrap();
+    assert_eq!(
+        shape(&ctx),
+        vec![
+            "u:q",
+            "a:Let me check.",
+            "call:c1",
+            "out:c1",
+            "u:again",
+            "a:fine"
+        ]
+    );
+    sup.shutdown().await;
+}
+
+/// R4: usage is per request. A turn whose first round reported usage and whose
+/// second round is cancelled reports two usages: the provider's and an estimate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r4_cancelled_second_round_still_reports_its_usage() {
+    let server = MockServer::start(|req| {
+        if has_tool_output(req) {
+            MockResponse::text_then_stall(&["It is "])
+        } else {
+            MockResponse::tool_calls(&[("c1", "now", "{}")])
+        }
+    })
+    .await
+    .unwrap();
+    let tools = ToolRegistry::new().with_tool(Tool::new(
+        ToolDefinition::free_form("now", "The time"),
+        |_| async { Ok("noon".to_string()) },
+    ));
+    let (sup, session, mut rx) = setup(&server, |c| c.tools = Some(tools)).await;
+    session.send_text("time?").unwrap();
+    let mut usages = Vec::new();
+    let turn = loop {
+        let ev = next_matching(&mut rx, |e| {
+            matches!(e.kind, EventKind::Usage(_) | EventKind::Token(_))
+        })
+        .await;
+        match ev.kind {
+            EventKind::Usage(u) => usages.push(*u),
+            _ => break ev.turn,
+        }
+    };
+    session.cancel().unwrap();
+    loop {
+        let ev = next_matching(&mut rx, |e| e.turn == turn).await;
+        match ev.kind {
+            EventKind::Usage(u) => usages.push(*u),
+            EventKind::TurnFinished(end) => {
+                assert_eq!(end, TurnEnd::Cancelled);
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(usages.len(), 2, "{usages:?}");
+    assert!(!usages[0].estimated && usages[1].estimated, "{usages:?}");
+    sup.shutdown().await;
+}
+
+/// F6: an answer longer than the runtime's cap is committed marked as cut, not
+/// silently truncated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn f6_an_answer_over_the_cap_is_committed_marked() {
+    let piece = "x".repeat(4000);
+    let server = MockServer::start(move |_| {
+        let tokens: Vec<&str> = (0..100).map(|_| piece.as_str()).collect();
+        MockResponse::text(&tokens)
+    })
+    .await
+    .unwrap();
+    let (sup, session, mut rx) = setup(&server, |_| {}).await;
+    session.send_text("long").unwrap();
+    let t = next_matching(&mut rx, |e| e.kind == EventKind::TurnStarted)
+        .await
+        .turn;
+    assert_eq!(finished(&mut rx, t).await, TurnEnd::Stop);
+    let ctx = session.context().await.unwrap();
+    let reply = ctx
+        .messages()
+        .find(|m| m.role == Role::Assistant)
+        .expect("a reply");
+    let len = reply.text_content().len();
+    assert!(
+        len == 400_000 || reply.truncated,
+        "committed {len} of 400000 bytes without a mark"
+    );
+    sup.shutdown().await;
+}
+
+/// After `stop_session`, subscribers see the bus close even while handles live,
+/// and `cancel()` on the stopped session says it is not running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopped_session_closes_its_bus_and_refuses_cancel() {
+    let server = MockServer::start(|_| MockResponse::text(&["hi"]))
+        .await
+        .unwrap();
+    let (sup, session, mut rx) = setup(&server, |_| {}).await;
+    sup.stop_session(session.id()).await.unwrap();
+    let closed = tokio::time::timeout(GUARD, async {
+        loop {
+            match rx.recv().await {
+                Err(BusRecvError::Closed) => return true,
+                Ok(_) | Err(BusRecvError::Lagged { .. }) => {}
+                Err(_) => return false,
+            }
+        }
+    })
+    .await
+    .expect("the bus did not close after stop_session");
+    assert!(closed);
+    assert!(matches!(session.cancel(), Err(SessionError::NotRunning(_))));
+    drop(session);
+    sup.shutdown().await;
+}
