@@ -45,6 +45,8 @@
 
 pub mod bus;
 mod ids;
+#[cfg(test)]
+mod interleavings;
 mod llm_actor;
 mod segmenter;
 mod session;

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use colloquy::context::{ChatContext, ContentPart};
-use colloquy::llm::ChatClient;
+use colloquy::llm::{ChatClient, ChatRequest, ChatStream, LlmError, LlmOptions};
 use ractor::{ActorRef, RpcReplyPort};
 
 use crate::bus::{BusReceiver, EventKind, PublishError, SessionBus, ToolOutput, TurnEnd};
@@ -45,7 +45,14 @@ pub(crate) struct SessionCore {
     settings: Mutex<AgentSettings>,
     llm: RwLock<Option<ActorRef<LlmMsg>>>,
     llm_tap: Mutex<Option<u64>>,
+    /// Tests script the provider's streams directly.
+    #[cfg(test)]
+    pub(crate) script: Mutex<Option<ScriptedStreams>>,
 }
+
+/// A scripted provider for the crate's own tests: one stream per request.
+#[cfg(test)]
+pub(crate) type ScriptedStreams = Arc<dyn Fn(&ChatContext) -> ChatStream + Send + Sync>;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -70,7 +77,22 @@ impl SessionCore {
             settings: Mutex::new(settings),
             llm: RwLock::new(None),
             llm_tap: Mutex::new(None),
+            #[cfg(test)]
+            script: Mutex::new(None),
         }
+    }
+
+    /// Starts one request's stream (nothing is sent until it is polled).
+    pub(crate) fn stream(
+        &self,
+        context: &ChatContext,
+        options: &LlmOptions,
+    ) -> Result<ChatStream, LlmError> {
+        #[cfg(test)]
+        if let Some(script) = lock(&self.script).clone() {
+            return Ok(script(context));
+        }
+        self.client.stream(ChatRequest::new(context, options))
     }
 
     /// Cuts the turn in flight (or its speech) here, in the caller, and asks

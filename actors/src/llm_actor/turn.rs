@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use colloquy::context::{ChatContext, ChatItem, ChatMessage, Role};
-use colloquy::llm::{ChatRequest, FinishReason, LlmError};
+use colloquy::llm::{FinishReason, LlmError};
 use colloquy::tools::ToolChoice;
 
 use super::commit::{draft_items, turn_items};
@@ -228,7 +228,7 @@ impl LlmState {
             options.tool_choice = ToolChoice::None;
         }
         let prompt_bytes = ctx.approx_bytes();
-        let stream = match self.core.client.stream(ChatRequest::new(&ctx, &options)) {
+        let stream = match self.core.stream(&ctx, &options) {
             Ok(stream) => stream,
             Err(e) => {
                 tracing::warn!(parent: &turn.span, error = %e, "request not sent");

@@ -1,0 +1,501 @@
+//! A randomized interleaving test of the turn lifecycle.
+//!
+//! Each case drives one session through a generated sequence of operations —
+//! user messages, final transcripts, speech started, cancel, the provider's
+//! stream producing text, tool calls, a finish or a failure, tool results,
+//! playback progress, a panicking actor — with a generated number of
+//! scheduler yields between them, on a single-thread runtime, so the actor's
+//! mailbox, the stream tasks and the callers interleave differently in every
+//! case (and identically for the same seed). The provider is scripted in
+//! process: each request's stream is fed by the test.
+//!
+//! After each sequence the checks of DESIGN.md's cancel semantics: the
+//! committed history is valid on the OpenAI wire, no text is committed twice,
+//! every turn ended exactly once, no event of a turn after its end, and usage
+//! is reported once per request.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use colloquy::context::{ChatContext, ChatItem, Role};
+use colloquy::llm::{ChatClient, ChatStream, LlmError, LlmOptions, OpenAiConfig, StreamLimits};
+use colloquy::mock::sse_chunk;
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use crate::bus::{BusEvent, EventKind, ToolOutput, TurnEnd};
+use crate::ids::TurnId;
+use crate::{AgentSettings, SessionConfig, SessionHandle, Supervisor, SupervisorConfig};
+
+const INJECTED: &str = "injected actor failure";
+
+/// xorshift64*: small, seedable, no dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// One scripted request: the test feeds its SSE body.
+struct Request {
+    turn: TurnId,
+    serial: u64,
+    feed: Option<mpsc::UnboundedSender<bytes::Bytes>>,
+    calls: u32,
+    polled: Arc<std::sync::atomic::AtomicBool>,
+}
+
+#[derive(Default)]
+struct Script {
+    requests: Vec<Request>,
+    next_serial: u64,
+}
+
+fn scripted(
+    script: Arc<Mutex<Script>>,
+    bus: crate::bus::SessionBus,
+) -> crate::session::ScriptedStreams {
+    Arc::new(move |_ctx: &ChatContext| {
+        let (tx, mut rx) = mpsc::unbounded_channel::<bytes::Bytes>();
+        let polled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen = polled.clone();
+        let source = futures_util::stream::poll_fn(move |cx| {
+            seen.store(true, std::sync::atomic::Ordering::SeqCst);
+            rx.poll_recv(cx).map(|b| b.map(Ok::<_, LlmError>))
+        });
+        let mut s = script.lock().unwrap();
+        s.next_serial += 1;
+        let serial = s.next_serial;
+        s.requests.push(Request {
+            turn: bus.current_turn().0,
+            serial,
+            feed: Some(tx),
+            calls: 0,
+            polled,
+        });
+        ChatStream::from_sse_bytes(source, StreamLimits::default(), None)
+    })
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Op {
+    SendText,
+    FinalTranscript,
+    SpeechStarted,
+    Cancel,
+    Token,
+    Call,
+    Finish,
+    Fail,
+    ToolResult,
+    SpeechPlayed,
+    Restart,
+    Yield,
+}
+
+fn pick(rng: &mut Rng) -> Op {
+    match rng.below(100) {
+        0..=9 => Op::SendText,
+        10..=14 => Op::FinalTranscript,
+        15..=19 => Op::SpeechStarted,
+        20..=26 => Op::Cancel,
+        27..=49 => Op::Token,
+        50..=57 => Op::Call,
+        58..=67 => Op::Finish,
+        68..=70 => Op::Fail,
+        71..=80 => Op::ToolResult,
+        81..=88 => Op::SpeechPlayed,
+        89 => Op::Restart,
+        _ => Op::Yield,
+    }
+}
+
+async fn yields(n: u64) {
+    for _ in 0..n {
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Runs one case; returns a description of the first broken invariant.
+async fn run_case(supervisor: &Supervisor, seed: u64) -> Result<(), String> {
+    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    // Never contacted: the scripted streams replace the client's requests.
+    let client = ChatClient::new(OpenAiConfig::compatible("http://127.0.0.1:9/v1")).unwrap();
+    let mut settings = AgentSettings::new(LlmOptions::new("scripted"));
+    settings.max_tool_rounds = 1 + rng.below(3) as u32;
+    settings.interruption.cancel_on_user_message = rng.below(4) != 0;
+    settings.max_context_items = None;
+    let id = format!("case-{seed}");
+    let session: SessionHandle = supervisor
+        .start_session(id.as_str(), SessionConfig::new(client, settings))
+        .await
+        .map_err(|e| e.to_string())?;
+    let script = Arc::new(Mutex::new(Script::default()));
+    *session.core.script.lock().unwrap() = Some(scripted(script.clone(), session.core.bus.clone()));
+    let events: Arc<Mutex<Vec<BusEvent>>> = Arc::default();
+    let sink = events.clone();
+    let tap = session
+        .core
+        .bus
+        .add_tap(|_| true, move |ev| sink.lock().unwrap().push(ev.clone()));
+
+    let mut token = 0u64;
+    let mut restarts = 0;
+    let ops = 20 + rng.below(40);
+    for _ in 0..ops {
+        let op = pick(&mut rng);
+        match op {
+            Op::SendText => {
+                let _ = session.send_text(format!("q{}", rng.below(1000)));
+            }
+            Op::FinalTranscript => {
+                session.user_transcript(format!("t{}", rng.below(1000)), true);
+            }
+            Op::SpeechStarted => {
+                session.user_speech_started();
+            }
+            Op::Cancel => {
+                let _ = session.cancel();
+            }
+            Op::Token | Op::Call | Op::Finish | Op::Fail => {
+                let mut s = script.lock().unwrap();
+                let Some(latest) = s.requests.iter().rposition(|r| r.feed.is_some()) else {
+                    continue;
+                };
+                let req = &mut s.requests[latest];
+                let feed = req.feed.as_ref().unwrap();
+                match op {
+                    Op::Token => {
+                        token += 1;
+                        let _ = feed
+                            .send(sse_chunk(json!({"content": format!("<{token}>")}), None).into());
+                    }
+                    Op::Call => {
+                        let index = req.calls;
+                        req.calls += 1;
+                        let call_id = format!("c{}-{index}", req.serial);
+                        let _ = feed.send(
+                            sse_chunk(
+                                json!({"tool_calls": [{"index": index, "id": call_id, "type": "function",
+                                        "function": {"name": "f", "arguments": "{}"}}]}),
+                                None,
+                            )
+                            .into(),
+                        );
+                    }
+                    Op::Finish => {
+                        let reason = if req.calls > 0 { "tool_calls" } else { "stop" };
+                        let usage = json!({"choices": [], "usage": {"prompt_tokens": 1_000_000 + req.serial,
+                            "completion_tokens": 1, "total_tokens": 1_000_001 + req.serial}});
+                        let body = format!(
+                            "{}data: {usage}\n\ndata: [DONE]\n\n",
+                            sse_chunk(json!({}), Some(reason))
+                        );
+                        let _ = feed.send(body.into());
+                        req.feed = None;
+                    }
+                    _ => req.feed = None, // EOF without a finish: the request failed
+                }
+            }
+            Op::ToolResult => {
+                let pending: Vec<(TurnId, String)> = {
+                    let evs = events.lock().unwrap();
+                    let answered: HashSet<&str> = evs
+                        .iter()
+                        .filter_map(|e| match &e.kind {
+                            EventKind::ToolResult(o) => Some(o.call_id.as_str()),
+                            _ => None,
+                        })
+                        .collect();
+                    evs.iter()
+                        .filter_map(|e| match &e.kind {
+                            EventKind::ToolCall(c) if !answered.contains(c.id.as_str()) => {
+                                Some((e.turn, c.id.clone()))
+                            }
+                            _ => None,
+                        })
+                        .collect()
+                };
+                if !pending.is_empty() {
+                    let (turn, call_id) = pending[rng.below(pending.len() as u64) as usize].clone();
+                    let _ = session.submit_tool_result(
+                        turn,
+                        ToolOutput {
+                            call_id: call_id.clone(),
+                            name: "f".into(),
+                            output: format!("result of {call_id}"),
+                            is_error: false,
+                        },
+                    );
+                }
+            }
+            Op::SpeechPlayed => {
+                let (turn, _) = session.core.bus.current_turn();
+                let chars = session
+                    .core
+                    .bus
+                    .turn_text_since(turn, 0)
+                    .map_or(0, |(t, _)| t.chars().count());
+                let _ = session.speech_played(turn, rng.below(chars as u64 + 2) as usize);
+            }
+            Op::Restart if restarts < 2 => {
+                restarts += 1;
+                let _ = session.update_settings(|_| std::panic::panic_any(INJECTED));
+            }
+            Op::Restart => {}
+            Op::Yield => yields(1 + rng.below(8)).await,
+        }
+        yields(rng.below(3)).await;
+    }
+
+    // Quiesce: cut whatever is in flight until the actor is idle and nothing
+    // is queued behind it.
+    for _ in 0..50 {
+        let _ = session.cancel();
+        yields(20).await;
+        if session.context().await.is_ok() && !session.core.bus.current_turn().1 {
+            yields(20).await;
+            if !session.core.bus.current_turn().1 {
+                break;
+            }
+        }
+    }
+    let committed = session.context().await.map_err(|e| e.to_string())?;
+    session.core.bus.remove_tap(tap);
+    supervisor
+        .stop_session(session.id())
+        .await
+        .map_err(|e| e.to_string())?;
+    let events = std::mem::take(&mut *events.lock().unwrap());
+    STATS.with(|st| {
+        let mut st = st.borrow_mut();
+        for ev in &events {
+            *st.entry(match &ev.kind {
+                EventKind::TurnFinished(end) => end.label(),
+                other => other.name(),
+            })
+            .or_default() += 1;
+        }
+    });
+    let script = std::mem::take(&mut *script.lock().unwrap());
+    check(&committed, &events, &script).map_err(|e| {
+        format!(
+            "{e}\n  history: {:?}\n  events: {:?}",
+            shape(&committed),
+            events
+                .iter()
+                .map(|e| (e.turn.0, e.kind.name()))
+                .collect::<Vec<_>>()
+        )
+    })
+}
+
+fn shape(ctx: &ChatContext) -> Vec<String> {
+    ctx.items
+        .iter()
+        .map(|i| match i {
+            ChatItem::Message(m) if m.role == Role::User => format!("u:{}", m.text_content()),
+            ChatItem::Message(m) => format!(
+                "a{}:{}",
+                if m.interrupted { "*" } else { "" },
+                m.text_content()
+            ),
+            ChatItem::FunctionCall(c) => format!("call:{}", c.call_id),
+            ChatItem::FunctionCallOutput(o) => format!("out:{}", o.call_id),
+            _ => "?".into(),
+        })
+        .collect()
+}
+
+/// The committed history as the OpenAI wire needs it: each run of calls is
+/// followed at once by exactly one output per call; no output elsewhere.
+fn check_wire(ctx: &ChatContext) -> Result<(), String> {
+    let mut seen_calls = HashSet::new();
+    let mut i = 0;
+    let items = &ctx.items;
+    while i < items.len() {
+        match &items[i] {
+            ChatItem::FunctionCall(_) => {
+                let mut run = Vec::new();
+                while let Some(ChatItem::FunctionCall(c)) = items.get(i) {
+                    if !seen_calls.insert(c.call_id.clone()) {
+                        return Err(format!("call {} committed twice", c.call_id));
+                    }
+                    run.push(c.call_id.clone());
+                    i += 1;
+                }
+                let mut answered = HashSet::new();
+                while let Some(ChatItem::FunctionCallOutput(o)) = items.get(i) {
+                    if !run.contains(&o.call_id) || !answered.insert(o.call_id.clone()) {
+                        return Err(format!(
+                            "output {} does not answer the calls before it",
+                            o.call_id
+                        ));
+                    }
+                    i += 1;
+                }
+                if answered.len() != run.len() {
+                    return Err(format!("calls {run:?} answered only {answered:?}"));
+                }
+            }
+            ChatItem::FunctionCallOutput(o) => {
+                return Err(format!(
+                    "output {} without its call right before",
+                    o.call_id
+                ));
+            }
+            _ => i += 1,
+        }
+    }
+    Ok(())
+}
+
+fn check(ctx: &ChatContext, events: &[BusEvent], script: &Script) -> Result<(), String> {
+    check_wire(ctx)?;
+    // No text committed twice.
+    let mut tokens = HashMap::<String, usize>::new();
+    for m in ctx.messages().filter(|m| m.role == Role::Assistant) {
+        for t in m.text_content().split_inclusive('>') {
+            if t.starts_with('<') && t.ends_with('>') {
+                *tokens.entry(t.to_string()).or_default() += 1;
+            }
+        }
+    }
+    if let Some((t, n)) = tokens.iter().find(|(_, n)| **n > 1) {
+        return Err(format!("text {t} committed {n} times"));
+    }
+    // Events: seq order, one end per turn, nothing after the end.
+    let mut last_seq = 0;
+    let mut started = Vec::new();
+    let mut ended: HashMap<TurnId, TurnEnd> = HashMap::new();
+    let mut cut: HashSet<TurnId> = HashSet::new();
+    let mut usage: HashMap<TurnId, usize> = HashMap::new();
+    let mut provider_usage = HashSet::new();
+    for ev in events {
+        if ev.seq <= last_seq {
+            return Err(format!("seq {} after {last_seq}", ev.seq));
+        }
+        last_seq = ev.seq;
+        if ev.kind.is_user_side() {
+            continue;
+        }
+        if cut.contains(&ev.turn) {
+            return Err(format!("{:?} of {} after its cut", ev.kind.name(), ev.turn));
+        }
+        if let Some(end) = ended.get(&ev.turn) {
+            let allowed = !end.is_abort()
+                && matches!(
+                    ev.kind,
+                    EventKind::Speakable { .. }
+                        | EventKind::SpeechPlayed { .. }
+                        | EventKind::Interrupted { .. }
+                );
+            if !allowed {
+                return Err(format!(
+                    "{:?} of {} after TurnFinished({end:?})",
+                    ev.kind.name(),
+                    ev.turn
+                ));
+            }
+        }
+        match &ev.kind {
+            EventKind::TurnStarted => {
+                if started.last().is_some_and(|t| *t >= ev.turn) {
+                    return Err(format!("turn {} started out of order", ev.turn));
+                }
+                started.push(ev.turn);
+            }
+            EventKind::TurnFinished(end) => {
+                ended.insert(ev.turn, end.clone());
+                if end.is_abort() {
+                    cut.insert(ev.turn);
+                }
+            }
+            EventKind::Interrupted { .. } => {
+                cut.insert(ev.turn);
+            }
+            EventKind::Usage(u) => {
+                *usage.entry(ev.turn).or_default() += 1;
+                if !u.estimated && !provider_usage.insert(u.prompt_tokens) {
+                    return Err(format!("provider usage {} reported twice", u.prompt_tokens));
+                }
+            }
+            _ => {}
+        }
+    }
+    for t in &started {
+        if !ended.contains_key(t) {
+            return Err(format!("turn {t} never ended"));
+        }
+    }
+    // Usage: one per request. A request whose task was cut before its first
+    // poll sent nothing but still gets its (estimated) usage, so the count per
+    // turn lies between the requests polled and the requests created.
+    for t in &started {
+        let created = script.requests.iter().filter(|r| r.turn == *t).count();
+        let polled = script
+            .requests
+            .iter()
+            .filter(|r| r.turn == *t && r.polled.load(std::sync::atomic::Ordering::SeqCst))
+            .count();
+        let n = usage.get(t).copied().unwrap_or(0);
+        if n < polled || n > created {
+            return Err(format!(
+                "turn {t}: {n} usage events for {polled} polled / {created} created requests"
+            ));
+        }
+    }
+    Ok(())
+}
+
+thread_local! {
+    static STATS: std::cell::RefCell<std::collections::BTreeMap<&'static str, u64>> = Default::default();
+}
+
+#[test]
+fn random_interleavings_keep_the_lifecycle_invariants() {
+    let cases: u64 = std::env::var("COLLOQUY_INTERLEAVING_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
+    let first: u64 = std::env::var("COLLOQUY_INTERLEAVING_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    // The injected actor failures are expected panics: keep their reports out
+    // of the output, and every other panic's in.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let injected = info
+            .payload()
+            .downcast_ref::<&str>()
+            .is_some_and(|m| *m == INJECTED);
+        if !injected {
+            default_hook(info);
+        }
+    }));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let supervisor = Supervisor::start(SupervisorConfig::default()).await.unwrap();
+        for seed in first..first + cases {
+            if let Err(e) = run_case(&supervisor, seed).await {
+                panic!("seed {seed} (rerun: COLLOQUY_INTERLEAVING_SEED={seed} COLLOQUY_INTERLEAVING_CASES=1): {e}");
+            }
+        }
+        supervisor.shutdown().await;
+    });
+    // What the cases exercised (shown with --nocapture).
+    STATS.with(|st| eprintln!("interleavings: {cases} cases, events: {:?}", st.borrow()));
+}
