@@ -196,8 +196,14 @@ async fn run_case(supervisor: &Supervisor, seed: u64) -> Result<(), String> {
                         let reason = if req.calls > 0 { "tool_calls" } else { "stop" };
                         let usage = json!({"choices": [], "usage": {"prompt_tokens": 1_000_000 + req.serial,
                             "completion_tokens": 1, "total_tokens": 1_000_001 + req.serial}});
+                        // Some providers never report usage: the runtime estimates it.
+                        let usage = if rng.below(4) == 0 {
+                            String::new()
+                        } else {
+                            format!("data: {usage}\n\n")
+                        };
                         let body = format!(
-                            "{}data: {usage}\n\ndata: [DONE]\n\n",
+                            "{}{usage}data: [DONE]\n\n",
                             sse_chunk(json!({}), Some(reason))
                         );
                         let _ = feed.send(body.into());
