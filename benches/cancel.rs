@@ -1,8 +1,9 @@
 //! Cancel latency through the actor runtime: a session streams (the server
 //! stalls after the first token, like a slow model), then the time from
 //! `cancel()` (or a barge-in `user_speech_started()`) to a subscriber holding
-//! `TurnFinished(Cancelled)` is measured. Setup (a new turn and its first
-//! token) is not timed.
+//! `TurnFinished(Cancelled)` is measured, and (`cancel_to_server_close`) the
+//! time from `cancel()` to the server observing the connection close. Setup (a
+//! new turn and its first token) is not timed.
 //!
 //! `cargo bench --bench cancel`
 
@@ -24,6 +25,21 @@ async fn until(rx: &mut BusReceiver, pred: impl Fn(&EventKind) -> bool) {
     }
 }
 
+/// From `cancel()` to the server reading EOF on the abandoned response.
+async fn one_close(
+    session: &SessionHandle,
+    rx: &mut BusReceiver,
+    closes: &mut tokio::sync::watch::Receiver<u64>,
+) -> Duration {
+    session.send_text("go").unwrap();
+    until(rx, |k| matches!(k, EventKind::Token(_))).await;
+    let before = *closes.borrow_and_update();
+    let start = Instant::now();
+    session.cancel().unwrap();
+    closes.wait_for(|n| *n > before).await.unwrap();
+    start.elapsed()
+}
+
 async fn one(session: &SessionHandle, rx: &mut BusReceiver, barge_in: bool) -> Duration {
     session.send_text("go").unwrap();
     until(rx, |k| matches!(k, EventKind::Token(_))).await;
@@ -43,7 +59,7 @@ fn bench(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let (_server, sup, session) = rt.block_on(async {
+    let (server, sup, session) = rt.block_on(async {
         let server =
             MockServer::start_with(|_| MockResponse::text_then_stall(&["Hello"]), false, 0)
                 .await
@@ -78,6 +94,19 @@ fn bench(c: &mut Criterion) {
             })
         });
     }
+    group.bench_function("cancel_to_server_close", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let mut rx = session.subscribe();
+                let mut closes = server.disconnects();
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    total += one_close(&session, &mut rx, &mut closes).await;
+                }
+                total
+            })
+        })
+    });
     group.finish();
     rt.block_on(sup.shutdown());
 }

@@ -353,3 +353,94 @@ async fn stopped_session_closes_its_bus_and_refuses_cancel() {
     drop(session);
     sup.shutdown().await;
 }
+
+fn tool_outputs(req: &RecordedRequest) -> usize {
+    req.json()["messages"]
+        .as_array()
+        .map_or(0, |m| m.iter().filter(|m| m["role"] == "tool").count())
+}
+
+/// Review: a provider that sends calls without ids (or reuses ids across
+/// rounds) must not make a later round's output look like a duplicate of an
+/// earlier one — the turn would wait for tools forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_without_ids_in_two_rounds_still_finish_the_turn() {
+    let server = MockServer::start(|req| match tool_outputs(req) {
+        0 | 1 => MockResponse::tool_calls(&[("", "now", "{}")]),
+        _ => MockResponse::text(&["It is noon."]),
+    })
+    .await
+    .unwrap();
+    let tools = ToolRegistry::new().with_tool(Tool::new(
+        ToolDefinition::free_form("now", "The time"),
+        |_| async { Ok("noon".to_string()) },
+    ));
+    let (sup, session, mut rx) = setup(&server, |c| c.tools = Some(tools)).await;
+    session.send_text("time?").unwrap();
+    let t = next_matching(&mut rx, |e| e.kind == EventKind::TurnStarted)
+        .await
+        .turn;
+    assert_eq!(finished(&mut rx, t).await, TurnEnd::Stop);
+    let ctx = session.context().await.unwrap();
+    assert!(ctx.calls_without_output().is_empty());
+    sup.shutdown().await;
+}
+
+/// Review: a barge-in while the first segment plays (the TTS has not reported
+/// any playback yet) must cut the speech: `Interrupted`, hooks, and nothing of
+/// the reply committed as heard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn barge_in_before_the_first_playback_report_cuts_the_speech() {
+    let server = MockServer::start(|_| {
+        MockResponse::text(&["The first sentence is long. ", "And the second one too."])
+    })
+    .await
+    .unwrap();
+    let (sup, session, mut rx) = setup(&server, |_| {}).await;
+    session.send_text("q").unwrap();
+    let t = next_matching(&mut rx, |e| e.kind == EventKind::TurnStarted)
+        .await
+        .turn;
+    assert_eq!(finished(&mut rx, t).await, TurnEnd::Stop);
+    session
+        .bus()
+        .publish(
+            t,
+            EventKind::Speakable {
+                text: Arc::from("The first sentence is long. "),
+                last: false,
+            },
+        )
+        .unwrap();
+    session.user_speech_started();
+    let cut = next_matching(&mut rx, |e| {
+        e.turn == t && matches!(e.kind, EventKind::Interrupted { .. })
+    })
+    .await;
+    assert_eq!(cut.kind, EventKind::Interrupted { heard_chars: 0 });
+    let ctx = session.context().await.unwrap();
+    assert_eq!(shape(&ctx), vec!["u:q"], "nothing of the reply was heard");
+    sup.shutdown().await;
+}
+
+/// Review: a message that waited behind a turn is kept when the session stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_message_is_kept_when_the_session_stops() {
+    let server = MockServer::start(|_| MockResponse::text_then_stall(&["Thinking"]))
+        .await
+        .unwrap();
+    let (sup, session, mut rx) = setup(&server, |c| {
+        c.settings.interruption.cancel_on_user_message = false
+    })
+    .await;
+    session.send_text("first").unwrap();
+    next_matching(&mut rx, |e| matches!(e.kind, EventKind::Token(_))).await;
+    session.send_text("second").unwrap();
+    session.context().await.unwrap(); // the actor has queued it
+    sup.stop_session(session.id()).await.unwrap();
+    assert_eq!(
+        shape(&session.checkpoint()),
+        vec!["u:first", "a*:Thinking", "u:second"]
+    );
+    sup.shutdown().await;
+}

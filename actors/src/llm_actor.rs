@@ -76,7 +76,7 @@ pub(crate) struct LlmState {
     /// trimmed if the user cuts its speech.
     last_turn: Option<(TurnRecord, Vec<String>)>,
     /// User messages waiting for the turn in flight (when new messages do not
-    /// cancel it).
+    /// cancel it), with whether they ask for a reply.
     queued: Vec<(ChatMessage, bool)>,
 }
 
@@ -130,6 +130,15 @@ impl Actor for LlmActor {
     ) -> Result<(), ActorProcessingErr> {
         state.core.bus.cut(None, TurnEnd::Cancelled);
         state.reconcile();
+        // Messages that waited for the turn are kept, unanswered.
+        let queued = std::mem::take(&mut state.queued);
+        if !queued.is_empty() {
+            state
+                .context
+                .items
+                .extend(queued.into_iter().map(|(m, _)| ChatItem::Message(m)));
+            state.checkpoint();
+        }
         if let Some(tap) = state.core.take_llm_tap() {
             state.core.bus.remove_tap(tap);
         }

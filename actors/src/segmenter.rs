@@ -162,17 +162,48 @@ impl SegmenterState {
         }
     }
 
+    /// Resynchronises from the ledger after missed events: the current turn
+    /// (which may have begun, or ended, during the gap) and its text past what
+    /// was already segmented. Events up to the ledger's seq at that moment are
+    /// then skipped, since the catch-up covered them.
     fn lagged(&mut self) {
-        if let Some((missed, seq)) = self.bus.turn_text_since(self.turn, self.consumed_chars) {
-            self.skip_through_seq = seq;
-            let turn = self.turn;
-            self.token(turn, &missed);
+        let (turn, open, catch_up) = {
+            let ledger = self.bus.lock();
+            let turn = ledger.turn();
+            let consumed = if turn == self.turn {
+                self.consumed_chars
+            } else {
+                0
+            };
+            (
+                turn,
+                ledger.is_open(turn),
+                ledger.text_since(turn, consumed),
+            )
+        };
+        self.token(turn, "");
+        match catch_up {
+            Some((missed, seq)) => {
+                self.skip_through_seq = seq;
+                self.token(turn, &missed);
+                if !open && !self.aborted {
+                    // The turn finished during the gap: speak its tail now.
+                    let tail = self.buffer.flush().unwrap_or_default();
+                    self.publish(tail, true);
+                    self.aborted = true; // nothing more to segment for it
+                }
+            }
+            None => {
+                // Cut during the gap: nothing of it is spoken.
+                self.aborted = true;
+                self.buffer.reset();
+            }
         }
     }
 
     fn event(&mut self, ev: BusEvent) {
-        if ev.seq <= self.skip_through_seq && matches!(ev.kind, EventKind::Token(_)) {
-            return;
+        if ev.seq <= self.skip_through_seq && !ev.kind.is_user_side() {
+            return; // covered by the catch-up
         }
         match ev.kind {
             EventKind::TurnStarted => self.token(ev.turn, ""),
@@ -286,5 +317,73 @@ mod tests {
         let segs = run(&["It costs 3.50 euros in total, thanks."]);
         assert_eq!(segs.concat(), "It costs 3.50 euros in total, thanks.");
         assert!(!segs.iter().any(|s| s.ends_with("3.")));
+    }
+
+    /// The segmenter lags (a bus of 4 events) across the start of a turn: it
+    /// must resynchronise on the new turn, speak all of it, and close it.
+    #[tokio::test(flavor = "current_thread")]
+    async fn lag_across_a_turn_start_speaks_the_whole_new_turn() {
+        use crate::bus::TurnEnd;
+        use crate::ids::SessionId;
+        use std::sync::Mutex;
+
+        async fn settle() {
+            for _ in 0..50 {
+                tokio::task::yield_now().await;
+            }
+        }
+        let bus = SessionBus::new(SessionId::new("s"), 4);
+        let spoken: Arc<Mutex<Vec<(TurnId, String, bool)>>> = Arc::default();
+        let sink = spoken.clone();
+        bus.add_tap(
+            |k| matches!(k, EventKind::Speakable { .. }),
+            move |ev| {
+                if let EventKind::Speakable { text, last } = &ev.kind {
+                    sink.lock()
+                        .unwrap()
+                        .push((ev.turn, text.to_string(), *last));
+                }
+            },
+        );
+        let _segmenter = spawn(bus.clone(), SegmenterConfig::default());
+        let abort = || tokio::spawn(async {}).abort_handle();
+        let t1 = bus.begin_turn().unwrap();
+        bus.lock().open_round(t1, 0, || (abort(), ())).unwrap();
+        settle().await;
+        bus.publish_agent(t1, EventKind::Token(Arc::from("Hi.")))
+            .unwrap();
+        settle().await;
+        bus.finish_turn(t1, TurnEnd::Stop);
+        settle().await;
+        bus.take_closed();
+        let t2 = bus.begin_turn().unwrap();
+        bus.lock().open_round(t2, 0, || (abort(), ())).unwrap();
+        let words = [
+            "Once ", "upon ", "a ", "time ", "there ", "was ", "a ", "king. ", "He ",
+        ];
+        for w in words {
+            bus.publish_agent(t2, EventKind::Token(Arc::from(w)))
+                .unwrap();
+        }
+        settle().await;
+        bus.publish_agent(t2, EventKind::Token(Arc::from("ruled.")))
+            .unwrap();
+        bus.finish_turn(t2, TurnEnd::Stop);
+        settle().await;
+        let spoken = spoken.lock().unwrap();
+        let said: String = spoken
+            .iter()
+            .filter(|(t, _, _)| *t == t2)
+            .map(|(_, s, _)| s.as_str())
+            .collect();
+        assert_eq!(said, words.concat() + "ruled.");
+        assert_eq!(
+            spoken
+                .iter()
+                .filter(|(t, _, last)| *t == t2 && *last)
+                .count(),
+            1,
+            "the turn's speech is closed once"
+        );
     }
 }

@@ -240,7 +240,9 @@ impl SessionHandle {
     /// is dropped at its next poll, which closes the connection (HTTP/1.1) or
     /// resets the stream (HTTP/2); the LLM actor commits what the user heard.
     /// A reply whose generation had finished but whose speech is still
-    /// playing is cut instead (`Interrupted`).
+    /// playing is cut instead (`Interrupted`). A reply requested (by
+    /// `send_text`, `generate` or a transcript) but not yet started when this
+    /// runs is not in flight: it is not cancelled.
     pub fn cancel(&self) -> Result<(), SessionError> {
         self.core.cancel()
     }

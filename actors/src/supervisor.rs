@@ -203,7 +203,18 @@ async fn restart(shared: &Arc<Shared>, sup: ActorCell, session: &SessionId, role
         return;
     }
     let result = match role {
-        Role::Llm => spawn_llm(shared, &core, sup).await,
+        Role::Llm => spawn_llm(shared, &core, sup).await.map(|()| {
+            // Stopped while the new actor was starting: stop it too, so no
+            // actor outlives its session.
+            let alive = shared
+                .sessions
+                .get(session)
+                .is_some_and(|e| Arc::ptr_eq(&e.core, &core));
+            if !alive && let Some(actor) = core.llm() {
+                core.set_llm(None);
+                actor.stop(None);
+            }
+        }),
         Role::Tools => match tools {
             Some(registry) => spawn_tools(shared, &core, registry.clone(), sup)
                 .await

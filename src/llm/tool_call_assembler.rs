@@ -89,7 +89,9 @@ impl PartialCall {
             id: self
                 .id
                 .take()
-                .unwrap_or_else(|| format!("call_colloquy_{}", self.index)),
+                // Unique across rounds and sessions: a history may not hold two
+                // calls with one id (their outputs would be ambiguous).
+                .unwrap_or_else(|| crate::context::new_item_id("call_colloquy")),
             name: self.name.take().unwrap_or_default(),
             arguments,
             valid_json,

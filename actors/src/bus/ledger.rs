@@ -75,6 +75,8 @@ pub(crate) struct TurnRecord {
     pub(crate) heard_chars: Option<usize>,
     /// The text stopped growing at the cap: later tokens were spoken but not kept.
     pub(crate) text_truncated: bool,
+    /// Characters handed to text-to-speech (`Speakable`).
+    pub(crate) spoken_chars: usize,
     pub(crate) text_bytes: usize,
 }
 
@@ -89,13 +91,6 @@ impl TurnRecord {
     /// Characters in the turn's text.
     pub(crate) fn text_chars(&self) -> usize {
         self.rounds.iter().map(|r| r.text.chars().count()).sum()
-    }
-
-    /// Whether the call `call_id` belongs to this turn.
-    fn round_of_call(&mut self, call_id: &str) -> Option<&mut RoundRecord> {
-        self.rounds
-            .iter_mut()
-            .find(|r| r.calls.iter().any(|c| c.id == call_id))
     }
 }
 
@@ -319,13 +314,22 @@ impl Ledger {
                 }
             }
             EventKind::ToolResult(out) => {
-                let Some(round) = record.round_of_call(&out.call_id) else {
+                // Only the last round waits for outputs: the next round starts
+                // once every one of its calls is answered.
+                let Some(round) = record
+                    .rounds
+                    .last_mut()
+                    .filter(|r| r.calls.iter().any(|c| c.id == out.call_id))
+                else {
                     return Err(PublishError::UnknownCall(out.call_id.clone()));
                 };
                 if round.output(&out.call_id).is_some() {
                     return Err(PublishError::AlreadyAnswered(out.call_id.clone()));
                 }
                 round.outputs.push(out.clone());
+            }
+            EventKind::Speakable { text, .. } => {
+                record.spoken_chars += text.chars().count();
             }
             EventKind::SpeechPlayed { chars } => {
                 let chars = *chars;
@@ -427,8 +431,14 @@ impl Ledger {
                 Some(Cut::Generation(turn))
             }
             Phase::Finished if end == TurnEnd::Cancelled => {
+                // Speech is playing once segments went to a TTS or one reported
+                // progress; before its first report nothing was heard yet.
                 let total = self.record.text_chars();
-                let heard = self.record.heard_chars.filter(|h| *h < total)?;
+                let speaking = self.record.heard_chars.is_some() || self.record.spoken_chars > 0;
+                let heard = self.record.heard_chars.unwrap_or(0);
+                if !speaking || heard >= total {
+                    return None;
+                }
                 self.phase = Phase::Aborted;
                 self.send(turn, EventKind::Interrupted { heard_chars: heard });
                 match &mut self.pending {

@@ -21,6 +21,40 @@ pub(crate) struct RoundOutput {
     pub(crate) finish: Option<FinishReason>,
 }
 
+/// Reports the round's end to the actor exactly once: normally with the
+/// stream's result, and from `Drop` if the task ends any other way (a panic,
+/// an abort), so the actor never waits for a round that is gone. A report for
+/// a turn already committed is ignored by the actor.
+struct RoundReport {
+    actor: ActorRef<LlmMsg>,
+    turn: TurnId,
+    round: u32,
+    sent: bool,
+}
+
+impl RoundReport {
+    fn send(mut self, result: Result<RoundOutput, LlmError>) {
+        self.sent = true;
+        let _ = self.actor.cast(LlmMsg::RoundEnded {
+            turn: self.turn,
+            round: self.round,
+            result,
+        });
+    }
+}
+
+impl Drop for RoundReport {
+    fn drop(&mut self) {
+        if !self.sent {
+            let _ = self.actor.cast(LlmMsg::RoundEnded {
+                turn: self.turn,
+                round: self.round,
+                result: Err(LlmError::Incomplete),
+            });
+        }
+    }
+}
+
 /// Streams one round; publishes through the ledger; reports to the actor.
 pub(crate) async fn run_round(
     mut stream: ChatStream,
@@ -30,6 +64,12 @@ pub(crate) async fn run_round(
     actor: ActorRef<LlmMsg>,
     turn_started: Instant,
 ) {
+    let report = RoundReport {
+        actor,
+        turn,
+        round,
+        sent: false,
+    };
     let mut out = RoundOutput::default();
     let mut first_token = round == 0;
     let result = loop {
@@ -73,9 +113,5 @@ pub(crate) async fn run_round(
         }
     };
     drop(stream);
-    let _ = actor.cast(LlmMsg::RoundEnded {
-        turn,
-        round,
-        result: result.map(|()| out),
-    });
+    report.send(result.map(|()| out));
 }
