@@ -33,7 +33,23 @@ struct Args {
     json: bool,
 }
 
-fn parse_args() -> Result<Args, String> {
+const USAGE: &str = "usage: loadgen [--base-url URL] [--sessions N] [--turns T] \
+[--cancel-after-tokens K] [--idle-sessions M] [--json]
+       loadgen -h | --help
+  --base-url URL           an OpenAI-compatible server (default: an in-process mock)
+  --sessions N             concurrent sessions driven (default 100)
+  --turns T                user messages per session (default 3)
+  --cancel-after-tokens K  cancel each turn after K tokens (default 0: never)
+  --idle-sessions M        extra sessions started and left idle (default 0)
+  --json                   the summary on one line";
+
+/// What the command line asks for.
+enum Cli {
+    Run(Args),
+    Help,
+}
+
+fn parse_args() -> Result<Cli, String> {
     let mut a = Args {
         base_url: None,
         sessions: 100,
@@ -56,15 +72,11 @@ fn parse_args() -> Result<Args, String> {
             "--cancel-after-tokens" => a.cancel_after_tokens = num(&arg)?,
             "--idle-sessions" => a.idle_sessions = num(&arg)?,
             "--json" => a.json = true,
-            other => {
-                return Err(format!(
-                    "unknown argument {other}\nusage: loadgen [--base-url URL] [--sessions N] [--turns T] \
-                     [--cancel-after-tokens K] [--idle-sessions M] [--json]"
-                ));
-            }
+            "-h" | "--help" => return Ok(Cli::Help),
+            other => return Err(format!("unknown argument {other}")),
         }
     }
-    Ok(a)
+    Ok(Cli::Run(a))
 }
 
 #[derive(Default)]
@@ -238,10 +250,17 @@ async fn drive(
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     epoch();
-    let args = parse_args().map_err(|e| {
-        eprintln!("{e}");
-        std::process::exit(2)
-    })?;
+    let args = match parse_args() {
+        Ok(Cli::Run(a)) => a,
+        Ok(Cli::Help) => {
+            println!("{USAGE}");
+            return Ok(());
+        }
+        Err(msg) => {
+            eprintln!("error: {msg}\n{USAGE}");
+            std::process::exit(2);
+        }
+    };
     let _embedded;
     let base_url = match &args.base_url {
         Some(url) => url.clone(),
