@@ -7,6 +7,7 @@
 //! ```
 //! Prompts containing "weather" get a tool call first, then a text answer.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use colloquy::mock::{MockResponse, MockServer};
@@ -67,6 +68,7 @@ async fn main() -> std::io::Result<()> {
     let (port, tokens) = (args.port, args.tokens);
     let gap = Duration::from_millis(args.gap_ms);
     let words: Vec<String> = (0..tokens).map(|i| format!("word{i} ")).collect();
+    let calls = AtomicU64::new(1);
     let server = MockServer::start_with(
         move |req| {
             let body = req.json();
@@ -74,11 +76,10 @@ async fn main() -> std::io::Result<()> {
             let wants_tool =
                 last["role"] == "user" && last["content"].to_string().contains("weather");
             if wants_tool && body.get("tools").is_some() {
-                return MockResponse::tool_calls(&[(
-                    "call_1",
-                    "get_weather",
-                    r#"{"city":"Paris"}"#,
-                )]);
+                // A distinct id per call: ids repeated across turns would hide
+                // an unanswered call from a history check.
+                let id = format!("call_{}", calls.fetch_add(1, Ordering::Relaxed));
+                return MockResponse::tool_calls(&[(&id, "get_weather", r#"{"city":"Paris"}"#)]);
             }
             let refs: Vec<&str> = words.iter().map(String::as_str).collect();
             MockResponse::text_paced(&refs, gap)
