@@ -22,10 +22,12 @@ use colloquy::tools::{ToolChoice, ToolDefinition};
 use futures_util::StreamExt;
 use serde_json::json;
 
-const USAGE: &str = "usage: chat [--base-url URL] [--model M] [--api-key K] [--azure-endpoint URL] \
+const USAGE: &str =
+    "usage: chat [--base-url URL] [--model M] [--api-key K] [--azure-endpoint URL] \
 [--azure-deployment D] [--api-version V] [--system TEXT] [--tool NAME]... \
 [--tool-choice auto|required|none|NAME] [--reasoning-effort E] [--verbosity V] \
-[--max-completion-tokens N] [--temperature T] [--max-retries N] [--json] PROMPT";
+[--max-completion-tokens N] [--temperature T] [--max-retries N] [--json] [--] PROMPT
+       chat -h | --help";
 
 #[derive(Default)]
 struct Args {
@@ -47,7 +49,13 @@ struct Args {
     prompt: Vec<String>,
 }
 
-fn parse_args() -> Result<Args, String> {
+/// What the command line asks for.
+enum Cli {
+    Run(Box<Args>),
+    Help,
+}
+
+fn parse_args() -> Result<Cli, String> {
     let mut a = Args::default();
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -84,15 +92,18 @@ fn parse_args() -> Result<Args, String> {
                     .map_err(|_| "--max-retries: not a number")?
             }
             "--json" => a.json = true,
-            "-h" | "--help" => return Err(USAGE.into()),
-            s if s.starts_with("--") => return Err(format!("unknown flag {s}\n{USAGE}")),
+            "-h" | "--help" => return Ok(Cli::Help),
+            "--" => a.prompt.extend(it.by_ref()),
+            s if s.starts_with('-') && s.len() > 1 => {
+                return Err(format!("unknown flag {s}"));
+            }
             _ => a.prompt.push(arg),
         }
     }
     if a.prompt.is_empty() {
-        return Err(format!("missing prompt\n{USAGE}"));
+        return Err("missing prompt".into());
     }
-    Ok(a)
+    Ok(Cli::Run(Box::new(a)))
 }
 
 fn provider(a: &Args, model: &str) -> Result<Provider, LlmError> {
@@ -224,9 +235,13 @@ async fn run(a: Args) -> Result<(), LlmError> {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let args = match parse_args() {
-        Ok(a) => a,
+        Ok(Cli::Run(a)) => *a,
+        Ok(Cli::Help) => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
         Err(msg) => {
-            eprintln!("{msg}");
+            eprintln!("error: {msg}\n{USAGE}");
             return ExitCode::from(2);
         }
     };

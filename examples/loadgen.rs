@@ -7,22 +7,66 @@
 //! cargo run --release --example loadgen -- --base-url http://127.0.0.1:8089/v1 \
 //!     --sessions 1000 --turns 3 --cancel-after-tokens 5 --json
 //! cargo run --release --example loadgen -- --sessions 0 --idle-sessions 10000 --json
+//!
+//! # a bounded soak with random barge-ins, checking the runtime's invariants:
+//! cargo run --release --example loadgen -- --sessions 200 --turns 20 \
+//!     --barge-in random --seed 1 --json
 //! ```
 //!
 //! Without `--base-url` an in-process mock server is used (it then shares the CPU).
 //! Cancel latency is measured from `cancel()` to a subscriber receiving
 //! `TurnFinished(Cancelled)`; stale events are events of a cancelled turn seen
 //! after its `TurnFinished` (the bus fence makes that 0).
+//!
+//! **Soak** (`--barge-in random`): every turn of every session picks, from a
+//! small PRNG seeded by `--seed` and the session number, one of: let it finish
+//! (sometimes through a tool round), cancel before the first token, cancel
+//! mid-stream after a random number of tokens, cancel during tail speech (the
+//! turn finished, a simulated TTS reported `speech_played` for part of its text,
+//! then the user barges in), or cancel during a tool round (the message asks for
+//! the weather: the server answers with a tool call, and a `get_weather` tool
+//! takes a few ms). Turns with tools also work against the `mock_server`
+//! example. A second subscriber per session checks the bus invariants, reported
+//! under `invariants` and turned into exit code 1 when one is broken:
+//!
+//! - `stale_events`: events of a turn seen after its `TurnFinished(Cancelled |
+//!   Failed)` or `Interrupted` (or, after a normal end, anything but its tail
+//!   speech and `Interrupted`); user events are not turn events;
+//! - `double_endings`: turns with more than one `TurnFinished`;
+//! - `seq_violations`: `seq` not strictly increasing in a session;
+//! - `orphan_calls`: tool calls without an output in each session's final
+//!   committed context;
+//! - `tasks_left`: tokio tasks alive after the shutdown minus before the start;
+//! - `buses_open_after_shutdown`: session buses still open (something kept a
+//!   session alive) once the supervisor has shut down.
+//!
+//! `lagged_events` counts events the checking subscribers missed (their checks
+//! cover what they saw; the soak uses larger buses so this stays 0).
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use colloquy::llm::{ChatClient, ClientConfig, LlmOptions, OpenAiConfig};
 use colloquy::mock::{MockResponse, MockServer};
-use colloquy_actors::bus::{EventKind, TurnEnd};
-use colloquy_actors::{AgentSettings, SessionConfig, SessionHandle, Supervisor, SupervisorConfig};
+use colloquy::tools::ToolDefinition;
+use colloquy_actors::bus::{BusReceiver, BusRecvError, EventKind, TurnEnd};
+use colloquy_actors::{
+    AgentSettings, SessionConfig, SessionHandle, Supervisor, SupervisorConfig, Tool, ToolRegistry,
+    TurnId,
+};
 use serde_json::json;
 use tokio::sync::Mutex;
+
+/// Bus capacity of soak sessions: room enough that the checking subscriber never lags.
+const SOAK_BUS_CAPACITY: usize = 1024;
+/// How long a tool call takes in the soak.
+const TOOL_TIME: Duration = Duration::from_millis(5);
+/// Bounds every wait of a driver: a hang becomes an error, not a stuck run.
+const EVENT_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the teardown may take before what is left is reported as leaked.
+const TEARDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
 struct Args {
     base_url: Option<String>,
@@ -31,9 +75,31 @@ struct Args {
     cancel_after_tokens: usize,
     idle_sessions: usize,
     json: bool,
+    random_barge_in: bool,
+    seed: u64,
 }
 
-fn parse_args() -> Result<Args, String> {
+const USAGE: &str = "usage: loadgen [--base-url URL] [--sessions N] [--turns T] \
+[--cancel-after-tokens K] [--idle-sessions M] [--barge-in off|random] [--seed S] [--json]
+       loadgen -h | --help
+  --base-url URL           an OpenAI-compatible server (default: an in-process mock)
+  --sessions N             concurrent sessions driven (default 100)
+  --turns T                user messages per session (default 3)
+  --cancel-after-tokens K  cancel each turn after K tokens (default 0: never)
+  --idle-sessions M        extra sessions started and left idle (default 0)
+  --barge-in random        soak: each turn finishes or is cut at a random point
+                           (before the first token, mid-stream, during tail speech,
+                           during a tool round); replaces --cancel-after-tokens
+  --seed S                 seed of the soak's choices (default 1)
+  --json                   the summary on one line";
+
+/// What the command line asks for.
+enum Cli {
+    Run(Args),
+    Help,
+}
+
+fn parse_args() -> Result<Cli, String> {
     let mut a = Args {
         base_url: None,
         sessions: 100,
@@ -41,30 +107,126 @@ fn parse_args() -> Result<Args, String> {
         cancel_after_tokens: 0,
         idle_sessions: 0,
         json: false,
+        random_barge_in: false,
+        seed: 1,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
-        let mut num = |name: &str| -> Result<usize, String> {
-            it.next()
-                .and_then(|v| v.parse().ok())
-                .ok_or_else(|| format!("{name} needs a number"))
+        let mut value = || it.next().ok_or_else(|| format!("{arg} needs a value"));
+        let num = |v: String| -> Result<usize, String> {
+            v.parse().map_err(|_| format!("{arg} needs a number"))
         };
         match arg.as_str() {
-            "--base-url" => a.base_url = Some(it.next().ok_or("--base-url needs a value")?),
-            "--sessions" => a.sessions = num(&arg)?,
-            "--turns" => a.turns = num(&arg)?,
-            "--cancel-after-tokens" => a.cancel_after_tokens = num(&arg)?,
-            "--idle-sessions" => a.idle_sessions = num(&arg)?,
-            "--json" => a.json = true,
-            other => {
-                return Err(format!(
-                    "unknown argument {other}\nusage: loadgen [--base-url URL] [--sessions N] [--turns T] \
-                     [--cancel-after-tokens K] [--idle-sessions M] [--json]"
-                ));
+            "--base-url" => a.base_url = Some(value()?),
+            "--sessions" => a.sessions = num(value()?)?,
+            "--turns" => a.turns = num(value()?)?,
+            "--cancel-after-tokens" => a.cancel_after_tokens = num(value()?)?,
+            "--idle-sessions" => a.idle_sessions = num(value()?)?,
+            "--seed" => a.seed = num(value()?)? as u64,
+            "--barge-in" => {
+                a.random_barge_in = match value()?.as_str() {
+                    "random" => true,
+                    "off" => false,
+                    other => return Err(format!("--barge-in: {other:?} is not off or random")),
+                }
             }
+            "--json" => a.json = true,
+            "-h" | "--help" => return Ok(Cli::Help),
+            other => return Err(format!("unknown argument {other}")),
         }
     }
-    Ok(a)
+    Ok(Cli::Run(a))
+}
+
+/// SplitMix64: a small seeded PRNG, plenty for picking barge-in points.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (`n > 0`; the modulo bias is irrelevant here).
+    fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+}
+
+/// What the driver does with one turn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Action {
+    /// Let the reply finish; with `tool`, through a tool round.
+    Finish { tool: bool },
+    /// Cancel as soon as the turn starts.
+    CancelBeforeFirstToken,
+    /// Cancel after this many tokens.
+    CancelMidStream { after_tokens: usize },
+    /// Let the reply finish, report part of it played, then barge in.
+    CancelTailSpeech,
+    /// Ask for the weather and cancel when the tool call arrives (the tool is
+    /// running) or when its result does (the next round is starting).
+    CancelToolRound { after_result: bool },
+}
+
+const ACTION_LABELS: [&str; 5] = [
+    "finish",
+    "cancel_before_first_token",
+    "cancel_mid_stream",
+    "cancel_tail_speech",
+    "cancel_tool_round",
+];
+
+impl Action {
+    fn random(rng: &mut Rng) -> Self {
+        match rng.below(5) {
+            0 => Action::Finish {
+                tool: rng.below(4) == 0,
+            },
+            1 => Action::CancelBeforeFirstToken,
+            2 => Action::CancelMidStream {
+                after_tokens: 1 + rng.below(20) as usize,
+            },
+            3 => Action::CancelTailSpeech,
+            _ => Action::CancelToolRound {
+                after_result: rng.below(2) == 0,
+            },
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Action::Finish { .. } => 0,
+            Action::CancelBeforeFirstToken => 1,
+            Action::CancelMidStream { .. } => 2,
+            Action::CancelTailSpeech => 3,
+            Action::CancelToolRound { .. } => 4,
+        }
+    }
+
+    fn uses_tool(self) -> bool {
+        matches!(
+            self,
+            Action::Finish { tool: true } | Action::CancelToolRound { .. }
+        )
+    }
+
+    /// Whether the driver cancels while the turn is generating.
+    fn cancels_generation(self) -> bool {
+        matches!(
+            self,
+            Action::CancelBeforeFirstToken
+                | Action::CancelMidStream { .. }
+                | Action::CancelToolRound { .. }
+        )
+    }
 }
 
 #[derive(Default)]
@@ -77,6 +239,96 @@ struct Totals {
     ttft_us: Vec<u64>,
     cancel_us: Vec<u64>,
     speaker_cancel_us: Vec<u64>,
+    actions: [u64; 5],
+    /// Cancels planned mid-generation that the turn's end beat.
+    cancel_not_reached: u64,
+    tool_results: u64,
+    interrupts: u64,
+    interrupt_us: Vec<u64>,
+    /// `Interrupted { heard_chars }` that disagreed with the reported playback.
+    heard_mismatches: u64,
+    orphan_calls: u64,
+}
+
+impl Totals {
+    fn add(&mut self, o: Totals) {
+        self.turns += o.turns;
+        self.tokens += o.tokens;
+        self.errors += o.errors;
+        self.cancels += o.cancels;
+        self.stale += o.stale;
+        self.ttft_us.extend(o.ttft_us);
+        self.cancel_us.extend(o.cancel_us);
+        self.speaker_cancel_us.extend(o.speaker_cancel_us);
+        for (a, b) in self.actions.iter_mut().zip(o.actions) {
+            *a += b;
+        }
+        self.cancel_not_reached += o.cancel_not_reached;
+        self.tool_results += o.tool_results;
+        self.interrupts += o.interrupts;
+        self.interrupt_us.extend(o.interrupt_us);
+        self.heard_mismatches += o.heard_mismatches;
+        self.orphan_calls += o.orphan_calls;
+    }
+}
+
+/// Bus invariants, summed over the sessions' checking subscribers.
+#[derive(Default)]
+struct Invariants {
+    stale_events: AtomicU64,
+    double_endings: AtomicU64,
+    seq_violations: AtomicU64,
+    lagged_events: AtomicU64,
+}
+
+/// The checking subscriber of one session: reads its bus until it closes.
+async fn check_invariants(mut rx: BusReceiver, inv: Arc<Invariants>) {
+    let bump = |c: &AtomicU64| c.fetch_add(1, Ordering::Relaxed);
+    let mut last_seq: Option<u64> = None;
+    let mut endings: HashMap<TurnId, u32> = HashMap::new();
+    // Turns cancelled, failed or interrupted: nothing more of them may appear.
+    let mut cut: HashSet<TurnId> = HashSet::new();
+    loop {
+        let ev = match rx.recv().await {
+            Ok(ev) => ev,
+            Err(BusRecvError::Lagged { missed }) => {
+                inv.lagged_events.fetch_add(missed, Ordering::Relaxed);
+                continue;
+            }
+            Err(_) => return,
+        };
+        if last_seq.is_some_and(|last| ev.seq <= last) {
+            bump(&inv.seq_violations);
+        }
+        last_seq = Some(ev.seq);
+        if ev.kind.is_user_side() {
+            continue; // stamped with the latest turn, but not part of it
+        }
+        if let EventKind::TurnFinished(end) = &ev.kind {
+            let n = endings.entry(ev.turn).or_default();
+            *n += 1;
+            if *n > 1 {
+                bump(&inv.double_endings);
+            }
+            if end.is_abort() {
+                cut.insert(ev.turn);
+            }
+            continue;
+        }
+        let ended = endings.contains_key(&ev.turn);
+        let tail = matches!(
+            ev.kind,
+            EventKind::Speakable { .. }
+                | EventKind::SpeechPlayed { .. }
+                | EventKind::Interrupted { .. }
+        );
+        if cut.contains(&ev.turn) || (ended && !tail) {
+            bump(&inv.stale_events);
+        }
+        if matches!(ev.kind, EventKind::Interrupted { .. }) {
+            cut.insert(ev.turn);
+        }
+    }
 }
 
 fn epoch() -> Instant {
@@ -87,8 +339,8 @@ fn epoch() -> Instant {
 /// A second subscriber standing in for a TTS actor: it measures the time from
 /// the cancel (sent by the driver) to its own receipt of TurnFinished(Cancelled).
 async fn speaker(
-    mut rx: colloquy_actors::bus::BusReceiver,
-    cancel_at_ns: Arc<std::sync::atomic::AtomicU64>,
+    mut rx: BusReceiver,
+    cancel_at_ns: Arc<AtomicU64>,
     mut done: tokio::sync::oneshot::Receiver<()>,
 ) -> Vec<u64> {
     let mut out = Vec::new();
@@ -97,11 +349,11 @@ async fn speaker(
             _ = &mut done => return out,
             ev = rx.recv() => match ev {
                 Ok(ev) if ev.kind == EventKind::TurnFinished(TurnEnd::Cancelled) => {
-                    let at = cancel_at_ns.load(std::sync::atomic::Ordering::SeqCst);
+                    let at = cancel_at_ns.load(Ordering::SeqCst);
                     let now = epoch().elapsed().as_nanos() as u64;
                     out.push(now.saturating_sub(at) / 1000);
                 }
-                Ok(_) | Err(colloquy_actors::bus::BusRecvError::Lagged { .. }) => {}
+                Ok(_) | Err(BusRecvError::Lagged { .. }) => {}
                 Err(_) => return out,
             }
         }
@@ -114,6 +366,14 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
     }
     let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[idx.min(sorted.len() - 1)]
+}
+
+fn latency_json(sorted: &[u64]) -> serde_json::Value {
+    json!({
+        "p50": percentile(sorted, 0.5),
+        "p99": percentile(sorted, 0.99),
+        "max": sorted.last().copied().unwrap_or(0),
+    })
 }
 
 fn proc_field(file: &str, key: &str) -> Option<u64> {
@@ -144,118 +404,248 @@ fn cpu_seconds() -> f64 {
     (ticks(11) + ticks(12)) as f64 / 100.0
 }
 
-/// One session's conversation: `turns` user messages, each answered or cancelled.
-async fn drive(
-    session: SessionHandle,
-    turns: usize,
-    cancel_after: usize,
-    totals: Arc<Mutex<Totals>>,
-) {
+/// How a session's turns are chosen.
+enum Plan {
+    /// Every turn cancelled after this many tokens (0: never).
+    Fixed { cancel_after: usize },
+    /// The soak: a random action per turn.
+    Random(Rng),
+}
+
+/// Cancels the turn in flight, noting when for both latency measurements.
+fn cancel(session: &SessionHandle, cancel_at_ns: &AtomicU64) -> Instant {
+    let at = Instant::now();
+    cancel_at_ns.store(epoch().elapsed().as_nanos() as u64, Ordering::SeqCst);
+    let _ = session.cancel();
+    at
+}
+
+/// One session's conversation: `turns` user messages, each answered or cut.
+async fn drive(session: SessionHandle, turns: usize, mut plan: Plan, totals: Arc<Mutex<Totals>>) {
     let mut rx = session.subscribe();
     let mut local = Totals::default();
-    let cancel_at_ns = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let cancel_at_ns = Arc::new(AtomicU64::new(0));
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     let speaker_task = tokio::spawn(speaker(session.subscribe(), cancel_at_ns.clone(), done_rx));
-    for t in 0..turns {
+    let mut last_turn: Option<TurnId> = None;
+    'turns: for t in 0..turns {
+        let action = match &mut plan {
+            Plan::Fixed { cancel_after: 0 } => Action::Finish { tool: false },
+            Plan::Fixed { cancel_after } => Action::CancelMidStream {
+                after_tokens: *cancel_after,
+            },
+            Plan::Random(rng) => Action::random(rng),
+        };
+        local.actions[action.index()] += 1;
+        let message = if action.uses_tool() {
+            format!("question {t}: what is the weather in Paris?")
+        } else {
+            format!("question {t}")
+        };
         let sent = Instant::now();
-        if session.send_text(format!("question {t}")).is_err() {
+        if session.send_text(message).is_err() {
             local.errors += 1;
             break;
         }
+        let mut turn: Option<TurnId> = None;
         let mut tokens = 0usize;
+        let mut chars = 0usize;
         let mut cancel_sent: Option<Instant> = None;
-        let mut cancelled_turn = None;
-        loop {
-            let ev = match tokio::time::timeout(Duration::from_secs(60), rx.recv()).await {
+        let end = loop {
+            let ev = match tokio::time::timeout(EVENT_TIMEOUT, rx.recv()).await {
                 Ok(Ok(ev)) => ev,
-                Ok(Err(_)) => continue, // lag: counted by the bus metrics; keep reading
-                Err(_) => {
+                Ok(Err(BusRecvError::Lagged { .. })) => continue, // counted by the bus metrics
+                Ok(Err(_)) | Err(_) => {
                     local.errors += 1;
-                    break;
+                    break 'turns;
                 }
             };
-            match ev.kind {
-                EventKind::Token(_) => {
+            if ev.kind.is_user_side() {
+                continue;
+            }
+            // The first event of a newer turn is ours (normally its TurnStarted;
+            // after a lag, whatever came first). Older turns' tails are not.
+            let ours = match turn {
+                Some(t) => t == ev.turn,
+                None if last_turn.is_none_or(|l| ev.turn > l) => {
+                    turn = Some(ev.turn);
+                    if action == Action::CancelBeforeFirstToken {
+                        cancel_sent = Some(cancel(&session, &cancel_at_ns));
+                    }
+                    true
+                }
+                None => false,
+            };
+            if !ours {
+                continue;
+            }
+            let cut_here = match ev.kind {
+                EventKind::Token(text) => {
                     tokens += 1;
+                    chars += text.chars().count();
                     local.tokens += 1;
                     if tokens == 1 {
                         local.ttft_us.push(sent.elapsed().as_micros() as u64);
                     }
-                    if cancel_after > 0 && tokens == cancel_after && cancel_sent.is_none() {
-                        cancel_sent = Some(Instant::now());
-                        cancel_at_ns.store(
-                            epoch().elapsed().as_nanos() as u64,
-                            std::sync::atomic::Ordering::SeqCst,
-                        );
-                        let _ = session.cancel();
-                    }
+                    action
+                        == (Action::CancelMidStream {
+                            after_tokens: tokens,
+                        })
                 }
-                EventKind::TurnFinished(end) => {
-                    local.turns += 1;
-                    match end {
-                        TurnEnd::Cancelled => {
-                            if let Some(at) = cancel_sent {
-                                local.cancel_us.push(at.elapsed().as_micros() as u64);
-                            }
-                            local.cancels += 1;
-                            cancelled_turn = Some(ev.turn);
-                        }
-                        TurnEnd::Failed(_) => local.errors += 1,
-                        _ => {}
-                    }
-                    break;
+                EventKind::ToolCall(_) => {
+                    action
+                        == (Action::CancelToolRound {
+                            after_result: false,
+                        })
                 }
-                _ => {}
+                EventKind::ToolResult(_) => {
+                    local.tool_results += 1;
+                    action == (Action::CancelToolRound { after_result: true })
+                }
+                EventKind::TurnFinished(end) => break end,
+                _ => false,
+            };
+            if cut_here && cancel_sent.is_none() {
+                cancel_sent = Some(cancel(&session, &cancel_at_ns));
             }
-        }
-        // Anything of a cancelled turn arriving after its TurnFinished is stale.
-        // A marker event (an ignored partial transcript) bounds the wait.
-        if let Some(turn) = cancelled_turn {
-            let marker = session.user_transcript("", false);
-            while let Ok(Ok(ev)) = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
-                if ev.seq >= marker {
-                    break;
+        };
+        let turn = turn.expect("a TurnFinished names its turn");
+        last_turn = Some(turn);
+        local.turns += 1;
+        match end {
+            TurnEnd::Cancelled => {
+                if let Some(at) = cancel_sent {
+                    local.cancel_us.push(at.elapsed().as_micros() as u64);
                 }
-                if ev.turn == turn {
-                    local.stale += 1;
+                local.cancels += 1;
+                // Anything of a cancelled turn arriving after its TurnFinished is
+                // stale. A marker event (an ignored partial transcript) bounds the wait.
+                let marker = session.user_transcript("", false);
+                while let Ok(Ok(ev)) = tokio::time::timeout(EVENT_TIMEOUT, rx.recv()).await {
+                    if ev.seq >= marker {
+                        break;
+                    }
+                    if ev.turn == turn {
+                        local.stale += 1;
+                    }
+                }
+            }
+            TurnEnd::Failed(_) => local.errors += 1,
+            _ => {
+                if action.cancels_generation() {
+                    local.cancel_not_reached += 1;
+                }
+                if action == Action::CancelTailSpeech
+                    && let Plan::Random(rng) = &mut plan
+                    && chars >= 2
+                {
+                    // The TTS has played part of the reply when the user talks over it.
+                    let heard = 1 + rng.below(chars as u64 - 1) as usize;
+                    if session.speech_played(turn, heard).is_err() {
+                        local.errors += 1;
+                        continue;
+                    }
+                    let at = Instant::now();
+                    session.user_speech_started();
+                    let cut = tokio::time::timeout(EVENT_TIMEOUT, async {
+                        loop {
+                            match rx.recv().await {
+                                Ok(ev) if ev.turn == turn => {
+                                    if let EventKind::Interrupted { heard_chars } = ev.kind {
+                                        return Some(heard_chars);
+                                    }
+                                }
+                                Ok(_) | Err(BusRecvError::Lagged { .. }) => {}
+                                Err(_) => return None,
+                            }
+                        }
+                    })
+                    .await;
+                    match cut {
+                        Ok(Some(heard_chars)) => {
+                            local.interrupts += 1;
+                            local.interrupt_us.push(at.elapsed().as_micros() as u64);
+                            if heard_chars != heard {
+                                local.heard_mismatches += 1;
+                            }
+                        }
+                        _ => local.errors += 1,
+                    }
                 }
             }
         }
     }
+    // Every call in the committed history must have its output, whatever was cut.
+    match session.context().await {
+        Ok(ctx) => local.orphan_calls += ctx.calls_without_output().len() as u64,
+        Err(_) => local.errors += 1,
+    }
     let _ = done_tx.send(());
     local.speaker_cancel_us = speaker_task.await.unwrap_or_default();
-    let mut g = totals.lock().await;
-    g.turns += local.turns;
-    g.tokens += local.tokens;
-    g.errors += local.errors;
-    g.cancels += local.cancels;
-    g.stale += local.stale;
-    g.ttft_us.extend(local.ttft_us);
-    g.cancel_us.extend(local.cancel_us);
-    g.speaker_cancel_us.extend(local.speaker_cancel_us);
+    totals.lock().await.add(local);
+}
+
+/// The in-process server: paced 40-word answers; a message asking for the
+/// weather gets a tool call first (as the `mock_server` example does).
+async fn embedded_server() -> std::io::Result<MockServer> {
+    let words: Vec<String> = (0..40).map(|i| format!("word{i} ")).collect();
+    let calls = AtomicU64::new(0);
+    MockServer::start_with(
+        move |req| {
+            let last = req.last_message();
+            let wants_tool =
+                last["role"] == "user" && last["content"].to_string().contains("weather");
+            if wants_tool && req.json().get("tools").is_some() {
+                let id = format!("call_{}", calls.fetch_add(1, Ordering::Relaxed));
+                return MockResponse::tool_calls(&[(&id, "get_weather", r#"{"city":"Paris"}"#)]);
+            }
+            let refs: Vec<&str> = words.iter().map(String::as_str).collect();
+            MockResponse::text_paced(&refs, Duration::from_millis(20))
+        },
+        false,
+        0,
+    )
+    .await
+}
+
+/// The soak's tool: a weather lookup that takes a few ms.
+fn weather_tool() -> ToolRegistry {
+    let definition = ToolDefinition::new(
+        "get_weather",
+        "Current weather for a city.",
+        json!({"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}),
+    );
+    ToolRegistry::new().with_tool(Tool::new(definition, |args| async move {
+        tokio::time::sleep(TOOL_TIME).await;
+        Ok(json!({"city": args["city"], "temp_c": 18, "sky": "sunny"}).to_string())
+    }))
+}
+
+fn alive_tasks() -> usize {
+    tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks()
 }
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     epoch();
-    let args = parse_args().map_err(|e| {
-        eprintln!("{e}");
-        std::process::exit(2)
-    })?;
+    let args = match parse_args() {
+        Ok(Cli::Run(a)) => a,
+        Ok(Cli::Help) => {
+            println!("{USAGE}");
+            return Ok(());
+        }
+        Err(msg) => {
+            eprintln!("error: {msg}\n{USAGE}");
+            std::process::exit(2);
+        }
+    };
     let _embedded;
     let base_url = match &args.base_url {
         Some(url) => url.clone(),
         None => {
-            let words: Vec<String> = (0..40).map(|i| format!("word{i} ")).collect();
-            let server = MockServer::start_with(
-                move |_| {
-                    let refs: Vec<&str> = words.iter().map(String::as_str).collect();
-                    MockResponse::text_paced(&refs, Duration::from_millis(20))
-                },
-                false,
-                0,
-            )
-            .await?;
+            let server = embedded_server().await?;
             let url = server.base_url();
             _embedded = server;
             url
@@ -267,12 +657,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ..ClientConfig::default()
     };
     let client = ChatClient::with_config(OpenAiConfig::compatible(base_url), config)?;
+    let mut session_config =
+        SessionConfig::new(client, AgentSettings::new(LlmOptions::new("loadgen")));
+    if args.random_barge_in {
+        session_config = session_config.with_tools(weather_tool());
+        session_config.bus_capacity = SOAK_BUS_CAPACITY;
+    }
+
+    let tasks_before = alive_tasks();
     let supervisor = Supervisor::start(SupervisorConfig {
         max_sessions: args.sessions + args.idle_sessions + 1,
         ..SupervisorConfig::default()
     })
     .await?;
-    let session_config = SessionConfig::new(client, AgentSettings::new(LlmOptions::new("loadgen")));
 
     let rss_before = rss_mb();
     let started = Instant::now();
@@ -287,22 +684,35 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let idle_rss_mb = rss_mb() - rss_before;
 
     let totals = Arc::new(Mutex::new(Totals::default()));
+    let invariants = Arc::new(Invariants::default());
     let mut tasks = Vec::with_capacity(args.sessions);
+    let mut checkers = Vec::with_capacity(args.sessions);
     let mut active = Vec::with_capacity(args.sessions);
     for i in 0..args.sessions {
-        active.push(
-            supervisor
-                .start_session(format!("load-{i}"), session_config.clone())
-                .await?,
-        );
+        let session = supervisor
+            .start_session(format!("load-{i}"), session_config.clone())
+            .await?;
+        checkers.push(tokio::spawn(check_invariants(
+            session.subscribe(),
+            invariants.clone(),
+        )));
+        active.push(session);
     }
     let cpu_before = cpu_seconds();
     let load_started = Instant::now();
-    for session in &active {
+    for (i, session) in active.iter().enumerate() {
+        let plan = if args.random_barge_in {
+            // A distinct, reproducible sequence of choices per session.
+            Plan::Random(Rng::new((args.seed << 32) ^ i as u64))
+        } else {
+            Plan::Fixed {
+                cancel_after: args.cancel_after_tokens,
+            }
+        };
         tasks.push(tokio::spawn(drive(
             session.clone(),
             args.turns,
-            args.cancel_after_tokens,
+            plan,
             totals.clone(),
         )));
     }
@@ -311,12 +721,46 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let wall_s = load_started.elapsed().as_secs_f64();
     let cpu_s = cpu_seconds() - cpu_before;
+    let peak_rss = peak_rss_mb();
+
+    // Teardown: once every session is stopped and every handle and client
+    // dropped, each bus must close and no task of the run may be left.
+    drop(idle);
+    drop(active);
+    drop(session_config);
+    supervisor.shutdown().await;
+    let deadline = tokio::time::Instant::now() + TEARDOWN_TIMEOUT;
+    let mut buses_open = 0u64;
+    for checker in checkers {
+        let abort = checker.abort_handle();
+        if tokio::time::timeout_at(deadline, checker).await.is_err() {
+            abort.abort();
+            buses_open += 1;
+        }
+    }
+    // Connection tasks end shortly after their pool is dropped: give them until
+    // the deadline, checking every few ms.
+    while alive_tasks() > tasks_before && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let tasks_left = alive_tasks() as i64 - tasks_before as i64;
 
     let mut t = std::mem::take(&mut *totals.lock().await);
     t.ttft_us.sort_unstable();
     t.cancel_us.sort_unstable();
     t.speaker_cancel_us.sort_unstable();
-    let summary = json!({
+    t.interrupt_us.sort_unstable();
+    let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    let stale_events = load(&invariants.stale_events);
+    let double_endings = load(&invariants.double_endings);
+    let seq_violations = load(&invariants.seq_violations);
+    let invariants_ok = stale_events == 0
+        && double_endings == 0
+        && seq_violations == 0
+        && t.orphan_calls == 0
+        && tasks_left <= 0
+        && buses_open == 0;
+    let mut summary = json!({
         "sessions": args.sessions,
         "idle_sessions": args.idle_sessions,
         "turns": t.turns,
@@ -324,30 +768,49 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "errors": t.errors,
         "cancels": t.cancels,
         "ttft_ms": {"p50": percentile(&t.ttft_us, 0.5) as f64 / 1000.0, "p99": percentile(&t.ttft_us, 0.99) as f64 / 1000.0},
-        "cancel_latency_us": {
-            "p50": percentile(&t.cancel_us, 0.5),
-            "p99": percentile(&t.cancel_us, 0.99),
-            "max": t.cancel_us.last().copied().unwrap_or(0),
-        },
-        "speaker_cancel_latency_us": {
-            "p50": percentile(&t.speaker_cancel_us, 0.5),
-            "p99": percentile(&t.speaker_cancel_us, 0.99),
-            "max": t.speaker_cancel_us.last().copied().unwrap_or(0),
-        },
+        "cancel_latency_us": latency_json(&t.cancel_us),
+        "speaker_cancel_latency_us": latency_json(&t.speaker_cancel_us),
         "stale_events_after_cancel": t.stale,
+        "invariants": {
+            "stale_events": stale_events,
+            "double_endings": double_endings,
+            "seq_violations": seq_violations,
+            "orphan_calls": t.orphan_calls,
+            "tasks_left": tasks_left,
+            "buses_open_after_shutdown": buses_open,
+            "lagged_events": load(&invariants.lagged_events),
+        },
+        "invariants_ok": invariants_ok,
         "cpu_s": (cpu_s * 100.0).round() / 100.0,
         "wall_s": (wall_s * 100.0).round() / 100.0,
         "idle_sessions_rss_mb": (idle_rss_mb * 10.0).round() / 10.0,
-        "peak_rss_mb": (peak_rss_mb() * 10.0).round() / 10.0,
+        "peak_rss_mb": (peak_rss * 10.0).round() / 10.0,
         "setup_s": ((load_started - started).as_secs_f64() * 100.0).round() / 100.0,
     });
+    if args.random_barge_in {
+        let actions: serde_json::Map<String, serde_json::Value> = ACTION_LABELS
+            .iter()
+            .zip(t.actions)
+            .map(|(label, n)| (label.to_string(), json!(n)))
+            .collect();
+        summary["soak"] = json!({
+            "seed": args.seed,
+            "actions": actions,
+            "cancel_not_reached": t.cancel_not_reached,
+            "tool_results": t.tool_results,
+            "interrupts": t.interrupts,
+            "interrupt_latency_us": latency_json(&t.interrupt_us),
+            "heard_chars_mismatches": t.heard_mismatches,
+        });
+    }
     if args.json {
         println!("{summary}");
     } else {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     }
-    drop(idle);
-    drop(active);
-    supervisor.shutdown().await;
+    if args.random_barge_in && !invariants_ok {
+        eprintln!("loadgen: an invariant was broken (see \"invariants\")");
+        std::process::exit(1);
+    }
     Ok(())
 }

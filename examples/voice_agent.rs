@@ -148,22 +148,50 @@ struct Model {
     demo: Option<MockServer>,
 }
 
-async fn choose_model() -> Result<Model, Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().collect();
-    let flag = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
+const USAGE: &str = "usage: voice_agent [--base-url URL] [--model M]
+       voice_agent -h | --help
+  --base-url URL  an OpenAI-compatible server (key from OPENAI_API_KEY, if set)
+  --model M       the model (default: $COLLOQUY_MODEL, else gpt-4o-mini)
+Without --base-url: OpenAI when OPENAI_API_KEY is set, Azure OpenAI when
+AZURE_OPENAI_ENDPOINT is set, else an offline demo model on 127.0.0.1.";
+
+#[derive(Default)]
+struct Args {
+    base_url: Option<String>,
+    model: Option<String>,
+}
+
+/// What the command line asks for.
+enum Cli {
+    Run(Args),
+    Help,
+}
+
+fn parse_args() -> Result<Cli, String> {
+    let mut a = Args::default();
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut value = || it.next().ok_or_else(|| format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--base-url" => a.base_url = Some(value()?),
+            "--model" => a.model = Some(value()?),
+            "-h" | "--help" => return Ok(Cli::Help),
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    Ok(Cli::Run(a))
+}
+
+async fn choose_model(args: Args) -> Result<Model, Box<dyn std::error::Error>> {
     let config = ClientConfig {
         first_token_timeout: Some(Duration::from_secs(15)),
         ..ClientConfig::default()
     };
-    let model = flag("--model")
+    let model = args
+        .model
         .or_else(|| std::env::var("COLLOQUY_MODEL").ok())
         .unwrap_or_else(|| "gpt-4o-mini".into());
-    let provider: Option<(Provider, String)> = if let Some(url) = flag("--base-url") {
+    let provider: Option<(Provider, String)> = if let Some(url) = args.base_url {
         let mut c = OpenAiConfig::compatible(url.clone());
         c.api_key = Secret::from_env("OPENAI_API_KEY");
         Some((c.into(), format!("{model} at {url}")))
@@ -403,7 +431,18 @@ async fn timeline(mut rx: BusReceiver, console: Arc<Console>) {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let model = choose_model().await?;
+    let args = match parse_args() {
+        Ok(Cli::Run(a)) => a,
+        Ok(Cli::Help) => {
+            println!("{USAGE}");
+            return Ok(());
+        }
+        Err(msg) => {
+            eprintln!("error: {msg}\n{USAGE}");
+            std::process::exit(2);
+        }
+    };
+    let model = choose_model(args).await?;
     println!("colloquy voice agent — model: {}", model.label);
     println!("(console TTS plays at {SPEAKING_CHARS_PER_SEC} characters per second)\n");
 

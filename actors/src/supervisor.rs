@@ -387,15 +387,23 @@ impl Supervisor {
             _segmenter: segmenter,
             restarts: 0,
         };
-        match self.shared.sessions.entry(id.clone()) {
-            dashmap::Entry::Occupied(_) => {
+        // Decide under the entry (a shard write guard), act after it is dropped:
+        // stopping the loser's actors awaits, and a guard held across that await
+        // would block every lookup on the shard (on a current-thread runtime,
+        // for good).
+        let lost = match self.shared.sessions.entry(id.clone()) {
+            dashmap::Entry::Occupied(_) => Some(entry),
+            dashmap::Entry::Vacant(v) => {
+                v.insert(entry);
+                None
+            }
+        };
+        match lost {
+            Some(entry) => {
                 stop_entry(&self.shared, entry).await;
                 Err(SupervisorError::AlreadyExists(id))
             }
-            dashmap::Entry::Vacant(v) => {
-                v.insert(entry);
-                Ok(SessionHandle { core })
-            }
+            None => Ok(SessionHandle { core }),
         }
     }
 

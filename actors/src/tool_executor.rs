@@ -14,6 +14,7 @@ mod registry;
 pub use registry::{Tool, ToolError, ToolFuture, ToolRegistry};
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -103,13 +104,17 @@ async fn run(registry: &ToolRegistry, call: &ToolCall) -> Result<String, (&'stat
             format!("error: invalid arguments: {e}"),
         )
     })?;
-    let future = std::panic::AssertUnwindSafe((tool.handler)(args)).catch_unwind();
-    match tokio::time::timeout(registry.timeout, future).await {
+    // A panic in the handler itself (before it returns its future) is caught
+    // here, one inside the future below: either way the call is answered.
+    let crashed = || ("panic", "error: the tool crashed".to_string());
+    let future = std::panic::catch_unwind(AssertUnwindSafe(|| (tool.handler)(args)))
+        .map_err(|_| crashed())?;
+    match tokio::time::timeout(registry.timeout, AssertUnwindSafe(future).catch_unwind()).await {
         Err(_) => Err((
             "timeout",
             format!("error: the tool timed out after {:?}", registry.timeout),
         )),
-        Ok(Err(_)) => Err(("panic", "error: the tool crashed".to_string())),
+        Ok(Err(_)) => Err(crashed()),
         Ok(Ok(Err(e))) => Err(("handler_error", format!("error: {e}"))),
         Ok(Ok(Ok(out))) => Ok(out),
     }
@@ -214,5 +219,43 @@ mod tests {
         let out = execute(&registry, &call).await;
         assert!(!out.is_error);
         assert_eq!(out.output.len(), 100 + "…[truncated]".len());
+    }
+
+    fn call(name: &str) -> ToolCall {
+        ToolCall {
+            index: 0,
+            id: "c".into(),
+            name: name.into(),
+            arguments: "{}".into(),
+            valid_json: true,
+        }
+    }
+
+    #[tokio::test]
+    async fn handler_panicking_before_returning_its_future_is_an_error_output() {
+        let registry = ToolRegistry::new().with_tool(Tool::new(
+            ToolDefinition::free_form("boom", "Panics synchronously"),
+            |_| -> ToolFuture { panic!("sync") },
+        ));
+        let out = execute(&registry, &call("boom")).await;
+        assert!(out.is_error);
+        assert_eq!(out.output, "error: the tool crashed");
+        assert_eq!((out.call_id.as_str(), out.name.as_str()), ("c", "boom"));
+    }
+
+    #[tokio::test]
+    async fn handler_panicking_inside_its_future_is_the_same_error_output() {
+        let registry = ToolRegistry::new().with_tool(Tool::new(
+            ToolDefinition::free_form("boom", "Panics when polled"),
+            |_| async {
+                if true {
+                    panic!("async");
+                }
+                Ok(String::new())
+            },
+        ));
+        let out = execute(&registry, &call("boom")).await;
+        assert!(out.is_error);
+        assert_eq!(out.output, "error: the tool crashed");
     }
 }
