@@ -66,6 +66,10 @@ pub struct ChatMessage {
     /// user heard, not what the model generated.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub interrupted: bool,
+    /// Set on an assistant message whose answer hit the runtime's size cap; the
+    /// content is cut.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
 }
 
 impl ChatMessage {
@@ -82,6 +86,7 @@ impl ChatMessage {
             content,
             name: None,
             interrupted: false,
+            truncated: false,
         }
     }
 
@@ -320,9 +325,25 @@ mod tests {
         let mut heard = ChatMessage::text(Role::Assistant, "The answer");
         heard.interrupted = true;
         ctx.add_message(heard);
+        let mut cut = ChatMessage::text(Role::Assistant, "A very long");
+        cut.truncated = true;
+        ctx.add_message(cut);
         let json = serde_json::to_string(&ctx).unwrap();
         let back: ChatContext = serde_json::from_str(&json).unwrap();
         assert_eq!(back, ctx);
+        assert_eq!(json.matches("\"truncated\":true").count(), 1);
+        assert_eq!(json.matches("\"interrupted\":true").count(), 1);
         assert!(ctx.calls_without_output().is_empty());
+    }
+
+    #[test]
+    fn flags_default_to_false_and_are_not_serialized_when_false() {
+        let m = ChatMessage::text(Role::Assistant, "hi");
+        assert!(!m.interrupted && !m.truncated);
+        let json = serde_json::to_string(&m).unwrap();
+        assert!(!json.contains("truncated") && !json.contains("interrupted"));
+        let old: ChatMessage =
+            serde_json::from_str(r#"{"id":"m1","role":"assistant","content":[]}"#).unwrap();
+        assert!(!old.truncated);
     }
 }
