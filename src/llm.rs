@@ -18,6 +18,7 @@ mod config;
 mod error;
 mod event;
 mod options;
+mod read_gap;
 mod request;
 mod sse;
 mod stream;

@@ -86,6 +86,13 @@ pub enum LlmError {
     /// No token arrived before the time-to-first-token deadline.
     #[error("no first token within {0:?}")]
     FirstTokenTimeout(Duration),
+    /// No response headers arrived within the response timeout.
+    #[error("no response within {0:?}")]
+    ResponseTimeout(Duration),
+    /// A non-streamed body (an error body or a JSON completion) was not
+    /// complete within the body timeout.
+    #[error("response body not complete within {0:?}")]
+    BodyTimeout(Duration),
     /// The stream went silent for longer than the read-gap timeout.
     #[error("stream stalled: no data for {0:?}")]
     Stalled(Duration),
@@ -121,6 +128,8 @@ impl LlmError {
             LlmError::Http { .. } => "http",
             LlmError::Provider { .. } => "provider",
             LlmError::FirstTokenTimeout(_) => "first_token_timeout",
+            LlmError::ResponseTimeout(_) => "response_timeout",
+            LlmError::BodyTimeout(_) => "body_timeout",
             LlmError::Stalled(_) => "stalled",
             LlmError::Incomplete => "incomplete",
             LlmError::EventTooLarge { .. } => "event_too_large",
@@ -135,6 +144,8 @@ impl LlmError {
         match self {
             LlmError::Connection(_)
             | LlmError::FirstTokenTimeout(_)
+            | LlmError::ResponseTimeout(_)
+            | LlmError::BodyTimeout(_)
             | LlmError::Stalled(_)
             | LlmError::Incomplete => true,
             LlmError::Http { status, .. } => matches!(status, 408 | 409 | 429 | 500..=599),
