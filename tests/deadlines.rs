@@ -14,7 +14,9 @@ use colloquy::llm::{
     ChatClient, ChatRequest, ClientConfig, LlmError, LlmOptions, OpenAiConfig, RetryPolicy,
     StreamEvent,
 };
+use colloquy::mock::{MockResponse, MockServer, sse_chunk};
 use futures_util::StreamExt;
+use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -58,6 +60,16 @@ async fn collect(client: &ChatClient) -> (Vec<StreamEvent>, Option<LlmError>) {
     let mut ctx = ChatContext::new();
     ctx.add_user("Hello");
     collect_ctx(client, &ctx).await
+}
+
+fn text_of(events: &[StreamEvent]) -> String {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            StreamEvent::Token(t) => Some(t.as_str()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// What the hand-rolled server does with the one connection it accepts.
@@ -252,5 +264,84 @@ async fn error_body_that_trickles_ends_with_the_status() {
             assert!(error.message.starts_with("busy"), "{error:?}");
         }
         other => panic!("expected HTTP 503, got {other:?}"),
+    }
+}
+
+fn keep_alives(mut r: MockResponse, n: usize, every: Duration) -> MockResponse {
+    for _ in 0..n {
+        r = r.delay(every).event(": keep-alive\n\n");
+    }
+    r
+}
+
+#[tokio::test]
+async fn keep_alive_comments_reset_the_read_gap() {
+    // 12 comments 100 ms apart: 1.2 s without an event, three read gaps long.
+    let server = MockServer::start(|_| {
+        let r = MockResponse::event_stream().event(&sse_chunk(json!({"role": "assistant"}), None));
+        keep_alives(r, 12, Duration::from_millis(100))
+            .event(&sse_chunk(json!({"content": "thought it over"}), None))
+            .finish("stop", 5, 3)
+    })
+    .await
+    .unwrap();
+    let cfg = ClientConfig {
+        read_gap_timeout: Duration::from_millis(400),
+        ..config()
+    };
+    let client = ChatClient::with_config(OpenAiConfig::compatible(server.base_url()), cfg).unwrap();
+    let (events, err) = collect(&client).await;
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!(text_of(&events), "thought it over");
+    assert!(matches!(events.last(), Some(StreamEvent::Finished(_))));
+}
+
+#[tokio::test]
+async fn keep_alive_comments_do_not_count_as_the_first_token() {
+    let server = MockServer::start(|_| {
+        let r = MockResponse::event_stream().event(&sse_chunk(json!({"role": "assistant"}), None));
+        keep_alives(r, 200, Duration::from_millis(50))
+            .event(&sse_chunk(json!({"content": "too late"}), None))
+            .finish("stop", 5, 3)
+    })
+    .await
+    .unwrap();
+    let cfg = ClientConfig {
+        read_gap_timeout: Duration::from_secs(10),
+        first_token_timeout: Some(Duration::from_millis(300)),
+        ..config()
+    };
+    let client = ChatClient::with_config(OpenAiConfig::compatible(server.base_url()), cfg).unwrap();
+    let started = Instant::now();
+    let (events, err) = collect(&client).await;
+    assert!(
+        matches!(err, Some(LlmError::FirstTokenTimeout(d)) if d == Duration::from_millis(300)),
+        "{err:?}"
+    );
+    assert_eq!(text_of(&events), "");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+}
+
+#[tokio::test]
+async fn silence_after_the_finish_reason_is_a_normal_end() {
+    let server = MockServer::start(|_| {
+        MockResponse::event_stream()
+            .event(&sse_chunk(json!({"content": "done"}), None))
+            .event(&sse_chunk(json!({}), Some("stop")))
+            .stall()
+    })
+    .await
+    .unwrap();
+    let cfg = ClientConfig {
+        read_gap_timeout: Duration::from_millis(300),
+        ..config()
+    };
+    let client = ChatClient::with_config(OpenAiConfig::compatible(server.base_url()), cfg).unwrap();
+    let (events, err) = collect(&client).await;
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!(text_of(&events), "done");
+    match events.last() {
+        Some(StreamEvent::Finished(s)) => assert!(!s.saw_done),
+        other => panic!("last event {other:?}"),
     }
 }

@@ -257,7 +257,8 @@ pub struct ClientConfig {
     /// deadline.
     pub body_timeout: Duration,
     /// Deadline from sending the request to the first output (text, reasoning,
-    /// refusal or tool call); `None` waits as long as the read gap allows.
+    /// refusal or tool call; keep-alive comments, metadata and usage do not
+    /// count); `None` waits as long as the read gap allows.
     pub first_token_timeout: Option<Duration>,
     /// Retry policy.
     pub retry: RetryPolicy,
