@@ -274,6 +274,38 @@ async fn never_retries_after_text_was_delivered() {
 }
 
 #[tokio::test]
+async fn never_retries_after_usage_was_delivered() {
+    // The first attempt delivers usage only, then drops: a retry would report
+    // the usage of one answer twice.
+    let usage_only = format!(
+        "data: {}\n\n",
+        json!({"id": "chatcmpl-1", "model": "m", "choices": [],
+               "usage": {"prompt_tokens": 10, "completion_tokens": 0, "total_tokens": 10}})
+    );
+    let server = MockServer::scripted(vec![
+        MockResponse::event_stream().event(&usage_only), // then EOF
+        MockResponse::text(&["Hello"]),
+    ])
+    .await
+    .unwrap();
+    let mut cfg = fast_config();
+    cfg.retry.max_retries = 2;
+    let client = ChatClient::with_config(OpenAiConfig::compatible(server.base_url()), cfg).unwrap();
+    let (events, err) = collect(&client, &LlmOptions::default()).await;
+    let usages = events
+        .iter()
+        .filter(|e| matches!(e, StreamEvent::Usage(_)))
+        .count();
+    assert_eq!(usages, 1, "{events:?}");
+    assert!(matches!(err, Some(LlmError::Incomplete)), "{err:?}");
+    assert_eq!(
+        server.requests().len(),
+        1,
+        "no retry once usage was yielded"
+    );
+}
+
+#[tokio::test]
 async fn eof_without_finish_or_done_is_incomplete() {
     let server = MockServer::start(|_| {
         MockResponse::event_stream().event(&sse_chunk(json!({"content":"partial"}), None))

@@ -204,7 +204,7 @@ impl From<AzureConfig> for Provider {
 /// Retries with exponential backoff, only before the first token.
 ///
 /// A retry after text was delivered would repeat words the user already heard,
-/// so the client never retries once any output event has been yielded.
+/// so the client never retries once any output event, or usage, has been yielded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
     /// Retries after the first attempt (the reference's default is 0).

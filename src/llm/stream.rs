@@ -7,7 +7,9 @@
 //!   usage that arrived in the same chunk is delivered first.
 //! - A 200 that is one JSON completion instead of an event stream is delivered as
 //!   events, not dropped.
-//! - Retries happen only before the first output event, so no text is repeated.
+//! - Retries happen only before the first output event and before any event
+//!   the caller cannot take back (usage included), so nothing is repeated or
+//!   counted twice.
 //! - The read gap runs on the body's bytes: any bytes, SSE comments included,
 //!   prove the connection alive. The first-token deadline runs on events:
 //!   comments and metadata do not satisfy it.
@@ -376,6 +378,9 @@ pub(crate) struct Driver {
     attempts: u32,
     attempt_started: Instant,
     first_output_recorded: bool,
+    /// An event the caller cannot take back (anything but metadata, usage
+    /// included) was yielded: no retry may follow.
+    committed: bool,
     /// One span per HTTP attempt, with the provider's request id once known.
     span: tracing::Span,
 }
@@ -398,6 +403,7 @@ impl Driver {
             attempts: 0,
             attempt_started: Instant::now(),
             first_output_recorded: false,
+            committed: false,
             span: tracing::Span::none(),
         }
     }
@@ -423,7 +429,11 @@ impl Driver {
         };
         let policy = connector.retry_policy();
         let retries_done = self.attempts.saturating_sub(1);
-        if emitted_output || !error.is_retryable() || retries_done >= policy.max_retries {
+        if emitted_output
+            || self.committed
+            || !error.is_retryable()
+            || retries_done >= policy.max_retries
+        {
             metrics::counter!("colloquy_llm_errors_total", "kind" => error.kind()).increment(1);
             return Some(error);
         }
@@ -438,6 +448,8 @@ impl Driver {
     pub(crate) async fn next_event(&mut self) -> Option<Result<StreamEvent, LlmError>> {
         loop {
             if let Some(ev) = self.pending.pop_front() {
+                // A retry sends new metadata; everything else would be repeated.
+                self.committed |= !matches!(ev, StreamEvent::Metadata { .. });
                 if !self.first_output_recorded
                     && self.state.emitted_output
                     && self.connector.is_some()
