@@ -3,11 +3,14 @@
 //! A [`ChatContext`] is an ordered list of [`ChatItem`]s. Messages carry roles and
 //! content parts; tool calls and their outputs are items of their own (as in the
 //! reference plugin), so a round of parallel calls is a run of consecutive
-//! [`FunctionCall`] items that the wire mapping groups into one assistant message.
+//! [`FunctionCall`] items that the wire mapping groups into one assistant message
+//! (together with the assistant text right before them, if any).
 //!
 //! The invariant that matters for a voice agent: every call in the history has an
 //! output and every output has its call. Providers reject a request that breaks it,
-//! so [`ChatContext::truncate`] and the actor's interruption commit preserve it.
+//! so [`ChatContext::truncate`] and the actor's interruption commit preserve it,
+//! and [`ChatClient::stream`](crate::llm::ChatClient::stream) refuses a history
+//! that breaks it (see [`WireMessage`](crate::llm::WireMessage)).
 
 mod content;
 mod truncate;

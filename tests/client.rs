@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use colloquy::Secret;
-use colloquy::context::ChatContext;
+use colloquy::context::{ChatContext, ChatMessage, Role};
 use colloquy::llm::{
     AzureConfig, AzureSettings, ChatClient, ChatRequest, ClientConfig, LlmError, LlmOptions,
     OpenAiConfig, ReasoningEffort, RetryPolicy, StreamEvent, StreamLimits, StructuredOutput,
@@ -527,4 +527,35 @@ async fn structured_output_streams_the_spoken_field() {
         body["response_format"]["json_schema"]["schema"]["required"],
         json!(["say", "next_state"])
     );
+}
+
+#[tokio::test]
+async fn a_misordered_history_is_a_typed_error_not_a_request() {
+    // A call, then the assistant's interrupted text, then the call's output: the
+    // output no longer follows the message that made the call.
+    let server = MockServer::start(|_| MockResponse::text(&["ok"]))
+        .await
+        .unwrap();
+    let client = ChatClient::new(OpenAiConfig::compatible(server.base_url())).unwrap();
+    let mut c = ChatContext::new();
+    c.add_user("What's the weather?");
+    c.add_function_call("c1", "weather", "{}");
+    let mut heard = ChatMessage::text(Role::Assistant, "Let me check.");
+    heard.interrupted = true;
+    c.add_message(heard);
+    c.add_function_output("c1", "sunny", false);
+    let options = LlmOptions::default();
+    let err = match client.stream(ChatRequest::new(&c, &options)) {
+        Err(e) => e,
+        Ok(mut stream) => {
+            while stream.next().await.is_some() {}
+            panic!(
+                "a misordered history became {} request(s)",
+                server.requests().len()
+            );
+        }
+    };
+    assert_eq!(err.kind(), "invalid_history", "{err:?}");
+    assert!(!err.is_retryable());
+    assert!(server.requests().is_empty());
 }

@@ -190,9 +190,12 @@ impl ChatClient {
 
     /// Starts a streamed completion. Nothing is sent until the stream is polled;
     /// dropping the stream at any point closes the connection.
+    ///
+    /// Fails at once with [`LlmError::InvalidHistory`] when the context's tool
+    /// calls and outputs do not pair up: a misordered history is never sent.
     pub fn stream(&self, request: ChatRequest<'_>) -> Result<ChatStream, LlmError> {
         let options = request.options;
-        let body = build_body(&request);
+        let body = build_body(&request)?;
         let mut headers = self.inner.headers.clone();
         for (name, value) in &options.extra_headers {
             let (n, v) = plain_header(name, value)?;

@@ -60,6 +60,9 @@ pub enum LlmError {
     /// Configuration is incomplete or invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The history's tool calls and outputs do not pair up; nothing was sent.
+    #[error("invalid history: {0}")]
+    InvalidHistory(#[from] super::wire::HistoryError),
     /// The request could not be sent or the connection broke.
     #[error("connection failed: {0}")]
     Connection(String),
@@ -124,6 +127,7 @@ impl LlmError {
     pub fn kind(&self) -> &'static str {
         match self {
             LlmError::Config(_) => "config",
+            LlmError::InvalidHistory(_) => "invalid_history",
             LlmError::Connection(_) => "connection",
             LlmError::Http { .. } => "http",
             LlmError::Provider { .. } => "provider",
