@@ -3,11 +3,14 @@
 //! A [`ChatContext`] is an ordered list of [`ChatItem`]s. Messages carry roles and
 //! content parts; tool calls and their outputs are items of their own (as in the
 //! reference plugin), so a round of parallel calls is a run of consecutive
-//! [`FunctionCall`] items that the wire mapping groups into one assistant message.
+//! [`FunctionCall`] items that the wire mapping groups into one assistant message
+//! (together with the assistant text right before them, if any).
 //!
 //! The invariant that matters for a voice agent: every call in the history has an
 //! output and every output has its call. Providers reject a request that breaks it,
-//! so [`ChatContext::truncate`] and the actor's interruption commit preserve it.
+//! so [`ChatContext::truncate`] and the actor's interruption commit preserve it,
+//! and [`ChatClient::stream`](crate::llm::ChatClient::stream) refuses a history
+//! that breaks it (see [`WireMessage`](crate::llm::WireMessage)).
 
 mod content;
 mod truncate;
@@ -325,9 +328,25 @@ mod tests {
         let mut heard = ChatMessage::text(Role::Assistant, "The answer");
         heard.interrupted = true;
         ctx.add_message(heard);
+        let mut cut = ChatMessage::text(Role::Assistant, "A very long");
+        cut.truncated = true;
+        ctx.add_message(cut);
         let json = serde_json::to_string(&ctx).unwrap();
         let back: ChatContext = serde_json::from_str(&json).unwrap();
         assert_eq!(back, ctx);
+        assert_eq!(json.matches("\"truncated\":true").count(), 1);
+        assert_eq!(json.matches("\"interrupted\":true").count(), 1);
         assert!(ctx.calls_without_output().is_empty());
+    }
+
+    #[test]
+    fn flags_default_to_false_and_are_not_serialized_when_false() {
+        let m = ChatMessage::text(Role::Assistant, "hi");
+        assert!(!m.interrupted && !m.truncated);
+        let json = serde_json::to_string(&m).unwrap();
+        assert!(!json.contains("truncated") && !json.contains("interrupted"));
+        let old: ChatMessage =
+            serde_json::from_str(r#"{"id":"m1","role":"assistant","content":[]}"#).unwrap();
+        assert!(!old.truncated);
     }
 }

@@ -3,8 +3,10 @@
 //! The pipeline for one request, each stage in its own file:
 //!
 //! ```text
-//! ChatRequest ──request.rs──▶ JSON body ──client.rs──▶ POST (retries before the first token)
-//!   bytes ──sse.rs (UTF-8 repair, per-event cap)──▶ eventsource-stream ──chunk.rs──▶ deltas
+//! ChatRequest ──wire.rs (checked messages) + request.rs──▶ JSON body
+//!   JSON body ──client.rs──▶ POST (deadlines; retries before the first event)
+//!   bytes ──read_gap.rs──▶ sse.rs (UTF-8 repair, per-event cap)
+//!         ──▶ eventsource-stream ──chunk.rs──▶ deltas
 //!   deltas ──tool_call_assembler.rs / usage.rs / structured.rs──▶ StreamEvent
 //! ```
 //!
@@ -18,12 +20,14 @@ mod config;
 mod error;
 mod event;
 mod options;
+mod read_gap;
 mod request;
 mod sse;
 mod stream;
 mod structured;
 mod tool_call_assembler;
 mod usage;
+mod wire;
 
 pub use client::ChatClient;
 pub use config::{
@@ -38,6 +42,7 @@ pub use stream::{ChatStream, StreamLimits};
 pub use structured::{JsonFieldStreamer, StructuredOutput};
 pub use tool_call_assembler::ToolCallAssembler;
 pub use usage::Usage;
+pub use wire::{HistoryError, WireMessage, WireToolCall};
 
 #[doc(hidden)]
 pub use sse::bench_support;

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use colloquy::Secret;
-use colloquy::context::ChatContext;
+use colloquy::context::{ChatContext, ChatMessage, Role};
 use colloquy::llm::{
     AzureConfig, AzureSettings, ChatClient, ChatRequest, ClientConfig, LlmError, LlmOptions,
     OpenAiConfig, ReasoningEffort, RetryPolicy, StreamEvent, StreamLimits, StructuredOutput,
@@ -274,6 +274,38 @@ async fn never_retries_after_text_was_delivered() {
 }
 
 #[tokio::test]
+async fn never_retries_after_usage_was_delivered() {
+    // The first attempt delivers usage only, then drops: a retry would report
+    // the usage of one answer twice.
+    let usage_only = format!(
+        "data: {}\n\n",
+        json!({"id": "chatcmpl-1", "model": "m", "choices": [],
+               "usage": {"prompt_tokens": 10, "completion_tokens": 0, "total_tokens": 10}})
+    );
+    let server = MockServer::scripted(vec![
+        MockResponse::event_stream().event(&usage_only), // then EOF
+        MockResponse::text(&["Hello"]),
+    ])
+    .await
+    .unwrap();
+    let mut cfg = fast_config();
+    cfg.retry.max_retries = 2;
+    let client = ChatClient::with_config(OpenAiConfig::compatible(server.base_url()), cfg).unwrap();
+    let (events, err) = collect(&client, &LlmOptions::default()).await;
+    let usages = events
+        .iter()
+        .filter(|e| matches!(e, StreamEvent::Usage(_)))
+        .count();
+    assert_eq!(usages, 1, "{events:?}");
+    assert!(matches!(err, Some(LlmError::Incomplete)), "{err:?}");
+    assert_eq!(
+        server.requests().len(),
+        1,
+        "no retry once usage was yielded"
+    );
+}
+
+#[tokio::test]
 async fn eof_without_finish_or_done_is_incomplete() {
     let server = MockServer::start(|_| {
         MockResponse::event_stream().event(&sse_chunk(json!({"content":"partial"}), None))
@@ -495,4 +527,35 @@ async fn structured_output_streams_the_spoken_field() {
         body["response_format"]["json_schema"]["schema"]["required"],
         json!(["say", "next_state"])
     );
+}
+
+#[tokio::test]
+async fn a_misordered_history_is_a_typed_error_not_a_request() {
+    // A call, then the assistant's interrupted text, then the call's output: the
+    // output no longer follows the message that made the call.
+    let server = MockServer::start(|_| MockResponse::text(&["ok"]))
+        .await
+        .unwrap();
+    let client = ChatClient::new(OpenAiConfig::compatible(server.base_url())).unwrap();
+    let mut c = ChatContext::new();
+    c.add_user("What's the weather?");
+    c.add_function_call("c1", "weather", "{}");
+    let mut heard = ChatMessage::text(Role::Assistant, "Let me check.");
+    heard.interrupted = true;
+    c.add_message(heard);
+    c.add_function_output("c1", "sunny", false);
+    let options = LlmOptions::default();
+    let err = match client.stream(ChatRequest::new(&c, &options)) {
+        Err(e) => e,
+        Ok(mut stream) => {
+            while stream.next().await.is_some() {}
+            panic!(
+                "a misordered history became {} request(s)",
+                server.requests().len()
+            );
+        }
+    };
+    assert_eq!(err.kind(), "invalid_history", "{err:?}");
+    assert!(!err.is_retryable());
+    assert!(server.requests().is_empty());
 }

@@ -9,11 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::TryStreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use super::config::{AzureAuth, ClientConfig, Provider, RetryPolicy};
 use super::error::{ConfigError, LlmError, parse_provider_error};
+use super::read_gap::{ReadGap, deadline_after};
 use super::request::{ChatRequest, build_body};
 use super::stream::{ByteSource, ChatStream, Driver};
 
@@ -103,7 +104,8 @@ impl ChatClient {
     }
 
     /// A client over a caller-supplied `reqwest::Client` (its own timeouts and
-    /// pool apply; `config` still sets read-gap, first-token, retry and limits).
+    /// pool apply; `config` still sets the response, read-gap, body and
+    /// first-token deadlines, retries and limits).
     pub fn with_http_client(
         provider: impl Into<Provider>,
         config: ClientConfig,
@@ -188,9 +190,12 @@ impl ChatClient {
 
     /// Starts a streamed completion. Nothing is sent until the stream is polled;
     /// dropping the stream at any point closes the connection.
+    ///
+    /// Fails at once with [`LlmError::InvalidHistory`] when the context's tool
+    /// calls and outputs do not pair up: a misordered history is never sent.
     pub fn stream(&self, request: ChatRequest<'_>) -> Result<ChatStream, LlmError> {
         let options = request.options;
-        let body = build_body(&request);
+        let body = build_body(&request)?;
         let mut headers = self.inner.headers.clone();
         for (name, value) in &options.extra_headers {
             let (n, v) = plain_header(name, value)?;
@@ -277,17 +282,57 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         .map(|s| Duration::from_secs_f64(s.clamp(0.0, 3600.0)))
 }
 
-async fn read_bounded(mut resp: reqwest::Response, limit: usize) -> Result<String, LlmError> {
-    let mut buf = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(connection_error)? {
-        if buf.len() + chunk.len() > limit {
-            return Err(LlmError::UnexpectedBody(format!(
-                "body exceeds {limit} bytes"
-            )));
+/// Reads a whole non-streamed body into `buf`: each chunk within the read gap
+/// (the body is a [`ReadGap`]), all of it within `total`, at most `limit` bytes.
+/// On failure `buf` keeps what arrived.
+async fn read_bounded(
+    body: &mut ByteSource,
+    buf: &mut Vec<u8>,
+    limit: usize,
+    total: Duration,
+) -> Result<(), LlmError> {
+    let read = async {
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk?;
+            if buf.len() + chunk.len() > limit {
+                return Err(LlmError::UnexpectedBody(format!(
+                    "body exceeds {limit} bytes"
+                )));
+            }
+            buf.extend_from_slice(&chunk);
         }
-        buf.extend_from_slice(&chunk);
+        Ok(())
+    };
+    tokio::time::timeout_at(deadline_after(total), read)
+        .await
+        .map_err(|_| LlmError::BodyTimeout(total))?
+}
+
+/// The typed error of a non-success response with (part of) its body.
+fn http_error(
+    status: reqwest::StatusCode,
+    body: &[u8],
+    retry_after: Option<Duration>,
+    request_id: Option<String>,
+) -> LlmError {
+    let text = String::from_utf8_lossy(body);
+    let error = serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| parse_provider_error(&v))
+        .unwrap_or_else(|| super::error::ProviderError {
+            message: if text.trim().is_empty() {
+                status.canonical_reason().unwrap_or("error").to_string()
+            } else {
+                text.chars().take(500).collect()
+            },
+            ..Default::default()
+        });
+    LlmError::Http {
+        status: status.as_u16(),
+        error: Box::new(error),
+        retry_after,
+        request_id,
     }
-    Ok(String::from_utf8_lossy(&buf).into_owned())
 }
 
 impl Connector {
@@ -305,14 +350,17 @@ impl Connector {
 
     pub(crate) async fn send(&self) -> Result<Connected, LlmError> {
         let req = &self.request;
-        let resp = self
+        let config = &self.client.config;
+        let send = self
             .client
             .http
             .post(req.url.clone())
             .headers(req.headers.clone())
             .body(req.body.clone())
-            .send()
+            .send();
+        let resp = tokio::time::timeout_at(deadline_after(config.response_timeout), send)
             .await
+            .map_err(|_| LlmError::ResponseTimeout(config.response_timeout))?
             .map_err(connection_error)?;
         let status = resp.status();
         let headers = resp.headers();
@@ -320,35 +368,26 @@ impl Connector {
             .iter()
             .find_map(|h| header_str(headers, h))
             .map(str::to_string);
-        let limit = self.client.config.limits.max_body_bytes;
-        if !status.is_success() {
-            let retry_after = retry_after(headers);
-            let text = read_bounded(resp, limit).await.unwrap_or_default();
-            let error = serde_json::from_str::<serde_json::Value>(&text)
-                .ok()
-                .and_then(|v| parse_provider_error(&v))
-                .unwrap_or_else(|| super::error::ProviderError {
-                    message: if text.trim().is_empty() {
-                        status.canonical_reason().unwrap_or("error").to_string()
-                    } else {
-                        text.chars().take(500).collect()
-                    },
-                    ..Default::default()
-                });
-            return Err(LlmError::Http {
-                status: status.as_u16(),
-                error: Box::new(error),
-                retry_after,
+        let limit = config.limits.max_body_bytes;
+        let is_json = header_str(headers, "content-type")
+            .is_some_and(|ct| ct.trim_start().starts_with("application/json"));
+        let retry_after = retry_after(headers);
+        let raw = resp.bytes_stream().map_err(connection_error);
+        if status.is_success() && !is_json {
+            return Ok(Connected::Sse {
+                body: Box::pin(raw),
                 request_id,
             });
         }
-        let is_json = header_str(headers, "content-type")
-            .is_some_and(|ct| ct.trim_start().starts_with("application/json"));
-        if is_json {
-            let body = read_bounded(resp, limit).await?;
+        let mut body: ByteSource = Box::pin(ReadGap::new(raw, config.read_gap_timeout));
+        let mut buf = Vec::new();
+        let read = read_bounded(&mut body, &mut buf, limit, config.body_timeout).await;
+        if status.is_success() {
+            read?;
+            let body = String::from_utf8_lossy(&buf).into_owned();
             return Ok(Connected::Completion { body, request_id });
         }
-        let body: ByteSource = Box::pin(resp.bytes_stream().map_err(connection_error));
-        Ok(Connected::Sse { body, request_id })
+        // The status decides; a body that failed or stalled is kept as far as it came.
+        Err(http_error(status, &buf, retry_after, request_id))
     }
 }

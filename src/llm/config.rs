@@ -204,7 +204,7 @@ impl From<AzureConfig> for Provider {
 /// Retries with exponential backoff, only before the first token.
 ///
 /// A retry after text was delivered would repeat words the user already heard,
-/// so the client never retries once any output event has been yielded.
+/// so the client never retries once any output event, or usage, has been yielded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
     /// Retries after the first attempt (the reference's default is 0).
@@ -240,10 +240,25 @@ impl RetryPolicy {
 pub struct ClientConfig {
     /// TCP + TLS connect timeout (reference: 15 s).
     pub connect_timeout: Duration,
-    /// Longest silence allowed between two pieces of the body once streaming.
+    /// Deadline from sending the request to the response headers, connecting
+    /// and writing the body included (default 30 s). A server that accepts the
+    /// request and never answers, or never reads the body, fails with
+    /// [`LlmError::ResponseTimeout`](super::LlmError::ResponseTimeout).
+    pub response_timeout: Duration,
+    /// Longest silence allowed between two pieces of any body (default 30 s).
+    /// Any bytes reset it, SSE comments (keep-alives) included; a silent body
+    /// fails with [`LlmError::Stalled`](super::LlmError::Stalled).
     pub read_gap_timeout: Duration,
+    /// Deadline for reading a whole non-streamed body, an error body or a JSON
+    /// completion, counted from the response headers (default 60 s). A body that
+    /// trickles forever fails with
+    /// [`LlmError::BodyTimeout`](super::LlmError::BodyTimeout). Event streams have
+    /// no total deadline: they are bounded by the read gap and the first-token
+    /// deadline.
+    pub body_timeout: Duration,
     /// Deadline from sending the request to the first output (text, reasoning,
-    /// refusal or tool call); `None` waits as long as the read gap allows.
+    /// refusal or tool call; keep-alive comments, metadata and usage do not
+    /// count); `None` waits as long as the read gap allows.
     pub first_token_timeout: Option<Duration>,
     /// Retry policy.
     pub retry: RetryPolicy,
@@ -257,7 +272,9 @@ impl Default for ClientConfig {
     fn default() -> Self {
         Self {
             connect_timeout: Duration::from_secs(15),
+            response_timeout: Duration::from_secs(30),
             read_gap_timeout: Duration::from_secs(30),
+            body_timeout: Duration::from_secs(60),
             first_token_timeout: None,
             retry: RetryPolicy::default(),
             limits: StreamLimits::default(),
@@ -288,6 +305,22 @@ mod tests {
             p.delay(0, Some(Duration::from_secs(60))),
             Duration::from_secs(1)
         );
+    }
+
+    #[test]
+    fn shipped_config_has_a_finite_deadline_for_every_wait() {
+        let c = ClientConfig::default();
+        let hour = Duration::from_secs(3600);
+        for (name, d) in [
+            ("connect_timeout", c.connect_timeout),
+            ("response_timeout", c.response_timeout),
+            ("read_gap_timeout", c.read_gap_timeout),
+            ("body_timeout", c.body_timeout),
+        ] {
+            assert!(!d.is_zero() && d <= hour, "{name} = {d:?}");
+        }
+        assert_eq!(c.response_timeout, Duration::from_secs(30));
+        assert_eq!(c.body_timeout, Duration::from_secs(60));
     }
 
     #[test]

@@ -60,6 +60,9 @@ pub enum LlmError {
     /// Configuration is incomplete or invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The history's tool calls and outputs do not pair up; nothing was sent.
+    #[error("invalid history: {0}")]
+    InvalidHistory(#[from] super::wire::HistoryError),
     /// The request could not be sent or the connection broke.
     #[error("connection failed: {0}")]
     Connection(String),
@@ -86,6 +89,13 @@ pub enum LlmError {
     /// No token arrived before the time-to-first-token deadline.
     #[error("no first token within {0:?}")]
     FirstTokenTimeout(Duration),
+    /// No response headers arrived within the response timeout.
+    #[error("no response within {0:?}")]
+    ResponseTimeout(Duration),
+    /// A non-streamed body (an error body or a JSON completion) was not
+    /// complete within the body timeout.
+    #[error("response body not complete within {0:?}")]
+    BodyTimeout(Duration),
     /// The stream went silent for longer than the read-gap timeout.
     #[error("stream stalled: no data for {0:?}")]
     Stalled(Duration),
@@ -117,10 +127,13 @@ impl LlmError {
     pub fn kind(&self) -> &'static str {
         match self {
             LlmError::Config(_) => "config",
+            LlmError::InvalidHistory(_) => "invalid_history",
             LlmError::Connection(_) => "connection",
             LlmError::Http { .. } => "http",
             LlmError::Provider { .. } => "provider",
             LlmError::FirstTokenTimeout(_) => "first_token_timeout",
+            LlmError::ResponseTimeout(_) => "response_timeout",
+            LlmError::BodyTimeout(_) => "body_timeout",
             LlmError::Stalled(_) => "stalled",
             LlmError::Incomplete => "incomplete",
             LlmError::EventTooLarge { .. } => "event_too_large",
@@ -135,6 +148,8 @@ impl LlmError {
         match self {
             LlmError::Connection(_)
             | LlmError::FirstTokenTimeout(_)
+            | LlmError::ResponseTimeout(_)
+            | LlmError::BodyTimeout(_)
             | LlmError::Stalled(_)
             | LlmError::Incomplete => true,
             LlmError::Http { status, .. } => matches!(status, 408 | 409 | 429 | 500..=599),

@@ -76,7 +76,8 @@ pub struct StreamSummary {
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum StreamEvent {
-    /// The provider's request id and model, once known.
+    /// The provider's request id and model, once known. A retry (only before
+    /// any other event) sends it again for the new attempt.
     Metadata {
         /// `x-request-id` header or the chunk id.
         request_id: Option<String>,

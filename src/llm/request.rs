@@ -1,4 +1,5 @@
-//! The wire mapping: context + options → chat-completions request body.
+//! The request body: context + options → chat-completions JSON (the messages
+//! themselves are mapped and checked in [`wire`](super::wire)).
 //!
 //! Identical to the reference plugin where it is right (grouped parallel calls,
 //! `tool` outputs, image parts with detail, reasoning-model rules, tool_choice
@@ -9,7 +10,8 @@
 use serde_json::{Map, Value, json};
 
 use super::options::LlmOptions;
-use crate::context::{ChatContext, ChatItem, ContentPart, ImageDetail, Role};
+use super::wire::{HistoryError, WireMessage};
+use crate::context::ChatContext;
 
 /// One request: the conversation, the settings, and per-request body overrides.
 #[derive(Debug, Clone, Copy)]
@@ -39,80 +41,19 @@ impl<'a> ChatRequest<'a> {
     }
 }
 
-fn content_to_wire(parts: &[ContentPart]) -> Value {
-    if let [ContentPart::Text(text)] = parts {
-        return Value::String(text.clone());
-    }
-    Value::Array(
-        parts
-            .iter()
-            .map(|part| match part {
-                ContentPart::Text(text) => json!({"type": "text", "text": text}),
-                ContentPart::Image(img) => {
-                    let mut image_url = Map::new();
-                    image_url.insert("url".into(), Value::String(img.url.to_string()));
-                    if img.detail != ImageDetail::Auto {
-                        image_url
-                            .insert("detail".into(), Value::String(img.detail.as_str().into()));
-                    }
-                    json!({"type": "image_url", "image_url": Value::Object(image_url)})
-                }
-            })
-            .collect(),
-    )
-}
-
-/// Maps the context to `messages[]`.
-pub(crate) fn messages_to_wire(context: &ChatContext, reasoning: bool) -> Vec<Value> {
-    let mut out = Vec::with_capacity(context.items.len());
-    let mut items = context.items.iter().peekable();
-    while let Some(item) = items.next() {
-        match item {
-            ChatItem::Message(msg) => {
-                let role = match msg.role {
-                    Role::System if reasoning => Role::Developer,
-                    role => role,
-                };
-                let mut m = Map::new();
-                m.insert("role".into(), Value::String(role.as_str().into()));
-                m.insert("content".into(), content_to_wire(&msg.content));
-                if let Some(name) = &msg.name {
-                    m.insert("name".into(), Value::String(name.clone()));
-                }
-                out.push(Value::Object(m));
-            }
-            ChatItem::FunctionCall(first) => {
-                let mut calls = vec![first];
-                while let Some(ChatItem::FunctionCall(next)) = items.peek() {
-                    calls.push(next);
-                    items.next();
-                }
-                let tool_calls: Vec<Value> = calls
-                    .into_iter()
-                    .map(|c| {
-                        json!({"id": c.call_id, "type": "function",
-                               "function": {"name": c.name, "arguments": c.arguments}})
-                    })
-                    .collect();
-                out.push(json!({"role": "assistant", "content": null, "tool_calls": tool_calls}));
-            }
-            ChatItem::FunctionCallOutput(o) => {
-                out.push(json!({"role": "tool", "tool_call_id": o.call_id, "content": o.output}));
-            }
-        }
-    }
-    out
-}
-
 /// Builds the JSON body of a streamed chat-completions request.
-pub fn build_body(request: &ChatRequest<'_>) -> Value {
+///
+/// Fails when the history's calls and outputs do not pair up (see
+/// [`WireMessage::from_context`]): such a history never reaches the wire.
+pub fn build_body(request: &ChatRequest<'_>) -> Result<Value, HistoryError> {
     let o = request.options;
     let reasoning = o.is_reasoning_model();
+    let messages = WireMessage::from_context(request.context, reasoning)?;
     let mut body = Map::new();
     body.insert("model".into(), Value::String(o.model.clone()));
     body.insert(
         "messages".into(),
-        Value::Array(messages_to_wire(request.context, reasoning)),
+        Value::Array(messages.iter().map(WireMessage::to_json).collect()),
     );
     body.insert("stream".into(), Value::Bool(true));
     body.insert("stream_options".into(), json!({"include_usage": true}));
@@ -163,13 +104,13 @@ pub fn build_body(request: &ChatRequest<'_>) -> Value {
             body.insert(k.clone(), v.clone());
         }
     }
-    Value::Object(body)
+    Ok(Value::Object(body))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::context::{ChatMessage, ImageContent};
+    use crate::context::{ChatMessage, ImageContent, ImageDetail, Role};
     use crate::llm::options::{ReasoningEffort, Verbosity};
     use crate::tools::{ToolChoice, ToolDefinition};
 
@@ -196,7 +137,7 @@ mod tests {
 
     #[test]
     fn messages_group_parallel_calls_and_keep_every_system_message() {
-        let body = build_body(&ChatRequest::new(&ctx(), &LlmOptions::new("gpt-4o-mini")));
+        let body = build_body(&ChatRequest::new(&ctx(), &LlmOptions::new("gpt-4o-mini"))).unwrap();
         let msgs = body["messages"].as_array().unwrap();
         assert_eq!(msgs.len(), 6);
         assert_eq!(msgs[0], json!({"role":"system","content":"first rules"}));
@@ -226,7 +167,7 @@ mod tests {
         o.max_completion_tokens = Some(64);
         o.reasoning_effort = Some(ReasoningEffort::Low);
         o.verbosity = Some(Verbosity::Low);
-        let body = build_body(&ChatRequest::new(&ctx(), &o));
+        let body = build_body(&ChatRequest::new(&ctx(), &o)).unwrap();
         assert_eq!(body["messages"][0]["role"], "developer");
         assert_eq!(body["messages"][1]["role"], "developer");
         for k in ["temperature", "top_p", "seed", "text"] {
@@ -237,7 +178,7 @@ mod tests {
         assert_eq!(body["max_completion_tokens"], 64);
         // The override works both ways.
         o.reasoning_model = Some(false);
-        let body = build_body(&ChatRequest::new(&ctx(), &o));
+        let body = build_body(&ChatRequest::new(&ctx(), &o)).unwrap();
         assert_eq!(body["messages"][0]["role"], "system");
         assert!(body.get("reasoning_effort").is_none());
         let mut custom = LlmOptions::new("my-thinker");
@@ -254,7 +195,7 @@ mod tests {
         o.extra_body.insert("temperature".into(), json!(0.1));
         o.extra_body.insert("user".into(), json!("u1"));
         let overrides: Map<String, Value> = [("seed".to_string(), json!(9))].into_iter().collect();
-        let body = build_body(&ChatRequest::new(&ctx(), &o).with_overrides(&overrides));
+        let body = build_body(&ChatRequest::new(&ctx(), &o).with_overrides(&overrides)).unwrap();
         assert_eq!(
             body["tool_choice"],
             json!({"type":"function","function":{"name":"lookup"}})

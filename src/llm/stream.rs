@@ -7,7 +7,12 @@
 //!   usage that arrived in the same chunk is delivered first.
 //! - A 200 that is one JSON completion instead of an event stream is delivered as
 //!   events, not dropped.
-//! - Retries happen only before the first output event, so no text is repeated.
+//! - Retries happen only before the first output event and before any event
+//!   the caller cannot take back (usage included), so nothing is repeated or
+//!   counted twice.
+//! - The read gap runs on the body's bytes: any bytes, SSE comments included,
+//!   prove the connection alive. The first-token deadline runs on events:
+//!   comments and metadata do not satisfy it.
 //!
 //! The stream is a `futures::stream::unfold` over a driver that owns the HTTP
 //! response: no task, no channel, and dropping the stream closes the connection.
@@ -26,6 +31,7 @@ use super::chunk::{WireChunk, WireContent, WireDelta, split_parts};
 use super::client::{Connected, Connector};
 use super::error::{LlmError, parse_provider_error};
 use super::event::{FinishReason, StreamEvent, StreamSummary, ToolCall};
+use super::read_gap::ReadGap;
 use super::structured::{JsonFieldStreamer, StructuredOutput};
 use super::tool_call_assembler::ToolCallAssembler;
 use super::usage::Usage;
@@ -372,6 +378,9 @@ pub(crate) struct Driver {
     attempts: u32,
     attempt_started: Instant,
     first_output_recorded: bool,
+    /// An event the caller cannot take back (anything but metadata, usage
+    /// included) was yielded: no retry may follow.
+    committed: bool,
     /// One span per HTTP attempt, with the provider's request id once known.
     span: tracing::Span,
 }
@@ -394,40 +403,23 @@ impl Driver {
             attempts: 0,
             attempt_started: Instant::now(),
             first_output_recorded: false,
+            committed: false,
             span: tracing::Span::none(),
         }
     }
 
-    fn wait_limit(&self) -> Option<Duration> {
-        let c = self.connector.as_ref()?;
-        let gap = c.read_gap();
-        match (self.state.emitted_output, c.first_token_timeout()) {
-            (false, Some(deadline)) => Some(
-                deadline
-                    .saturating_sub(self.attempt_started.elapsed())
-                    .min(gap),
-            ),
-            _ => Some(gap),
+    /// What is left of the first-token deadline while no output has arrived.
+    /// The read gap is not here: it runs on the body's bytes ([`ReadGap`]), so
+    /// SSE comments keep a stream alive but never count as output.
+    fn first_token_left(&self) -> Option<(Duration, Duration)> {
+        let deadline = self.connector.as_ref()?.first_token_timeout()?;
+        if self.state.emitted_output {
+            return None;
         }
-    }
-
-    fn timeout_error(&self) -> LlmError {
-        match (
-            self.state.emitted_output,
-            self.connector
-                .as_ref()
-                .and_then(Connector::first_token_timeout),
-        ) {
-            (false, Some(deadline)) if self.attempt_started.elapsed() >= deadline => {
-                LlmError::FirstTokenTimeout(deadline)
-            }
-            _ => LlmError::Stalled(
-                self.connector
-                    .as_ref()
-                    .map(Connector::read_gap)
-                    .unwrap_or_default(),
-            ),
-        }
+        Some((
+            deadline,
+            deadline.saturating_sub(self.attempt_started.elapsed()),
+        ))
     }
 
     /// Decides between retrying and failing; returns the error to yield if failing.
@@ -437,7 +429,11 @@ impl Driver {
         };
         let policy = connector.retry_policy();
         let retries_done = self.attempts.saturating_sub(1);
-        if emitted_output || !error.is_retryable() || retries_done >= policy.max_retries {
+        if emitted_output
+            || self.committed
+            || !error.is_retryable()
+            || retries_done >= policy.max_retries
+        {
             metrics::counter!("colloquy_llm_errors_total", "kind" => error.kind()).increment(1);
             return Some(error);
         }
@@ -452,6 +448,8 @@ impl Driver {
     pub(crate) async fn next_event(&mut self) -> Option<Result<StreamEvent, LlmError>> {
         loop {
             if let Some(ev) = self.pending.pop_front() {
+                // A retry sends new metadata; everything else would be repeated.
+                self.committed |= !matches!(ev, StreamEvent::Metadata { .. });
                 if !self.first_output_recorded
                     && self.state.emitted_output
                     && self.connector.is_some()
@@ -511,6 +509,7 @@ impl Driver {
                     self.span.record("request_id", id.as_str());
                 }
                 self.state.request_id = request_id;
+                let body: ByteSource = Box::pin(ReadGap::new(body, connector.read_gap()));
                 self.phase = Phase::Body(guarded(body, self.limits.max_event_bytes));
             }
             Connected::Completion { body, request_id } => {
@@ -524,17 +523,26 @@ impl Driver {
     }
 
     async fn read(&mut self) -> Result<(), LlmError> {
-        let limit = self.wait_limit();
+        let first_token = self.first_token_left();
         let Phase::Body(body) = &mut self.phase else {
             return Ok(());
         };
-        let next = match limit {
-            Some(limit) => match tokio::time::timeout(limit, body.next()).await {
+        let next = match first_token {
+            Some((deadline, left)) => match tokio::time::timeout(left, body.next()).await {
                 Ok(next) => next,
                 Err(_) if self.state.finish.is_some() => None,
-                Err(_) => return Err(self.timeout_error()),
+                Err(_) => return Err(LlmError::FirstTokenTimeout(deadline)),
             },
             None => body.next().await,
+        };
+        let next = match next {
+            // Silence after the finish reason: the server forgot `[DONE]`.
+            Some(Err(EventStreamError::Transport(LlmError::Stalled(_))))
+                if self.state.finish.is_some() =>
+            {
+                None
+            }
+            next => next,
         };
         match next {
             None => {

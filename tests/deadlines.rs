@@ -1,0 +1,347 @@
+//! Every wait on the network has a deadline, and the read gap is about a silent
+//! connection: servers that accept and never answer, never read the body, stall
+//! an error body or a JSON completion, or trickle one forever all end with a
+//! typed error; keep-alive comments keep a stream alive but do not count as the
+//! first token.
+//!
+//! Timers never fire early, so each test checks that the error came no sooner
+//! than its deadline; the outer `within` only turns a hang into a failure.
+
+use std::time::{Duration, Instant};
+
+use colloquy::context::ChatContext;
+use colloquy::llm::{
+    ChatClient, ChatRequest, ClientConfig, LlmError, LlmOptions, OpenAiConfig, RetryPolicy,
+    StreamEvent,
+};
+use colloquy::mock::{MockResponse, MockServer, sse_chunk};
+use futures_util::StreamExt;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Generous bound that only turns a hang into a failure.
+const HANG: Duration = Duration::from_secs(20);
+
+fn config() -> ClientConfig {
+    ClientConfig {
+        retry: RetryPolicy {
+            max_retries: 0,
+            initial_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(5),
+        },
+        ..ClientConfig::default()
+    }
+}
+
+async fn collect_ctx(
+    client: &ChatClient,
+    ctx: &ChatContext,
+) -> (Vec<StreamEvent>, Option<LlmError>) {
+    let options = LlmOptions::new("m");
+    let mut stream = client.stream(ChatRequest::new(ctx, &options)).unwrap();
+    let mut events = Vec::new();
+    let run = async {
+        while let Some(ev) = stream.next().await {
+            match ev {
+                Ok(e) => events.push(e),
+                Err(e) => return Some(e),
+            }
+        }
+        None
+    };
+    let err = tokio::time::timeout(HANG, run)
+        .await
+        .expect("the stream ended by itself (a deadline fired)");
+    (events, err)
+}
+
+async fn collect(client: &ChatClient) -> (Vec<StreamEvent>, Option<LlmError>) {
+    let mut ctx = ChatContext::new();
+    ctx.add_user("Hello");
+    collect_ctx(client, &ctx).await
+}
+
+fn text_of(events: &[StreamEvent]) -> String {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            StreamEvent::Token(t) => Some(t.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// What the hand-rolled server does with the one connection it accepts.
+#[derive(Clone)]
+enum Fault {
+    /// Reads the request and never answers.
+    Silent,
+    /// Never reads anything.
+    NoRead,
+    /// Reads the request, writes these bytes, then stays silent.
+    Partial(&'static [u8]),
+    /// Reads the request, writes this head, then one body byte every 20 ms
+    /// (at most 1500 bytes).
+    Trickle(&'static str),
+}
+
+/// Reads one request (head and content-length body).
+async fn read_request(socket: &mut TcpStream) {
+    let mut buf = Vec::new();
+    let mut tmp = [0u8; 8192];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                return;
+            }
+        }
+        match socket.read(&mut tmp).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&tmp[..n]),
+        }
+    }
+}
+
+/// A 127.0.0.1 server that misbehaves as told on every connection, holding
+/// each connection open until the test ends.
+async fn faulty_server(fault: Fault) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let fault = fault.clone();
+            tokio::spawn(async move {
+                match fault {
+                    Fault::Silent => read_request(&mut socket).await,
+                    Fault::NoRead => {}
+                    Fault::Partial(bytes) => {
+                        read_request(&mut socket).await;
+                        let _ = socket.write_all(bytes).await;
+                    }
+                    Fault::Trickle(head) => {
+                        read_request(&mut socket).await;
+                        let _ = socket.write_all(head.as_bytes()).await;
+                        for _ in 0..1500 {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            if socket.write_all(b" ").await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+                std::future::pending::<()>().await;
+                drop(socket);
+            });
+        }
+    });
+    format!("http://{addr}/v1")
+}
+
+#[tokio::test]
+async fn server_that_never_answers_hits_the_response_timeout() {
+    let url = faulty_server(Fault::Silent).await;
+    let cfg = ClientConfig {
+        response_timeout: Duration::from_millis(300),
+        ..config()
+    };
+    let client = ChatClient::with_config(OpenAiConfig::compatible(url), cfg).unwrap();
+    let started = Instant::now();
+    let (_, err) = collect(&client).await;
+    assert!(
+        matches!(err, Some(LlmError::ResponseTimeout(d)) if d == Duration::from_millis(300)),
+        "{err:?}"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert!(err.unwrap().is_retryable());
+}
+
+#[tokio::test]
+async fn server_that_never_reads_the_body_hits_the_response_timeout() {
+    let url = faulty_server(Fault::NoRead).await;
+    let cfg = ClientConfig {
+        response_timeout: Duration::from_millis(300),
+        ..config()
+    };
+    let client = ChatClient::with_config(OpenAiConfig::compatible(url), cfg).unwrap();
+    // Larger than any socket buffer: the write itself blocks.
+    let mut ctx = ChatContext::new();
+    ctx.add_user("x".repeat(16 << 20));
+    let started = Instant::now();
+    let (_, err) = collect_ctx(&client, &ctx).await;
+    assert!(matches!(err, Some(LlmError::ResponseTimeout(_))), "{err:?}");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+}
+
+#[tokio::test]
+async fn error_body_that_stalls_ends_with_the_status() {
+    let url = faulty_server(Fault::Partial(
+        b"HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/json\r\ncontent-length: 200\r\n\r\n{\"error\":",
+    ))
+    .await;
+    let cfg = ClientConfig {
+        read_gap_timeout: Duration::from_millis(300),
+        ..config()
+    };
+    let client = ChatClient::with_config(OpenAiConfig::compatible(url), cfg).unwrap();
+    let started = Instant::now();
+    let (_, err) = collect(&client).await;
+    match err {
+        Some(LlmError::Http { status, error, .. }) => {
+            assert_eq!(status, 500);
+            assert_eq!(error.message, "{\"error\":", "what arrived is kept");
+        }
+        other => panic!("expected HTTP 500, got {other:?}"),
+    }
+    assert!(started.elapsed() >= Duration::from_millis(300));
+}
+
+#[tokio::test]
+async fn json_completion_that_stalls_is_stalled() {
+    let url = faulty_server(Fault::Partial(
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 500\r\n\r\n{\"id\":\"x\",\"choices\":[",
+    ))
+    .await;
+    let cfg = ClientConfig {
+        read_gap_timeout: Duration::from_millis(300),
+        ..config()
+    };
+    let client = ChatClient::with_config(OpenAiConfig::compatible(url), cfg).unwrap();
+    let started = Instant::now();
+    let (events, err) = collect(&client).await;
+    assert!(events.is_empty(), "{events:?}");
+    assert!(
+        matches!(err, Some(LlmError::Stalled(d)) if d == Duration::from_millis(300)),
+        "{err:?}"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(300));
+}
+
+#[tokio::test]
+async fn json_completion_that_trickles_hits_the_body_timeout() {
+    // One byte every 20 ms never trips a 10 s read gap; only the total deadline ends it.
+    let url = faulty_server(Fault::Trickle(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100000\r\n\r\n{",
+    ))
+    .await;
+    let cfg = ClientConfig {
+        read_gap_timeout: Duration::from_secs(10),
+        body_timeout: Duration::from_millis(400),
+        ..config()
+    };
+    let client = ChatClient::with_config(OpenAiConfig::compatible(url), cfg).unwrap();
+    let started = Instant::now();
+    let (_, err) = collect(&client).await;
+    assert!(
+        matches!(err, Some(LlmError::BodyTimeout(d)) if d == Duration::from_millis(400)),
+        "{err:?}"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(400));
+}
+
+#[tokio::test]
+async fn error_body_that_trickles_ends_with_the_status() {
+    let url = faulty_server(Fault::Trickle(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: 100000\r\n\r\nbusy",
+    ))
+    .await;
+    let cfg = ClientConfig {
+        read_gap_timeout: Duration::from_secs(10),
+        body_timeout: Duration::from_millis(400),
+        ..config()
+    };
+    let client = ChatClient::with_config(OpenAiConfig::compatible(url), cfg).unwrap();
+    let (_, err) = collect(&client).await;
+    match err {
+        Some(LlmError::Http { status, error, .. }) => {
+            assert_eq!(status, 503);
+            assert!(error.message.starts_with("busy"), "{error:?}");
+        }
+        other => panic!("expected HTTP 503, got {other:?}"),
+    }
+}
+
+fn keep_alives(mut r: MockResponse, n: usize, every: Duration) -> MockResponse {
+    for _ in 0..n {
+        r = r.delay(every).event(": keep-alive\n\n");
+    }
+    r
+}
+
+#[tokio::test]
+async fn keep_alive_comments_reset_the_read_gap() {
+    // 12 comments 100 ms apart: 1.2 s without an event, three read gaps long.
+    let server = MockServer::start(|_| {
+        let r = MockResponse::event_stream().event(&sse_chunk(json!({"role": "assistant"}), None));
+        keep_alives(r, 12, Duration::from_millis(100))
+            .event(&sse_chunk(json!({"content": "thought it over"}), None))
+            .finish("stop", 5, 3)
+    })
+    .await
+    .unwrap();
+    let cfg = ClientConfig {
+        read_gap_timeout: Duration::from_millis(400),
+        ..config()
+    };
+    let client = ChatClient::with_config(OpenAiConfig::compatible(server.base_url()), cfg).unwrap();
+    let (events, err) = collect(&client).await;
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!(text_of(&events), "thought it over");
+    assert!(matches!(events.last(), Some(StreamEvent::Finished(_))));
+}
+
+#[tokio::test]
+async fn keep_alive_comments_do_not_count_as_the_first_token() {
+    let server = MockServer::start(|_| {
+        let r = MockResponse::event_stream().event(&sse_chunk(json!({"role": "assistant"}), None));
+        keep_alives(r, 200, Duration::from_millis(50))
+            .event(&sse_chunk(json!({"content": "too late"}), None))
+            .finish("stop", 5, 3)
+    })
+    .await
+    .unwrap();
+    let cfg = ClientConfig {
+        read_gap_timeout: Duration::from_secs(10),
+        first_token_timeout: Some(Duration::from_millis(300)),
+        ..config()
+    };
+    let client = ChatClient::with_config(OpenAiConfig::compatible(server.base_url()), cfg).unwrap();
+    let started = Instant::now();
+    let (events, err) = collect(&client).await;
+    assert!(
+        matches!(err, Some(LlmError::FirstTokenTimeout(d)) if d == Duration::from_millis(300)),
+        "{err:?}"
+    );
+    assert_eq!(text_of(&events), "");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+}
+
+#[tokio::test]
+async fn silence_after_the_finish_reason_is_a_normal_end() {
+    let server = MockServer::start(|_| {
+        MockResponse::event_stream()
+            .event(&sse_chunk(json!({"content": "done"}), None))
+            .event(&sse_chunk(json!({}), Some("stop")))
+            .stall()
+    })
+    .await
+    .unwrap();
+    let cfg = ClientConfig {
+        read_gap_timeout: Duration::from_millis(300),
+        ..config()
+    };
+    let client = ChatClient::with_config(OpenAiConfig::compatible(server.base_url()), cfg).unwrap();
+    let (events, err) = collect(&client).await;
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!(text_of(&events), "done");
+    match events.last() {
+        Some(StreamEvent::Finished(s)) => assert!(!s.saw_done),
+        other => panic!("last event {other:?}"),
+    }
+}
