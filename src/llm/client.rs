@@ -195,7 +195,10 @@ impl ChatClient {
     /// calls and outputs do not pair up: a misordered history is never sent.
     pub fn stream(&self, request: ChatRequest<'_>) -> Result<ChatStream, LlmError> {
         let options = request.options;
-        let body = build_body(&request)?;
+        let body = build_body(&request).inspect_err(|_| {
+            metrics::counter!("colloquy_llm_errors_total", "kind" => "invalid_history")
+                .increment(1);
+        })?;
         let mut headers = self.inner.headers.clone();
         for (name, value) in &options.extra_headers {
             let (n, v) = plain_header(name, value)?;
