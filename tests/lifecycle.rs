@@ -248,6 +248,13 @@ async fn r2_round_ended_behind_a_cancel_commits_a_wire_valid_history() {
             "a:fine"
         ]
     );
+    // On the wire: one assistant message owning its call, then the tool message.
+    let req = server.requests().last().cloned().unwrap();
+    let msgs = req.json()["messages"].as_array().unwrap().clone();
+    let roles: Vec<&str> = msgs.iter().map(|m| m["role"].as_str().unwrap()).collect();
+    assert_eq!(roles, vec!["user", "assistant", "tool", "user"], "{msgs:?}");
+    assert_eq!(msgs[1]["content"], "Let me check.");
+    assert_eq!(msgs[1]["tool_calls"][0]["id"], "c1");
     sup.shutdown().await;
 }
 

@@ -367,6 +367,9 @@ fn check_wire(ctx: &ChatContext) -> Result<(), String> {
 
 fn check(ctx: &ChatContext, events: &[BusEvent], script: &Script) -> Result<(), String> {
     check_wire(ctx)?;
+    // And what the client itself would refuse to send.
+    colloquy::llm::WireMessage::from_context(ctx, false)
+        .map_err(|e| format!("the client refuses the history: {e}"))?;
     // No text committed twice.
     let mut tokens = HashMap::<String, usize>::new();
     for m in ctx.messages().filter(|m| m.role == Role::Assistant) {
