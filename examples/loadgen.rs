@@ -16,7 +16,7 @@
 //! Without `--base-url` an in-process mock server is used (it then shares the CPU).
 //! Cancel latency is measured from `cancel()` to a subscriber receiving
 //! `TurnFinished(Cancelled)`; stale events are events of a cancelled turn seen
-//! after its `TurnFinished` (the bus fence makes that 0).
+//! after its `TurnFinished` (the turn ledger makes that 0).
 //!
 //! **Soak** (`--barge-in random`): every turn of every session picks, from a
 //! small PRNG seeded by `--seed` and the session number, one of: let it finish

@@ -7,69 +7,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use colloquy::context::{ChatContext, ChatItem, Role};
-use colloquy::llm::{ChatClient, ClientConfig, LlmOptions, OpenAiConfig};
-use colloquy::mock::{MockResponse, MockServer, RecordedRequest, sse_chunk};
+use colloquy::mock::{MockResponse, MockServer, sse_chunk};
 use colloquy::tools::ToolDefinition;
-use colloquy_actors::bus::{BusEvent, BusReceiver, BusRecvError, EventKind, TurnEnd};
-use colloquy_actors::{
-    AgentSettings, SessionConfig, SessionError, SessionHandle, Supervisor, SupervisorConfig, Tool,
-    ToolRegistry, TurnId,
-};
+use colloquy_actors::bus::{BusRecvError, EventKind, TurnEnd};
+use colloquy_actors::{SessionError, Tool, ToolRegistry, TurnId};
 use serde_json::json;
 
-const GUARD: Duration = Duration::from_secs(20);
-
-async fn next_matching(rx: &mut BusReceiver, mut pred: impl FnMut(&BusEvent) -> bool) -> BusEvent {
-    tokio::time::timeout(GUARD, async {
-        loop {
-            match rx.recv().await {
-                Ok(ev) if pred(&ev) => return ev,
-                Ok(_) => {}
-                Err(BusRecvError::Lagged { .. }) => {}
-                Err(e) => panic!("bus closed: {e}"),
-            }
-        }
-    })
-    .await
-    .expect("event did not arrive")
-}
-
-async fn finished(rx: &mut BusReceiver, turn: TurnId) -> TurnEnd {
-    match next_matching(rx, |e| {
-        e.turn == turn && matches!(e.kind, EventKind::TurnFinished(_))
-    })
-    .await
-    .kind
-    {
-        EventKind::TurnFinished(end) => end,
-        _ => unreachable!(),
-    }
-}
-
-fn has_tool_output(req: &RecordedRequest) -> bool {
-    req.json()["messages"]
-        .as_array()
-        .is_some_and(|m| m.iter().any(|m| m["role"] == "tool"))
-}
-
-async fn setup(
-    server: &MockServer,
-    tweak: impl FnOnce(&mut SessionConfig),
-) -> (Supervisor, SessionHandle, BusReceiver) {
-    let client = ChatClient::with_config(
-        OpenAiConfig::compatible(server.base_url()),
-        ClientConfig::default(),
-    )
-    .unwrap();
-    let supervisor = Supervisor::start(SupervisorConfig::default())
-        .await
-        .unwrap();
-    let mut config = SessionConfig::new(client, AgentSettings::new(LlmOptions::new("mock")));
-    tweak(&mut config);
-    let session = supervisor.start_session("s1", config).await.unwrap();
-    let rx = session.subscribe();
-    (supervisor, session, rx)
-}
+#[path = "support/session.rs"]
+mod support;
+use support::*;
 
 /// A compact view of a history: `u:text`, `a:text` (`a*:` when interrupted),
 /// `call:id`, `out:id`.
@@ -359,12 +305,6 @@ async fn stopped_session_closes_its_bus_and_refuses_cancel() {
     assert!(matches!(session.cancel(), Err(SessionError::NotRunning(_))));
     drop(session);
     sup.shutdown().await;
-}
-
-fn tool_outputs(req: &RecordedRequest) -> usize {
-    req.json()["messages"]
-        .as_array()
-        .map_or(0, |m| m.iter().filter(|m| m["role"] == "tool").count())
 }
 
 /// Review: a provider that sends calls without ids (or reuses ids across

@@ -7,44 +7,19 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use colloquy::context::{ChatContext, ChatItem, Role};
-use colloquy::llm::{ChatClient, ClientConfig, LlmOptions, OpenAiConfig};
+use colloquy::llm::{ChatClient, LlmOptions, OpenAiConfig};
 use colloquy::mock::{MockResponse, MockServer, RecordedRequest, sse_chunk};
 use colloquy::tools::ToolDefinition;
-use colloquy_actors::bus::{BusEvent, BusReceiver, BusRecvError, EventKind, ToolOutput, TurnEnd};
+use colloquy_actors::bus::{BusReceiver, BusRecvError, EventKind, ToolOutput, TurnEnd};
 use colloquy_actors::{
     AgentSettings, SegmenterConfig, SessionConfig, SessionError, SessionHandle, Supervisor,
     SupervisorConfig, SupervisorError, Tool, ToolError, ToolRegistry, TurnId,
 };
 use serde_json::json;
 
-const GUARD: Duration = Duration::from_secs(20);
-
-async fn next_matching(rx: &mut BusReceiver, mut pred: impl FnMut(&BusEvent) -> bool) -> BusEvent {
-    tokio::time::timeout(GUARD, async {
-        loop {
-            match rx.recv().await {
-                Ok(ev) if pred(&ev) => return ev,
-                Ok(_) => {}
-                Err(BusRecvError::Lagged { .. }) => {}
-                Err(e) => panic!("bus closed: {e}"),
-            }
-        }
-    })
-    .await
-    .expect("event did not arrive")
-}
-
-async fn finished(rx: &mut BusReceiver, turn: TurnId) -> TurnEnd {
-    match next_matching(rx, |e| {
-        e.turn == turn && matches!(e.kind, EventKind::TurnFinished(_))
-    })
-    .await
-    .kind
-    {
-        EventKind::TurnFinished(end) => end,
-        _ => unreachable!(),
-    }
-}
+#[path = "support/session.rs"]
+mod support;
+use support::*;
 
 /// Waits until the mock server has seen a client close a response mid-way.
 async fn server_saw_close(disconnects: &mut tokio::sync::watch::Receiver<u64>) {
@@ -62,31 +37,6 @@ fn paced_words(n: usize, gap_ms: u64) -> MockResponse {
 
 fn last_message(req: &RecordedRequest) -> String {
     req.last_message()["content"].to_string()
-}
-
-fn has_tool_output(req: &RecordedRequest) -> bool {
-    req.json()["messages"]
-        .as_array()
-        .is_some_and(|m| m.iter().any(|m| m["role"] == "tool"))
-}
-
-async fn setup(
-    server: &MockServer,
-    tweak: impl FnOnce(&mut SessionConfig),
-) -> (Supervisor, SessionHandle, BusReceiver) {
-    let client = ChatClient::with_config(
-        OpenAiConfig::compatible(server.base_url()),
-        ClientConfig::default(),
-    )
-    .unwrap();
-    let supervisor = Supervisor::start(SupervisorConfig::default())
-        .await
-        .unwrap();
-    let mut config = SessionConfig::new(client, AgentSettings::new(LlmOptions::new("mock")));
-    tweak(&mut config);
-    let session = supervisor.start_session("s1", config).await.unwrap();
-    let rx = session.subscribe();
-    (supervisor, session, rx)
 }
 
 fn last_assistant(ctx: &ChatContext) -> Option<(String, bool)> {

@@ -3,38 +3,18 @@
 //! scripted 127.0.0.1 server; tests wait on bus events, and timeouts only turn a
 //! hang into a failure.
 
-use std::time::Duration;
-
 use colloquy::context::ChatItem;
 use colloquy::llm::{ChatClient, ClientConfig, LlmOptions, OpenAiConfig};
-use colloquy::mock::{MockResponse, MockServer, RecordedRequest};
+use colloquy::mock::{MockResponse, MockServer};
 use colloquy::tools::ToolDefinition;
-use colloquy_actors::bus::{BusEvent, BusReceiver, BusRecvError, EventKind, TurnEnd};
+use colloquy_actors::bus::{EventKind, TurnEnd};
 use colloquy_actors::{
     AgentSettings, SessionConfig, Supervisor, SupervisorConfig, Tool, ToolFuture, ToolRegistry,
 };
 
-const GUARD: Duration = Duration::from_secs(20);
-
-async fn next_matching(rx: &mut BusReceiver, mut pred: impl FnMut(&BusEvent) -> bool) -> BusEvent {
-    tokio::time::timeout(GUARD, async {
-        loop {
-            match rx.recv().await {
-                Ok(ev) if pred(&ev) => return ev,
-                Ok(_) | Err(BusRecvError::Lagged { .. }) => {}
-                Err(e) => panic!("bus closed: {e}"),
-            }
-        }
-    })
-    .await
-    .expect("event did not arrive")
-}
-
-fn has_tool_output(req: &RecordedRequest) -> bool {
-    req.json()["messages"]
-        .as_array()
-        .is_some_and(|m| m.iter().any(|m| m["role"] == "tool"))
-}
+#[path = "support/session.rs"]
+mod support;
+use support::*;
 
 /// F3: a handler that panics before returning its future (a bug in argument
 /// handling, say) used to kill the tool's task silently: no result, and the turn

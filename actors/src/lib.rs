@@ -6,7 +6,7 @@
 //! Embedders hold a [`SessionHandle`] and wire their STT and TTS onto the bus.
 //!
 //! The promise: when the user talks over the agent, the reply stops now — the
-//! HTTP stream is closed, no stale token reaches a speaker (the bus fence
+//! HTTP stream is closed, no stale token reaches a speaker (the turn ledger
 //! refuses every later event of the cancelled turn), and the history records
 //! what the user heard.
 //!

@@ -6,7 +6,7 @@
 //! and later ones at sentence ends (or, for run-on text, at a clause or word
 //! boundary past a maximum). Text before a tool call and the tail of a finished
 //! turn are flushed; everything of a cancelled turn is dropped, and the bus
-//! fence refuses a segment that races with the cancel. Segments concatenate to
+//! ledger refuses a segment that races with the cancel. Segments concatenate to
 //! exactly the turn's text, so playback positions (characters) line up with the
 //! text the LLM actor commits.
 //!

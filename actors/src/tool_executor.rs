@@ -4,7 +4,7 @@
 //! lossless bus tap, not a lagging subscription: a missed call would be a broken
 //! promise), runs the calls of a round concurrently, each under the registry's
 //! timeout, and publishes every outcome as a [`ToolResult`](crate::bus::EventKind::ToolResult)
-//! through the turn fence. Nothing the model sends can make it panic or stay
+//! through the turn ledger. Nothing the model sends can make it panic or stay
 //! silent: an unknown tool, arguments that are not valid JSON, a handler error, a
 //! handler panic and a timeout all become error outputs the model can read. When
 //! a turn is cancelled its running tools are aborted.
