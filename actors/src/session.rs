@@ -41,7 +41,8 @@ pub(crate) struct SessionCore {
     pub(crate) bus: SessionBus,
     pub(crate) client: ChatClient,
     pub(crate) span: tracing::Span,
-    checkpoint: Mutex<Arc<ChatContext>>,
+    /// The last committed context; watchers learn of every commit.
+    checkpoint: tokio::sync::watch::Sender<Arc<ChatContext>>,
     settings: Mutex<AgentSettings>,
     llm: RwLock<Option<ActorRef<LlmMsg>>>,
     llm_tap: Mutex<Option<u64>>,
@@ -73,7 +74,7 @@ impl SessionCore {
             bus,
             client,
             span,
-            checkpoint: Mutex::new(Arc::new(context)),
+            checkpoint: tokio::sync::watch::Sender::new(Arc::new(context)),
             settings: Mutex::new(settings),
             llm: RwLock::new(None),
             llm_tap: Mutex::new(None),
@@ -113,11 +114,11 @@ impl SessionCore {
     }
 
     pub(crate) fn checkpoint(&self) -> Arc<ChatContext> {
-        lock(&self.checkpoint).clone()
+        self.checkpoint.borrow().clone()
     }
 
     pub(crate) fn store_checkpoint(&self, context: &ChatContext) {
-        *lock(&self.checkpoint) = Arc::new(context.clone());
+        self.checkpoint.send_replace(Arc::new(context.clone()));
     }
 
     pub(crate) fn settings(&self) -> AgentSettings {
@@ -289,6 +290,13 @@ impl SessionHandle {
     /// The last checkpointed context, without asking the actor.
     pub fn checkpoint(&self) -> Arc<ChatContext> {
         self.core.checkpoint()
+    }
+
+    /// A watch on the committed context: it changes after every commit (a
+    /// user message, a turn, a trim after a speech cut), which is when a
+    /// durable copy should be taken.
+    pub fn watch_checkpoint(&self) -> tokio::sync::watch::Receiver<Arc<ChatContext>> {
+        self.core.checkpoint.subscribe()
     }
 
     /// Changes the agent's settings from the next request on.
