@@ -44,6 +44,8 @@
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod bus;
+#[cfg(feature = "nats")]
+pub mod cluster;
 mod ids;
 #[cfg(test)]
 mod interleavings;

@@ -1,0 +1,428 @@
+//! The client side: placing sessions and driving them from any process.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::client::RequestErrorKind;
+use async_nats::{Client, Subscriber};
+use bytes::Bytes;
+use colloquy::context::ChatContext;
+use futures_util::StreamExt;
+use serde_json::Value;
+use tokio::time::Instant;
+
+use super::spec::SessionSpec;
+use super::wire::{self, Input, PlaceRequest, RemoteEvent, RemoteEventKind, Reply, WireError};
+use super::{ClusterError, DEFAULT_PREFIX, Names, session_key};
+use crate::bus::{EventKind, ToolOutput};
+use crate::ids::{SessionId, TurnId};
+
+/// How a [`ClusterClient`] talks to the workers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteConfig {
+    /// Prefix of subjects and buckets (default `colloquy`).
+    pub prefix: String,
+    /// How long one request waits for its answer (default 5 s).
+    pub request_timeout: Duration,
+    /// How long an input is retried while no worker owns the session (during
+    /// a failover or a hand-over; default 10 s).
+    pub unavailable_timeout: Duration,
+    /// How long a placement is retried while no worker has room (default 2 s).
+    pub placement_timeout: Duration,
+}
+
+impl Default for RemoteConfig {
+    fn default() -> Self {
+        Self {
+            prefix: DEFAULT_PREFIX.into(),
+            request_timeout: Duration::from_secs(5),
+            unavailable_timeout: Duration::from_secs(10),
+            placement_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+struct ClientInner {
+    nats: Client,
+    names: Names,
+    config: RemoteConfig,
+}
+
+/// Places sessions on the cluster's workers and attaches to placed ones.
+#[derive(Clone)]
+pub struct ClusterClient {
+    inner: Arc<ClientInner>,
+}
+
+impl std::fmt::Debug for ClusterClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterClient")
+            .field("config", &self.inner.config)
+            .finish()
+    }
+}
+
+/// A wait that grows from 5 ms to 200 ms.
+struct Backoff(Duration);
+
+impl Backoff {
+    fn new() -> Self {
+        Self(Duration::from_millis(5))
+    }
+
+    async fn wait(&mut self) {
+        tokio::time::sleep(self.0).await;
+        self.0 = (self.0 * 2).min(Duration::from_millis(200));
+    }
+}
+
+enum Sent {
+    Reply(Reply),
+    NoResponders,
+    TimedOut,
+}
+
+impl ClusterClient {
+    /// A client with the default configuration.
+    pub fn new(nats: Client) -> Self {
+        Self::with_config(nats, RemoteConfig::default()).unwrap_or_else(|_| unreachable!())
+    }
+
+    /// A client with its own configuration (an invalid prefix is refused).
+    pub fn with_config(nats: Client, config: RemoteConfig) -> Result<Self, ClusterError> {
+        let names = Names::new(&config.prefix)?;
+        Ok(Self {
+            inner: Arc::new(ClientInner {
+                nats,
+                names,
+                config,
+            }),
+        })
+    }
+
+    /// The NATS connection.
+    pub fn nats(&self) -> &Client {
+        &self.inner.nats
+    }
+
+    /// Refuses a message the server would refuse (it closes the connection
+    /// on one).
+    async fn check_size(&self, what: &'static str, bytes: usize) -> Result<(), ClusterError> {
+        let nats = &self.inner.nats;
+        if nats.server_info().max_payload == 0 {
+            // Not connected yet: the first flush waits for the server's info.
+            nats.flush().await.map_err(ClusterError::nats)?;
+        }
+        let max_bytes = super::max_payload(nats);
+        if bytes > max_bytes {
+            return Err(ClusterError::TooLarge {
+                what,
+                bytes,
+                max_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    async fn send(&self, subject: String, payload: Bytes) -> Result<Sent, ClusterError> {
+        let request = async_nats::Request::new()
+            .payload(payload)
+            .timeout(Some(self.inner.config.request_timeout));
+        match self.inner.nats.send_request(subject, request).await {
+            Ok(msg) => serde_json::from_slice::<Reply>(&msg.payload)
+                .map(Sent::Reply)
+                .map_err(|e| ClusterError::Protocol(e.to_string())),
+            Err(e) => match e.kind() {
+                RequestErrorKind::NoResponders => Ok(Sent::NoResponders),
+                RequestErrorKind::TimedOut => Ok(Sent::TimedOut),
+                RequestErrorKind::MaxPayloadExceeded => Err(ClusterError::TooLarge {
+                    what: "request",
+                    bytes: 0,
+                    max_bytes: super::max_payload(&self.inner.nats),
+                }),
+                _ => Err(ClusterError::nats(e)),
+            },
+        }
+    }
+
+    /// Places a new session on a worker with room.
+    ///
+    /// Fails with [`ClusterError::NoCapacity`] when no worker takes it within
+    /// the placement timeout, [`ClusterError::AlreadyExists`],
+    /// [`ClusterError::UnknownTool`] or [`ClusterError::TooLarge`].
+    pub async fn place(
+        &self,
+        id: impl Into<SessionId>,
+        spec: SessionSpec,
+    ) -> Result<RemoteSession, ClusterError> {
+        self.place_with_context(id, spec, None).await
+    }
+
+    /// Places a new session that starts from `context`.
+    pub async fn place_with_context(
+        &self,
+        id: impl Into<SessionId>,
+        spec: SessionSpec,
+        context: Option<ChatContext>,
+    ) -> Result<RemoteSession, ClusterError> {
+        let id = id.into();
+        let session = self.session(id.clone())?;
+        let req = PlaceRequest {
+            session: id.as_str().to_string(),
+            spec,
+            context,
+        };
+        let payload = Bytes::from(
+            serde_json::to_vec(&req).map_err(|e| ClusterError::Protocol(e.to_string()))?,
+        );
+        self.check_size("placement request", payload.len()).await?;
+        let deadline = Instant::now() + self.inner.config.placement_timeout;
+        let mut backoff = Backoff::new();
+        loop {
+            match self.send(self.inner.names.place(), payload.clone()).await? {
+                Sent::Reply(Reply::Ok(v)) => {
+                    let worker = v.get("worker").and_then(Value::as_str).unwrap_or("");
+                    tracing::debug!(session = %id, worker, "placed");
+                    return Ok(session);
+                }
+                Sent::Reply(Reply::Error(e)) if e.kind == "full" => {}
+                Sent::Reply(Reply::Error(e)) => return Err(placement_error(&id, e)),
+                Sent::NoResponders => {}
+                Sent::TimedOut => return Err(ClusterError::Timeout(id)),
+            }
+            if Instant::now() >= deadline {
+                return Err(ClusterError::NoCapacity);
+            }
+            backoff.wait().await;
+        }
+    }
+
+    /// A handle on a placed session (no check that it exists).
+    pub fn session(&self, id: impl Into<SessionId>) -> Result<RemoteSession, ClusterError> {
+        let id = id.into();
+        let key = session_key(&id)?;
+        Ok(RemoteSession {
+            client: self.clone(),
+            inputs: self.inner.names.inputs(&key),
+            events: self.inner.names.events(&key),
+            id,
+        })
+    }
+}
+
+fn placement_error(id: &SessionId, e: WireError) -> ClusterError {
+    match e.kind.as_str() {
+        "already_exists" => ClusterError::AlreadyExists(id.clone()),
+        "unknown_tool" => {
+            let name = e.message.split('"').nth(1).unwrap_or(&e.message);
+            ClusterError::UnknownTool(name.to_string())
+        }
+        "too_large" => {
+            let nums: Vec<usize> = e
+                .message
+                .split(|c: char| !c.is_ascii_digit())
+                .filter_map(|n| n.parse().ok())
+                .collect();
+            ClusterError::TooLarge {
+                what: "context",
+                bytes: nums.first().copied().unwrap_or(0),
+                max_bytes: nums.get(1).copied().unwrap_or(0),
+            }
+        }
+        _ => refused(e),
+    }
+}
+
+fn refused(e: WireError) -> ClusterError {
+    ClusterError::Refused {
+        kind: e.kind,
+        message: e.message,
+    }
+}
+
+/// A session running on some worker: the inputs of a
+/// [`SessionHandle`](crate::SessionHandle) as NATS requests, and its events.
+///
+/// Every input is retried while no worker owns the session (a failover or a
+/// hand-over in progress), up to [`RemoteConfig::unavailable_timeout`]; then
+/// it fails with [`ClusterError::Unavailable`].
+#[derive(Clone)]
+pub struct RemoteSession {
+    client: ClusterClient,
+    id: SessionId,
+    inputs: String,
+    events: String,
+}
+
+impl std::fmt::Debug for RemoteSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteSession")
+            .field("id", &self.id)
+            .finish()
+    }
+}
+
+impl RemoteSession {
+    /// The session id.
+    pub fn id(&self) -> &SessionId {
+        &self.id
+    }
+
+    async fn call(&self, input: &Input) -> Result<Value, ClusterError> {
+        let payload = Bytes::from(
+            serde_json::to_vec(input).map_err(|e| ClusterError::Protocol(e.to_string()))?,
+        );
+        self.client.check_size("input", payload.len()).await?;
+        let deadline = Instant::now() + self.client.inner.config.unavailable_timeout;
+        let mut backoff = Backoff::new();
+        loop {
+            match self
+                .client
+                .send(self.inputs.clone(), payload.clone())
+                .await?
+            {
+                Sent::Reply(Reply::Ok(v)) => return Ok(v),
+                Sent::Reply(Reply::Error(e)) => return Err(refused(e)),
+                Sent::TimedOut => return Err(ClusterError::Timeout(self.id.clone())),
+                Sent::NoResponders if Instant::now() < deadline => backoff.wait().await,
+                Sent::NoResponders => return Err(ClusterError::Unavailable(self.id.clone())),
+            }
+        }
+    }
+
+    async fn call_seq(&self, input: &Input) -> Result<u64, ClusterError> {
+        let v = self.call(input).await?;
+        v.as_u64()
+            .ok_or_else(|| ClusterError::Protocol(format!("expected a seq, got {v}")))
+    }
+
+    /// Subscribes to the session's events (from now on). Subscribe before
+    /// sending the input whose events you need.
+    pub async fn subscribe(&self) -> Result<RemoteEvents, ClusterError> {
+        let sub = self
+            .client
+            .inner
+            .nats
+            .subscribe(self.events.clone())
+            .await
+            .map_err(ClusterError::nats)?;
+        Ok(RemoteEvents {
+            sub,
+            generation: 0,
+            ended: BTreeSet::new(),
+        })
+    }
+
+    /// The user started speaking (barge-in): the owner cuts the turn in
+    /// flight on receipt. Returns the event's seq.
+    pub async fn user_speech_started(&self) -> Result<u64, ClusterError> {
+        self.call_seq(&Input::UserSpeechStarted).await
+    }
+
+    /// A transcript; a final one starts a turn. Returns the event's seq.
+    pub async fn user_transcript(
+        &self,
+        text: impl Into<String>,
+        is_final: bool,
+    ) -> Result<u64, ClusterError> {
+        self.call_seq(&Input::UserTranscript {
+            text: text.into(),
+            is_final,
+        })
+        .await
+    }
+
+    /// `chars` characters of `turn`'s text were played. Returns the event's seq.
+    pub async fn speech_played(&self, turn: TurnId, chars: usize) -> Result<u64, ClusterError> {
+        self.call_seq(&Input::SpeechPlayed {
+            turn: turn.0,
+            chars,
+        })
+        .await
+    }
+
+    /// A typed user message; starts a turn (cancelling the one in flight, by default).
+    pub async fn send_text(&self, text: impl Into<String>) -> Result<(), ClusterError> {
+        self.call(&Input::SendText { text: text.into() })
+            .await
+            .map(|_| ())
+    }
+
+    /// Cancels the turn in flight. When this returns, the owner has closed
+    /// the turn on its ledger and published `TurnFinished(Cancelled)`; no
+    /// event of the turn follows it.
+    pub async fn cancel(&self) -> Result<(), ClusterError> {
+        self.call(&Input::Cancel).await.map(|_| ())
+    }
+
+    /// Answers a tool call of `turn`. Returns the event's seq.
+    pub async fn submit_tool_result(
+        &self,
+        turn: TurnId,
+        output: ToolOutput,
+    ) -> Result<u64, ClusterError> {
+        self.call_seq(&Input::SubmitToolResult {
+            turn: turn.0,
+            call_id: output.call_id,
+            name: output.name,
+            output: output.output,
+            is_error: output.is_error,
+        })
+        .await
+    }
+
+    /// The committed context, from the owner.
+    pub async fn context(&self) -> Result<ChatContext, ClusterError> {
+        let v = self.call(&Input::Context).await?;
+        serde_json::from_value(v).map_err(|e| ClusterError::Protocol(e.to_string()))
+    }
+
+    /// Ends the session: it stops on its worker and its lease and checkpoint
+    /// are deleted.
+    pub async fn close(&self) -> Result<(), ClusterError> {
+        self.call(&Input::Close).await.map(|_| ())
+    }
+}
+
+/// A subscription to a remote session's events.
+///
+/// Events of a superseded owner (a lower generation than one already seen)
+/// and a second end of the same turn are dropped; messages that do not follow
+/// the schema are skipped (counted in `colloquy_cluster_invalid_messages_total`).
+#[derive(Debug)]
+pub struct RemoteEvents {
+    sub: Subscriber,
+    generation: u64,
+    ended: BTreeSet<u64>,
+}
+
+impl RemoteEvents {
+    /// The next event; `None` once the subscription ended.
+    pub async fn recv(&mut self) -> Option<RemoteEvent> {
+        loop {
+            let msg = self.sub.next().await?;
+            let ev = match wire::decode_event(&msg.payload) {
+                Ok(ev) => ev,
+                Err(e) => {
+                    metrics::counter!("colloquy_cluster_invalid_messages_total").increment(1);
+                    tracing::debug!(error = %e, "invalid event skipped");
+                    continue;
+                }
+            };
+            if ev.generation() < self.generation {
+                continue;
+            }
+            self.generation = ev.generation();
+            if let RemoteEventKind::Bus(EventKind::TurnFinished(_)) = &ev.kind {
+                if !self.ended.insert(ev.turn.0) {
+                    continue;
+                }
+                while self.ended.len() > 64 {
+                    self.ended.pop_first();
+                }
+            }
+            return Some(ev);
+        }
+    }
+}
