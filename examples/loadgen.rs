@@ -77,10 +77,15 @@ struct Args {
     json: bool,
     random_barge_in: bool,
     seed: u64,
+    /// Cluster mode: the NATS server of the workers.
+    nats: Option<String>,
+    /// Pause between a session's turns.
+    turn_gap_ms: u64,
 }
 
 const USAGE: &str = "usage: loadgen [--base-url URL] [--sessions N] [--turns T] \
 [--cancel-after-tokens K] [--idle-sessions M] [--barge-in off|random] [--seed S] [--json]
+       [--nats URL] [--turn-gap-ms N]
        loadgen -h | --help
   --base-url URL           an OpenAI-compatible server (default: an in-process mock)
   --sessions N             concurrent sessions driven (default 100)
@@ -91,7 +96,11 @@ const USAGE: &str = "usage: loadgen [--base-url URL] [--sessions N] [--turns T] 
                            (before the first token, mid-stream, during tail speech,
                            during a tool round); replaces --cancel-after-tokens
   --seed S                 seed of the soak's choices (default 1)
-  --json                   the summary on one line";
+  --json                   the summary on one line
+  --nats URL               cluster mode: place the sessions on the workers behind
+                           this NATS server (examples/worker.rs; needs
+                           --features nats) instead of in-process
+  --turn-gap-ms N          pause between a session's turns (default 0)";
 
 /// What the command line asks for.
 enum Cli {
@@ -109,6 +118,8 @@ fn parse_args() -> Result<Cli, String> {
         json: false,
         random_barge_in: false,
         seed: 1,
+        nats: None,
+        turn_gap_ms: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -131,6 +142,8 @@ fn parse_args() -> Result<Cli, String> {
                 }
             }
             "--json" => a.json = true,
+            "--nats" => a.nats = Some(value()?),
+            "--turn-gap-ms" => a.turn_gap_ms = num(value()?)? as u64,
             "-h" | "--help" => return Ok(Cli::Help),
             other => return Err(format!("unknown argument {other}")),
         }
@@ -627,6 +640,37 @@ fn alive_tasks() -> usize {
         .num_alive_tasks()
 }
 
+#[cfg(feature = "nats")]
+#[path = "loadgen/cluster.rs"]
+mod cluster;
+
+/// Cluster mode (`--nats`).
+#[cfg(feature = "nats")]
+async fn run_cluster(nats: String, a: &Args) -> Result<(), Box<dyn std::error::Error>> {
+    let ok = cluster::run(cluster::ClusterArgs {
+        nats,
+        sessions: a.sessions,
+        turns: a.turns,
+        cancel_after_tokens: a.cancel_after_tokens,
+        turn_gap_ms: a.turn_gap_ms,
+        json: a.json,
+    })
+    .await?;
+    if !ok {
+        eprintln!("loadgen: a committed turn was lost or a stale event seen");
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "nats"))]
+async fn run_cluster(_nats: String, _a: &Args) -> Result<(), Box<dyn std::error::Error>> {
+    eprintln!(
+        "error: --nats needs the cluster: build with --features nats (or --all-features)\n{USAGE}"
+    );
+    std::process::exit(2);
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     epoch();
@@ -641,6 +685,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             std::process::exit(2);
         }
     };
+    if let Some(url) = args.nats.clone() {
+        return run_cluster(url, &args).await;
+    }
     let _embedded;
     let base_url = match &args.base_url {
         Some(url) => url.clone(),
