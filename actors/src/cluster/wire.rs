@@ -202,7 +202,7 @@ pub(crate) fn bus_payload(kind: &EventKind) -> (&'static str, Value) {
         EventKind::ToolResult(o) => json!({
             "call_id": o.call_id, "name": o.name, "output": o.output, "is_error": o.is_error,
         }),
-        EventKind::Usage(u) => serde_json::to_value(&**u).unwrap_or(Value::Null),
+        EventKind::Usage(u) => serde_json::to_value(**u).unwrap_or(Value::Null),
         EventKind::Structured(v) => json!({"value": &**v}),
         EventKind::TurnFinished(end) => end_payload(end),
         EventKind::Interrupted { heard_chars } => json!({"heard_chars": heard_chars}),

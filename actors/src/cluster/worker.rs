@@ -686,11 +686,11 @@ fn consider_claim(inner: &Arc<Inner>, key: &str, seen: &Seen) {
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
-        if inner.try_reserve() {
-            if let Err(e) = claim(&inner, &key, revision, old).await {
-                tracing::debug!(session = %key, error = %e, "claim not taken");
-                inner.release_slot();
-            }
+        if inner.try_reserve()
+            && let Err(e) = claim(&inner, &key, revision, old).await
+        {
+            tracing::debug!(session = %key, error = %e, "claim not taken");
+            inner.release_slot();
         }
         inner.claiming.remove(&key);
     });
