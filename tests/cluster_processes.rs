@@ -64,7 +64,7 @@ async fn start_worker(server: &NatsServer, model: &MockServer, name: &str) -> Pr
             "--model",
             "mock",
             "--lease-ms",
-            "1000",
+            "2000",
         ])
         .env_remove("OPENAI_API_KEY")
         .stdin(Stdio::null())

@@ -34,7 +34,7 @@ const GUARD: Duration = Duration::from_secs(30);
 /// make one expire.
 const NO_FAILOVER: Duration = Duration::from_secs(60);
 /// Leases of tests that kill a worker.
-const SHORT_LEASE: Duration = Duration::from_millis(900);
+const SHORT_LEASE: Duration = Duration::from_secs(2);
 
 /// The scripted model: "Answer to <question>." in four tokens; a question
 /// containing "slow" gets 40 tokens 25 ms apart (1 s), "long" 400 tokens 5 ms

@@ -823,10 +823,20 @@ async fn start_local(
         control: control_tx.clone(),
     };
     let inputs_task = tokio::spawn(run_inputs(input_ctx, inputs));
+    let (lost_tx, lost) = watch::channel(false);
+    let held = Arc::new(Held {
+        lease: inner.lease(own.generation, LeaseState::Held),
+        revision: tokio::sync::Mutex::new(own.lease_rev),
+        lost: lost_tx,
+    });
+    let renewer = tokio::spawn(renew_lease(inner.clone(), key.clone(), held.clone()));
     let mut driver = Driver {
         inner: inner.clone(),
         events: Subject::from(inner.names.events(&key)),
-        lease: inner.lease(own.generation, LeaseState::Held),
+        generation: own.generation,
+        held,
+        lost,
+        renewer: Some(renewer.abort_handle()),
         id,
         key: key.clone(),
         handle,
@@ -835,7 +845,6 @@ async fn start_local(
         control: control_rx,
         inputs: Some(inputs_task.abort_handle()),
         spec,
-        lease_rev: own.lease_rev,
         checkpoint_rev: own.checkpoint_rev,
         turn_base,
         seq_base,
@@ -1023,6 +1032,56 @@ async fn run_inputs(ctx: InputCtx, mut sub: Subscriber) {
     }
 }
 
+// --------------------------------------------------------------------- lease
+
+/// A session's lease while this worker holds it: renewed by its own task,
+/// so a slow checkpoint store never delays a renewal.
+struct Held {
+    lease: Lease,
+    revision: tokio::sync::Mutex<u64>,
+    /// Set when a compare-and-set shows another worker owns the session.
+    lost: watch::Sender<bool>,
+}
+
+impl Held {
+    /// Renews the lease (compare-and-set on our revision); `false` once lost.
+    async fn renew(&self, store: &Store, key: &str) -> bool {
+        let mut revision = self.revision.lock().await;
+        match store.cas_lease(key, &self.lease, *revision).await {
+            Ok(rev) => *revision = rev,
+            // Our own write may have landed although its ack was lost.
+            Err(StoreError::Conflict) => match store.leases.entry(key).await {
+                Ok(Some(e))
+                    if e.operation == Operation::Put
+                        && Lease::decode(&e.value).as_ref() == Some(&self.lease) =>
+                {
+                    *revision = e.revision;
+                }
+                Ok(_) => {
+                    self.lost.send_replace(true);
+                    return false;
+                }
+                Err(_) => {}
+            },
+            Err(e) => tracing::warn!(session = %key, error = ?e, "lease not renewed; retrying"),
+        }
+        true
+    }
+}
+
+/// Renews a lease every third of its time until it is lost or the task aborted.
+async fn renew_lease(inner: Arc<Inner>, key: String, held: Arc<Held>) {
+    let every = (inner.config.lease_ttl / 3).max(Duration::from_millis(10));
+    let mut tick = tokio::time::interval_at(Instant::now() + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if !held.renew(&inner.store, &key).await {
+            return;
+        }
+    }
+}
+
 // -------------------------------------------------------------------- driver
 
 /// The session lost its lease (another worker owns it now).
@@ -1048,8 +1107,11 @@ struct Driver {
     control: mpsc::UnboundedReceiver<Control>,
     inputs: Option<tokio::task::AbortHandle>,
     spec: SessionSpec,
-    lease: Lease,
-    lease_rev: u64,
+    /// Our generation (the lease's).
+    generation: u64,
+    held: Arc<Held>,
+    lost: watch::Receiver<bool>,
+    renewer: Option<tokio::task::AbortHandle>,
     checkpoint_rev: u64,
     turn_base: u64,
     seq_base: u64,
@@ -1062,27 +1124,33 @@ struct Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        // Aborted with the worker: the input subscription goes too.
+        // Aborted with the worker: the input subscription and the renewals go too.
         self.stop_inputs();
+        self.stop_renewing();
     }
 }
 
 impl Driver {
-    fn renew_interval(&self) -> tokio::time::Interval {
-        let every = (self.inner.config.lease_ttl / 3).max(Duration::from_millis(10));
-        let mut i = tokio::time::interval_at(Instant::now() + every, every);
-        i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        i
+    fn stop_renewing(&mut self) {
+        if let Some(t) = self.renewer.take() {
+            t.abort();
+        }
+    }
+
+    /// Resolves once the lease is lost.
+    async fn lease_lost(lost: &mut watch::Receiver<bool>) {
+        if lost.wait_for(|l| *l).await.is_err() {
+            std::future::pending::<()>().await;
+        }
     }
 
     async fn run(mut self) {
-        let mut renew = self.renew_interval();
         let end = loop {
             tokio::select! {
                 biased;
                 control = self.control.recv() => match control {
                     Some(Control::HandOver { deadline, done }) => {
-                        let r = self.hand_over(deadline, &mut renew).await;
+                        let r = self.hand_over(deadline).await;
                         let lost = r.is_err();
                         let _ = done.send(r.map_err(|Lost| ClusterError::LeaseLost(self.id.clone())));
                         break if lost { End::Lost } else { End::HandedOver };
@@ -1104,9 +1172,10 @@ impl Driver {
                         break End::Lost;
                     }
                 },
-                _ = renew.tick() => if self.renew().await.is_err() { break End::Lost },
+                _ = Self::lease_lost(&mut self.lost) => break End::Lost,
             }
         };
+        self.stop_renewing();
         match end {
             End::Lost => {
                 metrics::counter!("colloquy_cluster_leases_lost_total").increment(1);
@@ -1121,11 +1190,8 @@ impl Driver {
                 self.worker_event("session_ended", json!({"reason": "stopped"}))
                     .await;
                 let _ = self.inner.store.delete_checkpoint(&self.key).await;
-                let _ = self
-                    .inner
-                    .store
-                    .delete_lease(&self.key, self.lease_rev)
-                    .await;
+                let revision = *self.held.revision.lock().await;
+                let _ = self.inner.store.delete_lease(&self.key, revision).await;
             }
             End::HandedOver | End::Closed => {}
         }
@@ -1245,7 +1311,7 @@ impl Driver {
             v: 1,
             session: self.id.as_str().to_string(),
             worker: self.inner.config.name.clone(),
-            generation: self.lease.generation,
+            generation: self.generation,
             spec: self.spec.clone(),
             context: (**self.checkpoints.borrow_and_update()).clone(),
             committed_turn: self.committed_turn,
@@ -1296,7 +1362,7 @@ impl Driver {
                 Err(StoreError::Conflict) => {
                     // Our own write may have landed although its ack was lost.
                     match self.inner.store.read_checkpoint(&self.key).await {
-                        Ok(Some((cp, rev))) if cp.generation == self.lease.generation => {
+                        Ok(Some((cp, rev))) if cp.generation == self.generation => {
                             self.checkpoint_rev = rev;
                         }
                         Ok(_) => return Err(Lost),
@@ -1314,44 +1380,11 @@ impl Driver {
         }
     }
 
-    async fn renew(&mut self) -> Result<(), Lost> {
-        match self
-            .inner
-            .store
-            .cas_lease(&self.key, &self.lease, self.lease_rev)
-            .await
-        {
-            Ok(rev) => {
-                self.lease_rev = rev;
-                Ok(())
-            }
-            Err(StoreError::Conflict) => match self.inner.store.leases.entry(&self.key).await {
-                Ok(Some(e))
-                    if e.operation == Operation::Put
-                        && Lease::decode(&e.value).as_ref() == Some(&self.lease) =>
-                {
-                    self.lease_rev = e.revision;
-                    Ok(())
-                }
-                Ok(_) => Err(Lost),
-                Err(_) => Ok(()),
-            },
-            Err(e) => {
-                tracing::warn!(session = %self.id, error = ?e, "lease not renewed; retrying");
-                Ok(())
-            }
-        }
-    }
-
     /// Drains this session: lets the turn in flight finish (until
     /// `deadline`), stops taking inputs, stops the session (a turn still in
     /// flight is cancelled and committed), stores the final checkpoint and
     /// releases the lease. Returns whether a turn was cut at the deadline.
-    async fn hand_over(
-        &mut self,
-        deadline: Instant,
-        renew: &mut tokio::time::Interval,
-    ) -> Result<bool, Lost> {
+    async fn hand_over(&mut self, deadline: Instant) -> Result<bool, Lost> {
         let mut cut = false;
         loop {
             if !self.handle.bus().current_turn().1 {
@@ -1369,7 +1402,7 @@ impl Driver {
                     Err(BusRecvError::Lagged { missed }) => self.worker_event("lagged", json!({"missed": missed})).await,
                     Err(_) => break,
                 },
-                _ = renew.tick() => self.renew().await?,
+                _ = Self::lease_lost(&mut self.lost) => return Err(Lost),
                 _ = tokio::time::sleep_until(deadline) => {
                     cut = self.handle.bus().current_turn().1;
                     break;
@@ -1381,12 +1414,14 @@ impl Driver {
         self.forward_rest().await?;
         self.committed_turn = self.committed_turn.max(self.started_turn);
         self.flush().await?;
-        let mut released = self.lease.clone();
+        self.stop_renewing();
+        let mut released = self.held.lease.clone();
         released.state = LeaseState::Released;
+        let revision = *self.held.revision.lock().await;
         match self
             .inner
             .store
-            .cas_lease(&self.key, &released, self.lease_rev)
+            .cas_lease(&self.key, &released, revision)
             .await
         {
             Ok(_) => Ok(cut),
@@ -1413,6 +1448,7 @@ impl Driver {
     /// deletes its checkpoint and lease.
     async fn close(&mut self) -> Result<(), ClusterError> {
         self.stop_inputs();
+        self.stop_renewing();
         let _ = self.inner.supervisor.stop_session(&self.id).await;
         let _ = self.forward_rest().await;
         self.worker_event("session_ended", json!({"reason": "closed"}))
@@ -1422,9 +1458,10 @@ impl Driver {
             .delete_checkpoint(&self.key)
             .await
             .map_err(ClusterError::from)?;
+        let revision = *self.held.revision.lock().await;
         self.inner
             .store
-            .delete_lease(&self.key, self.lease_rev)
+            .delete_lease(&self.key, revision)
             .await
             .map_err(ClusterError::from)
     }
