@@ -202,7 +202,8 @@ async fn drive(
                         && cancel_sent.is_none()
                     {
                         cancel_sent = Some(Instant::now());
-                        if session.cancel().await.is_err() {
+                        if let Err(e) = session.cancel().await {
+                            eprintln!("loadgen: {}: cancel: {e}", session.id());
                             t.errors += 1;
                         }
                     }
@@ -247,7 +248,10 @@ async fn drive(
                             }
                         }
                     },
-                    Err(_) => t.errors += 1,
+                    Err(e) => {
+                        eprintln!("loadgen: {}: marker: {e}", session.id());
+                        t.errors += 1;
+                    }
                 }
             }
             TurnEnd::Failed(why) if &*why == colloquy_actors::cluster::wire::WORKER_LOST => {
@@ -268,7 +272,10 @@ async fn drive(
                     }
                 }
             }
-            TurnEnd::Failed(_) => t.errors += 1,
+            TurnEnd::Failed(why) => {
+                eprintln!("loadgen: {}: turn failed: {why}", session.id());
+                t.errors += 1;
+            }
             _ => finished.push((question, text)),
         }
     }
@@ -299,7 +306,8 @@ async fn drive(
             t.errors += 1;
         }
     }
-    if session.close().await.is_err() {
+    if let Err(e) = session.close().await {
+        eprintln!("loadgen: {}: close: {e}", session.id());
         t.errors += 1;
     }
     totals.lock().await.add(t);

@@ -829,14 +829,15 @@ async fn start_local(
         revision: tokio::sync::Mutex::new(own.lease_rev),
         lost: lost_tx,
     });
-    let renewer = tokio::spawn(renew_lease(inner.clone(), key.clone(), held.clone()));
+    let (stop_renewing, stop) = oneshot::channel();
+    let renewer = tokio::spawn(renew_lease(inner.clone(), key.clone(), held.clone(), stop));
     let mut driver = Driver {
         inner: inner.clone(),
         events: Subject::from(inner.names.events(&key)),
         generation: own.generation,
         held,
         lost,
-        renewer: Some(renewer.abort_handle()),
+        renewer: Some((stop_renewing, renewer)),
         id,
         key: key.clone(),
         handle,
@@ -869,6 +870,12 @@ async fn start_local(
         task_inner.sessions.remove(&key);
         task_inner.release_slot();
     });
+    if inner.draining.load(Ordering::SeqCst) {
+        // Placed or claimed while a drain began: hand it over too.
+        let (done, _) = oneshot::channel();
+        let deadline = Instant::now() + inner.config.drain_timeout;
+        let _ = control_tx.send(Control::HandOver { deadline, done });
+    }
     inner.sessions.insert(
         key,
         Local {
@@ -1069,13 +1076,41 @@ impl Held {
     }
 }
 
-/// Renews a lease every third of its time until it is lost or the task aborted.
-async fn renew_lease(inner: Arc<Inner>, key: String, held: Arc<Held>) {
+impl Held {
+    /// The revision of our lease once the renewals stopped (one may have
+    /// landed without its ack); `Err(Lost)` when another worker owns it.
+    async fn settle(&self, store: &Store, key: &str) -> Result<u64, Lost> {
+        let revision = *self.revision.lock().await;
+        match store.leases.entry(key).await {
+            Ok(Some(e)) if e.operation == Operation::Put => {
+                if Lease::decode(&e.value).as_ref() == Some(&self.lease) {
+                    Ok(e.revision)
+                } else {
+                    Err(Lost)
+                }
+            }
+            Ok(_) => Err(Lost),
+            Err(_) => Ok(revision),
+        }
+    }
+}
+
+/// Renews a lease every third of its time until it is lost or `stop` fires
+/// (between two renewals, so none is in flight once the task ended).
+async fn renew_lease(
+    inner: Arc<Inner>,
+    key: String,
+    held: Arc<Held>,
+    mut stop: oneshot::Receiver<()>,
+) {
     let every = (inner.config.lease_ttl / 3).max(Duration::from_millis(10));
     let mut tick = tokio::time::interval_at(Instant::now() + every, every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = tick.tick() => {}
+        }
         if !held.renew(&inner.store, &key).await {
             return;
         }
@@ -1111,7 +1146,7 @@ struct Driver {
     generation: u64,
     held: Arc<Held>,
     lost: watch::Receiver<bool>,
-    renewer: Option<tokio::task::AbortHandle>,
+    renewer: Option<(oneshot::Sender<()>, tokio::task::JoinHandle<()>)>,
     checkpoint_rev: u64,
     turn_base: u64,
     seq_base: u64,
@@ -1126,14 +1161,18 @@ impl Drop for Driver {
     fn drop(&mut self) {
         // Aborted with the worker: the input subscription and the renewals go too.
         self.stop_inputs();
-        self.stop_renewing();
+        if let Some((_, task)) = self.renewer.take() {
+            task.abort();
+        }
     }
 }
 
 impl Driver {
-    fn stop_renewing(&mut self) {
-        if let Some(t) = self.renewer.take() {
-            t.abort();
+    /// Stops the renewals and waits for one in flight.
+    async fn stop_renewing(&mut self) {
+        if let Some((stop, task)) = self.renewer.take() {
+            let _ = stop.send(());
+            let _ = task.await;
         }
     }
 
@@ -1175,7 +1214,7 @@ impl Driver {
                 _ = Self::lease_lost(&mut self.lost) => break End::Lost,
             }
         };
-        self.stop_renewing();
+        self.stop_renewing().await;
         match end {
             End::Lost => {
                 metrics::counter!("colloquy_cluster_leases_lost_total").increment(1);
@@ -1190,8 +1229,9 @@ impl Driver {
                 self.worker_event("session_ended", json!({"reason": "stopped"}))
                     .await;
                 let _ = self.inner.store.delete_checkpoint(&self.key).await;
-                let revision = *self.held.revision.lock().await;
-                let _ = self.inner.store.delete_lease(&self.key, revision).await;
+                if let Ok(revision) = self.held.settle(&self.inner.store, &self.key).await {
+                    let _ = self.inner.store.delete_lease(&self.key, revision).await;
+                }
             }
             End::HandedOver | End::Closed => {}
         }
@@ -1414,10 +1454,10 @@ impl Driver {
         self.forward_rest().await?;
         self.committed_turn = self.committed_turn.max(self.started_turn);
         self.flush().await?;
-        self.stop_renewing();
+        self.stop_renewing().await;
         let mut released = self.held.lease.clone();
         released.state = LeaseState::Released;
-        let revision = *self.held.revision.lock().await;
+        let revision = self.held.settle(&self.inner.store, &self.key).await?;
         match self
             .inner
             .store
@@ -1448,7 +1488,7 @@ impl Driver {
     /// deletes its checkpoint and lease.
     async fn close(&mut self) -> Result<(), ClusterError> {
         self.stop_inputs();
-        self.stop_renewing();
+        self.stop_renewing().await;
         let _ = self.inner.supervisor.stop_session(&self.id).await;
         let _ = self.forward_rest().await;
         self.worker_event("session_ended", json!({"reason": "closed"}))
@@ -1458,7 +1498,11 @@ impl Driver {
             .delete_checkpoint(&self.key)
             .await
             .map_err(ClusterError::from)?;
-        let revision = *self.held.revision.lock().await;
+        let revision = self
+            .held
+            .settle(&self.inner.store, &self.key)
+            .await
+            .map_err(|Lost| ClusterError::LeaseLost(self.id.clone()))?;
         self.inner
             .store
             .delete_lease(&self.key, revision)
