@@ -165,24 +165,53 @@ pub enum RemoteEventKind {
     },
 }
 
+#[derive(Serialize)]
+struct Out<'a, P: Serialize> {
+    session: &'a str,
+    turn: u64,
+    seq: u64,
+    worker: &'a str,
+    kind: &'a str,
+    payload: P,
+}
+
+#[derive(Serialize)]
+struct TextPayload<'a> {
+    text: &'a str,
+}
+
 /// Encodes one event.
-pub(crate) fn encode_event(
+pub(crate) fn encode_event<P: Serialize>(
     session: &str,
     turn: u64,
     seq: u64,
     worker: &str,
     kind: &str,
-    payload: Value,
+    payload: P,
 ) -> Vec<u8> {
-    let v = json!({
-        "session": session,
-        "turn": turn,
-        "seq": seq,
-        "worker": worker,
-        "kind": kind,
-        "payload": payload,
-    });
-    serde_json::to_vec(&v).unwrap_or_default()
+    let out = Out {
+        session,
+        turn,
+        seq,
+        worker,
+        kind,
+        payload,
+    };
+    serde_json::to_vec(&out).unwrap_or_default()
+}
+
+/// Encodes one bus event (text events without an intermediate JSON tree:
+/// they are most of the traffic).
+pub(crate) fn encode_bus(session: &str, turn: u64, seq: u64, worker: &str, kind: &EventKind) -> Vec<u8> {
+    match kind {
+        EventKind::Token(t) | EventKind::Reasoning(t) | EventKind::Refusal(t) => {
+            encode_event(session, turn, seq, worker, kind.name(), TextPayload { text: t })
+        }
+        _ => {
+            let (name, payload) = bus_payload(kind);
+            encode_event(session, turn, seq, worker, name, payload)
+        }
+    }
 }
 
 fn end_payload(end: &TurnEnd) -> Value {
@@ -504,8 +533,7 @@ mod tests {
     use super::*;
 
     fn round_trip(kind: EventKind) {
-        let (name, payload) = bus_payload(&kind);
-        let bytes = encode_event("s 1", 3, (2 << 32) + 7, "w1", name, payload);
+        let bytes = encode_bus("s 1", 3, (2 << 32) + 7, "w1", &kind);
         let ev = decode_event(&bytes).unwrap();
         assert_eq!(ev.session.as_str(), "s 1");
         assert_eq!(
@@ -560,9 +588,8 @@ mod tests {
 
     #[test]
     fn the_documented_shape() {
-        let (name, payload) = bus_payload(&EventKind::Token(Arc::from("Hel")));
-        let v: Value =
-            serde_json::from_slice(&encode_event("call-42", 3, 12, "w1", name, payload)).unwrap();
+        let token = EventKind::Token(Arc::from("Hel"));
+        let v: Value = serde_json::from_slice(&encode_bus("call-42", 3, 12, "w1", &token)).unwrap();
         assert_eq!(
             v,
             json!({"session": "call-42", "turn": 3, "seq": 12, "worker": "w1",

@@ -1285,15 +1285,7 @@ impl Driver {
         self.flush().await
     }
 
-    async fn publish(&mut self, turn: u64, seq: u64, kind: &str, payload: Value) {
-        let bytes = wire::encode_event(
-            self.id.as_str(),
-            turn,
-            seq,
-            &self.inner.config.name,
-            kind,
-            payload,
-        );
+    async fn send(&mut self, bytes: Vec<u8>) {
         if let Err(e) = self
             .inner
             .nats
@@ -1304,11 +1296,29 @@ impl Driver {
         }
     }
 
+    async fn publish(&mut self, turn: u64, seq: u64, kind: &str, payload: Value) {
+        let bytes = wire::encode_event(
+            self.id.as_str(),
+            turn,
+            seq,
+            &self.inner.config.name,
+            kind,
+            payload,
+        );
+        self.send(bytes).await;
+    }
+
     async fn publish_bus(&mut self, ev: &BusEvent, turn: u64) {
         let seq = self.seq_base + SEQ_STRIDE * ev.seq;
         self.last_wire = seq;
-        let (kind, payload) = wire::bus_payload(&ev.kind);
-        self.publish(turn, seq, kind, payload).await;
+        let bytes = wire::encode_bus(
+            self.id.as_str(),
+            turn,
+            seq,
+            &self.inner.config.name,
+            &ev.kind,
+        );
+        self.send(bytes).await;
     }
 
     /// An event of the worker's own (between two bus events' seq numbers;
@@ -1331,8 +1341,14 @@ impl Driver {
             let seq = self.seq_base + 1;
             self.last_wire = seq;
             let end = EventKind::TurnFinished(TurnEnd::Failed(Arc::from(WORKER_LOST)));
-            let (kind, payload) = wire::bus_payload(&end);
-            self.publish(self.started_turn, seq, kind, payload).await;
+            let bytes = wire::encode_bus(
+                self.id.as_str(),
+                self.started_turn,
+                seq,
+                &self.inner.config.name,
+                &end,
+            );
+            self.send(bytes).await;
         }
         let payload = json!({
             "last_committed_turn": self.committed_turn,
