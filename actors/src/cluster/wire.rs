@@ -202,11 +202,22 @@ pub(crate) fn encode_event<P: Serialize>(
 
 /// Encodes one bus event (text events without an intermediate JSON tree:
 /// they are most of the traffic).
-pub(crate) fn encode_bus(session: &str, turn: u64, seq: u64, worker: &str, kind: &EventKind) -> Vec<u8> {
+pub(crate) fn encode_bus(
+    session: &str,
+    turn: u64,
+    seq: u64,
+    worker: &str,
+    kind: &EventKind,
+) -> Vec<u8> {
     match kind {
-        EventKind::Token(t) | EventKind::Reasoning(t) | EventKind::Refusal(t) => {
-            encode_event(session, turn, seq, worker, kind.name(), TextPayload { text: t })
-        }
+        EventKind::Token(t) | EventKind::Reasoning(t) | EventKind::Refusal(t) => encode_event(
+            session,
+            turn,
+            seq,
+            worker,
+            kind.name(),
+            TextPayload { text: t },
+        ),
         _ => {
             let (name, payload) = bus_payload(kind);
             encode_event(session, turn, seq, worker, name, payload)

@@ -707,7 +707,7 @@ async fn claim(
 ) -> Result<(), ClusterError> {
     let id = super::session_id_from_key(key)
         .ok_or_else(|| ClusterError::InvalidName(key.to_string()))?;
-    let generation = old.generation + 1;
+    let generation = old.generation.saturating_add(1);
     let lease = inner.lease(generation, LeaseState::Held);
     let lease_rev = match inner.store.cas_lease(key, &lease, revision).await {
         Ok(r) => r,
