@@ -297,16 +297,16 @@ impl RemoteSession {
             .ok_or_else(|| ClusterError::Protocol(format!("expected a seq, got {v}")))
     }
 
-    /// Subscribes to the session's events (from now on). Subscribe before
-    /// sending the input whose events you need.
+    /// Subscribes to the session's events: every event published after this
+    /// returns is received (the server has registered the subscription).
+    /// Subscribe before sending the input whose events you need.
     pub async fn subscribe(&self) -> Result<RemoteEvents, ClusterError> {
-        let sub = self
-            .client
-            .inner
-            .nats
+        let nats = &self.client.inner.nats;
+        let sub = nats
             .subscribe(self.events.clone())
             .await
             .map_err(ClusterError::nats)?;
+        nats.flush().await.map_err(ClusterError::nats)?;
         Ok(RemoteEvents {
             sub,
             generation: 0,
