@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use colloquy::llm::{ChatClient, LlmOptions, OpenAiConfig};
 use colloquy::mock::{MockResponse, MockServer};
 use colloquy_actors::bus::{BusReceiver, EventKind, TurnEnd};
-use colloquy_actors::{AgentSettings, SessionConfig, SessionHandle, Supervisor, SupervisorConfig};
+use colloquy_actors::{
+    AgentSettings, InterruptionPolicy, SessionConfig, SessionHandle, Supervisor, SupervisorConfig,
+};
 use criterion::{Criterion, criterion_group, criterion_main};
 
 async fn until(rx: &mut BusReceiver, pred: impl Fn(&EventKind) -> bool) {
@@ -69,6 +71,7 @@ fn bench(c: &mut Criterion) {
             .await
             .unwrap();
         let mut settings = AgentSettings::new(LlmOptions::new("bench"));
+        settings.interruption = InterruptionPolicy::immediate();
         settings.max_context_items = Some(8);
         let session = sup
             .start_session("bench", SessionConfig::new(client, settings))

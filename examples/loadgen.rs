@@ -53,8 +53,8 @@ use colloquy::mock::{MockResponse, MockServer};
 use colloquy::tools::ToolDefinition;
 use colloquy_actors::bus::{BusReceiver, BusRecvError, EventKind, TurnEnd};
 use colloquy_actors::{
-    AgentSettings, SessionConfig, SessionHandle, Supervisor, SupervisorConfig, Tool, ToolRegistry,
-    TurnId,
+    AgentSettings, InterruptionPolicy, SessionConfig, SessionHandle, Supervisor, SupervisorConfig,
+    Tool, ToolRegistry, TurnId,
 };
 use serde_json::json;
 use tokio::sync::Mutex;
@@ -657,8 +657,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ..ClientConfig::default()
     };
     let client = ChatClient::with_config(OpenAiConfig::compatible(base_url), config)?;
-    let mut session_config =
-        SessionConfig::new(client, AgentSettings::new(LlmOptions::new("loadgen")));
+    // Barge-ins here measure the immediate cut (the fastest path).
+    let mut settings = AgentSettings::new(LlmOptions::new("loadgen"));
+    settings.interruption = InterruptionPolicy::immediate();
+    let mut session_config = SessionConfig::new(client, settings);
     if args.random_barge_in {
         session_config = session_config.with_tools(weather_tool());
         session_config.bus_capacity = SOAK_BUS_CAPACITY;

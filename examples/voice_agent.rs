@@ -26,8 +26,8 @@ use colloquy::mock::{MockResponse, MockServer, sse_chunk};
 use colloquy::tools::ToolDefinition;
 use colloquy_actors::bus::{BusReceiver, EventKind, TurnEnd};
 use colloquy_actors::{
-    AgentSettings, SegmenterConfig, SessionConfig, SessionHandle, Supervisor, SupervisorConfig,
-    Tool, ToolError, ToolRegistry, TurnId,
+    AgentSettings, InterruptionPolicy, SegmenterConfig, SessionConfig, SessionHandle, Supervisor,
+    SupervisorConfig, Tool, ToolError, ToolRegistry, TurnId,
 };
 use serde_json::json;
 use tokio::sync::watch;
@@ -463,10 +463,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_timeout(Duration::from_secs(5));
     let mut options = LlmOptions::new(model.model.clone());
     options.max_completion_tokens = Some(300);
-    let settings = AgentSettings::new(options).with_instructions(
+    let mut settings = AgentSettings::new(options).with_instructions(
         "You are a friendly voice assistant. Answer in two or three spoken sentences, no lists or markdown. \
          Use get_weather for weather questions.",
     );
+    settings.interruption = InterruptionPolicy::immediate();
     let supervisor = Supervisor::start(SupervisorConfig::default()).await?;
     let session = supervisor
         .start_session(

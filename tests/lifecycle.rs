@@ -10,7 +10,7 @@ use colloquy::context::{ChatContext, ChatItem, Role};
 use colloquy::mock::{MockResponse, MockServer, sse_chunk};
 use colloquy::tools::ToolDefinition;
 use colloquy_actors::bus::{BusRecvError, EventKind, TurnEnd};
-use colloquy_actors::{SessionError, Tool, ToolRegistry, TurnId};
+use colloquy_actors::{InterruptionPolicy, SessionError, Tool, ToolRegistry, TurnId};
 use serde_json::json;
 
 #[path = "support/session.rs"]
@@ -343,7 +343,10 @@ async fn barge_in_before_the_first_playback_report_cuts_the_speech() {
     })
     .await
     .unwrap();
-    let (sup, session, mut rx) = setup(&server, |_| {}).await;
+    let (sup, session, mut rx) = setup(&server, |c| {
+        c.settings.interruption = InterruptionPolicy::immediate()
+    })
+    .await;
     session.send_text("q").unwrap();
     let t = next_matching(&mut rx, |e| e.kind == EventKind::TurnStarted)
         .await

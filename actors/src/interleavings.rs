@@ -90,7 +90,9 @@ fn scripted(
 enum Op {
     SendText,
     FinalTranscript,
+    Interim,
     SpeechStarted,
+    SpeechEnded,
     Cancel,
     Token,
     Call,
@@ -104,9 +106,11 @@ enum Op {
 
 fn pick(rng: &mut Rng) -> Op {
     match rng.below(100) {
-        0..=9 => Op::SendText,
-        10..=14 => Op::FinalTranscript,
-        15..=19 => Op::SpeechStarted,
+        0..=7 => Op::SendText,
+        8..=11 => Op::FinalTranscript,
+        12..=13 => Op::Interim,
+        14..=16 => Op::SpeechStarted,
+        17..=19 => Op::SpeechEnded,
         20..=26 => Op::Cancel,
         27..=49 => Op::Token,
         50..=57 => Op::Call,
@@ -133,6 +137,13 @@ async fn run_case(supervisor: &Supervisor, seed: u64) -> Result<(), String> {
     let mut settings = AgentSettings::new(LlmOptions::new("scripted"));
     settings.max_tool_rounds = 1 + rng.below(3) as u32;
     settings.interruption.cancel_on_user_message = rng.below(4) != 0;
+    // Every interruption mode; timers short enough to fire inside a case.
+    settings.interruption.mode = match rng.below(3) {
+        0 => crate::turn_taking::InterruptionMode::Immediate,
+        _ => crate::turn_taking::InterruptionMode::Confirmed,
+    };
+    settings.interruption.min_pause = std::time::Duration::from_micros(rng.below(2) * 500);
+    settings.interruption.resume_timeout = std::time::Duration::from_micros(rng.below(2) * 500);
     settings.max_context_items = None;
     let id = format!("case-{seed}");
     let session: SessionHandle = supervisor
@@ -158,7 +169,20 @@ async fn run_case(supervisor: &Supervisor, seed: u64) -> Result<(), String> {
                 let _ = session.send_text(format!("q{}", rng.below(1000)));
             }
             Op::FinalTranscript => {
-                session.user_transcript(format!("t{}", rng.below(1000)), true);
+                // Sometimes a backchannel, which must not become a turn while
+                // the agent speaks.
+                let text = match rng.below(3) {
+                    0 => "uh-huh".to_string(),
+                    _ => format!("t{} please", rng.below(1000)),
+                };
+                session.user_transcript(text, true);
+            }
+            Op::Interim => {
+                let text = ["mm", "wait", "wait stop"][rng.below(3) as usize];
+                session.user_transcript(text, false);
+            }
+            Op::SpeechEnded => {
+                session.user_speech_ended();
             }
             Op::SpeechStarted => {
                 session.user_speech_started();
@@ -407,6 +431,8 @@ fn check(ctx: &ChatContext, events: &[BusEvent], script: &Script) -> Result<(), 
                     EventKind::Speakable { .. }
                         | EventKind::SpeechPlayed { .. }
                         | EventKind::Interrupted { .. }
+                        | EventKind::PlaybackPaused { .. }
+                        | EventKind::PlaybackResumed { .. }
                 );
             if !allowed {
                 return Err(format!(

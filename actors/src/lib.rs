@@ -53,6 +53,7 @@ mod session;
 mod supervisor;
 mod task;
 mod tool_executor;
+pub mod turn_taking;
 
 pub use ids::{SessionId, TurnId};
 pub use llm_actor::{AgentSettings, BeforeTurnHook, InterruptionPolicy};

@@ -83,9 +83,7 @@ pub(crate) struct LlmState {
 fn tap_filter(kind: &EventKind) -> bool {
     matches!(
         kind,
-        EventKind::UserSpeechStarted
-            | EventKind::UserTranscript { is_final: true, .. }
-            | EventKind::ToolResult(_)
+        EventKind::UserSpeechStarted | EventKind::UserTranscript { .. } | EventKind::ToolResult(_)
     )
 }
 

@@ -115,6 +115,25 @@ pub enum EventKind {
         /// Cumulative characters heard.
         chars: usize,
     },
+    /// The user ended speaking (from voice activity detection).
+    UserSpeechEnded,
+    /// The agent's speech is paused (the user may be interrupting): stop
+    /// playing now, keep the position. Generation goes on meanwhile.
+    PlaybackPaused {
+        /// Characters played when the pause was decided.
+        heard_chars: usize,
+    },
+    /// The pause was a false alarm: play on from exactly where playback stopped.
+    PlaybackResumed {
+        /// Characters played so far (where playback continues).
+        heard_chars: usize,
+    },
+    /// A final transcript that acknowledges without taking the turn
+    /// ("uh-huh", "thank you") while the agent speaks: not a user turn.
+    Backchannel {
+        /// What the user said.
+        text: Arc<str>,
+    },
 }
 
 impl EventKind {
@@ -122,7 +141,10 @@ impl EventKind {
     pub fn is_user_side(&self) -> bool {
         matches!(
             self,
-            EventKind::UserSpeechStarted | EventKind::UserTranscript { .. }
+            EventKind::UserSpeechStarted
+                | EventKind::UserSpeechEnded
+                | EventKind::UserTranscript { .. }
+                | EventKind::Backchannel { .. }
         )
     }
 
@@ -152,6 +174,10 @@ impl EventKind {
             EventKind::UserTranscript { .. } => "user_transcript",
             EventKind::Speakable { .. } => "speakable",
             EventKind::SpeechPlayed { .. } => "speech_played",
+            EventKind::UserSpeechEnded => "user_speech_ended",
+            EventKind::PlaybackPaused { .. } => "playback_paused",
+            EventKind::PlaybackResumed { .. } => "playback_resumed",
+            EventKind::Backchannel { .. } => "backchannel",
         }
     }
 

@@ -24,6 +24,7 @@
 //! closed record waits, so commits land in the history in turn order.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use colloquy::llm::{ToolCall, Usage};
 use tokio::sync::broadcast;
@@ -31,6 +32,7 @@ use tokio::task::AbortHandle;
 
 use super::{BusEvent, EventKind, PublishError, ToolOutput, TurnEnd};
 use crate::ids::{SessionId, TurnId};
+use crate::turn_taking::{Decision, InterruptionPolicy, Listening};
 
 /// What one request (one round of a turn) published.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -126,12 +128,12 @@ pub(crate) enum Cut {
     Speech(TurnId),
 }
 
-impl Cut {
-    pub(crate) fn turn(self) -> TurnId {
-        match self {
-            Cut::Generation(t) | Cut::Speech(t) => t,
-        }
-    }
+/// A transition whose synchronous hooks run once the lock is released.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Signal {
+    Cut(Cut),
+    Paused(TurnId),
+    Resumed(TurnId),
 }
 
 /// Why a turn could not begin or a round could not start.
@@ -176,8 +178,11 @@ pub(crate) struct Ledger {
     pending: Option<Closed>,
     taps: Vec<Tap>,
     next_tap: u64,
-    /// Interruption policy: `UserSpeechStarted` cuts the turn.
-    pub(crate) cut_on_speech: bool,
+    /// How the user's voice interrupts (turn_taking.rs).
+    pub(crate) policy: InterruptionPolicy,
+    listening: Listening,
+    /// The current turn's speech is paused.
+    paused: bool,
 }
 
 impl Ledger {
@@ -194,7 +199,9 @@ impl Ledger {
             pending: None,
             taps: Vec::new(),
             next_tap: 1,
-            cut_on_speech: true,
+            policy: InterruptionPolicy::default(),
+            listening: Listening::default(),
+            paused: false,
         }
     }
 
@@ -242,24 +249,99 @@ impl Ledger {
         self.seq
     }
 
-    /// A user-side event. `UserSpeechStarted` cuts the turn (or its speech)
-    /// in the same critical section when the policy says so.
+    /// A user-side event, and what the interruption policy makes of it —
+    /// a pause, a cut, a resume — in the same critical section.
     pub(crate) fn publish_user(
         &mut self,
         kind: EventKind,
-    ) -> Result<(u64, Option<Cut>), PublishError> {
+        now: Instant,
+    ) -> Result<(u64, Option<Signal>), PublishError> {
         if self.is_closed() {
             return Err(PublishError::Closed);
         }
-        let speech = kind == EventKind::UserSpeechStarted;
+        let active = self.agent_active();
+        let decision = match &kind {
+            EventKind::UserSpeechStarted => {
+                self.listening.speech_started(now, &self.policy, active)
+            }
+            EventKind::UserSpeechEnded => {
+                self.listening.speech_ended(now, &self.policy, self.paused)
+            }
+            EventKind::UserTranscript { text, is_final } => {
+                self.listening
+                    .transcript(text, *is_final, now, &self.policy, active, self.paused)
+            }
+            _ => Decision::Nothing,
+        };
+        let kind = match (decision.clone(), kind) {
+            (Decision::Backchannel, EventKind::UserTranscript { text, .. }) => {
+                metrics::counter!("colloquy_backchannels_total").increment(1);
+                EventKind::Backchannel { text }
+            }
+            (_, kind) => kind,
+        };
         let turn = self.record.turn;
         let seq = self.send(turn, kind);
-        let cut = if speech && self.cut_on_speech {
-            self.cut(None, TurnEnd::Cancelled)
-        } else {
-            None
-        };
-        Ok((seq, cut))
+        Ok((seq, self.apply(decision)))
+    }
+
+    fn apply(&mut self, decision: Decision) -> Option<Signal> {
+        match decision {
+            Decision::Nothing => None,
+            Decision::Pause => self.pause(),
+            Decision::Cut => self.cut(None, TurnEnd::Cancelled).map(Signal::Cut),
+            Decision::Resume | Decision::Backchannel => self.resume(),
+        }
+    }
+
+    /// The agent is speaking (or about to): a turn generating, or a finished
+    /// one whose speech has not played to its end.
+    fn agent_active(&self) -> bool {
+        match self.phase {
+            Phase::Open => true,
+            Phase::Finished => {
+                let speaking = self.record.heard_chars.is_some() || self.record.spoken_chars > 0;
+                speaking && self.record.heard_chars.unwrap_or(0) < self.record.text_chars()
+            }
+            Phase::Aborted => false,
+        }
+    }
+
+    fn pause(&mut self) -> Option<Signal> {
+        if self.paused || !self.agent_active() {
+            return None;
+        }
+        self.paused = true;
+        let turn = self.record.turn;
+        let heard_chars = self.record.heard_chars.unwrap_or(0);
+        self.send(turn, EventKind::PlaybackPaused { heard_chars });
+        Some(Signal::Paused(turn))
+    }
+
+    fn resume(&mut self) -> Option<Signal> {
+        if !self.paused || self.phase == Phase::Aborted {
+            return None;
+        }
+        self.paused = false;
+        let turn = self.record.turn;
+        let heard_chars = self.record.heard_chars.unwrap_or(0);
+        self.send(turn, EventKind::PlaybackResumed { heard_chars });
+        Some(Signal::Resumed(turn))
+    }
+
+    /// When the timer task must next call [`Ledger::on_timer`].
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        self.listening.next_deadline()
+    }
+
+    /// A turn-taking deadline passed (a pause after `min_pause` of speech, a
+    /// resume after `resume_timeout` of silence).
+    pub(crate) fn on_timer(&mut self, now: Instant) -> Option<Signal> {
+        if self.is_closed() {
+            return None;
+        }
+        let decision = self.listening.timer(now, self.agent_active(), self.paused);
+        self.apply(decision)
     }
 
     /// An event of `turn` from the agent's side or the embedder's.
@@ -355,6 +437,7 @@ impl Ledger {
         let turn = self.record.turn.next();
         self.record = TurnRecord::new(turn);
         self.phase = Phase::Open;
+        self.paused = false;
         self.stream = None;
         self.send(turn, EventKind::TurnStarted);
         Ok(turn)
@@ -433,13 +516,12 @@ impl Ledger {
             Phase::Finished if end == TurnEnd::Cancelled => {
                 // Speech is playing once segments went to a TTS or one reported
                 // progress; before its first report nothing was heard yet.
-                let total = self.record.text_chars();
-                let speaking = self.record.heard_chars.is_some() || self.record.spoken_chars > 0;
-                let heard = self.record.heard_chars.unwrap_or(0);
-                if !speaking || heard >= total {
+                if !self.agent_active() {
                     return None;
                 }
+                let heard = self.record.heard_chars.unwrap_or(0);
                 self.phase = Phase::Aborted;
+                self.paused = false;
                 self.send(turn, EventKind::Interrupted { heard_chars: heard });
                 match &mut self.pending {
                     Some(Closed::Ended {
@@ -481,6 +563,7 @@ impl Ledger {
             }
         }
         self.phase = if end.is_abort() {
+            self.paused = false;
             Phase::Aborted
         } else {
             Phase::Finished

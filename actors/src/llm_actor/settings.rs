@@ -5,29 +5,12 @@ use std::sync::Arc;
 use colloquy::context::ChatContext;
 use colloquy::llm::LlmOptions;
 
+pub use crate::turn_taking::InterruptionPolicy;
+
 /// A callback that may edit the context before each turn's first request (inject
 /// retrieved facts, trim history). It runs inside the LLM actor: a panic here
 /// fails the actor, and the supervisor restarts it with the last committed context.
 pub type BeforeTurnHook = Arc<dyn Fn(&mut ChatContext) + Send + Sync>;
-
-/// When the user's voice interrupts the agent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct InterruptionPolicy {
-    /// Cancel the turn in flight on [`EventKind::UserSpeechStarted`](crate::bus::EventKind::UserSpeechStarted).
-    pub cancel_on_speech_started: bool,
-    /// Cancel the turn in flight when a new user message arrives; when false the
-    /// message waits until the turn ends, then gets its own turn.
-    pub cancel_on_user_message: bool,
-}
-
-impl Default for InterruptionPolicy {
-    fn default() -> Self {
-        Self {
-            cancel_on_speech_started: true,
-            cancel_on_user_message: true,
-        }
-    }
-}
 
 /// Generation settings of a session's agent.
 #[derive(Clone)]
@@ -61,8 +44,9 @@ impl std::fmt::Debug for AgentSettings {
 }
 
 impl AgentSettings {
-    /// Settings for a model with the defaults: 4 tool rounds, interrupt on speech
-    /// and on new messages, 200 context items.
+    /// Settings for a model with the defaults: 4 tool rounds, confirmed
+    /// interruptions (see [`InterruptionPolicy::default`]) and new messages
+    /// interrupt, 200 context items.
     pub fn new(options: LlmOptions) -> Self {
         Self {
             options,
