@@ -31,7 +31,7 @@ mod event;
 pub(crate) mod ledger;
 mod subscriber;
 
-pub use event::{BusEvent, EventKind, ToolOutput, TurnEnd};
+pub use event::{BusEvent, EventKind, SpeculationOutcome, ToolOutput, TurnEnd};
 pub use subscriber::{BusReceiver, BusRecvError};
 
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -56,7 +56,7 @@ mod tool_executor;
 pub mod turn_taking;
 
 pub use ids::{SessionId, TurnId};
-pub use llm_actor::{AgentSettings, BeforeTurnHook, InterruptionPolicy};
+pub use llm_actor::{AgentSettings, BeforeTurnHook, InterruptionPolicy, Preemptive};
 pub use segmenter::{SegmentBuffer, SegmenterConfig};
 pub use session::{SessionError, SessionHandle};
 pub use supervisor::{SessionConfig, Supervisor, SupervisorConfig, SupervisorError};

@@ -20,7 +20,7 @@ mod round;
 mod settings;
 mod turn;
 
-pub use settings::{AgentSettings, BeforeTurnHook, InterruptionPolicy};
+pub use settings::{AgentSettings, BeforeTurnHook, InterruptionPolicy, Preemptive};
 
 use std::sync::Arc;
 

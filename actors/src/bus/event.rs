@@ -61,6 +61,29 @@ impl TurnEnd {
     }
 }
 
+/// What became of a speculative turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SpeculationOutcome {
+    /// The final transcript matched: the speculation became the turn.
+    Hit,
+    /// The final transcript differed: discarded, a normal turn follows.
+    Miss,
+    /// Discarded before any final (a barge-in, a tool call, the session stopped).
+    Dropped,
+}
+
+impl SpeculationOutcome {
+    /// `"hit"`, `"miss"` or `"dropped"`.
+    pub fn label(self) -> &'static str {
+        match self {
+            SpeculationOutcome::Hit => "hit",
+            SpeculationOutcome::Miss => "miss",
+            SpeculationOutcome::Dropped => "dropped",
+        }
+    }
+}
+
 /// The payload of a bus event.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
@@ -128,6 +151,17 @@ pub enum EventKind {
         /// Characters played so far (where playback continues).
         heard_chars: usize,
     },
+    /// A speculative turn (started on an interim transcript, its events held
+    /// back) ended: promoted on a matching final (`Hit`: its held events follow,
+    /// re-stamped, and it continues live), or discarded (`Miss`: the final
+    /// differed; `Dropped`: the user barged in, or it needed a tool). A
+    /// discarded speculation's cost is in `usage` (never in any turn's usage).
+    SpeculationEnded {
+        /// What became of it.
+        outcome: SpeculationOutcome,
+        /// Usage of the discarded request (the provider's, or an estimate).
+        usage: Option<Arc<Usage>>,
+    },
     /// A final transcript that acknowledges without taking the turn
     /// ("uh-huh", "thank you") while the agent speaks: not a user turn.
     Backchannel {
@@ -178,6 +212,7 @@ impl EventKind {
             EventKind::PlaybackPaused { .. } => "playback_paused",
             EventKind::PlaybackResumed { .. } => "playback_resumed",
             EventKind::Backchannel { .. } => "backchannel",
+            EventKind::SpeculationEnded { .. } => "speculation_ended",
         }
     }
 

@@ -28,6 +28,31 @@ pub struct AgentSettings {
     pub max_context_items: Option<usize>,
     /// Optional pre-turn context edit.
     pub before_turn: Option<BeforeTurnHook>,
+    /// Preemptive generation: start a speculative turn on interim transcripts
+    /// (`None`: off). See [`Preemptive`].
+    pub preemptive: Option<Preemptive>,
+}
+
+/// Preemptive generation: while the user is still talking, an interim
+/// transcript starts a *speculative* turn whose events are held back; a
+/// matching final transcript (same words after normalisation) promotes it —
+/// its events are released at once and it goes on live — and anything else
+/// discards it (its request is closed, its cost reported).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Preemptive {
+    /// Interims must stop changing for this long before a speculation starts
+    /// (or restarts for newer words): a stream of interims does not start a
+    /// request per word.
+    pub debounce: std::time::Duration,
+}
+
+impl Default for Preemptive {
+    /// A 150 ms debounce.
+    fn default() -> Self {
+        Self {
+            debounce: std::time::Duration::from_millis(150),
+        }
+    }
 }
 
 impl std::fmt::Debug for AgentSettings {
@@ -39,6 +64,7 @@ impl std::fmt::Debug for AgentSettings {
             .field("interruption", &self.interruption)
             .field("max_context_items", &self.max_context_items)
             .field("before_turn", &self.before_turn.is_some())
+            .field("preemptive", &self.preemptive)
             .finish()
     }
 }
@@ -55,6 +81,7 @@ impl AgentSettings {
             interruption: InterruptionPolicy::default(),
             max_context_items: Some(200),
             before_turn: None,
+            preemptive: None,
         }
     }
 
