@@ -50,6 +50,7 @@ mod interleavings;
 mod llm_actor;
 mod segmenter;
 mod session;
+pub mod speech;
 mod supervisor;
 mod task;
 mod tool_executor;

@@ -16,6 +16,7 @@ use ractor::{ActorRef, RpcReplyPort};
 use crate::bus::{BusReceiver, EventKind, PublishError, SessionBus, ToolOutput, TurnEnd};
 use crate::ids::{SessionId, TurnId};
 use crate::llm_actor::{AgentSettings, LlmMsg};
+use crate::speech::SttEvent;
 
 /// Errors of a session operation.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -235,6 +236,21 @@ impl SessionHandle {
                 is_final,
             })
             .unwrap_or(0)
+    }
+
+    /// For STT adapters: one speech-recognition event, typed. Maps
+    /// [`SttEvent::SpeechStarted`] to [`user_speech_started`](Self::user_speech_started),
+    /// [`SttEvent::SpeechEnded`] to [`user_speech_ended`](Self::user_speech_ended),
+    /// and [`SttEvent::Interim`] / [`SttEvent::Final`] to
+    /// [`user_transcript`](Self::user_transcript) (partial / final). Returns the
+    /// event's seq (0 once the session stopped).
+    pub fn stt(&self, event: SttEvent) -> u64 {
+        match event {
+            SttEvent::SpeechStarted => self.user_speech_started(),
+            SttEvent::SpeechEnded => self.user_speech_ended(),
+            SttEvent::Interim(text) => self.user_transcript(text, false),
+            SttEvent::Final(text) => self.user_transcript(text, true),
+        }
     }
 
     /// Starts a turn on the current context (e.g. to greet the user first).
