@@ -155,10 +155,7 @@ async fn a_backchannel_neither_cuts_nor_becomes_a_turn() {
     let t2 = started(&mut rx).await;
     assert_eq!(finished(&mut rx, t2).await, TurnEnd::Stop);
     let ctx = session.context().await.unwrap();
-    assert_eq!(
-        shape(&ctx),
-        ["u:story?", "a*:Here ", "u:next", "a:ok"]
-    );
+    assert_eq!(shape(&ctx), ["u:story?", "a*:Here ", "u:next", "a:ok"]);
     sup.shutdown().await;
 }
 

@@ -531,6 +531,21 @@ impl Ledger {
                 .is_none_or(RoundRecord::all_answered)
     }
 
+    /// The calls of the open (live) turn's last round that have no output yet.
+    pub(crate) fn unanswered_calls(&self) -> Option<(TurnId, Vec<Arc<ToolCall>>)> {
+        if self.phase != Phase::Open || self.speculation.is_some() {
+            return None;
+        }
+        let round = self.record.rounds.last()?;
+        let calls: Vec<Arc<ToolCall>> = round
+            .calls
+            .iter()
+            .filter(|c| round.output(&c.id).is_none())
+            .cloned()
+            .collect();
+        (!calls.is_empty()).then_some((self.record.turn, calls))
+    }
+
     /// The rounds of `turn` so far, to build its next request.
     pub(crate) fn rounds(&self, turn: TurnId) -> Option<Vec<RoundRecord>> {
         self.is_open(turn).then(|| self.record.rounds.clone())
