@@ -551,6 +551,8 @@ mod tests {
         bus.publish_agent(t, EventKind::ToolCall(Arc::new(call)))
             .unwrap();
         assert!(!bus.lock().last_round_answered(t));
+        let (turn, calls) = bus.lock().unanswered_calls().unwrap();
+        assert_eq!((turn, calls[0].id.as_str()), (t, "c1"));
         let out = |id: &str| {
             EventKind::ToolResult(Arc::new(ToolOutput {
                 call_id: id.into(),
@@ -569,6 +571,7 @@ mod tests {
             Err(PublishError::AlreadyAnswered(_))
         ));
         assert!(bus.lock().last_round_answered(t));
+        assert_eq!(bus.lock().unanswered_calls(), None);
     }
 
     #[test]

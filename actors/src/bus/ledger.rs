@@ -30,7 +30,7 @@ use colloquy::llm::{ToolCall, Usage};
 use tokio::sync::broadcast;
 use tokio::task::AbortHandle;
 
-use super::{BusEvent, EventKind, PublishError, ToolOutput, TurnEnd};
+use super::{BusEvent, EventKind, PublishError, SpeculationOutcome, ToolOutput, TurnEnd};
 use crate::ids::{SessionId, TurnId};
 use crate::turn_taking::{Decision, InterruptionPolicy, Listening};
 
@@ -110,6 +110,12 @@ pub(crate) enum Closed {
         /// Its speech was interrupted after a normal end.
         speech_cut: bool,
     },
+    /// A speculative turn was discarded: nothing of it was published, nothing
+    /// is committed; the actor only forgets it.
+    Discarded {
+        /// The turn.
+        turn: TurnId,
+    },
     /// The speech of a turn the actor had already committed was cut.
     SpeechCut {
         /// The turn.
@@ -183,6 +189,15 @@ pub(crate) struct Ledger {
     listening: Listening,
     /// The current turn's speech is paused.
     paused: bool,
+    /// The current turn is speculative: its events are held back.
+    speculation: Option<Speculation>,
+}
+
+/// A speculative turn's held events, and the end its generation reached.
+#[derive(Debug, Default)]
+struct Speculation {
+    held: Vec<EventKind>,
+    finished: Option<TurnEnd>,
 }
 
 impl Ledger {
@@ -202,6 +217,7 @@ impl Ledger {
             policy: InterruptionPolicy::default(),
             listening: Listening::default(),
             paused: false,
+            speculation: None,
         }
     }
 
@@ -280,8 +296,13 @@ impl Ledger {
             }
             (_, kind) => kind,
         };
+        let speech = kind == EventKind::UserSpeechStarted;
         let turn = self.record.turn;
         let seq = self.send(turn, kind);
+        if speech && self.speculation.is_some() {
+            // A new utterance: what was speculated on is stale.
+            self.discard(turn, SpeculationOutcome::Dropped);
+        }
         Ok((seq, self.apply(decision)))
     }
 
@@ -298,7 +319,7 @@ impl Ledger {
     /// one whose speech has not played to its end.
     fn agent_active(&self) -> bool {
         match self.phase {
-            Phase::Open => true,
+            Phase::Open => self.speculation.is_none(),
             Phase::Finished => {
                 let speaking = self.record.heard_chars.is_some() || self.record.spoken_chars > 0;
                 speaking && self.record.heard_chars.unwrap_or(0) < self.record.text_chars()
@@ -366,6 +387,10 @@ impl Ledger {
             return Err(PublishError::Stale { turn, current });
         }
         self.record_event(&kind)?;
+        if let Some(spec) = &mut self.speculation {
+            spec.held.push(kind);
+            return Ok(self.seq);
+        }
         Ok(self.send(turn, kind))
     }
 
@@ -425,6 +450,21 @@ impl Ledger {
     /// Starts the next turn and publishes `TurnStarted`. Refused while a closed
     /// turn waits for its commit, or while a turn is still open.
     pub(crate) fn begin(&mut self) -> Result<TurnId, LedgerError> {
+        self.begin_as(false)
+    }
+
+    /// Starts a speculative turn: like [`Ledger::begin`], but every event of
+    /// it (`TurnStarted` included) is held back until [`Ledger::promote`],
+    /// and taps (the tool executor) see none of them. Refused while the agent
+    /// is still speaking the last turn.
+    pub(crate) fn begin_speculative(&mut self) -> Result<TurnId, LedgerError> {
+        if self.agent_active() {
+            return Err(LedgerError::NotOpen);
+        }
+        self.begin_as(true)
+    }
+
+    fn begin_as(&mut self, speculative: bool) -> Result<TurnId, LedgerError> {
         if self.is_closed() {
             return Err(LedgerError::BusClosed);
         }
@@ -439,7 +479,14 @@ impl Ledger {
         self.phase = Phase::Open;
         self.paused = false;
         self.stream = None;
-        self.send(turn, EventKind::TurnStarted);
+        if speculative {
+            self.speculation = Some(Speculation {
+                held: vec![EventKind::TurnStarted],
+                finished: None,
+            });
+        } else {
+            self.send(turn, EventKind::TurnStarted);
+        }
         Ok(turn)
     }
 
@@ -484,6 +531,21 @@ impl Ledger {
                 .is_none_or(RoundRecord::all_answered)
     }
 
+    /// The calls of the open (live) turn's last round that have no output yet.
+    pub(crate) fn unanswered_calls(&self) -> Option<(TurnId, Vec<Arc<ToolCall>>)> {
+        if self.phase != Phase::Open || self.speculation.is_some() {
+            return None;
+        }
+        let round = self.record.rounds.last()?;
+        let calls: Vec<Arc<ToolCall>> = round
+            .calls
+            .iter()
+            .filter(|c| round.output(&c.id).is_none())
+            .cloned()
+            .collect();
+        (!calls.is_empty()).then_some((self.record.turn, calls))
+    }
+
     /// The rounds of `turn` so far, to build its next request.
     pub(crate) fn rounds(&self, turn: TurnId) -> Option<Vec<RoundRecord>> {
         self.is_open(turn).then(|| self.record.rounds.clone())
@@ -495,7 +557,85 @@ impl Ledger {
         if !self.is_open(turn) {
             return false;
         }
+        if let Some(spec) = &mut self.speculation {
+            if end.is_abort() {
+                self.discard(turn, SpeculationOutcome::Dropped);
+            } else {
+                // Generation is done; the turn ends when (if) it is promoted.
+                spec.finished = Some(end);
+            }
+            return true;
+        }
         self.close(end);
+        true
+    }
+
+    /// Promotes the speculative `turn`: publishes `SpeculationEnded(Hit)`,
+    /// then its held events in order with fresh seqs (taps see them now), and
+    /// goes on live; a generation that already ended closes the turn now.
+    pub(crate) fn promote(&mut self, turn: TurnId) -> bool {
+        if !self.is_open(turn) {
+            return false;
+        }
+        let Some(spec) = self.speculation.take() else {
+            return false;
+        };
+        metrics::counter!("colloquy_speculations_total", "outcome" => "hit").increment(1);
+        self.send(
+            turn,
+            EventKind::SpeculationEnded {
+                outcome: SpeculationOutcome::Hit,
+                usage: None,
+            },
+        );
+        for kind in spec.held {
+            self.send(turn, kind);
+        }
+        if let Some(end) = spec.finished {
+            self.close(end);
+        }
+        true
+    }
+
+    /// Discards the speculative `turn`: closes its request, reports its cost
+    /// in `SpeculationEnded` (never as a turn's usage), publishes nothing else.
+    pub(crate) fn discard(&mut self, turn: TurnId, outcome: SpeculationOutcome) -> bool {
+        if self.record.turn != turn || self.speculation.take().is_none() {
+            return false;
+        }
+        if let Some(stream) = self.stream.take() {
+            stream.abort();
+        }
+        let mut total: Option<Usage> = None;
+        for round in &self.record.rounds {
+            let u = round
+                .usage
+                .unwrap_or_else(|| Usage::estimate(round.prompt_bytes, round.text.chars().count()));
+            total = Some(match total {
+                None => u,
+                Some(t) => Usage {
+                    prompt_tokens: t.prompt_tokens + u.prompt_tokens,
+                    completion_tokens: t.completion_tokens + u.completion_tokens,
+                    total_tokens: t.total_tokens + u.total_tokens,
+                    cached_tokens: t.cached_tokens.or(u.cached_tokens),
+                    reasoning_tokens: t.reasoning_tokens.or(u.reasoning_tokens),
+                    estimated: t.estimated || u.estimated,
+                },
+            });
+        }
+        if let Some(u) = &total {
+            metrics::counter!("colloquy_usage_speculative_tokens_total").increment(u.total_tokens);
+        }
+        metrics::counter!("colloquy_speculations_total", "outcome" => outcome.label()).increment(1);
+        self.phase = Phase::Aborted;
+        self.send(
+            turn,
+            EventKind::SpeculationEnded {
+                outcome,
+                usage: total.map(Arc::new),
+            },
+        );
+        self.pending = Some(Closed::Discarded { turn });
         true
     }
 
@@ -509,6 +649,11 @@ impl Ledger {
             return None;
         }
         match self.phase {
+            Phase::Open if self.speculation.is_some() => {
+                // Nothing of it was heard or published: drop it, cut nothing.
+                self.discard(turn, SpeculationOutcome::Dropped);
+                None
+            }
             Phase::Open => {
                 self.close(end);
                 Some(Cut::Generation(turn))
