@@ -479,4 +479,8 @@ async fn stt_events_map_onto_the_sessions_user_events() {
     assert_eq!(end, TurnEnd::Stop, "the final started a turn");
     supervisor.shutdown().await;
     assert_eq!(session.stt(SttEvent::SpeechStarted), 0, "stopped session");
+    // A speaker of a stopped session has nothing to say.
+    let speaker = Speaker::spawn(&session, PacedTextOutput::new(100.0));
+    let mut status = speaker.status();
+    speech_over(&mut status, 0).await;
 }

@@ -144,6 +144,8 @@ impl Speaker {
         let (tap, current) = {
             let control = control.clone();
             let mut ledger = bus.lock();
+            // A stopped session: no events will come, the task ends at once.
+            let tx = (!ledger.is_closed()).then_some(tx);
             let tap = ledger.add_tap(
                 tap_filter,
                 Box::new(move |ev: &BusEvent| {
@@ -162,7 +164,9 @@ impl Speaker {
                         }
                         _ => {}
                     }
-                    let _ = tx.send(ev.clone());
+                    if let Some(tx) = &tx {
+                        let _ = tx.send(ev.clone());
+                    }
                 }),
             );
             (tap, ledger.turn())
@@ -362,6 +366,7 @@ impl<O: SpeechOutput> SpeakerTask<O> {
         }
         self.control.cut(&*self.output, turn);
         self.queue.clear();
+        self.held = false;
         self.set_status(true);
         playing
     }
