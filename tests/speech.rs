@@ -484,3 +484,55 @@ async fn stt_events_map_onto_the_sessions_user_events() {
     let mut status = speaker.status();
     speech_over(&mut status, 0).await;
 }
+
+/// Pause/resume cycles at every word end; `backchannel`: resumed by a
+/// backchannel in the caller's thread, else by the timer task (a
+/// `resume_timeout` of 0) racing the next pause from another thread.
+async fn rapid_pauses_and_resumes(backchannel: bool) {
+    let server = server().await;
+    let resume_ms = if backchannel { 2000 } else { 0 };
+    let (supervisor, session, rx) = session_with(&server, confirmed(0, resume_ms)).await;
+    let mut log = Log::new(rx);
+    let output = PacedTextOutput::new(60.0);
+    let speaker = Speaker::spawn(&session, output.clone());
+    let mut status = speaker.status();
+
+    session.stt(SttEvent::Final("Paris first.".into()));
+    log.until(|e| is_played(e, 1, 1)).await;
+    let mut cycles = 0;
+    // Until the last 40 characters (2/3 s): a backchannel once the agent is
+    // quiet would be a user turn.
+    while let Some(&heard) = played(&log.all, TurnId(1))
+        .last()
+        .filter(|&&h| h + 40 < chars(LONG))
+    {
+        // Pause at onset (decided, and its hooks run, before the call
+        // returns), racing the playing task and the resume.
+        session.stt(SttEvent::SpeechStarted);
+        if backchannel {
+            session.stt(SttEvent::Final("Mm-hmm.".into()));
+        }
+        session.stt(SttEvent::SpeechEnded);
+        cycles += 1;
+        log.until(|e| is_played(e, 1, heard + 1)).await;
+    }
+    speech_over(&mut status, 1).await;
+    assert!(cycles > 10, "{cycles} cycles");
+    let progress = played(&log.all, TurnId(1));
+    assert!(progress.windows(2).all(|w| w[0] < w[1]), "{progress:?}");
+    assert_eq!(output.played_text(), LONG, "zero repeated, zero skipped");
+    let ctx = session.context().await.unwrap();
+    assert_eq!(messages(&ctx).len(), 2, "backchannels are not turns");
+    drop(speaker);
+    supervisor.shutdown().await;
+}
+
+#[tokio::test]
+async fn rapid_pauses_and_backchannel_resumes_never_repeat_or_skip() {
+    rapid_pauses_and_resumes(true).await;
+}
+
+#[tokio::test]
+async fn rapid_pauses_and_timer_resumes_never_repeat_or_skip() {
+    rapid_pauses_and_resumes(false).await;
+}
