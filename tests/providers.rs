@@ -979,3 +979,24 @@ async fn tool_calls_in_a_fallback_round_run_exactly_once() {
         (vec!["c3".into()], vec!["c3".into()])
     );
 }
+
+#[tokio::test]
+async fn a_chain_client_never_shows_its_keys() {
+    let client = ChatClient::with_chain(
+        ProviderChain::new(
+            ProviderSpec::new(OpenAiConfig::new("sk-primary-secret")).with_label("openai"),
+        )
+        .with_fallback(ProviderSpec::new({
+            let mut c = OpenAiConfig::compatible("http://127.0.0.1:1/v1");
+            c.api_key = Some("sk-fallback-secret".into());
+            c
+        })),
+    )
+    .unwrap();
+    let shown = format!("{client:?} {:?}", client.providers());
+    assert!(!shown.contains("secret"), "{shown}");
+    assert!(
+        shown.contains("openai") && shown.contains("127.0.0.1:1"),
+        "{shown}"
+    );
+}

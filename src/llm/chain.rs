@@ -267,10 +267,20 @@ pub(crate) struct ChainShared {
 }
 
 /// A chain client's chain, with its per-client mid-stream policy.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct ChainHandle {
     shared: Arc<ChainShared>,
     pub(crate) mid_stream: MidStreamFailure,
+}
+
+impl std::fmt::Debug for ChainHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProviderChain")
+            .field("providers", &self.status())
+            .field("hedging", &self.shared.hedging)
+            .field("mid_stream", &self.mid_stream)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ChainHandle {
