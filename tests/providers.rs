@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use colloquy::context::{ChatContext, ChatItem};
 use colloquy::llm::{
-    BreakerConfig, BreakerState, ChatClient, ChatRequest, ClientConfig,
+    AdaptiveHedge, BreakerConfig, BreakerState, ChatClient, ChatRequest, ClientConfig,
     DEFAULT_CONTINUATION_INSTRUCTION, Hedging, LlmError, LlmOptions, MidStreamFailure,
     OpenAiConfig, ProviderChain, ProviderSpec, RetryPolicy, SelectionReason, StreamEvent,
 };
@@ -609,6 +609,54 @@ async fn a_hedge_race_never_yields_two_requests_tokens() {
         assert_eq!(failures(&events).len(), 1);
         assert_eq!(selections(&events).len(), 1);
     }
+}
+
+#[tokio::test]
+async fn adaptive_hedging_learns_the_primarys_usual_time_to_first_output() {
+    // The primary answers at once three times, then stalls. Before it has
+    // samples, the hedge would wait `initial_delay` (60 s); after, its p95.
+    let served = Arc::new(AtomicUsize::new(0));
+    let n = served.clone();
+    let a = MockServer::start(move |_| {
+        if n.fetch_add(1, Ordering::SeqCst) < 3 {
+            MockResponse::text(&["quick"])
+        } else {
+            stalled_with_keep_alives()
+        }
+    })
+    .await
+    .unwrap();
+    let b = MockServer::start(|_| MockResponse::text(&["hedged"]))
+        .await
+        .unwrap();
+    let client = ChatClient::with_chain(
+        ProviderChain::new(spec(&a))
+            .with_fallback(spec(&b))
+            .with_hedging(Hedging::Adaptive(AdaptiveHedge {
+                min_samples: 3,
+                initial_delay: Duration::from_secs(60),
+                min_delay: ms(100),
+                ..AdaptiveHedge::default()
+            })),
+    )
+    .unwrap();
+    for _ in 0..3 {
+        let (events, _) = run(&client).await;
+        assert_eq!(text(&events), "quick");
+    }
+    let started = Instant::now();
+    let (events, err) = run(&client).await;
+    assert!(err.is_none(), "{err:?}");
+    assert!(started.elapsed() >= ms(100), "min_delay");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "p95, not initial_delay"
+    );
+    assert_eq!(text(&events), "hedged");
+    assert_eq!(
+        selections(&events),
+        vec![(1, SelectionReason::Hedge, false)]
+    );
 }
 
 // ------------------------------------------------------------------ breaker
