@@ -99,6 +99,8 @@ struct Args {
     idle_sessions: usize,
     json: bool,
     random_barge_in: bool,
+    /// Barge-ins in confirmed mode: speech pauses, "wait stop" cuts.
+    confirmed: bool,
     seed: u64,
     chain: ChainArgs,
 }
@@ -158,6 +160,7 @@ impl ChainArgs {
 
 const USAGE: &str = "usage: loadgen [--base-url URL] [--sessions N] [--turns T] \
 [--cancel-after-tokens K] [--idle-sessions M] [--barge-in off|random] [--seed S] \
+[--interrupt immediate|confirmed] \
 [--fallback-base-url URL [--fallback-model M] [--fallback-api-key K]]... [--ttft-timeout-ms N] \
 [--gap-timeout-ms N] [--hedge-after-ms N] [--breaker-failures N] [--json]
        loadgen -h | --help
@@ -170,6 +173,10 @@ const USAGE: &str = "usage: loadgen [--base-url URL] [--sessions N] [--turns T] 
                            (before the first token, mid-stream, during tail speech,
                            during a tool round); replaces --cancel-after-tokens
   --seed S                 seed of the soak's choices (default 1)
+  --interrupt MODE         how a barge-in cuts: immediate (default: cancel() and
+                           speech-started cut at once) or confirmed (speech
+                           pauses at onset, then an interim 'wait stop' cuts;
+                           reports pause_latency_us and pause_hook_us)
   --fallback-base-url URL  a fallback provider (repeatable; makes a provider chain)
   --fallback-model M       model for the last fallback named (default: the same)
   --fallback-api-key K     key for the last fallback named (default: none)
@@ -196,6 +203,7 @@ fn parse_args() -> Result<Cli, String> {
         json: false,
         random_barge_in: false,
         seed: 1,
+        confirmed: false,
         chain: ChainArgs::default(),
     };
     let mut it = std::env::args().skip(1);
@@ -211,6 +219,17 @@ fn parse_args() -> Result<Cli, String> {
             "--cancel-after-tokens" => a.cancel_after_tokens = num(value()?)?,
             "--idle-sessions" => a.idle_sessions = num(value()?)?,
             "--seed" => a.seed = num(value()?)? as u64,
+            "--interrupt" => {
+                a.confirmed = match value()?.as_str() {
+                    "immediate" => false,
+                    "confirmed" => true,
+                    other => {
+                        return Err(format!(
+                            "--interrupt: {other:?} is not immediate or confirmed"
+                        ));
+                    }
+                }
+            }
             "--barge-in" => {
                 a.random_barge_in = match value()?.as_str() {
                     "random" => true,
@@ -349,6 +368,8 @@ struct Totals {
     tool_results: u64,
     interrupts: u64,
     interrupt_us: Vec<u64>,
+    /// Confirmed mode: speech started → `PlaybackPaused` in the driving task.
+    pause_us: Vec<u64>,
     /// `Interrupted { heard_chars }` that disagreed with the reported playback.
     heard_mismatches: u64,
     orphan_calls: u64,
@@ -406,6 +427,7 @@ impl Totals {
         self.tool_results += o.tool_results;
         self.interrupts += o.interrupts;
         self.interrupt_us.extend(o.interrupt_us);
+        self.pause_us.extend(o.pause_us);
         self.heard_mismatches += o.heard_mismatches;
         self.orphan_calls += o.orphan_calls;
         self.chain.add(o.chain);
@@ -552,11 +574,24 @@ enum Plan {
     Random(Rng),
 }
 
-/// Cancels the turn in flight, noting when for both latency measurements.
+/// `--interrupt confirmed`: barge-ins go through the turn-taking rules.
+static CONFIRMED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Speech-started → pause-hook latencies (µs), confirmed mode.
+static PAUSE_HOOK_US: std::sync::Mutex<Vec<u64>> = std::sync::Mutex::new(Vec::new());
+
+/// Cancels the turn in flight, noting when for both latency measurements. In
+/// confirmed mode the user starts speaking (the agent pauses at onset) and
+/// an interim "wait stop" confirms the cut.
 fn cancel(session: &SessionHandle, cancel_at_ns: &AtomicU64) -> Instant {
     let at = Instant::now();
     cancel_at_ns.store(epoch().elapsed().as_nanos() as u64, Ordering::SeqCst);
-    let _ = session.cancel();
+    if CONFIRMED.load(Ordering::Relaxed) {
+        session.user_speech_started();
+        session.user_transcript("wait stop", false);
+    } else {
+        let _ = session.cancel();
+    }
     at
 }
 
@@ -565,6 +600,15 @@ async fn drive(session: SessionHandle, turns: usize, mut plan: Plan, totals: Arc
     let mut rx = session.subscribe();
     let mut local = Totals::default();
     let cancel_at_ns = Arc::new(AtomicU64::new(0));
+    if CONFIRMED.load(Ordering::Relaxed) {
+        // Runs in the thread that decided the pause, before speech_started returns.
+        let since = cancel_at_ns.clone();
+        session.bus().on_pause(move |_| {
+            let now = epoch().elapsed().as_nanos() as u64;
+            let us = now.saturating_sub(since.load(Ordering::SeqCst)) / 1000;
+            PAUSE_HOOK_US.lock().unwrap().push(us);
+        });
+    }
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     let speaker_task = tokio::spawn(speaker(session.subscribe(), cancel_at_ns.clone(), done_rx));
     let mut last_turn: Option<TurnId> = None;
@@ -653,6 +697,12 @@ async fn drive(session: SessionHandle, turns: usize, mut plan: Plan, totals: Arc
                     action == (Action::CancelToolRound { after_result: true })
                 }
                 EventKind::TurnFinished(end) => break end,
+                EventKind::PlaybackPaused { .. } => {
+                    if let Some(at) = cancel_sent {
+                        local.pause_us.push(at.elapsed().as_micros() as u64);
+                    }
+                    false
+                }
                 EventKind::ProviderSelected(choice) => {
                     match choice.reason {
                         SelectionReason::Fallback => local.chain.fallbacks += 1,
@@ -839,9 +889,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     } else {
         ChatClient::with_config(OpenAiConfig::compatible(base_url), config)?
     };
-    // Barge-ins here measure the immediate cut (the fastest path).
+    // Barge-ins measure the immediate cut (the fastest path), or in confirmed
+    // mode a pause at speech onset then a cut by a confirming interim.
     let mut settings = AgentSettings::new(LlmOptions::new("loadgen"));
     settings.interruption = InterruptionPolicy::immediate();
+    if args.confirmed {
+        CONFIRMED.store(true, Ordering::Relaxed);
+        settings.interruption = InterruptionPolicy {
+            min_pause: Duration::ZERO,
+            resume_timeout: Duration::from_secs(60),
+            ..InterruptionPolicy::default()
+        };
+    }
     let mut session_config = SessionConfig::new(client, settings);
     if args.random_barge_in {
         session_config = session_config.with_tools(weather_tool());
@@ -934,6 +993,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     t.cancel_us.sort_unstable();
     t.speaker_cancel_us.sort_unstable();
     t.interrupt_us.sort_unstable();
+    t.pause_us.sort_unstable();
+    let mut pause_hook_us = std::mem::take(&mut *PAUSE_HOOK_US.lock().unwrap());
+    pause_hook_us.sort_unstable();
     let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
     let stale_events = load(&invariants.stale_events);
     let double_endings = load(&invariants.double_endings);
@@ -958,6 +1020,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         },
         "cancel_latency_us": latency_json(&t.cancel_us),
         "speaker_cancel_latency_us": latency_json(&t.speaker_cancel_us),
+        "pause_latency_us": latency_json(&t.pause_us),
+        "pause_hook_us": latency_json(&pause_hook_us),
         "stale_events_after_cancel": t.stale,
         "invariants": {
             "stale_events": stale_events,
