@@ -6,7 +6,7 @@
 //! progress (TTS). Any number of subscribers read it.
 //!
 //! The bus is also where the cancel guarantee lives. Every event of the agent's
-//! side names its turn, and the [turn ledger](ledger) behind one mutex checks
+//! side names its turn, and the turn ledger (`bus/ledger.rs`) behind one mutex checks
 //! it: once a turn is finished as cancelled or failed, every later event of that
 //! turn — a token the stream task had in hand, a segment the segmenter was about
 //! to flush, a tool result — is refused with [`PublishError::Stale`]. Because the

@@ -4,7 +4,7 @@
 //! agent said. Its handlers never await the network: each round's stream runs in
 //! a task ([`round::run_round`]) that publishes straight to the bus, so the
 //! mailbox holds no token traffic. Cancel does not go through the mailbox at
-//! all: a caller cuts the turn on the bus's [ledger](crate::bus::ledger), which
+//! all: a caller cuts the turn on the bus's turn ledger (`bus/ledger.rs`), which
 //! aborts the task, reports usage and closes the turn in one critical section.
 //! The actor learns of it by *reconciling* — taking the ledger's closed record
 //! and committing it — before and after every message it handles

@@ -22,7 +22,7 @@
 //!
 //! The rules live in the session's turn ledger and run under its lock, so a
 //! pause, a resume and a cut are each one critical section with the events
-//! they publish; [`Listening`] is the pure part (state and decisions, unit
+//! they publish; `Listening` is the pure part (state and decisions, unit
 //! tested here), and a per-session timer task supplies only the time.
 
 use std::collections::HashSet;

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use colloquy::llm::{ToolCall, Usage};
+use colloquy::llm::{ProviderChoice, ProviderFailure, ToolCall, Usage};
 
 use crate::ids::{SessionId, TurnId};
 
@@ -168,6 +168,13 @@ pub enum EventKind {
         /// What the user said.
         text: Arc<str>,
     },
+    /// With a provider chain: the provider whose output the round uses from
+    /// here on (published right before its first output).
+    ProviderSelected(Arc<ProviderChoice>),
+    /// With a provider chain: a provider dropped for the round (failed, missed
+    /// a deadline, skipped with its circuit open, or lost a hedge race), with
+    /// its request's usage, which is not part of the round's `Usage`.
+    ProviderFailed(Arc<ProviderFailure>),
 }
 
 impl EventKind {
@@ -213,6 +220,8 @@ impl EventKind {
             EventKind::PlaybackResumed { .. } => "playback_resumed",
             EventKind::Backchannel { .. } => "backchannel",
             EventKind::SpeculationEnded { .. } => "speculation_ended",
+            EventKind::ProviderSelected(_) => "provider_selected",
+            EventKind::ProviderFailed(_) => "provider_failed",
         }
     }
 
