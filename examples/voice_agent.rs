@@ -145,6 +145,23 @@ fn field<T: serde::de::DeserializeOwned>(
     }
 }
 
+/// Times in a scenario: up to a day.
+const MAX_MS: u64 = 86_400_000;
+
+/// A field of milliseconds (at most [`MAX_MS`]).
+fn millis(
+    map: &serde_json::Map<String, Value>,
+    key: &str,
+    path: &str,
+) -> Result<Option<u64>, String> {
+    match field::<u64>(map, key, path)? {
+        Some(ms) if ms > MAX_MS => Err(format!(
+            "\"{path}\" must be at most {MAX_MS} (a day), got {ms}"
+        )),
+        other => Ok(other),
+    }
+}
+
 fn parse_scenario(text: &str) -> Result<Scenario, String> {
     let value: Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
     let top = object(
@@ -172,10 +189,10 @@ fn parse_scenario(text: &str) -> Result<Scenario, String> {
         if let Some(n) = field(spec, "min_words", "interruption.min_words")? {
             policy.min_words = n;
         }
-        if let Some(ms) = field(spec, "min_pause_ms", "interruption.min_pause_ms")? {
+        if let Some(ms) = millis(spec, "min_pause_ms", "interruption.min_pause_ms")? {
             policy.min_pause = Duration::from_millis(ms);
         }
-        if let Some(ms) = field(spec, "resume_timeout_ms", "interruption.resume_timeout_ms")? {
+        if let Some(ms) = millis(spec, "resume_timeout_ms", "interruption.resume_timeout_ms")? {
             policy.resume_timeout = Duration::from_millis(ms);
         }
     }
@@ -203,7 +220,7 @@ fn parse_scenario(text: &str) -> Result<Scenario, String> {
                 "end",
             ],
         )?;
-        let Some(at_ms) = field::<u64>(e, "at_ms", &format!("{what}.at_ms"))? else {
+        let Some(at_ms) = millis(e, "at_ms", &format!("{what}.at_ms"))? else {
             return Err(format!(
                 "{what} needs \"at_ms\" (milliseconds from the start)"
             ));
