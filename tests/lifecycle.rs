@@ -394,3 +394,35 @@ async fn a_queued_message_is_kept_when_the_session_stops() {
     );
     sup.shutdown().await;
 }
+
+/// A new turn that begins while the last reply's speech is still playing
+/// (here `generate()`) cuts that speech: the history keeps what was heard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_turn_over_playing_speech_commits_only_what_was_heard() {
+    let server = MockServer::start(|_| MockResponse::text(&["Hello there, ", "friend."]))
+        .await
+        .unwrap();
+    let (sup, session, mut rx) = setup(&server, |_| {}).await;
+    session.send_text("hi").unwrap();
+    let t1 = next_matching(&mut rx, |e| e.kind == EventKind::TurnStarted)
+        .await
+        .turn;
+    assert_eq!(finished(&mut rx, t1).await, TurnEnd::Stop);
+    session.speech_played(t1, 5).unwrap();
+    session.generate().unwrap();
+    let cut = next_matching(&mut rx, |e| {
+        e.turn == t1 && matches!(e.kind, EventKind::Interrupted { .. })
+    })
+    .await;
+    assert_eq!(cut.kind, EventKind::Interrupted { heard_chars: 5 });
+    let t2 = next_matching(&mut rx, |e| e.kind == EventKind::TurnStarted)
+        .await
+        .turn;
+    assert_eq!(finished(&mut rx, t2).await, TurnEnd::Stop);
+    let ctx = session.context().await.unwrap();
+    assert_eq!(
+        shape(&ctx),
+        vec!["u:hi", "a*:Hello", "a:Hello there, friend."]
+    );
+    sup.shutdown().await;
+}

@@ -221,9 +221,22 @@ impl SessionBus {
         self.lock().publish(turn, kind)
     }
 
-    /// Starts the next turn (publishes `TurnStarted`).
+    /// Starts the next turn (publishes `TurnStarted`). A new reply over the
+    /// last one's speech still playing cuts that speech first (`Interrupted`,
+    /// hooks): it is refused with `PendingCommit` until the actor has trimmed
+    /// the last turn to what was heard.
     pub(crate) fn begin_turn(&self) -> Result<TurnId, LedgerError> {
-        self.lock().begin()
+        let cut = {
+            let mut ledger = self.lock();
+            if !ledger.speech_playing() {
+                return ledger.begin();
+            }
+            ledger.cut(None, TurnEnd::Cancelled)
+        };
+        if let Some(cut) = cut {
+            self.after_cut(cut);
+        }
+        Err(LedgerError::PendingCommit)
     }
 
     /// Closes `turn` with the end its stream reached; `false` when it was cut

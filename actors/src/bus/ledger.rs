@@ -328,6 +328,11 @@ impl Ledger {
         }
     }
 
+    /// A finished turn's speech is still playing.
+    pub(crate) fn speech_playing(&self) -> bool {
+        self.phase == Phase::Finished && self.agent_active()
+    }
+
     fn pause(&mut self) -> Option<Signal> {
         if self.paused || !self.agent_active() {
             return None;
