@@ -8,6 +8,14 @@
 //! With `--json`, stdout carries one JSON object per line and nothing else:
 //! `token`, `reasoning`, `refusal`, `tool_call`, `usage`, then `finished` (exit 0)
 //! or `error` (exit 1).
+//!
+//! Provider resilience: `--fallback-base-url URL` (repeatable; `--fallback-model`
+//! and `--fallback-api-key` apply to the last one named), `--ttft-timeout-ms`,
+//! `--gap-timeout-ms` (deadlines on useful output, per provider) and
+//! `--hedge-after-ms` run the request through a provider chain; then
+//! `{"type":"provider","index":I,"base_url":"…","reason":"primary"|"fallback"|"hedge"}`
+//! is printed when a provider's output starts being used and
+//! `{"type":"provider_failed","index":I,"reason":"…"}` for each one dropped.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -15,8 +23,9 @@ use std::time::Duration;
 use colloquy::Secret;
 use colloquy::context::ChatContext;
 use colloquy::llm::{
-    AzureConfig, AzureSettings, ChatClient, ChatRequest, ClientConfig, LlmError, LlmOptions,
-    OpenAiConfig, Provider, ReasoningEffort, StreamEvent, Verbosity,
+    AzureConfig, AzureSettings, ChatClient, ChatRequest, ClientConfig, Hedging, LlmError,
+    LlmOptions, OpenAiConfig, Provider, ProviderChain, ProviderSpec, ReasoningEffort, StreamEvent,
+    Verbosity,
 };
 use colloquy::tools::{ToolChoice, ToolDefinition};
 use futures_util::StreamExt;
@@ -26,8 +35,18 @@ const USAGE: &str =
     "usage: chat [--base-url URL] [--model M] [--api-key K] [--azure-endpoint URL] \
 [--azure-deployment D] [--api-version V] [--system TEXT] [--tool NAME]... \
 [--tool-choice auto|required|none|NAME] [--reasoning-effort E] [--verbosity V] \
-[--max-completion-tokens N] [--temperature T] [--max-retries N] [--json] [--] PROMPT
+[--max-completion-tokens N] [--temperature T] [--max-retries N] \
+[--fallback-base-url URL [--fallback-model M] [--fallback-api-key K]]... [--ttft-timeout-ms N] \
+[--gap-timeout-ms N] [--hedge-after-ms N] [--json] [--] PROMPT
        chat -h | --help";
+
+/// A fallback provider named on the command line.
+#[derive(Default)]
+struct Fallback {
+    base_url: String,
+    model: Option<String>,
+    api_key: Option<String>,
+}
 
 #[derive(Default)]
 struct Args {
@@ -45,8 +64,22 @@ struct Args {
     max_completion_tokens: Option<u32>,
     temperature: Option<f64>,
     max_retries: u32,
+    fallbacks: Vec<Fallback>,
+    ttft_timeout_ms: Option<u64>,
+    gap_timeout_ms: Option<u64>,
+    hedge_after_ms: Option<u64>,
     json: bool,
     prompt: Vec<String>,
+}
+
+impl Args {
+    /// Whether the request goes through a provider chain.
+    fn chain(&self) -> bool {
+        !self.fallbacks.is_empty()
+            || self.ttft_timeout_ms.is_some()
+            || self.gap_timeout_ms.is_some()
+            || self.hedge_after_ms.is_some()
+    }
 }
 
 /// What the command line asks for.
@@ -91,6 +124,24 @@ fn parse_args() -> Result<Cli, String> {
                     .parse()
                     .map_err(|_| "--max-retries: not a number")?
             }
+            "--fallback-base-url" => a.fallbacks.push(Fallback {
+                base_url: value(&arg)?,
+                ..Fallback::default()
+            }),
+            "--fallback-model" | "--fallback-api-key" => {
+                let v = value(&arg)?;
+                let last = a.fallbacks.last_mut().ok_or_else(|| {
+                    format!("{arg} applies to a --fallback-base-url named before it")
+                })?;
+                if arg == "--fallback-model" {
+                    last.model = Some(v);
+                } else {
+                    last.api_key = Some(v);
+                }
+            }
+            "--ttft-timeout-ms" => a.ttft_timeout_ms = Some(millis(&arg, value(&arg)?)?),
+            "--gap-timeout-ms" => a.gap_timeout_ms = Some(millis(&arg, value(&arg)?)?),
+            "--hedge-after-ms" => a.hedge_after_ms = Some(millis(&arg, value(&arg)?)?),
             "--json" => a.json = true,
             "-h" | "--help" => return Ok(Cli::Help),
             "--" => a.prompt.extend(it.by_ref()),
@@ -104,6 +155,11 @@ fn parse_args() -> Result<Cli, String> {
         return Err("missing prompt".into());
     }
     Ok(Cli::Run(Box::new(a)))
+}
+
+fn millis(flag: &str, v: String) -> Result<u64, String> {
+    v.parse()
+        .map_err(|_| format!("{flag}: not a number of milliseconds"))
 }
 
 fn provider(a: &Args, model: &str) -> Result<Provider, LlmError> {
@@ -162,7 +218,30 @@ async fn run(a: Args) -> Result<(), LlmError> {
     let mut config = ClientConfig::default();
     config.retry.max_retries = a.max_retries;
     config.read_gap_timeout = Duration::from_secs(60);
-    let client = ChatClient::with_config(provider(&a, &model)?, config)?;
+    let client = if a.chain() {
+        // Deadlines apply to every provider; a fallback gets no key unless
+        // given one (never the primary's: it may be another host).
+        config.first_token_timeout = a.ttft_timeout_ms.map(Duration::from_millis);
+        config.output_gap_timeout = a.gap_timeout_ms.map(Duration::from_millis);
+        let mut chain = ProviderChain::new(
+            ProviderSpec::new(provider(&a, &model)?).with_config(config.clone()),
+        );
+        for f in &a.fallbacks {
+            let mut c = OpenAiConfig::compatible(f.base_url.clone());
+            c.api_key = f.api_key.clone().map(Secret::new);
+            let mut spec = ProviderSpec::new(c).with_config(config.clone());
+            if let Some(m) = &f.model {
+                spec = spec.with_model(m.clone());
+            }
+            chain = chain.with_fallback(spec);
+        }
+        if let Some(ms) = a.hedge_after_ms {
+            chain = chain.with_hedging(Hedging::After(Duration::from_millis(ms)));
+        }
+        ChatClient::with_chain(chain)?
+    } else {
+        ChatClient::with_config(provider(&a, &model)?, config)?
+    };
 
     let mut ctx = ChatContext::new();
     if let Some(system) = &a.system {
@@ -204,6 +283,10 @@ async fn run(a: Args) -> Result<(), LlmError> {
                     "cached_tokens": u.cached_tokens, "reasoning_tokens": u.reasoning_tokens}),
                 StreamEvent::Finished(s) => json!({"type": "finished",
                     "reason": s.reason.as_ref().map(|r| r.label()).unwrap_or_else(|| "other:unspecified".into())}),
+                StreamEvent::ProviderSelected(p) => json!({"type": "provider", "index": p.index,
+                    "base_url": &*p.base_url, "reason": p.reason.label()}),
+                StreamEvent::ProviderFailed(f) => json!({"type": "provider_failed",
+                    "index": f.index, "reason": f.reason.label()}),
                 _ => continue,
             };
             println!("{line}");
@@ -222,6 +305,15 @@ async fn run(a: Args) -> Result<(), LlmError> {
                         "[finished] {}",
                         s.reason.as_ref().map(|r| r.label()).unwrap_or_default()
                     )
+                }
+                StreamEvent::ProviderSelected(p) => eprintln!(
+                    "[provider {}] {} ({})",
+                    p.index,
+                    p.base_url,
+                    p.reason.label()
+                ),
+                StreamEvent::ProviderFailed(f) => {
+                    eprintln!("[provider {} dropped] {}", f.index, f.reason.label())
                 }
                 _ => {}
             }

@@ -42,19 +42,42 @@
 //!
 //! `lagged_events` counts events the checking subscribers missed (their checks
 //! cover what they saw; the soak uses larger buses so this stays 0).
+//!
+//! **Provider resilience** (`--fallback-base-url URL`, repeatable, with
+//! `--fallback-model`/`--fallback-api-key` for the last one named;
+//! `--ttft-timeout-ms`, `--gap-timeout-ms`, `--hedge-after-ms`,
+//! `--breaker-failures`): the sessions share one client over a provider chain.
+//! The summary then also reports `fallbacks` (providers that served after
+//! another was dropped), `hedges_won`, `hedge_cost_tokens` (usage of cancelled
+//! hedge-race losers), `provider_failures` by reason, and `duplicated_chars`:
+//! after each mid-stream failure, the words at the start of the continued text
+//! that the turn had already published (a restatement; exact for scripted
+//! servers whose words are unique; must be 0). `ttft_ms` runs from the turn's
+//! start (`TurnStarted`) to its first token on the bus.
+//!
+//! ```text
+//! cargo run --release --example mock_server -- --port 8089 --ttft-ms 100 --stall-rate 0.3 &
+//! cargo run --release --example mock_server -- --port 8090 --ttft-ms 100 &
+//! cargo run --release --example loadgen -- --base-url http://127.0.0.1:8089/v1 \
+//!     --fallback-base-url http://127.0.0.1:8090/v1 --ttft-timeout-ms 1000 --json
+//! ```
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use colloquy::llm::{ChatClient, ClientConfig, LlmOptions, OpenAiConfig};
+use colloquy::Secret;
+use colloquy::llm::{
+    BreakerConfig, ChatClient, ClientConfig, Hedging, LlmOptions, OpenAiConfig, ProviderChain,
+    ProviderSpec, SelectionReason,
+};
 use colloquy::mock::{MockResponse, MockServer};
 use colloquy::tools::ToolDefinition;
 use colloquy_actors::bus::{BusReceiver, BusRecvError, EventKind, TurnEnd};
 use colloquy_actors::{
-    AgentSettings, SessionConfig, SessionHandle, Supervisor, SupervisorConfig, Tool, ToolRegistry,
-    TurnId,
+    AgentSettings, InterruptionPolicy, SessionConfig, SessionHandle, Supervisor, SupervisorConfig,
+    Tool, ToolRegistry, TurnId,
 };
 use serde_json::json;
 use tokio::sync::Mutex;
@@ -76,15 +99,74 @@ struct Args {
     idle_sessions: usize,
     json: bool,
     random_barge_in: bool,
+    /// Barge-ins in confirmed mode: speech pauses, "wait stop" cuts.
+    confirmed: bool,
     seed: u64,
+    chain: ChainArgs,
     /// Cluster mode: the NATS server of the workers.
     nats: Option<String>,
     /// Pause between a session's turns.
     turn_gap_ms: u64,
 }
 
+/// Provider-chain flags.
+#[derive(Default)]
+struct ChainArgs {
+    /// `(base URL, model, key)` of each fallback.
+    fallbacks: Vec<(String, Option<String>, Option<String>)>,
+    ttft_timeout_ms: Option<u64>,
+    gap_timeout_ms: Option<u64>,
+    hedge_after_ms: Option<u64>,
+    breaker_failures: Option<u32>,
+}
+
+impl ChainArgs {
+    fn enabled(&self) -> bool {
+        !self.fallbacks.is_empty()
+            || self.ttft_timeout_ms.is_some()
+            || self.gap_timeout_ms.is_some()
+            || self.hedge_after_ms.is_some()
+            || self.breaker_failures.is_some()
+    }
+
+    /// One client over the chain: `base_url` first, then the fallbacks.
+    fn client(&self, base_url: String, mut config: ClientConfig) -> Result<ChatClient, String> {
+        config.first_token_timeout = self.ttft_timeout_ms.map(Duration::from_millis);
+        config.output_gap_timeout = self.gap_timeout_ms.map(Duration::from_millis);
+        let mut chain = ProviderChain::new(
+            ProviderSpec::new(OpenAiConfig::compatible(base_url)).with_config(config.clone()),
+        );
+        for (url, model, key) in &self.fallbacks {
+            let mut c = OpenAiConfig::compatible(url.clone());
+            c.api_key = key.clone().map(Secret::new);
+            let mut spec = ProviderSpec::new(c).with_config(config.clone());
+            if let Some(m) = model {
+                spec = spec.with_model(m.clone());
+            }
+            chain = chain.with_fallback(spec);
+        }
+        if let Some(ms) = self.hedge_after_ms {
+            chain = chain.with_hedging(Hedging::After(Duration::from_millis(ms)));
+        }
+        match self.breaker_failures {
+            Some(0) => chain = chain.without_breaker(),
+            Some(n) => {
+                chain = chain.with_breaker(BreakerConfig {
+                    failure_threshold: n,
+                    ..BreakerConfig::default()
+                })
+            }
+            None => {}
+        }
+        ChatClient::with_chain(chain).map_err(|e| e.to_string())
+    }
+}
+
 const USAGE: &str = "usage: loadgen [--base-url URL] [--sessions N] [--turns T] \
-[--cancel-after-tokens K] [--idle-sessions M] [--barge-in off|random] [--seed S] [--json]
+[--cancel-after-tokens K] [--idle-sessions M] [--barge-in off|random] [--seed S] \
+[--interrupt immediate|confirmed] \
+[--fallback-base-url URL [--fallback-model M] [--fallback-api-key K]]... [--ttft-timeout-ms N] \
+[--gap-timeout-ms N] [--hedge-after-ms N] [--breaker-failures N] [--json]
        [--nats URL] [--turn-gap-ms N]
        loadgen -h | --help
   --base-url URL           an OpenAI-compatible server (default: an in-process mock)
@@ -96,6 +178,18 @@ const USAGE: &str = "usage: loadgen [--base-url URL] [--sessions N] [--turns T] 
                            (before the first token, mid-stream, during tail speech,
                            during a tool round); replaces --cancel-after-tokens
   --seed S                 seed of the soak's choices (default 1)
+  --interrupt MODE         how a barge-in cuts: immediate (default: cancel() and
+                           speech-started cut at once) or confirmed (speech
+                           pauses at onset, then an interim 'wait stop' cuts;
+                           reports pause_latency_us and pause_hook_us)
+  --fallback-base-url URL  a fallback provider (repeatable; makes a provider chain)
+  --fallback-model M       model for the last fallback named (default: the same)
+  --fallback-api-key K     key for the last fallback named (default: none)
+  --ttft-timeout-ms N      deadline to each provider's first useful output
+  --gap-timeout-ms N       deadline on gaps between a provider's useful outputs
+  --hedge-after-ms N       start the next provider when no output after N ms
+  --breaker-failures N     consecutive failures that open a provider's circuit
+                           breaker (default 3; 0: no breakers)
   --json                   the summary on one line
   --nats URL               cluster mode: place the sessions on the workers behind
                            this NATS server (examples/worker.rs; needs
@@ -118,6 +212,8 @@ fn parse_args() -> Result<Cli, String> {
         json: false,
         random_barge_in: false,
         seed: 1,
+        confirmed: false,
+        chain: ChainArgs::default(),
         nats: None,
         turn_gap_ms: 0,
     };
@@ -134,6 +230,17 @@ fn parse_args() -> Result<Cli, String> {
             "--cancel-after-tokens" => a.cancel_after_tokens = num(value()?)?,
             "--idle-sessions" => a.idle_sessions = num(value()?)?,
             "--seed" => a.seed = num(value()?)? as u64,
+            "--interrupt" => {
+                a.confirmed = match value()?.as_str() {
+                    "immediate" => false,
+                    "confirmed" => true,
+                    other => {
+                        return Err(format!(
+                            "--interrupt: {other:?} is not immediate or confirmed"
+                        ));
+                    }
+                }
+            }
             "--barge-in" => {
                 a.random_barge_in = match value()?.as_str() {
                     "random" => true,
@@ -141,6 +248,22 @@ fn parse_args() -> Result<Cli, String> {
                     other => return Err(format!("--barge-in: {other:?} is not off or random")),
                 }
             }
+            "--fallback-base-url" => a.chain.fallbacks.push((value()?, None, None)),
+            "--fallback-model" | "--fallback-api-key" => {
+                let v = value()?;
+                let last = a.chain.fallbacks.last_mut().ok_or_else(|| {
+                    format!("{arg} applies to a --fallback-base-url named before it")
+                })?;
+                if arg == "--fallback-model" {
+                    last.1 = Some(v);
+                } else {
+                    last.2 = Some(v);
+                }
+            }
+            "--ttft-timeout-ms" => a.chain.ttft_timeout_ms = Some(num(value()?)? as u64),
+            "--gap-timeout-ms" => a.chain.gap_timeout_ms = Some(num(value()?)? as u64),
+            "--hedge-after-ms" => a.chain.hedge_after_ms = Some(num(value()?)? as u64),
+            "--breaker-failures" => a.chain.breaker_failures = Some(num(value()?)? as u32),
             "--json" => a.json = true,
             "--nats" => a.nats = Some(value()?),
             "--turn-gap-ms" => a.turn_gap_ms = num(value()?)? as u64,
@@ -258,9 +381,46 @@ struct Totals {
     tool_results: u64,
     interrupts: u64,
     interrupt_us: Vec<u64>,
+    /// Confirmed mode: speech started → `PlaybackPaused` in the driving task.
+    pause_us: Vec<u64>,
     /// `Interrupted { heard_chars }` that disagreed with the reported playback.
     heard_mismatches: u64,
     orphan_calls: u64,
+    chain: ChainTotals,
+}
+
+/// What the provider chain did, over all turns.
+#[derive(Default)]
+struct ChainTotals {
+    fallbacks: u64,
+    hedges_won: u64,
+    hedge_cost_tokens: u64,
+    duplicated_chars: u64,
+    failures: HashMap<&'static str, u64>,
+}
+
+impl ChainTotals {
+    fn add(&mut self, o: ChainTotals) {
+        self.fallbacks += o.fallbacks;
+        self.hedges_won += o.hedges_won;
+        self.hedge_cost_tokens += o.hedge_cost_tokens;
+        self.duplicated_chars += o.duplicated_chars;
+        for (reason, n) in o.failures {
+            *self.failures.entry(reason).or_default() += n;
+        }
+    }
+}
+
+/// Characters of `after` (text published after a mid-stream failure) that
+/// restate `before` (what the turn had published): the longest run of whole
+/// words at its start that appears, word for word, in `before`.
+fn duplicated_chars(before: &str, after: &str) -> usize {
+    let b: Vec<&str> = before.split_whitespace().collect();
+    let a: Vec<&str> = after.split_whitespace().take(200).collect();
+    (1..=a.len().min(b.len()))
+        .rev()
+        .find(|&k| b.windows(k).any(|w| w == &a[..k]))
+        .map_or(0, |k| a[..k].join(" ").chars().count())
 }
 
 impl Totals {
@@ -280,8 +440,10 @@ impl Totals {
         self.tool_results += o.tool_results;
         self.interrupts += o.interrupts;
         self.interrupt_us.extend(o.interrupt_us);
+        self.pause_us.extend(o.pause_us);
         self.heard_mismatches += o.heard_mismatches;
         self.orphan_calls += o.orphan_calls;
+        self.chain.add(o.chain);
     }
 }
 
@@ -425,11 +587,24 @@ enum Plan {
     Random(Rng),
 }
 
-/// Cancels the turn in flight, noting when for both latency measurements.
+/// `--interrupt confirmed`: barge-ins go through the turn-taking rules.
+static CONFIRMED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Speech-started → pause-hook latencies (µs), confirmed mode.
+static PAUSE_HOOK_US: std::sync::Mutex<Vec<u64>> = std::sync::Mutex::new(Vec::new());
+
+/// Cancels the turn in flight, noting when for both latency measurements. In
+/// confirmed mode the user starts speaking (the agent pauses at onset) and
+/// an interim "wait stop" confirms the cut.
 fn cancel(session: &SessionHandle, cancel_at_ns: &AtomicU64) -> Instant {
     let at = Instant::now();
     cancel_at_ns.store(epoch().elapsed().as_nanos() as u64, Ordering::SeqCst);
-    let _ = session.cancel();
+    if CONFIRMED.load(Ordering::Relaxed) {
+        session.user_speech_started();
+        session.user_transcript("wait stop", false);
+    } else {
+        let _ = session.cancel();
+    }
     at
 }
 
@@ -438,6 +613,15 @@ async fn drive(session: SessionHandle, turns: usize, mut plan: Plan, totals: Arc
     let mut rx = session.subscribe();
     let mut local = Totals::default();
     let cancel_at_ns = Arc::new(AtomicU64::new(0));
+    if CONFIRMED.load(Ordering::Relaxed) {
+        // Runs in the thread that decided the pause, before speech_started returns.
+        let since = cancel_at_ns.clone();
+        session.bus().on_pause(move |_| {
+            let now = epoch().elapsed().as_nanos() as u64;
+            let us = now.saturating_sub(since.load(Ordering::SeqCst)) / 1000;
+            PAUSE_HOOK_US.lock().unwrap().push(us);
+        });
+    }
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     let speaker_task = tokio::spawn(speaker(session.subscribe(), cancel_at_ns.clone(), done_rx));
     let mut last_turn: Option<TurnId> = None;
@@ -463,6 +647,10 @@ async fn drive(session: SessionHandle, turns: usize, mut plan: Plan, totals: Arc
         let mut turn: Option<TurnId> = None;
         let mut tokens = 0usize;
         let mut chars = 0usize;
+        let mut turn_started = sent;
+        let mut turn_text = String::new();
+        // Text length at each failure after output (for duplicated_chars).
+        let mut failed_at: Vec<usize> = Vec::new();
         let mut cancel_sent: Option<Instant> = None;
         let end = loop {
             let ev = match tokio::time::timeout(EVENT_TIMEOUT, rx.recv()).await {
@@ -482,6 +670,9 @@ async fn drive(session: SessionHandle, turns: usize, mut plan: Plan, totals: Arc
                 Some(t) => t == ev.turn,
                 None if last_turn.is_none_or(|l| ev.turn > l) => {
                     turn = Some(ev.turn);
+                    if ev.kind == EventKind::TurnStarted {
+                        turn_started = Instant::now();
+                    }
                     if action == Action::CancelBeforeFirstToken {
                         cancel_sent = Some(cancel(&session, &cancel_at_ns));
                     }
@@ -496,9 +687,12 @@ async fn drive(session: SessionHandle, turns: usize, mut plan: Plan, totals: Arc
                 EventKind::Token(text) => {
                     tokens += 1;
                     chars += text.chars().count();
+                    turn_text.push_str(&text);
                     local.tokens += 1;
                     if tokens == 1 {
-                        local.ttft_us.push(sent.elapsed().as_micros() as u64);
+                        local
+                            .ttft_us
+                            .push(turn_started.elapsed().as_micros() as u64);
                     }
                     action
                         == (Action::CancelMidStream {
@@ -516,6 +710,35 @@ async fn drive(session: SessionHandle, turns: usize, mut plan: Plan, totals: Arc
                     action == (Action::CancelToolRound { after_result: true })
                 }
                 EventKind::TurnFinished(end) => break end,
+                EventKind::PlaybackPaused { .. } => {
+                    if let Some(at) = cancel_sent {
+                        local.pause_us.push(at.elapsed().as_micros() as u64);
+                    }
+                    false
+                }
+                EventKind::ProviderSelected(choice) => {
+                    match choice.reason {
+                        SelectionReason::Fallback => local.chain.fallbacks += 1,
+                        SelectionReason::Hedge => local.chain.hedges_won += 1,
+                        _ => {}
+                    }
+                    false
+                }
+                EventKind::ProviderFailed(failure) => {
+                    *local
+                        .chain
+                        .failures
+                        .entry(failure.reason.label())
+                        .or_default() += 1;
+                    if failure.is_hedge_cost() {
+                        local.chain.hedge_cost_tokens +=
+                            failure.usage.map_or(0, |u| u.total_tokens);
+                    }
+                    if failure.after_output {
+                        failed_at.push(turn_text.len());
+                    }
+                    false
+                }
                 _ => false,
             };
             if cut_here && cancel_sent.is_none() {
@@ -524,6 +747,11 @@ async fn drive(session: SessionHandle, turns: usize, mut plan: Plan, totals: Arc
         };
         let turn = turn.expect("a TurnFinished names its turn");
         last_turn = Some(turn);
+        for (i, &at) in failed_at.iter().enumerate() {
+            let until = failed_at.get(i + 1).copied().unwrap_or(turn_text.len());
+            local.chain.duplicated_chars +=
+                duplicated_chars(&turn_text[..at], &turn_text[at..until]) as u64;
+        }
         local.turns += 1;
         match end {
             TurnEnd::Cancelled => {
@@ -703,9 +931,24 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         read_gap_timeout: Duration::from_secs(30),
         ..ClientConfig::default()
     };
-    let client = ChatClient::with_config(OpenAiConfig::compatible(base_url), config)?;
-    let mut session_config =
-        SessionConfig::new(client, AgentSettings::new(LlmOptions::new("loadgen")));
+    let client = if args.chain.enabled() {
+        args.chain.client(base_url, config)?
+    } else {
+        ChatClient::with_config(OpenAiConfig::compatible(base_url), config)?
+    };
+    // Barge-ins measure the immediate cut (the fastest path), or in confirmed
+    // mode a pause at speech onset then a cut by a confirming interim.
+    let mut settings = AgentSettings::new(LlmOptions::new("loadgen"));
+    settings.interruption = InterruptionPolicy::immediate();
+    if args.confirmed {
+        CONFIRMED.store(true, Ordering::Relaxed);
+        settings.interruption = InterruptionPolicy {
+            min_pause: Duration::ZERO,
+            resume_timeout: Duration::from_secs(60),
+            ..InterruptionPolicy::default()
+        };
+    }
+    let mut session_config = SessionConfig::new(client, settings);
     if args.random_barge_in {
         session_config = session_config.with_tools(weather_tool());
         session_config.bus_capacity = SOAK_BUS_CAPACITY;
@@ -797,6 +1040,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     t.cancel_us.sort_unstable();
     t.speaker_cancel_us.sort_unstable();
     t.interrupt_us.sort_unstable();
+    t.pause_us.sort_unstable();
+    let mut pause_hook_us = std::mem::take(&mut *PAUSE_HOOK_US.lock().unwrap());
+    pause_hook_us.sort_unstable();
     let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
     let stale_events = load(&invariants.stale_events);
     let double_endings = load(&invariants.double_endings);
@@ -814,9 +1060,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "tokens": t.tokens,
         "errors": t.errors,
         "cancels": t.cancels,
-        "ttft_ms": {"p50": percentile(&t.ttft_us, 0.5) as f64 / 1000.0, "p99": percentile(&t.ttft_us, 0.99) as f64 / 1000.0},
+        "ttft_ms": {
+            "p50": percentile(&t.ttft_us, 0.5) as f64 / 1000.0,
+            "p99": percentile(&t.ttft_us, 0.99) as f64 / 1000.0,
+            "max": t.ttft_us.last().copied().unwrap_or(0) as f64 / 1000.0,
+        },
         "cancel_latency_us": latency_json(&t.cancel_us),
         "speaker_cancel_latency_us": latency_json(&t.speaker_cancel_us),
+        "pause_latency_us": latency_json(&t.pause_us),
+        "pause_hook_us": latency_json(&pause_hook_us),
         "stale_events_after_cancel": t.stale,
         "invariants": {
             "stale_events": stale_events,
@@ -834,6 +1086,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "peak_rss_mb": (peak_rss * 10.0).round() / 10.0,
         "setup_s": ((load_started - started).as_secs_f64() * 100.0).round() / 100.0,
     });
+    // Provider chain figures (0 without a chain).
+    let failures: serde_json::Map<String, serde_json::Value> = t
+        .chain
+        .failures
+        .iter()
+        .map(|(reason, n)| (reason.to_string(), json!(n)))
+        .collect();
+    summary["fallbacks"] = json!(t.chain.fallbacks);
+    summary["hedges_won"] = json!(t.chain.hedges_won);
+    summary["hedge_cost_tokens"] = json!(t.chain.hedge_cost_tokens);
+    summary["duplicated_chars"] = json!(t.chain.duplicated_chars);
+    summary["provider_failures"] = json!(failures);
     if args.random_barge_in {
         let actions: serde_json::Map<String, serde_json::Value> = ACTION_LABELS
             .iter()

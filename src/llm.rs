@@ -5,6 +5,8 @@
 //! ```text
 //! ChatRequest ──wire.rs (checked messages) + request.rs──▶ JSON body
 //!   JSON body ──client.rs──▶ POST (deadlines; retries before the first event)
+//!             (chain.rs: a request per provider of a chain — fallback, hedging,
+//!              circuit breakers, continuation — each one such a POST)
 //!   bytes ──read_gap.rs──▶ sse.rs (UTF-8 repair, per-event cap)
 //!         ──▶ eventsource-stream ──chunk.rs──▶ deltas
 //!   deltas ──tool_call_assembler.rs / usage.rs / structured.rs──▶ StreamEvent
@@ -14,6 +16,7 @@
 //! dropping it drops the response body and the connection closes at once — the
 //! property barge-in is built on.
 
+mod chain;
 mod chunk;
 mod client;
 mod config;
@@ -29,13 +32,20 @@ mod tool_call_assembler;
 mod usage;
 mod wire;
 
+pub use chain::{
+    AdaptiveHedge, BreakerConfig, BreakerState, DEFAULT_CONTINUATION_INSTRUCTION, Hedging,
+    MidStreamFailure, ProviderChain, ProviderSpec, ProviderStatus,
+};
 pub use client::ChatClient;
 pub use config::{
     AzureAuth, AzureConfig, AzureSettings, ClientConfig, DEFAULT_AZURE_API_VERSION, OpenAiConfig,
     Provider, RetryPolicy,
 };
 pub use error::{ConfigError, LlmError, ProviderError};
-pub use event::{FinishReason, StreamEvent, StreamSummary, ToolCall};
+pub use event::{
+    FailureReason, FinishReason, ProviderChoice, ProviderFailure, SelectionReason, StreamEvent,
+    StreamSummary, ToolCall,
+};
 pub use options::{LlmOptions, ReasoningEffort, Verbosity};
 pub use request::{ChatRequest, build_body};
 pub use stream::{ChatStream, StreamLimits};

@@ -17,7 +17,7 @@
 mod http;
 mod response;
 
-pub use response::{MockResponse, sse_chunk};
+pub use response::{MockGate, MockResponse, sse_chunk};
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

@@ -10,7 +10,7 @@ use colloquy::context::{ChatContext, ChatItem, Role};
 use colloquy::mock::{MockResponse, MockServer, sse_chunk};
 use colloquy::tools::ToolDefinition;
 use colloquy_actors::bus::{BusRecvError, EventKind, TurnEnd};
-use colloquy_actors::{SessionError, Tool, ToolRegistry, TurnId};
+use colloquy_actors::{InterruptionPolicy, SessionError, Tool, ToolRegistry, TurnId};
 use serde_json::json;
 
 #[path = "support/session.rs"]
@@ -343,7 +343,10 @@ async fn barge_in_before_the_first_playback_report_cuts_the_speech() {
     })
     .await
     .unwrap();
-    let (sup, session, mut rx) = setup(&server, |_| {}).await;
+    let (sup, session, mut rx) = setup(&server, |c| {
+        c.settings.interruption = InterruptionPolicy::immediate()
+    })
+    .await;
     session.send_text("q").unwrap();
     let t = next_matching(&mut rx, |e| e.kind == EventKind::TurnStarted)
         .await
@@ -388,6 +391,38 @@ async fn a_queued_message_is_kept_when_the_session_stops() {
     assert_eq!(
         shape(&session.checkpoint()),
         vec!["u:first", "a*:Thinking", "u:second"]
+    );
+    sup.shutdown().await;
+}
+
+/// A new turn that begins while the last reply's speech is still playing
+/// (here `generate()`) cuts that speech: the history keeps what was heard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_turn_over_playing_speech_commits_only_what_was_heard() {
+    let server = MockServer::start(|_| MockResponse::text(&["Hello there, ", "friend."]))
+        .await
+        .unwrap();
+    let (sup, session, mut rx) = setup(&server, |_| {}).await;
+    session.send_text("hi").unwrap();
+    let t1 = next_matching(&mut rx, |e| e.kind == EventKind::TurnStarted)
+        .await
+        .turn;
+    assert_eq!(finished(&mut rx, t1).await, TurnEnd::Stop);
+    session.speech_played(t1, 5).unwrap();
+    session.generate().unwrap();
+    let cut = next_matching(&mut rx, |e| {
+        e.turn == t1 && matches!(e.kind, EventKind::Interrupted { .. })
+    })
+    .await;
+    assert_eq!(cut.kind, EventKind::Interrupted { heard_chars: 5 });
+    let t2 = next_matching(&mut rx, |e| e.kind == EventKind::TurnStarted)
+        .await
+        .turn;
+    assert_eq!(finished(&mut rx, t2).await, TurnEnd::Stop);
+    let ctx = session.context().await.unwrap();
+    assert_eq!(
+        shape(&ctx),
+        vec!["u:hi", "a*:Hello", "a:Hello there, friend."]
     );
     sup.shutdown().await;
 }

@@ -12,8 +12,8 @@ use colloquy::mock::{MockResponse, MockServer, RecordedRequest, sse_chunk};
 use colloquy::tools::ToolDefinition;
 use colloquy_actors::bus::{BusReceiver, BusRecvError, EventKind, ToolOutput, TurnEnd};
 use colloquy_actors::{
-    AgentSettings, SegmenterConfig, SessionConfig, SessionError, SessionHandle, Supervisor,
-    SupervisorConfig, SupervisorError, Tool, ToolError, ToolRegistry, TurnId,
+    AgentSettings, InterruptionPolicy, SegmenterConfig, SessionConfig, SessionError, SessionHandle,
+    Supervisor, SupervisorConfig, SupervisorError, Tool, ToolError, ToolRegistry, TurnId,
 };
 use serde_json::json;
 
@@ -132,7 +132,10 @@ async fn cancel_during_a_stalled_stream() {
     let server = MockServer::start(|_| MockResponse::text_then_stall(&["Let me think"]))
         .await
         .unwrap();
-    let (sup, session, mut rx) = setup(&server, |_| {}).await;
+    let (sup, session, mut rx) = setup(&server, |c| {
+        c.settings.interruption = InterruptionPolicy::immediate()
+    })
+    .await;
     session.send_text("hard question").unwrap();
     let tok = next_matching(&mut rx, |e| matches!(e.kind, EventKind::Token(_))).await;
     let mut disconnects = server.disconnects();
@@ -717,7 +720,10 @@ async fn barge_in_during_tail_speech_trims_the_finished_reply() {
         MockServer::start(|_| MockResponse::text(&["The forecast ", "for tomorrow is rain."]))
             .await
             .unwrap();
-    let (sup, session, mut rx) = setup(&server, |_| {}).await;
+    let (sup, session, mut rx) = setup(&server, |c| {
+        c.settings.interruption = InterruptionPolicy::immediate()
+    })
+    .await;
     session.send_text("forecast?").unwrap();
     let turn = next_matching(&mut rx, |e| e.kind == EventKind::TurnStarted)
         .await

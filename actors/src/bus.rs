@@ -6,7 +6,7 @@
 //! progress (TTS). Any number of subscribers read it.
 //!
 //! The bus is also where the cancel guarantee lives. Every event of the agent's
-//! side names its turn, and the [turn ledger](ledger) behind one mutex checks
+//! side names its turn, and the turn ledger (`bus/ledger.rs`) behind one mutex checks
 //! it: once a turn is finished as cancelled or failed, every later event of that
 //! turn — a token the stream task had in hand, a segment the segmenter was about
 //! to flush, a tool result — is refused with [`PublishError::Stale`]. Because the
@@ -31,13 +31,16 @@ mod event;
 pub(crate) mod ledger;
 mod subscriber;
 
-pub use event::{BusEvent, EventKind, ToolOutput, TurnEnd};
+pub use event::{BusEvent, EventKind, SpeculationOutcome, ToolOutput, TurnEnd};
 pub use subscriber::{BusReceiver, BusRecvError};
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::ids::{SessionId, TurnId};
-use ledger::{Closed, Cut, Ledger, LedgerError, TapFilter};
+use ledger::{Closed, Cut, Ledger, LedgerError, Signal, TapFilter};
+
+use crate::task::AbortOnDrop;
+use crate::turn_taking::InterruptionPolicy;
 
 /// Default number of events a subscriber may fall behind before it lags.
 pub const DEFAULT_BUS_CAPACITY: usize = 64;
@@ -72,18 +75,32 @@ pub enum PublishError {
     Closed,
 }
 
-type CutHook = Arc<dyn Fn(TurnId) + Send + Sync>;
+type Hook = Arc<dyn Fn(TurnId) + Send + Sync>;
+
+/// Which transition a hook follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HookKind {
+    Cut,
+    Pause,
+    Resume,
+}
 
 struct Inner {
     session: SessionId,
     ledger: Mutex<Ledger>,
-    cut_hooks: Mutex<Vec<(u64, CutHook)>>,
+    hooks: Mutex<Vec<(u64, HookKind, Hook)>>,
     next_hook: std::sync::atomic::AtomicU64,
+    /// Wakes the turn-taking timer when a deadline may have changed.
+    timer: tokio::sync::Notify,
 }
 
-/// Identifies a hook added with [`SessionBus::on_cut`].
+/// Identifies a hook added with [`SessionBus::on_cut`], [`SessionBus::on_pause`]
+/// or [`SessionBus::on_resume`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct CutHookId(u64);
+
+/// Another name for [`CutHookId`]: every playback hook has one.
+pub type HookId = CutHookId;
 
 /// A session's event bus. Cheap to clone; all clones are the same bus.
 #[derive(Clone)]
@@ -114,8 +131,9 @@ impl SessionBus {
             inner: Arc::new(Inner {
                 ledger: Mutex::new(Ledger::new(session.clone(), capacity, max_turn_text)),
                 session,
-                cut_hooks: Mutex::new(Vec::new()),
+                hooks: Mutex::new(Vec::new()),
                 next_hook: std::sync::atomic::AtomicU64::new(1),
+                timer: tokio::sync::Notify::new(),
             }),
         }
     }
@@ -157,17 +175,28 @@ impl SessionBus {
         self.inner.ledger.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Publishes a user-side event (speech started, transcript); never fenced.
-    /// `UserSpeechStarted` cuts the agent's turn (or its speech) here, before
-    /// this returns, when the session's interruption policy says so. Returns
-    /// the event's seq.
+    /// Publishes a user-side event (speech started or ended, a transcript);
+    /// never fenced. The session's interruption policy acts on it here, before
+    /// this returns: in immediate mode `UserSpeechStarted` cuts the agent's
+    /// turn (or its speech); in confirmed mode speech pauses it after
+    /// `min_pause`, a confirming transcript cuts it, a backchannel or silence
+    /// resumes it (see [`turn_taking`](crate::turn_taking)). Returns the
+    /// event's seq.
     pub fn publish_user(&self, kind: EventKind) -> Result<u64, PublishError> {
         if !kind.is_user_side() {
             return Err(PublishError::NotAllowed(kind.name()));
         }
-        let (seq, cut) = self.lock().publish_user(kind)?;
-        if let Some(cut) = cut {
-            self.after_cut(cut);
+        let (seq, signal) = {
+            let mut ledger = self.lock();
+            let before = ledger.next_deadline();
+            let out = ledger.publish_user(kind, std::time::Instant::now())?;
+            if ledger.next_deadline() != before {
+                self.inner.timer.notify_one();
+            }
+            out
+        };
+        if let Some(signal) = signal {
+            self.after(signal);
         }
         Ok(seq)
     }
@@ -192,9 +221,22 @@ impl SessionBus {
         self.lock().publish(turn, kind)
     }
 
-    /// Starts the next turn (publishes `TurnStarted`).
+    /// Starts the next turn (publishes `TurnStarted`). A new reply over the
+    /// last one's speech still playing cuts that speech first (`Interrupted`,
+    /// hooks): it is refused with `PendingCommit` until the actor has trimmed
+    /// the last turn to what was heard.
     pub(crate) fn begin_turn(&self) -> Result<TurnId, LedgerError> {
-        self.lock().begin()
+        let cut = {
+            let mut ledger = self.lock();
+            if !ledger.speech_playing() {
+                return ledger.begin();
+            }
+            ledger.cut(None, TurnEnd::Cancelled)
+        };
+        if let Some(cut) = cut {
+            self.after_cut(cut);
+        }
+        Err(LedgerError::PendingCommit)
     }
 
     /// Closes `turn` with the end its stream reached; `false` when it was cut
@@ -219,12 +261,62 @@ impl SessionBus {
     }
 
     fn after_cut(&self, cut: Cut) {
-        if matches!(cut, Cut::Generation(_)) {
-            metrics::counter!("colloquy_turn_cuts_total", "what" => "generation").increment(1);
-        } else {
-            metrics::counter!("colloquy_turn_cuts_total", "what" => "speech").increment(1);
-        }
-        self.run_cut_hooks(cut.turn());
+        self.after(Signal::Cut(cut));
+    }
+
+    /// Counts a transition and runs its hooks (outside the ledger lock).
+    fn after(&self, signal: Signal) {
+        let (kind, turn) = match signal {
+            Signal::Cut(Cut::Generation(t)) => {
+                metrics::counter!("colloquy_turn_cuts_total", "what" => "generation").increment(1);
+                (HookKind::Cut, t)
+            }
+            Signal::Cut(Cut::Speech(t)) => {
+                metrics::counter!("colloquy_turn_cuts_total", "what" => "speech").increment(1);
+                (HookKind::Cut, t)
+            }
+            Signal::Paused(t) => {
+                metrics::counter!("colloquy_playback_pauses_total").increment(1);
+                (HookKind::Pause, t)
+            }
+            Signal::Resumed(t) => {
+                metrics::counter!("colloquy_playback_resumes_total").increment(1);
+                (HookKind::Resume, t)
+            }
+        };
+        self.run_hooks(kind, turn);
+    }
+
+    /// Starts the task that gives the turn-taking rules their time: it sleeps
+    /// until the ledger's next deadline (a pause after `min_pause` of speech,
+    /// a resume after `resume_timeout`) and applies it. Ends with the bus.
+    pub(crate) fn spawn_timer(&self) -> AbortOnDrop {
+        let bus = self.clone();
+        AbortOnDrop(tokio::spawn(async move {
+            loop {
+                let next = {
+                    let ledger = bus.lock();
+                    if ledger.is_closed() {
+                        return;
+                    }
+                    ledger.next_deadline()
+                };
+                match next {
+                    Some(at) => {
+                        tokio::select! {
+                            () = tokio::time::sleep_until(at.into()) => {
+                                let signal = bus.lock().on_timer(std::time::Instant::now());
+                                if let Some(signal) = signal {
+                                    bus.after(signal);
+                                }
+                            }
+                            () = bus.inner.timer.notified() => {}
+                        }
+                    }
+                    None => bus.inner.timer.notified().await,
+                }
+            }
+        }))
     }
 
     /// Takes the record of a closed turn waiting for its commit.
@@ -235,11 +327,13 @@ impl SessionBus {
     /// Closes the bus: the session stopped.
     pub(crate) fn close(&self) {
         self.lock().close_bus();
+        self.inner.timer.notify_one();
     }
 
-    /// Sets the interruption policy applied when `UserSpeechStarted` is published.
-    pub(crate) fn set_cut_on_speech(&self, cut: bool) {
-        self.lock().cut_on_speech = cut;
+    /// Sets the interruption policy applied to user events.
+    pub(crate) fn set_policy(&self, policy: InterruptionPolicy) {
+        self.lock().policy = policy;
+        self.inner.timer.notify_one();
     }
 
     /// Registers a hook called synchronously, in the thread that cuts, right
@@ -249,39 +343,61 @@ impl SessionBus {
     /// without waiting for its task to be scheduled. The hook runs outside the
     /// bus lock; keep it short.
     pub fn on_cut(&self, hook: impl Fn(TurnId) + Send + Sync + 'static) -> CutHookId {
+        self.add_hook(HookKind::Cut, Arc::new(hook))
+    }
+
+    /// Registers a hook called synchronously right after the agent's speech is
+    /// paused (`PlaybackPaused` published), in the thread that decided it.
+    pub fn on_pause(&self, hook: impl Fn(TurnId) + Send + Sync + 'static) -> HookId {
+        self.add_hook(HookKind::Pause, Arc::new(hook))
+    }
+
+    /// Registers a hook called synchronously right after paused speech is
+    /// resumed (`PlaybackResumed` published).
+    pub fn on_resume(&self, hook: impl Fn(TurnId) + Send + Sync + 'static) -> HookId {
+        self.add_hook(HookKind::Resume, Arc::new(hook))
+    }
+
+    fn add_hook(&self, kind: HookKind, hook: Hook) -> HookId {
         let id = self
             .inner
             .next_hook
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.inner
-            .cut_hooks
+            .hooks
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push((id, Arc::new(hook)));
+            .push((id, kind, hook));
         CutHookId(id)
     }
 
-    /// Removes a hook added with [`SessionBus::on_cut`].
+    /// Removes a hook added with [`SessionBus::on_cut`], [`SessionBus::on_pause`]
+    /// or [`SessionBus::on_resume`].
     pub fn remove_cut_hook(&self, id: CutHookId) {
         self.inner
-            .cut_hooks
+            .hooks
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .retain(|(h, _)| *h != id.0);
+            .retain(|(h, _, _)| *h != id.0);
     }
 
-    fn run_cut_hooks(&self, turn: TurnId) {
-        let hooks: Vec<CutHook> = self
+    fn run_hooks(&self, kind: HookKind, turn: TurnId) {
+        let hooks: Vec<Hook> = self
             .inner
-            .cut_hooks
+            .hooks
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .map(|(_, h)| h.clone())
+            .filter(|(_, k, _)| *k == kind)
+            .map(|(_, _, h)| h.clone())
             .collect();
         for hook in hooks {
             hook(turn);
         }
+    }
+
+    fn run_cut_hooks(&self, turn: TurnId) {
+        self.run_hooks(HookKind::Cut, turn);
     }
 
     /// Catch-up for a lagging subscriber: the current turn's text after the first
@@ -448,6 +564,8 @@ mod tests {
         bus.publish_agent(t, EventKind::ToolCall(Arc::new(call)))
             .unwrap();
         assert!(!bus.lock().last_round_answered(t));
+        let (turn, calls) = bus.lock().unanswered_calls().unwrap();
+        assert_eq!((turn, calls[0].id.as_str()), (t, "c1"));
         let out = |id: &str| {
             EventKind::ToolResult(Arc::new(ToolOutput {
                 call_id: id.into(),
@@ -466,6 +584,7 @@ mod tests {
             Err(PublishError::AlreadyAnswered(_))
         ));
         assert!(bus.lock().last_round_answered(t));
+        assert_eq!(bus.lock().unanswered_calls(), None);
     }
 
     #[test]
@@ -552,6 +671,7 @@ mod tests {
     #[test]
     fn speech_started_cuts_in_the_same_critical_section() {
         let bus = SessionBus::new(SessionId::new("s"), 16);
+        bus.set_policy(InterruptionPolicy::immediate());
         let mut rx = bus.subscribe();
         let t = begin(&bus, 0);
         bus.publish_user(EventKind::UserSpeechStarted).unwrap();
@@ -563,10 +683,11 @@ mod tests {
         );
         assert!(!bus.is_open(t));
         bus.take_closed();
-        bus.set_cut_on_speech(false);
+        bus.set_policy(InterruptionPolicy::default());
         let t2 = begin(&bus, 0);
         bus.publish_user(EventKind::UserSpeechStarted).unwrap();
-        assert!(bus.is_open(t2), "policy off: speech alone does not cut");
+        assert!(bus.is_open(t2), "confirmed mode: speech alone does not cut");
+        assert!(bus.lock().next_deadline().is_some(), "a pause is scheduled");
     }
 
     #[test]

@@ -8,10 +8,11 @@
 //!   `{prefix}-workers`. A full (or draining) worker unsubscribes, so NATS
 //!   only hands new sessions to workers with room. [`ClusterClient::place`]
 //!   sends a [`SessionSpec`] (model, options, instructions, tool *names*,
-//!   interruption settings); tools are registered on the workers by name.
+//!   interruption and preemption settings); tools are registered on the
+//!   workers by name.
 //! - **Remote sessions.** A [`RemoteSession`] has the inputs of a
-//!   [`SessionHandle`](crate::SessionHandle) (speech started, transcripts,
-//!   speech played, send text, cancel, tool results) as requests on
+//!   [`SessionHandle`](crate::SessionHandle) (speech started and ended,
+//!   transcripts, speech played, send text, cancel, tool results) as requests on
 //!   `{prefix}.session.{key}.in`, and [`RemoteSession::subscribe`] reads the
 //!   session's events from `{prefix}.session.{key}.events`. Both are JSON in
 //!   the schema of [`wire`], so an STT or TTS service in any language can join.
@@ -55,7 +56,7 @@ mod worker;
 /// [`connect`] returns and [`Worker::start`] takes).
 pub use async_nats;
 pub use remote::{ClusterClient, RemoteConfig, RemoteEvents, RemoteSession};
-pub use spec::{SessionSpec, SpecInterruption, SpecOptions};
+pub use spec::{SessionSpec, SpecInterruption, SpecMode, SpecOptions};
 pub use wire::{RemoteEvent, RemoteEventKind};
 pub use worker::{DrainReport, Worker, WorkerConfig};
 

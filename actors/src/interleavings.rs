@@ -90,7 +90,9 @@ fn scripted(
 enum Op {
     SendText,
     FinalTranscript,
+    Interim,
     SpeechStarted,
+    SpeechEnded,
     Cancel,
     Token,
     Call,
@@ -104,10 +106,12 @@ enum Op {
 
 fn pick(rng: &mut Rng) -> Op {
     match rng.below(100) {
-        0..=9 => Op::SendText,
-        10..=14 => Op::FinalTranscript,
-        15..=19 => Op::SpeechStarted,
-        20..=26 => Op::Cancel,
+        0..=6 => Op::SendText,
+        7..=11 => Op::FinalTranscript,
+        12..=17 => Op::Interim,
+        18..=19 => Op::SpeechStarted,
+        20..=21 => Op::SpeechEnded,
+        22..=26 => Op::Cancel,
         27..=49 => Op::Token,
         50..=57 => Op::Call,
         58..=67 => Op::Finish,
@@ -133,6 +137,18 @@ async fn run_case(supervisor: &Supervisor, seed: u64) -> Result<(), String> {
     let mut settings = AgentSettings::new(LlmOptions::new("scripted"));
     settings.max_tool_rounds = 1 + rng.below(3) as u32;
     settings.interruption.cancel_on_user_message = rng.below(4) != 0;
+    // Every interruption mode; timers short enough to fire inside a case.
+    settings.interruption.mode = match rng.below(3) {
+        0 => crate::turn_taking::InterruptionMode::Immediate,
+        _ => crate::turn_taking::InterruptionMode::Confirmed,
+    };
+    settings.interruption.min_pause = std::time::Duration::from_micros(rng.below(2) * 500);
+    settings.interruption.resume_timeout = std::time::Duration::from_micros(rng.below(2) * 500);
+    if rng.below(2) == 0 {
+        settings.preemptive = Some(crate::Preemptive {
+            debounce: std::time::Duration::from_micros(rng.below(2) * 500),
+        });
+    }
     settings.max_context_items = None;
     let id = format!("case-{seed}");
     let session: SessionHandle = supervisor
@@ -158,7 +174,23 @@ async fn run_case(supervisor: &Supervisor, seed: u64) -> Result<(), String> {
                 let _ = session.send_text(format!("q{}", rng.below(1000)));
             }
             Op::FinalTranscript => {
-                session.user_transcript(format!("t{}", rng.below(1000)), true);
+                // Sometimes a backchannel, which must not become a turn while
+                // the agent speaks.
+                // Sometimes a backchannel (not a turn while the agent speaks),
+                // sometimes what an interim said (a speculation hit).
+                let text = match rng.below(4) {
+                    0 => "uh-huh".to_string(),
+                    1 => "T7, please.".to_string(),
+                    _ => format!("t{} please", rng.below(1000)),
+                };
+                session.user_transcript(text, true);
+            }
+            Op::Interim => {
+                let text = ["mm", "wait", "wait stop", "t7 please"][rng.below(4) as usize];
+                session.user_transcript(text, false);
+            }
+            Op::SpeechEnded => {
+                session.user_speech_ended();
             }
             Op::SpeechStarted => {
                 session.user_speech_started();
@@ -389,6 +421,7 @@ fn check(ctx: &ChatContext, events: &[BusEvent], script: &Script) -> Result<(), 
     let mut cut: HashSet<TurnId> = HashSet::new();
     let mut usage: HashMap<TurnId, usize> = HashMap::new();
     let mut provider_usage = HashSet::new();
+    let mut speculative = HashSet::new();
     for ev in events {
         if ev.seq <= last_seq {
             return Err(format!("seq {} after {last_seq}", ev.seq));
@@ -407,6 +440,8 @@ fn check(ctx: &ChatContext, events: &[BusEvent], script: &Script) -> Result<(), 
                     EventKind::Speakable { .. }
                         | EventKind::SpeechPlayed { .. }
                         | EventKind::Interrupted { .. }
+                        | EventKind::PlaybackPaused { .. }
+                        | EventKind::PlaybackResumed { .. }
                 );
             if !allowed {
                 return Err(format!(
@@ -432,6 +467,26 @@ fn check(ctx: &ChatContext, events: &[BusEvent], script: &Script) -> Result<(), 
             EventKind::Interrupted { .. } => {
                 cut.insert(ev.turn);
             }
+            EventKind::SpeculationEnded { outcome, usage: u } => {
+                if *outcome == crate::bus::SpeculationOutcome::Hit {
+                    continue;
+                }
+                // Nothing of a discarded speculation may have been published.
+                if events.iter().any(|e| {
+                    e.turn == ev.turn
+                        && !e.kind.is_user_side()
+                        && !matches!(e.kind, EventKind::SpeculationEnded { .. })
+                }) {
+                    return Err(format!(
+                        "discarded speculation {} published events",
+                        ev.turn
+                    ));
+                }
+                if u.is_some() {
+                    *usage.entry(ev.turn).or_default() += 1;
+                }
+                speculative.insert(ev.turn);
+            }
             EventKind::Usage(u) => {
                 *usage.entry(ev.turn).or_default() += 1;
                 if !u.estimated && !provider_usage.insert(u.prompt_tokens) {
@@ -444,6 +499,16 @@ fn check(ctx: &ChatContext, events: &[BusEvent], script: &Script) -> Result<(), 
     for t in &started {
         if !ended.contains_key(t) {
             return Err(format!("turn {t} never ended"));
+        }
+    }
+    // A discarded speculation reports the cost of its requests once.
+    for t in &speculative {
+        let created = script.requests.iter().filter(|r| r.turn == *t).count();
+        let n = usage.get(t).copied().unwrap_or(0);
+        if n != created.min(1) {
+            return Err(format!(
+                "speculation {t}: {n} usage reports for {created} requests"
+            ));
         }
     }
     // Usage: one per request. A request whose task was cut before its first

@@ -52,12 +52,14 @@ mod interleavings;
 mod llm_actor;
 mod segmenter;
 mod session;
+pub mod speech;
 mod supervisor;
 mod task;
 mod tool_executor;
+pub mod turn_taking;
 
 pub use ids::{SessionId, TurnId};
-pub use llm_actor::{AgentSettings, BeforeTurnHook, InterruptionPolicy};
+pub use llm_actor::{AgentSettings, BeforeTurnHook, InterruptionPolicy, Preemptive};
 pub use segmenter::{SegmentBuffer, SegmenterConfig};
 pub use session::{SessionError, SessionHandle};
 pub use supervisor::{SessionConfig, Supervisor, SupervisorConfig, SupervisorError};

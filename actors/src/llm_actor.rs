@@ -4,7 +4,7 @@
 //! agent said. Its handlers never await the network: each round's stream runs in
 //! a task ([`round::run_round`]) that publishes straight to the bus, so the
 //! mailbox holds no token traffic. Cancel does not go through the mailbox at
-//! all: a caller cuts the turn on the bus's [ledger](crate::bus::ledger), which
+//! all: a caller cuts the turn on the bus's turn ledger (`bus/ledger.rs`), which
 //! aborts the task, reports usage and closes the turn in one critical section.
 //! The actor learns of it by *reconciling* — taking the ledger's closed record
 //! and committing it — before and after every message it handles
@@ -20,7 +20,7 @@ mod round;
 mod settings;
 mod turn;
 
-pub use settings::{AgentSettings, BeforeTurnHook, InterruptionPolicy};
+pub use settings::{AgentSettings, BeforeTurnHook, InterruptionPolicy, Preemptive};
 
 use std::sync::Arc;
 
@@ -61,6 +61,9 @@ pub(crate) enum LlmMsg {
     Update(Box<dyn FnOnce(&mut AgentSettings) + Send>),
     /// Replace the committed context; refused while a turn is in flight.
     ReplaceContext(ChatContext, RpcReplyPort<Result<(), SessionError>>),
+    /// The debounce of interim number `interim` ran out: speculate on it if
+    /// it is still the latest.
+    Speculate { interim: u64 },
 }
 
 /// The actor type.
@@ -78,14 +81,20 @@ pub(crate) struct LlmState {
     /// User messages waiting for the turn in flight (when new messages do not
     /// cancel it), with whether they ask for a reply.
     queued: Vec<(ChatMessage, bool)>,
+    /// Preemptive generation: the speculative turn in flight.
+    speculation: Option<turn::Speculative>,
+    /// The latest interim transcript (cleared by a final) and its number.
+    interim: Option<(u64, String)>,
+    interims_seen: u64,
+    /// The `before_turn` hook already ran for the current utterance (its
+    /// speculation did).
+    hook_ran_for_utterance: bool,
 }
 
 fn tap_filter(kind: &EventKind) -> bool {
     matches!(
         kind,
-        EventKind::UserSpeechStarted
-            | EventKind::UserTranscript { is_final: true, .. }
-            | EventKind::ToolResult(_)
+        EventKind::UserSpeechStarted | EventKind::UserTranscript { .. } | EventKind::ToolResult(_)
     )
 }
 
@@ -116,6 +125,10 @@ impl Actor for LlmActor {
             turn: TurnState::Idle,
             last_turn: None,
             queued: Vec::new(),
+            speculation: None,
+            interim: None,
+            interims_seen: 0,
+            hook_ran_for_utterance: false,
         };
         // A turn closed while no actor ran (the previous one failed) is
         // committed now.
@@ -186,6 +199,7 @@ impl Actor for LlmActor {
                 };
                 let _ = reply.send(result);
             }
+            LlmMsg::Speculate { interim } => state.speculate(interim),
         }
         state.reconcile();
         state.after_turn();
@@ -202,6 +216,23 @@ impl LlmState {
     }
 
     fn user_message(&mut self, message: ChatMessage, respond: bool) {
+        self.interim = None;
+        if let Some(spec) = self.speculation.take() {
+            let words = crate::turn_taking::normalize_words(&message.text_content());
+            if respond && words == spec.words && self.core.bus.lock().promote(spec.turn) {
+                // A hit: the reply is already under way; the utterance is
+                // committed (its final wording) before the reply.
+                self.hook_ran_for_utterance = false;
+                self.context.push(ChatItem::Message(message));
+                self.checkpoint();
+                return;
+            }
+            self.core
+                .bus
+                .lock()
+                .discard(spec.turn, crate::bus::SpeculationOutcome::Miss);
+            self.reconcile();
+        }
         if self.settings.interruption.cancel_on_user_message {
             // Cuts the turn in flight, or the speech of the last one; the
             // reconcile commits it before the new message.
@@ -229,8 +260,53 @@ impl LlmState {
             } => {
                 self.user_message(ChatMessage::text(Role::User, text.to_string()), true);
             }
+            EventKind::UserTranscript {
+                text,
+                is_final: false,
+            } => self.interim(text.to_string()),
             EventKind::ToolResult(_) => self.maybe_continue(),
             _ => {}
+        }
+    }
+
+    /// Preemptive generation: an interim transcript (re)arms the debounce.
+    fn interim(&mut self, text: String) {
+        let Some(preemptive) = self.settings.preemptive else {
+            return;
+        };
+        self.interims_seen += 1;
+        let interim = self.interims_seen;
+        self.interim = Some((interim, text));
+        self.myself
+            .send_after(preemptive.debounce, move || LlmMsg::Speculate { interim });
+    }
+
+    /// The debounce ran out for interim number `interim`: speculate on it when
+    /// it is still the latest, the agent is idle (or only speculating on
+    /// other words), and no final came meanwhile. At most one speculative
+    /// request is in flight.
+    fn speculate(&mut self, interim: u64) {
+        let Some(text) = self
+            .interim
+            .as_ref()
+            .filter(|(n, _)| *n == interim)
+            .map(|(_, t)| t.clone())
+        else {
+            return;
+        };
+        if let Some(spec) = &self.speculation {
+            if spec.words == crate::turn_taking::normalize_words(&text) {
+                return;
+            }
+            let turn = spec.turn;
+            self.core
+                .bus
+                .lock()
+                .discard(turn, crate::bus::SpeculationOutcome::Miss);
+            self.reconcile();
+        }
+        if self.turn.active().is_none() && !text.trim().is_empty() {
+            self.start_speculative_turn(text);
         }
     }
 

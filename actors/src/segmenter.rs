@@ -356,6 +356,9 @@ mod tests {
         bus.finish_turn(t1, TurnEnd::Stop);
         settle().await;
         bus.take_closed();
+        // T1 was played to its end before the next reply begins.
+        bus.publish(t1, EventKind::SpeechPlayed { chars: 3 })
+            .unwrap();
         let t2 = bus.begin_turn().unwrap();
         bus.lock().open_round(t2, 0, || (abort(), ())).unwrap();
         let words = [

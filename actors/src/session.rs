@@ -16,6 +16,7 @@ use ractor::{ActorRef, RpcReplyPort};
 use crate::bus::{BusReceiver, EventKind, PublishError, SessionBus, ToolOutput, TurnEnd};
 use crate::ids::{SessionId, TurnId};
 use crate::llm_actor::{AgentSettings, LlmMsg};
+use crate::speech::SttEvent;
 
 /// Errors of a session operation.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -68,7 +69,7 @@ impl SessionCore {
         context: ChatContext,
     ) -> Self {
         let span = tracing::info_span!("session", id = %id);
-        bus.set_cut_on_speech(settings.interruption.cancel_on_speech_started);
+        bus.set_policy(settings.interruption.clone());
         Self {
             id,
             bus,
@@ -126,8 +127,7 @@ impl SessionCore {
     }
 
     pub(crate) fn store_settings(&self, settings: &AgentSettings) {
-        self.bus
-            .set_cut_on_speech(settings.interruption.cancel_on_speech_started);
+        self.bus.set_policy(settings.interruption.clone());
         *lock(&self.settings) = settings.clone();
     }
 
@@ -202,9 +202,10 @@ impl SessionHandle {
         self.core.send(LlmMsg::UserMessage { content, respond })
     }
 
-    /// For STT actors: the user started speaking (barge-in). With the default
-    /// policy the turn in flight (or the speech of the last one) is cut here
-    /// and now, before this returns. Returns the event's seq (0 once the
+    /// For STT actors: the user started speaking. In immediate mode the turn
+    /// in flight (or the speech of the last one) is cut here and now, before
+    /// this returns; in confirmed mode (the default) the agent pauses once the
+    /// speech lasts `min_pause`, see [`turn_taking`](crate::turn_taking). Returns the event's seq (0 once the
     /// session stopped).
     pub fn user_speech_started(&self) -> u64 {
         self.core
@@ -213,7 +214,19 @@ impl SessionHandle {
             .unwrap_or(0)
     }
 
-    /// For STT actors: a transcript; a final one starts a turn. Returns the
+    /// For STT actors: the user stopped speaking (voice activity ended). In
+    /// confirmed mode a pause with no transcript pending resumes after the
+    /// policy's `resume_timeout`. Returns the event's seq (0 once the session
+    /// stopped).
+    pub fn user_speech_ended(&self) -> u64 {
+        self.core
+            .bus
+            .publish_user(EventKind::UserSpeechEnded)
+            .unwrap_or(0)
+    }
+
+    /// For STT actors: a transcript; a final one starts a turn (unless it is
+    /// a backchannel while the agent speaks, in confirmed mode). Returns the
     /// event's seq (0 once the session stopped).
     pub fn user_transcript(&self, text: impl Into<String>, is_final: bool) -> u64 {
         self.core
@@ -223,6 +236,21 @@ impl SessionHandle {
                 is_final,
             })
             .unwrap_or(0)
+    }
+
+    /// For STT adapters: one speech-recognition event, typed. Maps
+    /// [`SttEvent::SpeechStarted`] to [`user_speech_started`](Self::user_speech_started),
+    /// [`SttEvent::SpeechEnded`] to [`user_speech_ended`](Self::user_speech_ended),
+    /// and [`SttEvent::Interim`] / [`SttEvent::Final`] to
+    /// [`user_transcript`](Self::user_transcript) (partial / final). Returns the
+    /// event's seq (0 once the session stopped).
+    pub fn stt(&self, event: SttEvent) -> u64 {
+        match event {
+            SttEvent::SpeechStarted => self.user_speech_started(),
+            SttEvent::SpeechEnded => self.user_speech_ended(),
+            SttEvent::Interim(text) => self.user_transcript(text, false),
+            SttEvent::Final(text) => self.user_transcript(text, true),
+        }
     }
 
     /// Starts a turn on the current context (e.g. to greet the user first).

@@ -125,6 +125,8 @@ struct SessionEntry {
     core: Arc<SessionCore>,
     tools: Option<(ToolRegistry, ActorRef<ToolExecutorMsg>)>,
     _segmenter: Option<AbortOnDrop>,
+    /// Gives the turn-taking rules their time (pauses, resumes).
+    _timer: AbortOnDrop,
     restarts: u32,
 }
 
@@ -385,6 +387,7 @@ impl Supervisor {
             core: core.clone(),
             tools,
             _segmenter: segmenter,
+            _timer: core.bus.spawn_timer(),
             restarts: 0,
         };
         // Decide under the entry (a shard write guard), act after it is dropped:

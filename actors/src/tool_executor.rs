@@ -133,6 +133,21 @@ impl Actor for ToolExecutor {
         let tap = bus.add_tap(tap_filter, move |ev| {
             let _ = myself.cast(ToolExecutorMsg::Bus(ev.clone()));
         });
+        // Restarted after a failure: the calls the previous executor had in
+        // hand died with it. Answer them, so the turn does not wait forever;
+        // they are not run again (their side effects may have happened).
+        let orphaned = bus.lock().unanswered_calls();
+        if let Some((turn, calls)) = orphaned {
+            for call in calls {
+                let output = ToolOutput {
+                    call_id: call.id.clone(),
+                    name: call.name.clone(),
+                    output: "error: the tool executor restarted before this call finished; it was not completed".into(),
+                    is_error: true,
+                };
+                let _ = bus.publish(turn, EventKind::ToolResult(Arc::new(output)));
+            }
+        }
         Ok(ToolExecutorState {
             bus,
             registry,

@@ -23,7 +23,7 @@ use colloquy_actors::bus::{EventKind, TurnEnd};
 use colloquy_actors::cluster::async_nats::jetstream;
 use colloquy_actors::cluster::{
     ClusterClient, ClusterError, RemoteConfig, RemoteEvent, RemoteEventKind, RemoteEvents,
-    RemoteSession, SessionSpec, Worker, WorkerConfig, connect, session_key,
+    RemoteSession, SessionSpec, SpecMode, Worker, WorkerConfig, connect, session_key,
 };
 use futures_util::StreamExt;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
@@ -324,6 +324,34 @@ async fn remote_cancel_leaves_no_stale_event() {
     );
     // Cancel with nothing in flight is a no-op.
     s.cancel().await.expect("idle cancel");
+
+    // A barge-in over the wire follows the session's policy: in immediate
+    // mode the owner cuts on receipt, with the same guarantee.
+    let mut spec = SessionSpec::default();
+    spec.interruption.mode = SpecMode::Immediate;
+    let s = client.place("barge-in", spec).await.unwrap();
+    let mut rx = s.subscribe().await.unwrap();
+    s.send_text("long question").await.unwrap();
+    let t = next(&mut rx, |e| e.bus() == Some(&EventKind::TurnStarted))
+        .await
+        .turn;
+    next(&mut rx, |e| {
+        e.turn == t && matches!(e.bus(), Some(EventKind::Token(_)))
+    })
+    .await;
+    s.user_speech_started().await.unwrap();
+    let (_, end, _, _) = finish(&mut rx, t).await;
+    assert_eq!(end, TurnEnd::Cancelled);
+    let marker = s.user_speech_ended().await.unwrap();
+    loop {
+        let ev = next(&mut rx, |_| true).await;
+        if ev.seq >= marker {
+            assert_eq!(ev.bus(), Some(&EventKind::UserSpeechEnded));
+            break;
+        }
+        let user = ev.bus().is_some_and(EventKind::is_user_side);
+        assert!(ev.turn != t || user, "stale: {ev:?}");
+    }
 }
 
 #[tokio::test]

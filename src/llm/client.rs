@@ -12,13 +12,17 @@ use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
 use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+use super::chain::{ChainHandle, MidStreamFailure, ProviderChain, ProviderStatus};
 use super::config::{AzureAuth, ClientConfig, Provider, RetryPolicy};
 use super::error::{ConfigError, LlmError, parse_provider_error};
 use super::read_gap::{ReadGap, deadline_after};
 use super::request::{ChatRequest, build_body};
 use super::stream::{ByteSource, ChatStream, Driver};
+use super::structured::StructuredOutput;
 
-/// Streaming chat-completions client for one provider.
+/// Streaming chat-completions client for one provider, or for a
+/// [`ProviderChain`] (fallback, hedging, circuit breakers: see
+/// [`ChatClient::with_chain`]).
 ///
 /// ```
 /// use colloquy::context::ChatContext;
@@ -47,23 +51,48 @@ use super::stream::{ByteSource, ChatStream, Driver};
 /// ```
 #[derive(Clone)]
 pub struct ChatClient {
+    /// The provider (a chain's primary).
     inner: Arc<ClientInner>,
+    /// Set when the client serves a chain.
+    chain: Option<ChainHandle>,
 }
 
-struct ClientInner {
+/// One provider's endpoint, credentials and transport policy.
+pub(crate) struct ClientInner {
     http: reqwest::Client,
     url: reqwest::Url,
     headers: HeaderMap,
-    config: ClientConfig,
+    pub(crate) config: ClientConfig,
     provider_name: &'static str,
+    /// Short name for metrics and logs (default: the URL's host and port).
+    pub(crate) label: Arc<str>,
+    /// The configured base URL (no credentials).
+    pub(crate) base_url: Arc<str>,
 }
 
 impl std::fmt::Debug for ChatClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChatClient")
-            .field("provider", &self.inner.provider_name)
-            .field("url", &self.inner.url.as_str())
-            .field("config", &self.inner.config)
+        match &self.chain {
+            Some(chain) => f
+                .debug_struct("ChatClient")
+                .field("chain", chain)
+                .finish_non_exhaustive(),
+            None => f
+                .debug_struct("ChatClient")
+                .field("provider", &self.inner.provider_name)
+                .field("url", &self.inner.url.as_str())
+                .field("config", &self.inner.config)
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
+impl std::fmt::Debug for ClientInner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Provider")
+            .field("label", &self.label)
+            .field("provider", &self.provider_name)
+            .field("url", &self.url.as_str())
             .finish_non_exhaustive()
     }
 }
@@ -93,14 +122,28 @@ impl ChatClient {
         provider: impl Into<Provider>,
         config: ClientConfig,
     ) -> Result<Self, LlmError> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(config.connect_timeout)
-            .pool_max_idle_per_host(config.pool_max_idle_per_host)
-            .pool_idle_timeout(Duration::from_secs(120))
-            .tcp_nodelay(true)
-            .build()
-            .map_err(|e| ConfigError::HttpClient(e.without_url().to_string()))?;
+        let http = http_client(&config)?;
         Self::with_http_client(provider, config, http)
+    }
+
+    /// A client over a [`ProviderChain`]: each request goes to the chain's
+    /// first available provider, falls back at once on a failure or a missed
+    /// deadline, optionally hedges, continues a reply cut mid-stream on the
+    /// next provider without repeating it, and skips providers whose circuit
+    /// breaker is open. Callers use [`ChatClient::stream`] as with one provider;
+    /// the stream also reports [`StreamEvent::ProviderSelected`] and
+    /// [`StreamEvent::ProviderFailed`](super::StreamEvent::ProviderFailed).
+    ///
+    /// Clones share the chain's breakers and latency windows (one client per
+    /// process is the intended use).
+    ///
+    /// [`StreamEvent::ProviderSelected`]: super::StreamEvent::ProviderSelected
+    pub fn with_chain(chain: ProviderChain) -> Result<Self, LlmError> {
+        let handle = ChainHandle::build(chain)?;
+        Ok(Self {
+            inner: handle.primary(),
+            chain: Some(handle),
+        })
     }
 
     /// A client over a caller-supplied `reqwest::Client` (its own timeouts and
@@ -111,7 +154,114 @@ impl ChatClient {
         config: ClientConfig,
         http: reqwest::Client,
     ) -> Result<Self, LlmError> {
-        let provider = provider.into();
+        Ok(Self {
+            inner: ClientInner::build(provider.into(), config, http, None)?,
+            chain: None,
+        })
+    }
+
+    /// The transport policy (a chain's: its primary's).
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.config
+    }
+
+    /// The chat-completions URL requests go to (without per-request query
+    /// extras; a chain's: its primary's).
+    pub fn url(&self) -> &str {
+        self.inner.url.as_str()
+    }
+
+    /// The provider's label (a chain's: its primary's): the one given to
+    /// [`ProviderSpec::with_label`](super::ProviderSpec::with_label), else the
+    /// URL's host and port.
+    pub fn label(&self) -> &str {
+        &self.inner.label
+    }
+
+    /// Each provider of the chain (one for a plain client) with its circuit
+    /// breaker's state.
+    pub fn providers(&self) -> Vec<ProviderStatus> {
+        match &self.chain {
+            Some(chain) => chain.status(),
+            None => vec![ProviderStatus {
+                index: 0,
+                label: self.inner.label.clone(),
+                base_url: self.inner.base_url.clone(),
+                model: None,
+                breaker: None,
+            }],
+        }
+    }
+
+    /// The same client (same pools, breakers and latency windows) with another
+    /// choice for a failure after output was published: a per-session choice
+    /// (give each session its own clone). No effect on a plain client.
+    pub fn with_mid_stream_failure(&self, policy: MidStreamFailure) -> Self {
+        let mut client = self.clone();
+        if let Some(chain) = &mut client.chain {
+            chain.mid_stream = policy;
+        }
+        client
+    }
+
+    /// Starts a streamed completion. Nothing is sent until the stream is polled;
+    /// dropping the stream at any point closes the connection (every
+    /// connection, while a chain hedges).
+    ///
+    /// Fails at once with [`LlmError::InvalidHistory`] when the context's tool
+    /// calls and outputs do not pair up: a misordered history is never sent.
+    pub fn stream(&self, request: ChatRequest<'_>) -> Result<ChatStream, LlmError> {
+        let options = request.options;
+        let body = build_body(&request).inspect_err(|_| {
+            metrics::counter!("colloquy_llm_errors_total", "kind" => "invalid_history")
+                .increment(1);
+        })?;
+        if let Some(chain) = &self.chain {
+            return chain.stream(&request, body);
+        }
+        let body = Bytes::from(
+            serde_json::to_vec(&body).map_err(|e| LlmError::UnexpectedBody(e.to_string()))?,
+        );
+        let prepared = self
+            .inner
+            .prepare(&options.extra_headers, &options.extra_query, body)?;
+        metrics::counter!("colloquy_llm_requests_total").increment(1);
+        Ok(self.inner.attempt(
+            prepared,
+            self.inner.config.retry,
+            options.structured_output.clone(),
+        ))
+    }
+}
+
+/// A connection pool with the config's connect timeout and pool size.
+pub(crate) fn http_client(config: &ClientConfig) -> Result<reqwest::Client, LlmError> {
+    reqwest::Client::builder()
+        .connect_timeout(config.connect_timeout)
+        .pool_max_idle_per_host(config.pool_max_idle_per_host)
+        .pool_idle_timeout(Duration::from_secs(120))
+        .tcp_nodelay(true)
+        .build()
+        .map_err(|e| ConfigError::HttpClient(e.without_url().to_string()).into())
+}
+
+/// `host` or `host:port` of a URL, for labels.
+fn host_label(url: &reqwest::Url) -> String {
+    let host = url.host_str().unwrap_or("provider");
+    match url.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_string(),
+    }
+}
+
+impl ClientInner {
+    /// Headers, URL and credentials of one provider.
+    pub(crate) fn build(
+        provider: Provider,
+        config: ClientConfig,
+        http: reqwest::Client,
+        label: Option<String>,
+    ) -> Result<Arc<Self>, LlmError> {
         let mut headers = HeaderMap::new();
         headers.insert(
             header::CONTENT_TYPE,
@@ -167,68 +317,63 @@ impl ChatClient {
             url.query_pairs_mut()
                 .append_pair("api-version", &c.api_version);
         }
-        Ok(Self {
-            inner: Arc::new(ClientInner {
-                http,
-                url,
-                headers,
-                config,
-                provider_name,
-            }),
-        })
+        let base_url = match &provider {
+            Provider::OpenAi(c) => c.base_url.clone(),
+            Provider::Azure(c) => c.base_url.clone().unwrap_or_else(|| c.endpoint.clone()),
+        };
+        let label = label.unwrap_or_else(|| host_label(&url));
+        Ok(Arc::new(ClientInner {
+            http,
+            url,
+            headers,
+            config,
+            provider_name,
+            label: Arc::from(label),
+            base_url: Arc::from(base_url),
+        }))
     }
 
-    /// The transport policy.
-    pub fn config(&self) -> &ClientConfig {
-        &self.inner.config
-    }
-
-    /// The chat-completions URL requests go to (without per-request query extras).
-    pub fn url(&self) -> &str {
-        self.inner.url.as_str()
-    }
-
-    /// Starts a streamed completion. Nothing is sent until the stream is polled;
-    /// dropping the stream at any point closes the connection.
-    ///
-    /// Fails at once with [`LlmError::InvalidHistory`] when the context's tool
-    /// calls and outputs do not pair up: a misordered history is never sent.
-    pub fn stream(&self, request: ChatRequest<'_>) -> Result<ChatStream, LlmError> {
-        let options = request.options;
-        let body = build_body(&request).inspect_err(|_| {
-            metrics::counter!("colloquy_llm_errors_total", "kind" => "invalid_history")
-                .increment(1);
-        })?;
-        let mut headers = self.inner.headers.clone();
-        for (name, value) in &options.extra_headers {
+    /// The URL and headers of one request, with the options' extras.
+    pub(crate) fn prepare(
+        &self,
+        extra_headers: &[(String, String)],
+        extra_query: &[(String, String)],
+        body: Bytes,
+    ) -> Result<Prepared, LlmError> {
+        let mut headers = self.headers.clone();
+        for (name, value) in extra_headers {
             let (n, v) = plain_header(name, value)?;
             headers.insert(n, v);
         }
-        let mut url = self.inner.url.clone();
-        if !options.extra_query.is_empty() {
+        let mut url = self.url.clone();
+        if !extra_query.is_empty() {
             let mut q = url.query_pairs_mut();
-            for (k, v) in &options.extra_query {
+            for (k, v) in extra_query {
                 q.append_pair(k, v);
             }
         }
-        let body = Bytes::from(
-            serde_json::to_vec(&body).map_err(|e| LlmError::UnexpectedBody(e.to_string()))?,
-        );
-        metrics::counter!("colloquy_llm_requests_total").increment(1);
+        Ok(Prepared { url, headers, body })
+    }
+
+    /// A stream over one prepared request with `retry` as its retry policy.
+    pub(crate) fn attempt(
+        self: &Arc<Self>,
+        prepared: Prepared,
+        retry: RetryPolicy,
+        structured: Option<StructuredOutput>,
+    ) -> ChatStream {
         let connector = Connector {
-            client: self.inner.clone(),
-            request: Arc::new(Prepared { url, headers, body }),
+            client: self.clone(),
+            request: Arc::new(prepared),
+            retry,
         };
-        let driver = Driver::new(
-            Some(connector),
-            self.inner.config.limits,
-            options.structured_output.clone(),
-        );
-        Ok(ChatStream::from_driver(driver))
+        let driver = Driver::new(Some(connector), self.config.limits, structured);
+        ChatStream::from_driver(driver)
     }
 }
 
-struct Prepared {
+/// One request, ready to send.
+pub(crate) struct Prepared {
     url: reqwest::Url,
     headers: HeaderMap,
     body: Bytes,
@@ -253,6 +398,7 @@ pub(crate) enum Connected {
 pub(crate) struct Connector {
     client: Arc<ClientInner>,
     request: Arc<Prepared>,
+    retry: RetryPolicy,
 }
 
 fn connection_error(e: reqwest::Error) -> LlmError {
@@ -347,8 +493,16 @@ impl Connector {
         self.client.config.first_token_timeout
     }
 
+    pub(crate) fn output_gap_timeout(&self) -> Option<Duration> {
+        self.client.config.output_gap_timeout
+    }
+
     pub(crate) fn retry_policy(&self) -> RetryPolicy {
-        self.client.config.retry
+        self.retry
+    }
+
+    pub(crate) fn label(&self) -> &str {
+        &self.client.label
     }
 
     pub(crate) async fn send(&self) -> Result<Connected, LlmError> {

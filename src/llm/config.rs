@@ -260,7 +260,15 @@ pub struct ClientConfig {
     /// refusal or tool call; keep-alive comments, metadata and usage do not
     /// count); `None` waits as long as the read gap allows.
     pub first_token_timeout: Option<Duration>,
-    /// Retry policy.
+    /// Deadline on the gap between two useful outputs once the first one
+    /// arrived (text, reasoning, refusal or tool call; keep-alive comments,
+    /// empty chunks and usage do not reset it); `None` leaves gaps to the read
+    /// gap. A stream that already received its finish reason ends normally
+    /// instead. Fails with
+    /// [`LlmError::OutputGapTimeout`](super::LlmError::OutputGapTimeout).
+    pub output_gap_timeout: Option<Duration>,
+    /// Retry policy. In a [`ProviderChain`](super::ProviderChain) it is not
+    /// used: the next provider is the retry, at once.
     pub retry: RetryPolicy,
     /// Size caps of the stream.
     pub limits: StreamLimits,
@@ -276,6 +284,7 @@ impl Default for ClientConfig {
             read_gap_timeout: Duration::from_secs(30),
             body_timeout: Duration::from_secs(60),
             first_token_timeout: None,
+            output_gap_timeout: None,
             retry: RetryPolicy::default(),
             limits: StreamLimits::default(),
             pool_max_idle_per_host: 256,

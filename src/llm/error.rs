@@ -89,6 +89,14 @@ pub enum LlmError {
     /// No token arrived before the time-to-first-token deadline.
     #[error("no first token within {0:?}")]
     FirstTokenTimeout(Duration),
+    /// After the first output, no further output (text, reasoning, refusal or
+    /// tool call) arrived within the output-gap deadline; keep-alive comments
+    /// and empty chunks do not count.
+    #[error("no output for {0:?} after the last output")]
+    OutputGapTimeout(Duration),
+    /// A provider of a chain finished its completion without any output.
+    #[error("the completion finished without any output")]
+    EmptyCompletion,
     /// No response headers arrived within the response timeout.
     #[error("no response within {0:?}")]
     ResponseTimeout(Duration),
@@ -132,6 +140,8 @@ impl LlmError {
             LlmError::Http { .. } => "http",
             LlmError::Provider { .. } => "provider",
             LlmError::FirstTokenTimeout(_) => "first_token_timeout",
+            LlmError::OutputGapTimeout(_) => "output_gap_timeout",
+            LlmError::EmptyCompletion => "empty_completion",
             LlmError::ResponseTimeout(_) => "response_timeout",
             LlmError::BodyTimeout(_) => "body_timeout",
             LlmError::Stalled(_) => "stalled",
@@ -148,6 +158,8 @@ impl LlmError {
         match self {
             LlmError::Connection(_)
             | LlmError::FirstTokenTimeout(_)
+            | LlmError::OutputGapTimeout(_)
+            | LlmError::EmptyCompletion
             | LlmError::ResponseTimeout(_)
             | LlmError::BodyTimeout(_)
             | LlmError::Stalled(_)

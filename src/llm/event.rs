@@ -1,5 +1,7 @@
 //! What a chat stream yields.
 
+use std::sync::Arc;
+
 use super::usage::Usage;
 use serde::{Deserialize, Serialize};
 
@@ -98,4 +100,109 @@ pub enum StreamEvent {
     Structured(serde_json::Value),
     /// The stream ended successfully. Always the last event.
     Finished(StreamSummary),
+    /// [`ProviderChain`](super::ProviderChain) only: a provider's output starts
+    /// being used, sent right before its first output (once per provider that
+    /// serves the stream: the primary, or a fallback, or a continuation after a
+    /// mid-stream failure, or a hedge that won its race).
+    ProviderSelected(ProviderChoice),
+    /// [`ProviderChain`](super::ProviderChain) only: a provider was dropped for
+    /// this stream — it failed, missed a deadline, finished empty, was skipped
+    /// (circuit open) or lost a hedge race — with the usage of its request.
+    ProviderFailed(ProviderFailure),
+}
+
+/// Why a provider of a chain serves a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum SelectionReason {
+    /// The chain's first provider, tried first.
+    Primary,
+    /// The provider before it failed, missed a deadline or was skipped.
+    Fallback,
+    /// Started because the first output was late, and it answered first.
+    Hedge,
+}
+
+impl SelectionReason {
+    /// `primary`, `fallback` or `hedge`.
+    pub fn label(self) -> &'static str {
+        match self {
+            SelectionReason::Primary => "primary",
+            SelectionReason::Fallback => "fallback",
+            SelectionReason::Hedge => "hedge",
+        }
+    }
+}
+
+/// A provider of a chain whose output starts being used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderChoice {
+    /// Position of the provider in the chain (0 is the primary).
+    pub index: usize,
+    /// The provider's label (metrics, logs).
+    pub label: Arc<str>,
+    /// The provider's base URL (no credentials).
+    pub base_url: Arc<str>,
+    /// Why it serves.
+    pub reason: SelectionReason,
+    /// It continues a reply another provider started: only its new text is
+    /// published.
+    pub continuation: bool,
+}
+
+/// Why a provider of a chain was dropped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FailureReason {
+    /// Its request failed: an error, a missed deadline, an empty completion.
+    Error {
+        /// [`LlmError::kind`](super::LlmError::kind): `first_token_timeout`,
+        /// `output_gap_timeout`, `empty_completion`, `http`, `connection`…
+        kind: &'static str,
+        /// The error's message (never holds a credential).
+        message: String,
+    },
+    /// Skipped: its circuit breaker is open. No request was sent.
+    CircuitOpen,
+    /// It lost a hedge race and was cancelled; its usage is hedge cost.
+    HedgeLost,
+}
+
+impl FailureReason {
+    /// The error kind, `circuit_open` or `hedge_lost`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            FailureReason::Error { kind, .. } => kind,
+            FailureReason::CircuitOpen => "circuit_open",
+            FailureReason::HedgeLost => "hedge_lost",
+        }
+    }
+}
+
+/// A provider of a chain that was dropped for a stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderFailure {
+    /// Position of the provider in the chain (0 is the primary).
+    pub index: usize,
+    /// The provider's label (metrics, logs).
+    pub label: Arc<str>,
+    /// The provider's base URL (no credentials).
+    pub base_url: Arc<str>,
+    /// Why.
+    pub reason: FailureReason,
+    /// Some of its output had been published when it failed (what follows
+    /// continues that text, or the stream ends).
+    pub after_output: bool,
+    /// The usage of its request: the provider's figure, or an estimate
+    /// (marked) when it never reported one. `None` when no request was sent.
+    /// This usage is never part of the stream's [`StreamEvent::Usage`].
+    pub usage: Option<Usage>,
+}
+
+impl ProviderFailure {
+    /// Whether `usage` is the cost of a cancelled hedge.
+    pub fn is_hedge_cost(&self) -> bool {
+        self.reason == FailureReason::HedgeLost
+    }
 }

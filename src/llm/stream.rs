@@ -11,8 +11,9 @@
 //!   the caller cannot take back (usage included), so nothing is repeated or
 //!   counted twice.
 //! - The read gap runs on the body's bytes: any bytes, SSE comments included,
-//!   prove the connection alive. The first-token deadline runs on events:
-//!   comments and metadata do not satisfy it.
+//!   prove the connection alive. The first-token and output-gap deadlines run
+//!   on useful output (text, reasoning, refusal, tool calls): comments, empty
+//!   chunks, metadata and usage do not satisfy them.
 //!
 //! The stream is a `futures::stream::unfold` over a driver that owns the HTTP
 //! response: no task, no channel, and dropping the stream closes the connection.
@@ -96,6 +97,16 @@ impl ChatStream {
         }
     }
 
+    pub(crate) fn from_chain(driver: super::chain::ChainDriver) -> Self {
+        let inner = futures_util::stream::unfold(driver, |mut d| async move {
+            let item = d.next_event().await?;
+            Some((item, d))
+        });
+        Self {
+            inner: Box::pin(inner),
+        }
+    }
+
     /// Parses an SSE body from any byte stream (a recorded file, a custom
     /// transport). No timeouts and no retries apply.
     pub fn from_sse_bytes<S>(
@@ -155,6 +166,8 @@ struct ChunkState {
     finish: Option<FinishReason>,
     saw_done: bool,
     emitted_output: bool,
+    /// Useful outputs parsed so far (the output-gap deadline watches it).
+    outputs: u64,
     metadata_sent: bool,
     request_id: Option<String>,
     scratch: Vec<ToolCall>,
@@ -168,6 +181,7 @@ impl ChunkState {
             finish: None,
             saw_done: false,
             emitted_output: false,
+            outputs: 0,
             metadata_sent: false,
             request_id: None,
             scratch: Vec::new(),
@@ -183,11 +197,13 @@ impl ChunkState {
                 let spoken = s.push(text);
                 if !spoken.is_empty() {
                     self.emitted_output = true;
+                    self.outputs += 1;
                     out.push_back(StreamEvent::Token(spoken));
                 }
             }
             None => {
                 self.emitted_output = true;
+                self.outputs += 1;
                 out.push_back(StreamEvent::Token(text.to_string()));
             }
         }
@@ -201,6 +217,7 @@ impl ChunkState {
     ) {
         if let Some(t) = text.filter(|t| !t.is_empty()) {
             self.emitted_output = true;
+            self.outputs += 1;
             out.push_back(make(t.to_string()));
         }
     }
@@ -244,6 +261,7 @@ impl ChunkState {
     fn flush_calls(&mut self, out: &mut VecDeque<StreamEvent>) {
         for call in self.scratch.drain(..) {
             self.emitted_output = true;
+            self.outputs += 1;
             out.push_back(StreamEvent::ToolCall(call));
         }
     }
@@ -378,6 +396,11 @@ pub(crate) struct Driver {
     attempts: u32,
     attempt_started: Instant,
     first_output_recorded: bool,
+    /// Start of the current output gap: when the consumer came back for more
+    /// after the last useful output it was given.
+    gap_anchor: Instant,
+    /// A useful output was yielded: the next wait starts a new gap.
+    rearm_gap: bool,
     /// An event the caller cannot take back (anything but metadata, usage
     /// included) was yielded: no retry may follow.
     committed: bool,
@@ -403,22 +426,34 @@ impl Driver {
             attempts: 0,
             attempt_started: Instant::now(),
             first_output_recorded: false,
+            gap_anchor: Instant::now(),
+            rearm_gap: false,
             committed: false,
             span: tracing::Span::none(),
         }
     }
 
-    /// What is left of the first-token deadline while no output has arrived.
-    /// The read gap is not here: it runs on the body's bytes ([`ReadGap`]), so
-    /// SSE comments keep a stream alive but never count as output.
-    fn first_token_left(&self) -> Option<(Duration, Duration)> {
-        let deadline = self.connector.as_ref()?.first_token_timeout()?;
-        if self.state.emitted_output {
-            return None;
+    /// The output deadline of the next wait: the first-token deadline while
+    /// no output has arrived, then the output-gap deadline, each with the
+    /// error it raises and the time left. The read gap is not here: it runs on
+    /// the body's bytes ([`ReadGap`]), so SSE comments keep a stream alive but
+    /// never count as output.
+    fn output_deadline(&mut self) -> Option<(LlmError, Duration)> {
+        let connector = self.connector.as_ref()?;
+        if !self.state.emitted_output {
+            let deadline = connector.first_token_timeout()?;
+            return Some((
+                LlmError::FirstTokenTimeout(deadline),
+                deadline.saturating_sub(self.attempt_started.elapsed()),
+            ));
+        }
+        let gap = connector.output_gap_timeout()?;
+        if std::mem::take(&mut self.rearm_gap) {
+            self.gap_anchor = Instant::now();
         }
         Some((
-            deadline,
-            deadline.saturating_sub(self.attempt_started.elapsed()),
+            LlmError::OutputGapTimeout(gap),
+            gap.saturating_sub(self.gap_anchor.elapsed()),
         ))
     }
 
@@ -450,6 +485,13 @@ impl Driver {
             if let Some(ev) = self.pending.pop_front() {
                 // A retry sends new metadata; everything else would be repeated.
                 self.committed |= !matches!(ev, StreamEvent::Metadata { .. });
+                self.rearm_gap |= matches!(
+                    ev,
+                    StreamEvent::Token(_)
+                        | StreamEvent::Reasoning(_)
+                        | StreamEvent::Refusal(_)
+                        | StreamEvent::ToolCall(_)
+                );
                 if !self.first_output_recorded
                     && self.state.emitted_output
                     && self.connector.is_some()
@@ -492,6 +534,7 @@ impl Driver {
         self.attempt_started = Instant::now();
         self.span = tracing::debug_span!(
             "llm_request",
+            provider = %connector.label(),
             attempt = self.attempts,
             request_id = tracing::field::Empty
         );
@@ -523,15 +566,16 @@ impl Driver {
     }
 
     async fn read(&mut self) -> Result<(), LlmError> {
-        let first_token = self.first_token_left();
+        let deadline = self.output_deadline();
         let Phase::Body(body) = &mut self.phase else {
             return Ok(());
         };
-        let next = match first_token {
-            Some((deadline, left)) => match tokio::time::timeout(left, body.next()).await {
+        let next = match deadline {
+            Some((error, left)) => match tokio::time::timeout(left, body.next()).await {
                 Ok(next) => next,
+                // The answer is complete; the server only forgot `[DONE]`.
                 Err(_) if self.state.finish.is_some() => None,
-                Err(_) => return Err(LlmError::FirstTokenTimeout(deadline)),
+                Err(_) => return Err(error),
             },
             None => body.next().await,
         };

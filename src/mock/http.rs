@@ -94,7 +94,7 @@ async fn write_response(wr: &mut OwnedWriteHalf, resp: &MockResponse) -> std::io
             .iter()
             .map(|p| match p {
                 Part::Bytes(b) => b.len(),
-                Part::Delay(_) => 0,
+                Part::Delay(_) | Part::Gate(_) => 0,
             })
             .sum();
         head.push_str(&format!("content-length: {len}\r\n\r\n"));
@@ -104,6 +104,9 @@ async fn write_response(wr: &mut OwnedWriteHalf, resp: &MockResponse) -> std::io
     for part in &resp.parts {
         match part {
             Part::Delay(d) => tokio::time::sleep(*d).await,
+            Part::Gate(gate) => {
+                let _ = gate.clone().wait_for(|open| *open).await;
+            }
             Part::Bytes(bytes) => {
                 let size = resp.write_size.unwrap_or(bytes.len().max(1));
                 for piece in bytes.chunks(size) {
@@ -121,7 +124,25 @@ async fn write_response(wr: &mut OwnedWriteHalf, resp: &MockResponse) -> std::io
         }
     }
     if resp.stall_at_end {
-        std::future::pending::<()>().await;
+        match resp.stall_keep_alive {
+            Some(every) => loop {
+                tokio::time::sleep(every).await;
+                let comment: &[u8] = b": keep-alive\n\n";
+                if resp.chunked {
+                    let mut framed = format!("{:x}\r\n", comment.len()).into_bytes();
+                    framed.extend_from_slice(comment);
+                    framed.extend_from_slice(b"\r\n");
+                    wr.write_all(&framed).await?;
+                } else {
+                    wr.write_all(comment).await?;
+                }
+                wr.flush().await?;
+            },
+            None => std::future::pending::<()>().await,
+        }
+    }
+    if resp.hang_up {
+        return Ok(());
     }
     if resp.chunked {
         wr.write_all(b"0\r\n\r\n").await?;
@@ -150,6 +171,9 @@ pub(crate) async fn serve_connection(socket: TcpStream, shared: Arc<Shared>) {
         if !finished {
             shared.on_client_disconnect();
             return;
+        }
+        if response.hang_up {
+            return; // dropping the socket closes the connection mid-body
         }
     }
 }

@@ -2,12 +2,52 @@
 
 use bytes::Bytes;
 use serde_json::{Value, json};
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::watch;
 
 #[derive(Debug, Clone)]
 pub(crate) enum Part {
     Bytes(Bytes),
     Delay(Duration),
+    Gate(watch::Receiver<bool>),
+}
+
+/// A signal scripted responses wait for ([`MockResponse::wait_for`]): a test
+/// opens it when it is ready, instead of guessing a delay. Clones are the
+/// same gate; once open it stays open.
+#[derive(Debug, Clone)]
+pub struct MockGate {
+    tx: Arc<watch::Sender<bool>>,
+}
+
+impl Default for MockGate {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MockGate {
+    /// A closed gate.
+    pub fn new() -> Self {
+        Self {
+            tx: Arc::new(watch::channel(false).0),
+        }
+    }
+
+    /// Opens the gate: every response waiting on it goes on.
+    pub fn open(&self) {
+        self.tx.send_replace(true);
+    }
+
+    /// Whether it was opened.
+    pub fn is_open(&self) -> bool {
+        *self.tx.borrow()
+    }
+
+    pub(crate) fn receiver(&self) -> watch::Receiver<bool> {
+        self.tx.subscribe()
+    }
 }
 
 /// What the mock server sends for one request.
@@ -18,6 +58,10 @@ pub struct MockResponse {
     pub(crate) parts: Vec<Part>,
     pub(crate) write_size: Option<usize>,
     pub(crate) stall_at_end: bool,
+    /// While stalled, a keep-alive comment this often.
+    pub(crate) stall_keep_alive: Option<Duration>,
+    /// Closes the connection after the last part, without ending the body.
+    pub(crate) hang_up: bool,
     pub(crate) chunked: bool,
 }
 
@@ -51,6 +95,8 @@ impl MockResponse {
             parts: Vec::new(),
             write_size: None,
             stall_at_end: false,
+            stall_keep_alive: None,
+            hang_up: false,
             chunked: true,
         }
     }
@@ -113,6 +159,41 @@ impl MockResponse {
         r.finish("tool_calls", 20, 10)
     }
 
+    /// Appends one content chunk per token (no finish).
+    pub fn tokens(self, tokens: &[&str]) -> Self {
+        tokens.iter().fold(self, |r, t| {
+            r.event(&sse_chunk(json!({"content": t}), None))
+        })
+    }
+
+    /// Appends an SSE comment (`: keep-alive`), as providers send while a
+    /// model thinks.
+    pub fn keep_alive(self) -> Self {
+        self.event(": keep-alive\n\n")
+    }
+
+    /// Waits until `gate` is open before sending the parts that follow.
+    pub fn wait_for(mut self, gate: &MockGate) -> Self {
+        self.parts.push(Part::Gate(gate.receiver()));
+        self
+    }
+
+    /// After the last part, keeps the connection open sending only a
+    /// keep-alive comment every `every` (a model that never answers while its
+    /// connection looks alive).
+    pub fn stall_with_keep_alives(mut self, every: Duration) -> Self {
+        self.stall_at_end = true;
+        self.stall_keep_alive = Some(every.max(Duration::from_millis(1)));
+        self
+    }
+
+    /// After the last part, closes the connection without ending the body (a
+    /// provider that drops mid-answer; the client sees a broken stream).
+    pub fn hang_up(mut self) -> Self {
+        self.hang_up = true;
+        self
+    }
+
     /// Appends finish reason, usage and `[DONE]`.
     pub fn finish(self, reason: &str, prompt_tokens: u64, completion_tokens: u64) -> Self {
         self.event(&sse_chunk(json!({}), Some(reason)))
@@ -137,6 +218,8 @@ impl MockResponse {
             parts: vec![Part::Bytes(body.into())],
             write_size: None,
             stall_at_end: false,
+            stall_keep_alive: None,
+            hang_up: false,
             chunked: false,
         }
     }

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use colloquy::llm::{ToolCall, Usage};
+use colloquy::llm::{ProviderChoice, ProviderFailure, ToolCall, Usage};
 
 use crate::ids::{SessionId, TurnId};
 
@@ -61,6 +61,29 @@ impl TurnEnd {
     }
 }
 
+/// What became of a speculative turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SpeculationOutcome {
+    /// The final transcript matched: the speculation became the turn.
+    Hit,
+    /// The final transcript differed: discarded, a normal turn follows.
+    Miss,
+    /// Discarded before any final (a barge-in, a tool call, the session stopped).
+    Dropped,
+}
+
+impl SpeculationOutcome {
+    /// `"hit"`, `"miss"` or `"dropped"`.
+    pub fn label(self) -> &'static str {
+        match self {
+            SpeculationOutcome::Hit => "hit",
+            SpeculationOutcome::Miss => "miss",
+            SpeculationOutcome::Dropped => "dropped",
+        }
+    }
+}
+
 /// The payload of a bus event.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
@@ -115,6 +138,43 @@ pub enum EventKind {
         /// Cumulative characters heard.
         chars: usize,
     },
+    /// The user ended speaking (from voice activity detection).
+    UserSpeechEnded,
+    /// The agent's speech is paused (the user may be interrupting): stop
+    /// playing now, keep the position. Generation goes on meanwhile.
+    PlaybackPaused {
+        /// Characters played when the pause was decided.
+        heard_chars: usize,
+    },
+    /// The pause was a false alarm: play on from exactly where playback stopped.
+    PlaybackResumed {
+        /// Characters played so far (where playback continues).
+        heard_chars: usize,
+    },
+    /// A speculative turn (started on an interim transcript, its events held
+    /// back) ended: promoted on a matching final (`Hit`: its held events follow,
+    /// re-stamped, and it continues live), or discarded (`Miss`: the final
+    /// differed; `Dropped`: the user barged in, or it needed a tool). A
+    /// discarded speculation's cost is in `usage` (never in any turn's usage).
+    SpeculationEnded {
+        /// What became of it.
+        outcome: SpeculationOutcome,
+        /// Usage of the discarded request (the provider's, or an estimate).
+        usage: Option<Arc<Usage>>,
+    },
+    /// A final transcript that acknowledges without taking the turn
+    /// ("uh-huh", "thank you") while the agent speaks: not a user turn.
+    Backchannel {
+        /// What the user said.
+        text: Arc<str>,
+    },
+    /// With a provider chain: the provider whose output the round uses from
+    /// here on (published right before its first output).
+    ProviderSelected(Arc<ProviderChoice>),
+    /// With a provider chain: a provider dropped for the round (failed, missed
+    /// a deadline, skipped with its circuit open, or lost a hedge race), with
+    /// its request's usage, which is not part of the round's `Usage`.
+    ProviderFailed(Arc<ProviderFailure>),
 }
 
 impl EventKind {
@@ -122,7 +182,10 @@ impl EventKind {
     pub fn is_user_side(&self) -> bool {
         matches!(
             self,
-            EventKind::UserSpeechStarted | EventKind::UserTranscript { .. }
+            EventKind::UserSpeechStarted
+                | EventKind::UserSpeechEnded
+                | EventKind::UserTranscript { .. }
+                | EventKind::Backchannel { .. }
         )
     }
 
@@ -152,6 +215,13 @@ impl EventKind {
             EventKind::UserTranscript { .. } => "user_transcript",
             EventKind::Speakable { .. } => "speakable",
             EventKind::SpeechPlayed { .. } => "speech_played",
+            EventKind::UserSpeechEnded => "user_speech_ended",
+            EventKind::PlaybackPaused { .. } => "playback_paused",
+            EventKind::PlaybackResumed { .. } => "playback_resumed",
+            EventKind::Backchannel { .. } => "backchannel",
+            EventKind::SpeculationEnded { .. } => "speculation_ended",
+            EventKind::ProviderSelected(_) => "provider_selected",
+            EventKind::ProviderFailed(_) => "provider_failed",
         }
     }
 

@@ -24,13 +24,15 @@
 //! closed record waits, so commits land in the history in turn order.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use colloquy::llm::{ToolCall, Usage};
 use tokio::sync::broadcast;
 use tokio::task::AbortHandle;
 
-use super::{BusEvent, EventKind, PublishError, ToolOutput, TurnEnd};
+use super::{BusEvent, EventKind, PublishError, SpeculationOutcome, ToolOutput, TurnEnd};
 use crate::ids::{SessionId, TurnId};
+use crate::turn_taking::{Decision, InterruptionPolicy, Listening};
 
 /// What one request (one round of a turn) published.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -108,6 +110,12 @@ pub(crate) enum Closed {
         /// Its speech was interrupted after a normal end.
         speech_cut: bool,
     },
+    /// A speculative turn was discarded: nothing of it was published, nothing
+    /// is committed; the actor only forgets it.
+    Discarded {
+        /// The turn.
+        turn: TurnId,
+    },
     /// The speech of a turn the actor had already committed was cut.
     SpeechCut {
         /// The turn.
@@ -126,12 +134,12 @@ pub(crate) enum Cut {
     Speech(TurnId),
 }
 
-impl Cut {
-    pub(crate) fn turn(self) -> TurnId {
-        match self {
-            Cut::Generation(t) | Cut::Speech(t) => t,
-        }
-    }
+/// A transition whose synchronous hooks run once the lock is released.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Signal {
+    Cut(Cut),
+    Paused(TurnId),
+    Resumed(TurnId),
 }
 
 /// Why a turn could not begin or a round could not start.
@@ -176,8 +184,20 @@ pub(crate) struct Ledger {
     pending: Option<Closed>,
     taps: Vec<Tap>,
     next_tap: u64,
-    /// Interruption policy: `UserSpeechStarted` cuts the turn.
-    pub(crate) cut_on_speech: bool,
+    /// How the user's voice interrupts (turn_taking.rs).
+    pub(crate) policy: InterruptionPolicy,
+    listening: Listening,
+    /// The current turn's speech is paused.
+    paused: bool,
+    /// The current turn is speculative: its events are held back.
+    speculation: Option<Speculation>,
+}
+
+/// A speculative turn's held events, and the end its generation reached.
+#[derive(Debug, Default)]
+struct Speculation {
+    held: Vec<EventKind>,
+    finished: Option<TurnEnd>,
 }
 
 impl Ledger {
@@ -194,7 +214,10 @@ impl Ledger {
             pending: None,
             taps: Vec::new(),
             next_tap: 1,
-            cut_on_speech: true,
+            policy: InterruptionPolicy::default(),
+            listening: Listening::default(),
+            paused: false,
+            speculation: None,
         }
     }
 
@@ -242,24 +265,109 @@ impl Ledger {
         self.seq
     }
 
-    /// A user-side event. `UserSpeechStarted` cuts the turn (or its speech)
-    /// in the same critical section when the policy says so.
+    /// A user-side event, and what the interruption policy makes of it —
+    /// a pause, a cut, a resume — in the same critical section.
     pub(crate) fn publish_user(
         &mut self,
         kind: EventKind,
-    ) -> Result<(u64, Option<Cut>), PublishError> {
+        now: Instant,
+    ) -> Result<(u64, Option<Signal>), PublishError> {
         if self.is_closed() {
             return Err(PublishError::Closed);
         }
+        let active = self.agent_active();
+        let decision = match &kind {
+            EventKind::UserSpeechStarted => {
+                self.listening.speech_started(now, &self.policy, active)
+            }
+            EventKind::UserSpeechEnded => {
+                self.listening.speech_ended(now, &self.policy, self.paused)
+            }
+            EventKind::UserTranscript { text, is_final } => {
+                self.listening
+                    .transcript(text, *is_final, now, &self.policy, active, self.paused)
+            }
+            _ => Decision::Nothing,
+        };
+        let kind = match (decision.clone(), kind) {
+            (Decision::Backchannel, EventKind::UserTranscript { text, .. }) => {
+                metrics::counter!("colloquy_backchannels_total").increment(1);
+                EventKind::Backchannel { text }
+            }
+            (_, kind) => kind,
+        };
         let speech = kind == EventKind::UserSpeechStarted;
         let turn = self.record.turn;
         let seq = self.send(turn, kind);
-        let cut = if speech && self.cut_on_speech {
-            self.cut(None, TurnEnd::Cancelled)
-        } else {
-            None
-        };
-        Ok((seq, cut))
+        if speech && self.speculation.is_some() {
+            // A new utterance: what was speculated on is stale.
+            self.discard(turn, SpeculationOutcome::Dropped);
+        }
+        Ok((seq, self.apply(decision)))
+    }
+
+    fn apply(&mut self, decision: Decision) -> Option<Signal> {
+        match decision {
+            Decision::Nothing => None,
+            Decision::Pause => self.pause(),
+            Decision::Cut => self.cut(None, TurnEnd::Cancelled).map(Signal::Cut),
+            Decision::Resume | Decision::Backchannel => self.resume(),
+        }
+    }
+
+    /// The agent is speaking (or about to): a turn generating, or a finished
+    /// one whose speech has not played to its end.
+    fn agent_active(&self) -> bool {
+        match self.phase {
+            Phase::Open => self.speculation.is_none(),
+            Phase::Finished => {
+                let speaking = self.record.heard_chars.is_some() || self.record.spoken_chars > 0;
+                speaking && self.record.heard_chars.unwrap_or(0) < self.record.text_chars()
+            }
+            Phase::Aborted => false,
+        }
+    }
+
+    /// A finished turn's speech is still playing.
+    pub(crate) fn speech_playing(&self) -> bool {
+        self.phase == Phase::Finished && self.agent_active()
+    }
+
+    fn pause(&mut self) -> Option<Signal> {
+        if self.paused || !self.agent_active() {
+            return None;
+        }
+        self.paused = true;
+        let turn = self.record.turn;
+        let heard_chars = self.record.heard_chars.unwrap_or(0);
+        self.send(turn, EventKind::PlaybackPaused { heard_chars });
+        Some(Signal::Paused(turn))
+    }
+
+    fn resume(&mut self) -> Option<Signal> {
+        if !self.paused || self.phase == Phase::Aborted {
+            return None;
+        }
+        self.paused = false;
+        let turn = self.record.turn;
+        let heard_chars = self.record.heard_chars.unwrap_or(0);
+        self.send(turn, EventKind::PlaybackResumed { heard_chars });
+        Some(Signal::Resumed(turn))
+    }
+
+    /// When the timer task must next call [`Ledger::on_timer`].
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        self.listening.next_deadline()
+    }
+
+    /// A turn-taking deadline passed (a pause after `min_pause` of speech, a
+    /// resume after `resume_timeout` of silence).
+    pub(crate) fn on_timer(&mut self, now: Instant) -> Option<Signal> {
+        if self.is_closed() {
+            return None;
+        }
+        let decision = self.listening.timer(now, self.agent_active(), self.paused);
+        self.apply(decision)
     }
 
     /// An event of `turn` from the agent's side or the embedder's.
@@ -284,6 +392,10 @@ impl Ledger {
             return Err(PublishError::Stale { turn, current });
         }
         self.record_event(&kind)?;
+        if let Some(spec) = &mut self.speculation {
+            spec.held.push(kind);
+            return Ok(self.seq);
+        }
         Ok(self.send(turn, kind))
     }
 
@@ -343,6 +455,21 @@ impl Ledger {
     /// Starts the next turn and publishes `TurnStarted`. Refused while a closed
     /// turn waits for its commit, or while a turn is still open.
     pub(crate) fn begin(&mut self) -> Result<TurnId, LedgerError> {
+        self.begin_as(false)
+    }
+
+    /// Starts a speculative turn: like [`Ledger::begin`], but every event of
+    /// it (`TurnStarted` included) is held back until [`Ledger::promote`],
+    /// and taps (the tool executor) see none of them. Refused while the agent
+    /// is still speaking the last turn.
+    pub(crate) fn begin_speculative(&mut self) -> Result<TurnId, LedgerError> {
+        if self.agent_active() {
+            return Err(LedgerError::NotOpen);
+        }
+        self.begin_as(true)
+    }
+
+    fn begin_as(&mut self, speculative: bool) -> Result<TurnId, LedgerError> {
         if self.is_closed() {
             return Err(LedgerError::BusClosed);
         }
@@ -355,8 +482,16 @@ impl Ledger {
         let turn = self.record.turn.next();
         self.record = TurnRecord::new(turn);
         self.phase = Phase::Open;
+        self.paused = false;
         self.stream = None;
-        self.send(turn, EventKind::TurnStarted);
+        if speculative {
+            self.speculation = Some(Speculation {
+                held: vec![EventKind::TurnStarted],
+                finished: None,
+            });
+        } else {
+            self.send(turn, EventKind::TurnStarted);
+        }
         Ok(turn)
     }
 
@@ -401,6 +536,21 @@ impl Ledger {
                 .is_none_or(RoundRecord::all_answered)
     }
 
+    /// The calls of the open (live) turn's last round that have no output yet.
+    pub(crate) fn unanswered_calls(&self) -> Option<(TurnId, Vec<Arc<ToolCall>>)> {
+        if self.phase != Phase::Open || self.speculation.is_some() {
+            return None;
+        }
+        let round = self.record.rounds.last()?;
+        let calls: Vec<Arc<ToolCall>> = round
+            .calls
+            .iter()
+            .filter(|c| round.output(&c.id).is_none())
+            .cloned()
+            .collect();
+        (!calls.is_empty()).then_some((self.record.turn, calls))
+    }
+
     /// The rounds of `turn` so far, to build its next request.
     pub(crate) fn rounds(&self, turn: TurnId) -> Option<Vec<RoundRecord>> {
         self.is_open(turn).then(|| self.record.rounds.clone())
@@ -412,7 +562,85 @@ impl Ledger {
         if !self.is_open(turn) {
             return false;
         }
+        if let Some(spec) = &mut self.speculation {
+            if end.is_abort() {
+                self.discard(turn, SpeculationOutcome::Dropped);
+            } else {
+                // Generation is done; the turn ends when (if) it is promoted.
+                spec.finished = Some(end);
+            }
+            return true;
+        }
         self.close(end);
+        true
+    }
+
+    /// Promotes the speculative `turn`: publishes `SpeculationEnded(Hit)`,
+    /// then its held events in order with fresh seqs (taps see them now), and
+    /// goes on live; a generation that already ended closes the turn now.
+    pub(crate) fn promote(&mut self, turn: TurnId) -> bool {
+        if !self.is_open(turn) {
+            return false;
+        }
+        let Some(spec) = self.speculation.take() else {
+            return false;
+        };
+        metrics::counter!("colloquy_speculations_total", "outcome" => "hit").increment(1);
+        self.send(
+            turn,
+            EventKind::SpeculationEnded {
+                outcome: SpeculationOutcome::Hit,
+                usage: None,
+            },
+        );
+        for kind in spec.held {
+            self.send(turn, kind);
+        }
+        if let Some(end) = spec.finished {
+            self.close(end);
+        }
+        true
+    }
+
+    /// Discards the speculative `turn`: closes its request, reports its cost
+    /// in `SpeculationEnded` (never as a turn's usage), publishes nothing else.
+    pub(crate) fn discard(&mut self, turn: TurnId, outcome: SpeculationOutcome) -> bool {
+        if self.record.turn != turn || self.speculation.take().is_none() {
+            return false;
+        }
+        if let Some(stream) = self.stream.take() {
+            stream.abort();
+        }
+        let mut total: Option<Usage> = None;
+        for round in &self.record.rounds {
+            let u = round
+                .usage
+                .unwrap_or_else(|| Usage::estimate(round.prompt_bytes, round.text.chars().count()));
+            total = Some(match total {
+                None => u,
+                Some(t) => Usage {
+                    prompt_tokens: t.prompt_tokens + u.prompt_tokens,
+                    completion_tokens: t.completion_tokens + u.completion_tokens,
+                    total_tokens: t.total_tokens + u.total_tokens,
+                    cached_tokens: t.cached_tokens.or(u.cached_tokens),
+                    reasoning_tokens: t.reasoning_tokens.or(u.reasoning_tokens),
+                    estimated: t.estimated || u.estimated,
+                },
+            });
+        }
+        if let Some(u) = &total {
+            metrics::counter!("colloquy_usage_speculative_tokens_total").increment(u.total_tokens);
+        }
+        metrics::counter!("colloquy_speculations_total", "outcome" => outcome.label()).increment(1);
+        self.phase = Phase::Aborted;
+        self.send(
+            turn,
+            EventKind::SpeculationEnded {
+                outcome,
+                usage: total.map(Arc::new),
+            },
+        );
+        self.pending = Some(Closed::Discarded { turn });
         true
     }
 
@@ -426,6 +654,11 @@ impl Ledger {
             return None;
         }
         match self.phase {
+            Phase::Open if self.speculation.is_some() => {
+                // Nothing of it was heard or published: drop it, cut nothing.
+                self.discard(turn, SpeculationOutcome::Dropped);
+                None
+            }
             Phase::Open => {
                 self.close(end);
                 Some(Cut::Generation(turn))
@@ -433,13 +666,12 @@ impl Ledger {
             Phase::Finished if end == TurnEnd::Cancelled => {
                 // Speech is playing once segments went to a TTS or one reported
                 // progress; before its first report nothing was heard yet.
-                let total = self.record.text_chars();
-                let speaking = self.record.heard_chars.is_some() || self.record.spoken_chars > 0;
-                let heard = self.record.heard_chars.unwrap_or(0);
-                if !speaking || heard >= total {
+                if !self.agent_active() {
                     return None;
                 }
+                let heard = self.record.heard_chars.unwrap_or(0);
                 self.phase = Phase::Aborted;
+                self.paused = false;
                 self.send(turn, EventKind::Interrupted { heard_chars: heard });
                 match &mut self.pending {
                     Some(Closed::Ended {
@@ -481,6 +713,7 @@ impl Ledger {
             }
         }
         self.phase = if end.is_abort() {
+            self.paused = false;
             Phase::Aborted
         } else {
             Phase::Finished

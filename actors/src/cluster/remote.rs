@@ -314,10 +314,16 @@ impl RemoteSession {
         })
     }
 
-    /// The user started speaking (barge-in): the owner cuts the turn in
-    /// flight on receipt. Returns the event's seq.
+    /// The user started speaking: the owner applies the session's
+    /// interruption policy on receipt (immediate mode cuts the turn in
+    /// flight; confirmed mode pauses it). Returns the event's seq.
     pub async fn user_speech_started(&self) -> Result<u64, ClusterError> {
         self.call_seq(&Input::UserSpeechStarted).await
+    }
+
+    /// The user stopped speaking (voice activity ended). Returns the event's seq.
+    pub async fn user_speech_ended(&self) -> Result<u64, ClusterError> {
+        self.call_seq(&Input::UserSpeechEnded).await
     }
 
     /// A transcript; a final one starts a turn. Returns the event's seq.

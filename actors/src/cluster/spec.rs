@@ -5,7 +5,10 @@ use colloquy::tools::ToolChoice;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::llm_actor::{AgentSettings, InterruptionPolicy};
+use std::time::Duration;
+
+use crate::llm_actor::{AgentSettings, InterruptionPolicy, Preemptive};
+use crate::turn_taking::{Backchannels, InterruptionMode};
 
 /// Sampling and request options of a [`SessionSpec`]; unset fields keep the
 /// defaults of [`LlmOptions::new`]. Extra headers and query parameters are not
@@ -52,22 +55,91 @@ pub struct SpecOptions {
     pub extra_body: Map<String, Value>,
 }
 
-/// When the user's voice interrupts the agent (mirrors [`InterruptionPolicy`]).
+/// How the user's voice interrupts the agent (mirrors [`InterruptionMode`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum SpecMode {
+    /// Any voice activity cuts the reply at once.
+    Immediate,
+    /// Speech pauses the reply; what the user says confirms a cut or resumes it.
+    Confirmed,
+    /// Voice activity never interrupts.
+    Off,
+}
+
+/// When the user's voice interrupts the agent (mirrors [`InterruptionPolicy`];
+/// durations in milliseconds).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct SpecInterruption {
-    /// Cancel the turn in flight when the user starts speaking.
-    pub cancel_on_speech_started: bool,
+    /// `immediate`, `confirmed` or `off`.
+    pub mode: SpecMode,
     /// Cancel the turn in flight when a new user message arrives.
     pub cancel_on_user_message: bool,
+    /// Confirmed mode: speech must last this long before the agent pauses.
+    pub min_pause_ms: u64,
+    /// Confirmed mode: words (not backchannels) of an interim that confirm a cut.
+    pub min_words: usize,
+    /// Confirmed mode: after this much speech one such word confirms.
+    pub min_confirm_speech_ms: u64,
+    /// Confirmed mode: the agent resumes this long after the speech ended with
+    /// no transcript pending.
+    pub resume_timeout_ms: u64,
+    /// Backchannel phrases; `None` keeps the English ones.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backchannels: Option<Vec<String>>,
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis().min(u128::from(u64::MAX)) as u64
 }
 
 impl Default for SpecInterruption {
     fn default() -> Self {
         let p = InterruptionPolicy::default();
+        // Wildcard: modes added later travel as the default.
+        #[allow(unreachable_patterns)]
+        let mode = match p.mode {
+            InterruptionMode::Immediate => SpecMode::Immediate,
+            InterruptionMode::Off => SpecMode::Off,
+            _ => SpecMode::Confirmed,
+        };
         Self {
-            cancel_on_speech_started: p.cancel_on_speech_started,
+            mode,
             cancel_on_user_message: p.cancel_on_user_message,
+            min_pause_ms: ms(p.min_pause),
+            min_words: p.min_words,
+            min_confirm_speech_ms: ms(p.min_confirm_speech),
+            resume_timeout_ms: ms(p.resume_timeout),
+            backchannels: None,
+        }
+    }
+}
+
+impl SpecInterruption {
+    /// The policy this describes.
+    pub fn policy(&self) -> InterruptionPolicy {
+        let defaults = InterruptionPolicy::default();
+        let backchannels = match &self.backchannels {
+            Some(phrases) => Backchannels::new(phrases),
+            None => defaults.backchannels.clone(),
+        };
+        // `..defaults` keeps fields added to the policy later.
+        #[allow(clippy::needless_update)]
+        InterruptionPolicy {
+            mode: match self.mode {
+                SpecMode::Immediate => InterruptionMode::Immediate,
+                SpecMode::Confirmed => InterruptionMode::Confirmed,
+                SpecMode::Off => InterruptionMode::Off,
+            },
+            cancel_on_user_message: self.cancel_on_user_message,
+            min_pause: Duration::from_millis(self.min_pause_ms),
+            min_words: self.min_words,
+            min_confirm_speech: Duration::from_millis(self.min_confirm_speech_ms),
+            resume_timeout: Duration::from_millis(self.resume_timeout_ms),
+            backchannels,
+            ..defaults
         }
     }
 }
@@ -107,6 +179,9 @@ pub struct SessionSpec {
     pub max_context_items: Option<usize>,
     /// Run a segmenter (speakable segments for TTS) in the session.
     pub segmenter: bool,
+    /// Preemptive generation on interim transcripts, with this debounce in
+    /// milliseconds (`null`: off).
+    pub preemptive_debounce_ms: Option<u64>,
 }
 
 impl Default for SessionSpec {
@@ -121,6 +196,7 @@ impl Default for SessionSpec {
             max_tool_rounds: defaults.max_tool_rounds,
             max_context_items: defaults.max_context_items,
             segmenter: false,
+            preemptive_debounce_ms: None,
         }
     }
 }
@@ -176,10 +252,10 @@ impl SessionSpec {
         settings.instructions = self.instructions.clone();
         settings.max_tool_rounds = self.max_tool_rounds;
         settings.max_context_items = self.max_context_items;
-        settings.interruption = InterruptionPolicy {
-            cancel_on_speech_started: self.interruption.cancel_on_speech_started,
-            cancel_on_user_message: self.interruption.cancel_on_user_message,
-        };
+        settings.interruption = self.interruption.policy();
+        settings.preemptive = self.preemptive_debounce_ms.map(|ms| Preemptive {
+            debounce: Duration::from_millis(ms),
+        });
         settings
     }
 }
@@ -196,20 +272,35 @@ mod tests {
         spec.options.temperature = Some(0.2);
         spec.options.tool_choice = Some(ToolChoice::Function("get_weather".into()));
         spec.interruption.cancel_on_user_message = false;
+        spec.interruption.mode = SpecMode::Immediate;
+        spec.interruption.backchannels = Some(vec!["mhm".into()]);
         spec.max_context_items = None;
+        spec.preemptive_debounce_ms = Some(120);
         let json = serde_json::to_value(&spec).unwrap();
         assert_eq!(json["options"]["tool_choice"]["function"], "get_weather");
-        let back: SessionSpec = serde_json::from_value(json).unwrap();
+        let back: SessionSpec = serde_json::from_value(json.clone()).unwrap();
         assert_eq!(back, spec);
         let settings = back.agent_settings("default");
         assert_eq!(settings.options.model, "m");
         assert_eq!(settings.options.temperature, Some(0.2));
         assert_eq!(settings.instructions.as_deref(), Some("Be brief."));
         assert!(!settings.interruption.cancel_on_user_message);
+        assert_eq!(settings.interruption.mode, InterruptionMode::Immediate);
+        assert_eq!(
+            settings.interruption.backchannels,
+            Backchannels::new(["mhm"])
+        );
+        assert_eq!(
+            settings.preemptive.map(|p| p.debounce.as_millis()),
+            Some(120)
+        );
+        assert_eq!(json["interruption"]["mode"], "immediate");
         assert_eq!(settings.max_context_items, None);
         // An empty object is the default spec on the worker's model.
         let empty: SessionSpec = serde_json::from_str("{}").unwrap();
-        assert_eq!(empty.agent_settings("w").options.model, "w");
+        let defaults = empty.agent_settings("w");
+        assert_eq!(defaults.options.model, "w");
+        assert_eq!(defaults.interruption, InterruptionPolicy::default());
         assert_eq!(empty.max_context_items, Some(200));
     }
 }

@@ -36,6 +36,12 @@
 //! | `user_transcript` | `{"text": str, "is_final": bool}` |
 //! | `speakable` | `{"text": str, "last": bool}` |
 //! | `speech_played` | `{"chars": int}` |
+//! | `user_speech_ended` | `{}` |
+//! | `playback_paused`, `playback_resumed` | `{"heard_chars": int}` (confirmed mode: stop playing and keep the position / play on from it) |
+//! | `backchannel` | `{"text": str}` (an acknowledgement, not a turn) |
+//! | `speculation_ended` | `{"outcome": "hit" \| "miss" \| "dropped", "usage": usage or null}` |
+//! | `provider_selected` | `{"index": int, "label": str, "base_url": str, "reason": "primary" \| "fallback" \| "hedge", "continuation": bool}` |
+//! | `provider_failed` | `{"index", "label", "base_url", "reason": str, "message": str or null, "after_output": bool, "usage": usage or null}` (decoded as `Unknown`: its reason is kept as JSON) |
 //! | `resumed` | `{"last_committed_turn": int, "previous_worker": str or null}`: another worker took the session over; every turn up to `last_committed_turn` is in its history |
 //! | `lagged` | `{"missed": int}`: the worker's forwarder missed events of the local bus |
 //! | `checkpoint_too_large` | `{"bytes": int, "max_bytes": int}`: the committed context no longer fits in one message; the session runs on without a durable copy |
@@ -61,6 +67,7 @@
 //! | op | fields | ok |
 //! | --- | --- | --- |
 //! | `user_speech_started` | | the event's `seq` |
+//! | `user_speech_ended` | | the event's `seq` |
 //! | `user_transcript` | `text`, `is_final` | the event's `seq` |
 //! | `speech_played` | `turn`, `chars` | the event's `seq` |
 //! | `send_text` | `text` | `null` |
@@ -83,12 +90,12 @@
 use std::sync::Arc;
 
 use colloquy::context::ChatContext;
-use colloquy::llm::{ToolCall, Usage};
+use colloquy::llm::{FailureReason, ProviderChoice, SelectionReason, ToolCall, Usage};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::spec::SessionSpec;
-use crate::bus::{EventKind, PublishError, ToolOutput, TurnEnd};
+use crate::bus::{EventKind, PublishError, SpeculationOutcome, ToolOutput, TurnEnd};
 use crate::ids::{SessionId, TurnId};
 use crate::session::SessionError;
 
@@ -251,6 +258,30 @@ pub(crate) fn bus_payload(kind: &EventKind) -> (&'static str, Value) {
         }
         EventKind::Speakable { text, last } => json!({"text": &**text, "last": last}),
         EventKind::SpeechPlayed { chars } => json!({"chars": chars}),
+        EventKind::PlaybackPaused { heard_chars } | EventKind::PlaybackResumed { heard_chars } => {
+            json!({"heard_chars": heard_chars})
+        }
+        EventKind::SpeculationEnded { outcome, usage } => {
+            json!({"outcome": outcome.label(), "usage": usage.as_deref()})
+        }
+        EventKind::Backchannel { text } => json!({"text": &**text}),
+        EventKind::ProviderSelected(c) => json!({
+            "index": c.index, "label": &*c.label, "base_url": &*c.base_url,
+            "reason": c.reason, "continuation": c.continuation,
+        }),
+        EventKind::ProviderFailed(f) => {
+            let message = match &f.reason {
+                FailureReason::Error { message, .. } => Some(message.as_str()),
+                _ => None,
+            };
+            json!({
+                "index": f.index, "label": &*f.label, "base_url": &*f.base_url,
+                "reason": f.reason.label(), "message": message,
+                "after_output": f.after_output, "usage": f.usage,
+            })
+        }
+        // Kinds added later travel by name (decoded as `Unknown` by older readers).
+        #[allow(unreachable_patterns)]
         _ => json!({}),
     };
     (kind.name(), payload)
@@ -381,6 +412,58 @@ pub fn decode_event(bytes: &[u8]) -> Result<RemoteEvent, String> {
             let c: Pl = field(p)?;
             RemoteEventKind::Bus(EventKind::SpeechPlayed { chars: c.chars })
         }
+        "user_speech_ended" => RemoteEventKind::Bus(EventKind::UserSpeechEnded),
+        "playback_paused" | "playback_resumed" => {
+            #[derive(Deserialize)]
+            struct Heard {
+                heard_chars: usize,
+            }
+            let heard_chars = field::<Heard>(p)?.heard_chars;
+            RemoteEventKind::Bus(if raw.kind == "playback_paused" {
+                EventKind::PlaybackPaused { heard_chars }
+            } else {
+                EventKind::PlaybackResumed { heard_chars }
+            })
+        }
+        "speculation_ended" => {
+            #[derive(Deserialize)]
+            struct Sp {
+                outcome: String,
+                #[serde(default)]
+                usage: Option<Usage>,
+            }
+            let sp: Sp = field(p)?;
+            let outcome = match sp.outcome.as_str() {
+                "hit" => SpeculationOutcome::Hit,
+                "miss" => SpeculationOutcome::Miss,
+                "dropped" => SpeculationOutcome::Dropped,
+                other => return Err(format!("unknown speculation outcome {other:?}")),
+            };
+            RemoteEventKind::Bus(EventKind::SpeculationEnded {
+                outcome,
+                usage: sp.usage.map(Arc::new),
+            })
+        }
+        "backchannel" => RemoteEventKind::Bus(EventKind::Backchannel { text: text(p)? }),
+        "provider_selected" => {
+            #[derive(Deserialize)]
+            struct Sel {
+                index: usize,
+                label: String,
+                base_url: String,
+                reason: SelectionReason,
+                #[serde(default)]
+                continuation: bool,
+            }
+            let c: Sel = field(p)?;
+            RemoteEventKind::Bus(EventKind::ProviderSelected(Arc::new(ProviderChoice {
+                index: c.index,
+                label: Arc::from(c.label),
+                base_url: Arc::from(c.base_url),
+                reason: c.reason,
+                continuation: c.continuation,
+            })))
+        }
         "resumed" => {
             #[derive(Deserialize)]
             struct Re {
@@ -444,6 +527,7 @@ pub fn decode_event(bytes: &[u8]) -> Result<RemoteEvent, String> {
 #[serde(tag = "op", rename_all = "snake_case")]
 pub(crate) enum Input {
     UserSpeechStarted,
+    UserSpeechEnded,
     UserTranscript {
         text: String,
         #[serde(default = "yes")]
@@ -592,6 +676,23 @@ mod tests {
                 last: true,
             },
             EventKind::SpeechPlayed { chars: 3 },
+            EventKind::UserSpeechEnded,
+            EventKind::PlaybackPaused { heard_chars: 7 },
+            EventKind::PlaybackResumed { heard_chars: 7 },
+            EventKind::Backchannel {
+                text: Arc::from("uh-huh"),
+            },
+            EventKind::SpeculationEnded {
+                outcome: SpeculationOutcome::Miss,
+                usage: Some(Arc::new(Usage::estimate(10, 2))),
+            },
+            EventKind::ProviderSelected(Arc::new(ProviderChoice {
+                index: 1,
+                label: Arc::from("backup"),
+                base_url: Arc::from("http://127.0.0.1:1/v1"),
+                reason: SelectionReason::Fallback,
+                continuation: true,
+            })),
         ] {
             round_trip(kind);
         }

@@ -927,6 +927,7 @@ impl InputCtx {
         let session = |e: crate::session::SessionError| WireError::from_session(&e);
         match input {
             Input::UserSpeechStarted => self.seq_or_stopped(h.user_speech_started()),
+            Input::UserSpeechEnded => self.seq_or_stopped(h.user_speech_ended()),
             Input::UserTranscript { text, is_final } => {
                 self.seq_or_stopped(h.user_transcript(text, is_final))
             }

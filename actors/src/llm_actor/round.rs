@@ -1,6 +1,12 @@
 //! The stream task of one round: reads the provider's stream and publishes
 //! straight onto the bus through the ledger, then reports the round's end to
 //! the actor. It keeps nothing the ledger does not already hold.
+//!
+//! With a provider chain the stream also says which provider serves the round
+//! and which were dropped and why (`ProviderSelected`, `ProviderFailed`); both
+//! go on the bus as they come, and a dropped request's usage (hedge cost, a
+//! failed attempt) is counted in the usage metrics here, since it is not the
+//! round's `Usage`.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -96,6 +102,23 @@ pub(crate) async fn run_round(
             Ok(StreamEvent::Structured(v)) => EventKind::Structured(Arc::new(v)),
             Ok(StreamEvent::Metadata { request_id, model }) => {
                 tracing::debug!(?request_id, ?model, round, "provider answered");
+                continue;
+            }
+            Ok(StreamEvent::ProviderSelected(choice)) => {
+                tracing::debug!(provider = %choice.label, reason = choice.reason.label(), round, "provider serves the round");
+                EventKind::ProviderSelected(Arc::new(choice))
+            }
+            Ok(StreamEvent::ProviderFailed(failure)) => {
+                let usage = failure.usage;
+                let published =
+                    bus.publish_agent(turn, EventKind::ProviderFailed(Arc::new(failure)));
+                if published.is_err() {
+                    return;
+                }
+                // The dropped request's usage is not the round's: counted here.
+                if let Some(u) = &usage {
+                    super::record_usage(u);
+                }
                 continue;
             }
             Ok(StreamEvent::Finished(summary)) => {

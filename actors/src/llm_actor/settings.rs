@@ -5,29 +5,12 @@ use std::sync::Arc;
 use colloquy::context::ChatContext;
 use colloquy::llm::LlmOptions;
 
+pub use crate::turn_taking::InterruptionPolicy;
+
 /// A callback that may edit the context before each turn's first request (inject
 /// retrieved facts, trim history). It runs inside the LLM actor: a panic here
 /// fails the actor, and the supervisor restarts it with the last committed context.
 pub type BeforeTurnHook = Arc<dyn Fn(&mut ChatContext) + Send + Sync>;
-
-/// When the user's voice interrupts the agent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct InterruptionPolicy {
-    /// Cancel the turn in flight on [`EventKind::UserSpeechStarted`](crate::bus::EventKind::UserSpeechStarted).
-    pub cancel_on_speech_started: bool,
-    /// Cancel the turn in flight when a new user message arrives; when false the
-    /// message waits until the turn ends, then gets its own turn.
-    pub cancel_on_user_message: bool,
-}
-
-impl Default for InterruptionPolicy {
-    fn default() -> Self {
-        Self {
-            cancel_on_speech_started: true,
-            cancel_on_user_message: true,
-        }
-    }
-}
 
 /// Generation settings of a session's agent.
 #[derive(Clone)]
@@ -45,6 +28,31 @@ pub struct AgentSettings {
     pub max_context_items: Option<usize>,
     /// Optional pre-turn context edit.
     pub before_turn: Option<BeforeTurnHook>,
+    /// Preemptive generation: start a speculative turn on interim transcripts
+    /// (`None`: off). See [`Preemptive`].
+    pub preemptive: Option<Preemptive>,
+}
+
+/// Preemptive generation: while the user is still talking, an interim
+/// transcript starts a *speculative* turn whose events are held back; a
+/// matching final transcript (same words after normalisation) promotes it —
+/// its events are released at once and it goes on live — and anything else
+/// discards it (its request is closed, its cost reported).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Preemptive {
+    /// Interims must stop changing for this long before a speculation starts
+    /// (or restarts for newer words): a stream of interims does not start a
+    /// request per word.
+    pub debounce: std::time::Duration,
+}
+
+impl Default for Preemptive {
+    /// A 150 ms debounce.
+    fn default() -> Self {
+        Self {
+            debounce: std::time::Duration::from_millis(150),
+        }
+    }
 }
 
 impl std::fmt::Debug for AgentSettings {
@@ -56,13 +64,15 @@ impl std::fmt::Debug for AgentSettings {
             .field("interruption", &self.interruption)
             .field("max_context_items", &self.max_context_items)
             .field("before_turn", &self.before_turn.is_some())
+            .field("preemptive", &self.preemptive)
             .finish()
     }
 }
 
 impl AgentSettings {
-    /// Settings for a model with the defaults: 4 tool rounds, interrupt on speech
-    /// and on new messages, 200 context items.
+    /// Settings for a model with the defaults: 4 tool rounds, confirmed
+    /// interruptions (see [`InterruptionPolicy::default`]) and new messages
+    /// interrupt, 200 context items.
     pub fn new(options: LlmOptions) -> Self {
         Self {
             options,
@@ -71,6 +81,7 @@ impl AgentSettings {
             interruption: InterruptionPolicy::default(),
             max_context_items: Some(200),
             before_turn: None,
+            preemptive: None,
         }
     }
 

@@ -31,6 +31,13 @@ use crate::bus::ledger::{Closed, LedgerError, TurnRecord};
 use crate::ids::TurnId;
 use crate::task::AbortOnDrop;
 
+/// The speculative turn in flight and the interim it answers.
+pub(crate) struct Speculative {
+    pub(crate) turn: TurnId,
+    pub(crate) text: String,
+    pub(crate) words: Vec<String>,
+}
+
 /// A turn the actor is running.
 pub(crate) struct ActiveTurn {
     pub(crate) id: TurnId,
@@ -105,6 +112,14 @@ impl LlmState {
                     self.commit(record, &end, speech_cut, active);
                 }
                 Closed::SpeechCut { turn, heard_chars } => self.trim_last_turn(turn, heard_chars),
+                Closed::Discarded { turn } => {
+                    if self.turn.active().is_some_and(|t| t.id == turn) {
+                        self.turn.take_active();
+                    }
+                    if self.speculation.as_ref().is_some_and(|s| s.turn == turn) {
+                        self.speculation = None;
+                    }
+                }
             }
         }
     }
@@ -183,13 +198,49 @@ impl LlmState {
                 }
             }
         };
-        if let Some(hook) = self.settings.before_turn.clone() {
-            hook(&mut self.context);
-        }
+        self.run_before_turn();
         let turn = ActiveTurn {
             id,
             started: Instant::now(),
             span: tracing::info_span!(parent: &self.core.span, "turn", turn = id.0),
+        };
+        self.start_round(turn);
+    }
+
+    /// The `before_turn` hook, once per user utterance: a speculative turn runs
+    /// it, and the turn that follows a discarded speculation of the same
+    /// utterance does not run it again.
+    fn run_before_turn(&mut self) {
+        if std::mem::take(&mut self.hook_ran_for_utterance) {
+            return;
+        }
+        if let Some(hook) = self.settings.before_turn.clone() {
+            hook(&mut self.context);
+        }
+    }
+
+    /// Idle → Streaming, speculatively: a turn for the interim `text` whose
+    /// events the ledger holds back until a matching final promotes it.
+    pub(crate) fn start_speculative_turn(&mut self, text: String) {
+        debug_assert!(self.turn.active().is_none());
+        let id = match self.core.bus.lock().begin_speculative() {
+            Ok(id) => id,
+            Err(e) => {
+                tracing::debug!(parent: &self.core.span, error = %e, "no speculation now");
+                return;
+            }
+        };
+        self.run_before_turn();
+        self.hook_ran_for_utterance = true;
+        self.speculation = Some(Speculative {
+            turn: id,
+            words: crate::turn_taking::normalize_words(&text),
+            text,
+        });
+        let turn = ActiveTurn {
+            id,
+            started: Instant::now(),
+            span: tracing::info_span!(parent: &self.core.span, "turn", turn = id.0, speculative = true),
         };
         self.start_round(turn);
     }
@@ -212,6 +263,13 @@ impl LlmState {
             )));
         }
         items.extend(self.context.items.iter().cloned());
+        // A speculative turn answers an utterance not yet committed.
+        if let Some(spec) = self.speculation.as_ref().filter(|s| s.turn == turn) {
+            items.push(ChatItem::Message(ChatMessage::text(
+                Role::User,
+                spec.text.clone(),
+            )));
+        }
         items.extend(draft);
         Some((ChatContext { items }, next_round))
     }
