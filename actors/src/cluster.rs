@@ -118,9 +118,6 @@ pub enum ClusterError {
     /// The worker lost the session's lease to another worker.
     #[error("lease of session {0} lost")]
     LeaseLost(SessionId),
-    /// The worker is draining or stopped.
-    #[error("worker is not taking sessions")]
-    Draining,
 }
 
 impl ClusterError {
