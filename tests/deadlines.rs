@@ -10,18 +10,15 @@
 use std::time::{Duration, Instant};
 
 use colloquy::context::ChatContext;
-use colloquy::llm::{
-    ChatClient, ChatRequest, ClientConfig, LlmError, LlmOptions, OpenAiConfig, RetryPolicy,
-    StreamEvent,
-};
+use colloquy::llm::{ChatClient, ClientConfig, LlmError, OpenAiConfig, RetryPolicy, StreamEvent};
 use colloquy::mock::{MockResponse, MockServer, sse_chunk};
-use futures_util::StreamExt;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-/// Generous bound that only turns a hang into a failure.
-const HANG: Duration = Duration::from_secs(20);
+#[path = "support/stream.rs"]
+mod support;
+use support::{collect, collect_ctx, text_of};
 
 fn config() -> ClientConfig {
     ClientConfig {
@@ -32,44 +29,6 @@ fn config() -> ClientConfig {
         },
         ..ClientConfig::default()
     }
-}
-
-async fn collect_ctx(
-    client: &ChatClient,
-    ctx: &ChatContext,
-) -> (Vec<StreamEvent>, Option<LlmError>) {
-    let options = LlmOptions::new("m");
-    let mut stream = client.stream(ChatRequest::new(ctx, &options)).unwrap();
-    let mut events = Vec::new();
-    let run = async {
-        while let Some(ev) = stream.next().await {
-            match ev {
-                Ok(e) => events.push(e),
-                Err(e) => return Some(e),
-            }
-        }
-        None
-    };
-    let err = tokio::time::timeout(HANG, run)
-        .await
-        .expect("the stream ended by itself (a deadline fired)");
-    (events, err)
-}
-
-async fn collect(client: &ChatClient) -> (Vec<StreamEvent>, Option<LlmError>) {
-    let mut ctx = ChatContext::new();
-    ctx.add_user("Hello");
-    collect_ctx(client, &ctx).await
-}
-
-fn text_of(events: &[StreamEvent]) -> String {
-    events
-        .iter()
-        .filter_map(|e| match e {
-            StreamEvent::Token(t) => Some(t.as_str()),
-            _ => None,
-        })
-        .collect()
 }
 
 /// What the hand-rolled server does with the one connection it accepts.

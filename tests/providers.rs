@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use colloquy::context::{ChatContext, ChatItem};
 use colloquy::llm::{
-    AdaptiveHedge, BreakerConfig, BreakerState, ChatClient, ChatRequest, ClientConfig,
+    AdaptiveHedge, BreakerConfig, BreakerState, ChatClient, ClientConfig,
     DEFAULT_CONTINUATION_INSTRUCTION, Hedging, LlmError, LlmOptions, MidStreamFailure,
     OpenAiConfig, ProviderChain, ProviderSpec, RetryPolicy, SelectionReason, StreamEvent,
 };
@@ -25,12 +25,14 @@ use colloquy_actors::bus::{EventKind, TurnEnd};
 use colloquy_actors::{
     AgentSettings, SessionConfig, Supervisor, SupervisorConfig, Tool, ToolRegistry,
 };
-use futures_util::StreamExt;
 use serde_json::json;
 
 #[path = "support/session.rs"]
 mod support;
 use support::{GUARD, finished, next_matching};
+#[path = "support/stream.rs"]
+mod stream_support;
+use stream_support::{collect as run, text_of as text};
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -49,41 +51,6 @@ fn stalled_with_keep_alives() -> MockResponse {
     MockResponse::event_stream()
         .event(&role())
         .stall_with_keep_alives(ms(20))
-}
-
-async fn run_ctx(client: &ChatClient, ctx: &ChatContext) -> (Vec<StreamEvent>, Option<LlmError>) {
-    let options = LlmOptions::new("m");
-    let mut stream = client.stream(ChatRequest::new(ctx, &options)).unwrap();
-    let mut events = Vec::new();
-    let all = async {
-        while let Some(ev) = stream.next().await {
-            match ev {
-                Ok(e) => events.push(e),
-                Err(e) => return Some(e),
-            }
-        }
-        None
-    };
-    let err = tokio::time::timeout(GUARD, all)
-        .await
-        .expect("the stream ended by itself");
-    (events, err)
-}
-
-async fn run(client: &ChatClient) -> (Vec<StreamEvent>, Option<LlmError>) {
-    let mut ctx = ChatContext::new();
-    ctx.add_user("Hello");
-    run_ctx(client, &ctx).await
-}
-
-fn text(events: &[StreamEvent]) -> String {
-    events
-        .iter()
-        .filter_map(|e| match e {
-            StreamEvent::Token(t) => Some(t.as_str()),
-            _ => None,
-        })
-        .collect()
 }
 
 /// `(index, reason, continuation)` of each `ProviderSelected`.
