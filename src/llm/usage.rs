@@ -79,12 +79,50 @@ impl Usage {
             estimated: true,
         }
     }
+
+    /// The usage of two requests together: counts add up (an optional count
+    /// is known once either side knows it), and the sum is estimated when
+    /// either part was.
+    pub fn combined(self, other: Usage) -> Usage {
+        let sum = |a: Option<u64>, b: Option<u64>| match (a, b) {
+            (None, None) => None,
+            (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
+        };
+        Usage {
+            prompt_tokens: self.prompt_tokens + other.prompt_tokens,
+            completion_tokens: self.completion_tokens + other.completion_tokens,
+            total_tokens: self.total_tokens + other.total_tokens,
+            cached_tokens: sum(self.cached_tokens, other.cached_tokens),
+            reasoning_tokens: sum(self.reasoning_tokens, other.reasoning_tokens),
+            estimated: self.estimated || other.estimated,
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn combined_usage_adds_every_count() {
+        let a = Usage {
+            prompt_tokens: 10,
+            completion_tokens: 2,
+            total_tokens: 12,
+            cached_tokens: Some(4),
+            ..Usage::default()
+        };
+        let b = Usage::estimate(40, 8);
+        let sum = a.combined(b);
+        assert_eq!(
+            (sum.prompt_tokens, sum.completion_tokens, sum.total_tokens),
+            (20, 4, 24)
+        );
+        assert_eq!((sum.cached_tokens, sum.reasoning_tokens), (Some(4), None));
+        assert!(sum.estimated);
+        assert_eq!(a.combined(a).cached_tokens, Some(8));
+    }
 
     #[test]
     fn nested_flat_and_missing_details() {

@@ -149,6 +149,8 @@ pub(crate) enum LedgerError {
     PendingCommit,
     #[error("the turn is not open")]
     NotOpen,
+    #[error("the agent is still generating or speaking")]
+    Busy,
     #[error("the bus is closed")]
     BusClosed,
 }
@@ -464,7 +466,7 @@ impl Ledger {
     /// is still speaking the last turn.
     pub(crate) fn begin_speculative(&mut self) -> Result<TurnId, LedgerError> {
         if self.agent_active() {
-            return Err(LedgerError::NotOpen);
+            return Err(LedgerError::Busy);
         }
         self.begin_as(true)
     }
@@ -477,7 +479,7 @@ impl Ledger {
             return Err(LedgerError::PendingCommit);
         }
         if self.phase == Phase::Open {
-            return Err(LedgerError::NotOpen);
+            return Err(LedgerError::Busy);
         }
         let turn = self.record.turn.next();
         self.record = TurnRecord::new(turn);
@@ -611,23 +613,16 @@ impl Ledger {
         if let Some(stream) = self.stream.take() {
             stream.abort();
         }
-        let mut total: Option<Usage> = None;
-        for round in &self.record.rounds {
-            let u = round
-                .usage
-                .unwrap_or_else(|| Usage::estimate(round.prompt_bytes, round.text.chars().count()));
-            total = Some(match total {
-                None => u,
-                Some(t) => Usage {
-                    prompt_tokens: t.prompt_tokens + u.prompt_tokens,
-                    completion_tokens: t.completion_tokens + u.completion_tokens,
-                    total_tokens: t.total_tokens + u.total_tokens,
-                    cached_tokens: t.cached_tokens.or(u.cached_tokens),
-                    reasoning_tokens: t.reasoning_tokens.or(u.reasoning_tokens),
-                    estimated: t.estimated || u.estimated,
-                },
-            });
-        }
+        let total = self
+            .record
+            .rounds
+            .iter()
+            .map(|round| {
+                round.usage.unwrap_or_else(|| {
+                    Usage::estimate(round.prompt_bytes, round.text.chars().count())
+                })
+            })
+            .reduce(Usage::combined);
         if let Some(u) = &total {
             metrics::counter!("colloquy_usage_speculative_tokens_total").increment(u.total_tokens);
         }
