@@ -12,8 +12,8 @@ use colloquy::mock::{MockResponse, MockServer, RecordedRequest, sse_chunk};
 use colloquy::tools::ToolDefinition;
 use colloquy_actors::bus::{BusReceiver, BusRecvError, EventKind, ToolOutput, TurnEnd};
 use colloquy_actors::{
-    AgentSettings, InterruptionPolicy, SegmenterConfig, SessionConfig, SessionError, SessionHandle,
-    Supervisor, SupervisorConfig, SupervisorError, Tool, ToolError, ToolRegistry, TurnId,
+    AgentSettings, InterruptionPolicy, SessionConfig, SessionError, SessionHandle, Supervisor,
+    SupervisorConfig, SupervisorError, Tool, ToolError, ToolRegistry, TurnId,
 };
 use serde_json::json;
 
@@ -587,8 +587,7 @@ async fn segmenter_speaks_whole_turns_and_drops_cancelled_ones() {
     })
     .await
     .unwrap();
-    let (sup, session, mut rx) =
-        setup(&server, |c| c.segmenter = Some(SegmenterConfig::default())).await;
+    let (sup, session, mut rx) = setup(&server, |c| c.speech_output = true).await;
     session.send_text("hello").unwrap();
     let t1 = next_matching(&mut rx, |e| e.kind == EventKind::TurnStarted)
         .await

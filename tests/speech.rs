@@ -16,7 +16,7 @@ use colloquy::mock::{MockResponse, MockServer};
 use colloquy_actors::bus::{BusEvent, BusReceiver, EventKind, TurnEnd};
 use colloquy_actors::speech::{PacedTextOutput, Speaker, SpeakerStatus, SttEvent};
 use colloquy_actors::turn_taking::InterruptionMode;
-use colloquy_actors::{InterruptionPolicy, SegmenterConfig, SessionHandle, TurnId};
+use colloquy_actors::{InterruptionPolicy, SessionHandle, TurnId};
 use support::{GUARD, next_matching, setup};
 use tokio::sync::watch;
 
@@ -58,7 +58,7 @@ async fn session_with(
     policy: InterruptionPolicy,
 ) -> (colloquy_actors::Supervisor, SessionHandle, BusReceiver) {
     setup(server, |c| {
-        c.segmenter = Some(SegmenterConfig::default());
+        c.speech_output = true;
         c.settings.interruption = policy;
         c.bus_capacity = 4096;
     })
@@ -535,4 +535,25 @@ async fn rapid_pauses_and_backchannel_resumes_never_repeat_or_skip() {
 #[tokio::test]
 async fn rapid_pauses_and_timer_resumes_never_repeat_or_skip() {
     rapid_pauses_and_resumes(false).await;
+}
+
+/// Issue 13: a `Speaker` on a session configured with nothing about speech
+/// (no `with_segmenter`, no `speech_output`) played nothing and its status
+/// never ended. Every session cuts segments now, and a speaker declares
+/// itself: it plays the reply, and a barge-in before its first progress
+/// report still cuts the speech.
+#[tokio::test]
+async fn a_speaker_on_a_default_session_plays_and_its_speech_ends() {
+    let server = server().await;
+    let (supervisor, session, rx) = setup(&server, |c| c.bus_capacity = 4096).await;
+    let mut log = Log::new(rx);
+    let output = PacedTextOutput::new(600.0);
+    let speaker = Speaker::spawn(&session, output.clone());
+    let mut status = speaker.status();
+    session.stt(SttEvent::Final("And then?".into()));
+    speech_over(&mut status, 1).await;
+    assert_eq!(output.played_text(), "Sure, here it is.");
+    log.until(|e| is_played(e, 1, 17)).await;
+    drop(speaker);
+    supervisor.shutdown().await;
 }

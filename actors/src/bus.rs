@@ -2,21 +2,21 @@
 //!
 //! Everything a session does is an event on its bus: the user's speech and
 //! transcripts (from STT actors), the agent's tokens, tool calls, usage and turn
-//! ends (from the LLM actor), speakable segments (segmenter) and playback
-//! progress (TTS). Any number of subscribers read it.
+//! ends (from the LLM actor), speakable segments (cut from the tokens in the
+//! ledger, for TTS) and playback progress (TTS). Any number of subscribers
+//! read it.
 //!
 //! The bus is also where the cancel guarantee lives. Every event of the agent's
 //! side names its turn, and the turn ledger (`bus/ledger.rs`) behind one mutex checks
 //! it: once a turn is finished as cancelled or failed, every later event of that
-//! turn — a token the stream task had in hand, a segment the segmenter was about
-//! to flush, a tool result — is refused with [`PublishError::Stale`]. Because the
+//! turn — a token the stream task had in hand, a tool result, a playback
+//! report — is refused with [`PublishError::Stale`]. Because the
 //! check and the broadcast happen under the same lock, "TurnFinished(Cancelled),
 //! then nothing of that turn" holds for every subscriber, without trusting the
 //! publishers to be fast. The ledger also owns the turn's life (begin, rounds,
 //! cut, finish) and keeps what each round published until the LLM actor commits
 //! it; those controls are crate-private. Embedders publish their own events —
-//! user speech and transcripts, tool results, speakable segments, playback —
-//! and subscribe.
+//! user speech and transcripts, tool results, playback — and subscribe.
 //!
 //! Subscribers read through a bounded `tokio::sync::broadcast`. One that falls
 //! more than the capacity behind is told how many events it missed
@@ -201,8 +201,8 @@ impl SessionBus {
         Ok(seq)
     }
 
-    /// Publishes an embedder's event of `turn`: a tool result, a speakable
-    /// segment or playback progress (user-side events go to
+    /// Publishes an embedder's event of `turn`: a tool result or playback
+    /// progress (user-side events go to
     /// [`SessionBus::publish_user`]). Refused with [`PublishError::Stale`] when
     /// the turn is not the current one, was cut, or (for tool results) already
     /// finished; the runtime's own kinds are [`PublishError::NotAllowed`].
@@ -330,6 +330,25 @@ impl SessionBus {
         self.inner.timer.notify_one();
     }
 
+    /// Sets where a turn's text is cut into speakable segments.
+    pub(crate) fn set_segmenter(&self, config: crate::segmenter::SegmenterConfig) {
+        self.lock().segmenter = config;
+    }
+
+    /// A speech output was attached (`true`) or detached: while one is, a
+    /// finished reply whose segments were handed out is playing until
+    /// playback reports its end (a barge-in before the first report cuts it).
+    pub(crate) fn set_voice(&self, attached: bool) {
+        self.lock().set_voice(attached);
+    }
+
+    /// Whether a live (not speculative) turn is generating: what a drain
+    /// waits for.
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
+    pub(crate) fn live_turn_open(&self) -> bool {
+        self.lock().live_turn_open()
+    }
+
     /// Sets the interruption policy applied to user events.
     pub(crate) fn set_policy(&self, policy: InterruptionPolicy) {
         self.lock().policy = policy;
@@ -422,300 +441,5 @@ impl SessionBus {
     /// Detaches a tap.
     pub(crate) fn remove_tap(&self, id: u64) {
         self.lock().remove_tap(id);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use colloquy::llm::{ToolCall, Usage};
-
-    fn token(s: &str) -> EventKind {
-        EventKind::Token(Arc::from(s))
-    }
-
-    fn speakable(s: &str) -> EventKind {
-        EventKind::Speakable {
-            text: Arc::from(s),
-            last: false,
-        }
-    }
-
-    /// Begins a turn and opens one round with no task.
-    fn begin(bus: &SessionBus, prompt_bytes: usize) -> TurnId {
-        let t = bus.begin_turn().unwrap();
-        bus.lock()
-            .open_round(t, prompt_bytes, || (dummy_abort(), ()))
-            .unwrap();
-        t
-    }
-
-    fn dummy_abort() -> tokio::task::AbortHandle {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        rt.block_on(async { tokio::spawn(async {}).abort_handle() })
-    }
-
-    fn kinds(rx: &mut BusReceiver) -> Vec<EventKind> {
-        std::iter::from_fn(|| rx.try_recv().ok().flatten())
-            .map(|e| e.kind)
-            .collect()
-    }
-
-    #[test]
-    fn fence_refuses_everything_of_a_cancelled_turn() {
-        let bus = SessionBus::new(SessionId::new("s"), 16);
-        let mut rx = bus.subscribe();
-        let t1 = begin(&bus, 40);
-        bus.publish_agent(t1, token("Hello ")).unwrap();
-        bus.publish(t1, EventKind::SpeechPlayed { chars: 3 })
-            .unwrap();
-        assert_eq!(bus.cut(None, TurnEnd::Cancelled), Some(Cut::Generation(t1)));
-        let Some(Closed::Ended { record, end, .. }) = bus.take_closed() else {
-            panic!("a closed record waits for the actor")
-        };
-        assert_eq!(
-            (record.rounds[0].text.as_str(), record.heard_chars),
-            ("Hello ", Some(3))
-        );
-        assert_eq!(end, TurnEnd::Cancelled);
-        assert!(record.rounds[0].usage.unwrap().estimated);
-        for kind in [
-            token("late"),
-            speakable("late"),
-            EventKind::SpeechPlayed { chars: 6 },
-        ] {
-            assert!(matches!(
-                bus.publish_agent(t1, kind),
-                Err(PublishError::Stale { .. })
-            ));
-        }
-        let kinds = kinds(&mut rx);
-        assert_eq!(kinds.len(), 5, "{kinds:?}"); // started, token, played, usage, finished
-        assert_eq!(
-            kinds.last(),
-            Some(&EventKind::TurnFinished(TurnEnd::Cancelled))
-        );
-        assert_eq!(bus.cut(None, TurnEnd::Cancelled), None, "once");
-    }
-
-    #[test]
-    fn embedders_cannot_publish_the_runtimes_events() {
-        let bus = SessionBus::new(SessionId::new("s"), 16);
-        let t = begin(&bus, 0);
-        for kind in [
-            token("x"),
-            EventKind::TurnStarted,
-            EventKind::TurnFinished(TurnEnd::Stop),
-        ] {
-            assert!(matches!(
-                bus.publish(t, kind),
-                Err(PublishError::NotAllowed(_))
-            ));
-        }
-        assert!(matches!(
-            bus.publish_user(token("x")),
-            Err(PublishError::NotAllowed("token"))
-        ));
-    }
-
-    #[test]
-    fn usage_is_per_request_and_estimated_for_every_round_without_one() {
-        let bus = SessionBus::new(SessionId::new("s"), 32);
-        let mut rx = bus.subscribe();
-        let t = begin(&bus, 400);
-        let reported = Usage {
-            prompt_tokens: 100,
-            completion_tokens: 3,
-            total_tokens: 103,
-            ..Usage::default()
-        };
-        bus.publish_agent(t, EventKind::Usage(Arc::new(reported)))
-            .unwrap();
-        bus.lock()
-            .open_round(t, 800, || (dummy_abort(), ()))
-            .unwrap();
-        bus.publish_agent(t, token("It is")).unwrap();
-        bus.cut(None, TurnEnd::Cancelled).unwrap();
-        let usages: Vec<Usage> = kinds(&mut rx)
-            .into_iter()
-            .filter_map(|k| match k {
-                EventKind::Usage(u) => Some(*u),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(usages.len(), 2, "{usages:?}");
-        assert_eq!(usages[0], reported);
-        assert_eq!(usages[1], Usage::estimate(800, 5));
-    }
-
-    #[test]
-    fn tool_results_are_recorded_once_per_known_call() {
-        let bus = SessionBus::new(SessionId::new("s"), 16);
-        let t = begin(&bus, 0);
-        let call = ToolCall {
-            index: 0,
-            id: "c1".into(),
-            name: "f".into(),
-            arguments: "{}".into(),
-            valid_json: true,
-        };
-        bus.publish_agent(t, EventKind::ToolCall(Arc::new(call)))
-            .unwrap();
-        assert!(!bus.lock().last_round_answered(t));
-        let (turn, calls) = bus.lock().unanswered_calls().unwrap();
-        assert_eq!((turn, calls[0].id.as_str()), (t, "c1"));
-        let out = |id: &str| {
-            EventKind::ToolResult(Arc::new(ToolOutput {
-                call_id: id.into(),
-                name: "f".into(),
-                output: "ok".into(),
-                is_error: false,
-            }))
-        };
-        assert!(matches!(
-            bus.publish(t, out("zz")),
-            Err(PublishError::UnknownCall(_))
-        ));
-        bus.publish(t, out("c1")).unwrap();
-        assert!(matches!(
-            bus.publish(t, out("c1")),
-            Err(PublishError::AlreadyAnswered(_))
-        ));
-        assert!(bus.lock().last_round_answered(t));
-        assert_eq!(bus.lock().unanswered_calls(), None);
-    }
-
-    #[test]
-    fn finished_turn_still_accepts_its_tail_speech_only() {
-        let bus = SessionBus::new(SessionId::new("s"), 16);
-        let t = begin(&bus, 0);
-        assert!(bus.finish_turn(t, TurnEnd::Stop));
-        assert!(bus.publish(t, speakable("tail.")).is_ok());
-        assert!(bus.publish_agent(t, token("x")).is_err());
-        assert_eq!(
-            bus.begin_turn(),
-            Err(LedgerError::PendingCommit),
-            "no new turn while a closed one waits for its commit"
-        );
-        assert!(bus.take_closed().is_some());
-        let t2 = bus.begin_turn().unwrap();
-        assert_eq!(t2, t.next());
-        assert!(bus.publish(t, speakable("old")).is_err());
-    }
-
-    #[test]
-    fn a_cut_cannot_be_lost_to_a_racing_finish() {
-        // The actor's normal finish lands first: the caller's cut then cuts the
-        // speech instead (when playback is behind), never nothing.
-        let bus = SessionBus::new(SessionId::new("s"), 16);
-        let t = begin(&bus, 0);
-        bus.publish_agent(t, token("Hello world")).unwrap();
-        bus.publish(t, EventKind::SpeechPlayed { chars: 5 })
-            .unwrap();
-        assert!(bus.finish_turn(t, TurnEnd::Stop));
-        assert_eq!(bus.cut(None, TurnEnd::Cancelled), Some(Cut::Speech(t)));
-        // The actor had not committed yet: its record carries the cut.
-        let Some(Closed::Ended {
-            record, speech_cut, ..
-        }) = bus.take_closed()
-        else {
-            panic!()
-        };
-        assert!(speech_cut);
-        assert_eq!(record.heard_chars, Some(5));
-    }
-
-    #[test]
-    fn playback_of_a_finished_turn_can_be_cut_once() {
-        let bus = SessionBus::new(SessionId::new("s"), 16);
-        let cuts = Arc::new(Mutex::new(Vec::new()));
-        let seen = cuts.clone();
-        bus.on_cut(move |turn| seen.lock().unwrap().push(turn));
-        let t = begin(&bus, 0);
-        bus.publish_agent(t, token("Hello world")).unwrap();
-        bus.finish_turn(t, TurnEnd::Stop);
-        bus.take_closed();
-        assert_eq!(
-            bus.cut(Some(t), TurnEnd::Cancelled),
-            None,
-            "no playback reported: nothing known to cut"
-        );
-        bus.publish(t, EventKind::SpeechPlayed { chars: 5 })
-            .unwrap();
-        assert_eq!(bus.cut(Some(t), TurnEnd::Cancelled), Some(Cut::Speech(t)));
-        assert_eq!(
-            *cuts.lock().unwrap(),
-            vec![t],
-            "hook ran before cut returned"
-        );
-        assert_eq!(
-            bus.take_closed(),
-            Some(Closed::SpeechCut {
-                turn: t,
-                heard_chars: 5
-            })
-        );
-        assert!(bus.publish(t, speakable(" world")).is_err());
-        assert_eq!(bus.cut(Some(t), TurnEnd::Cancelled), None, "once");
-        // Played to the end: nothing to cut.
-        let t2 = begin(&bus, 0);
-        bus.publish_agent(t2, token("Hi")).unwrap();
-        bus.finish_turn(t2, TurnEnd::Stop);
-        bus.publish(t2, EventKind::SpeechPlayed { chars: 2 })
-            .unwrap();
-        assert_eq!(bus.cut(Some(t2), TurnEnd::Cancelled), None);
-    }
-
-    #[test]
-    fn speech_started_cuts_in_the_same_critical_section() {
-        let bus = SessionBus::new(SessionId::new("s"), 16);
-        bus.set_policy(InterruptionPolicy::immediate());
-        let mut rx = bus.subscribe();
-        let t = begin(&bus, 0);
-        bus.publish_user(EventKind::UserSpeechStarted).unwrap();
-        let kinds = kinds(&mut rx);
-        assert_eq!(kinds[1], EventKind::UserSpeechStarted);
-        assert_eq!(
-            kinds.last(),
-            Some(&EventKind::TurnFinished(TurnEnd::Cancelled))
-        );
-        assert!(!bus.is_open(t));
-        bus.take_closed();
-        bus.set_policy(InterruptionPolicy::default());
-        let t2 = begin(&bus, 0);
-        bus.publish_user(EventKind::UserSpeechStarted).unwrap();
-        assert!(bus.is_open(t2), "confirmed mode: speech alone does not cut");
-        assert!(bus.lock().next_deadline().is_some(), "a pause is scheduled");
-    }
-
-    #[test]
-    fn closed_bus_ends_subscriptions_and_refuses_events() {
-        let bus = SessionBus::new(SessionId::new("s"), 16);
-        let mut rx = bus.subscribe();
-        bus.publish_user(EventKind::UserSpeechStarted).unwrap();
-        bus.close();
-        assert!(
-            rx.try_recv().unwrap().is_some(),
-            "buffered events are still read"
-        );
-        assert_eq!(rx.try_recv(), Err(BusRecvError::Closed));
-        assert_eq!(bus.subscribe().try_recv(), Err(BusRecvError::Closed));
-        assert_eq!(
-            bus.publish_user(EventKind::UserSpeechStarted),
-            Err(PublishError::Closed)
-        );
-        assert_eq!(bus.begin_turn(), Err(LedgerError::BusClosed));
-    }
-
-    #[test]
-    fn seq_increases_across_user_and_agent_events() {
-        let bus = SessionBus::new(SessionId::new("s"), 16);
-        let a = bus.publish_user(EventKind::UserSpeechStarted).unwrap();
-        let t = begin(&bus, 0);
-        let c = bus.publish_agent(t, token("x")).unwrap();
-        assert_eq!((a, c), (1, 3));
-        assert_eq!(bus.turn_text_since(t, 0), Some(("x".to_string(), 3)));
     }
 }

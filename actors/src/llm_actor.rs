@@ -86,9 +86,6 @@ pub(crate) struct LlmState {
     /// The latest interim transcript (cleared by a final) and its number.
     interim: Option<(u64, String)>,
     interims_seen: u64,
-    /// The `before_turn` hook already ran for the current utterance (its
-    /// speculation did).
-    hook_ran_for_utterance: bool,
 }
 
 fn tap_filter(kind: &EventKind) -> bool {
@@ -128,7 +125,6 @@ impl Actor for LlmActor {
             speculation: None,
             interim: None,
             interims_seen: 0,
-            hook_ran_for_utterance: false,
         };
         // A turn closed while no actor ran (the previous one failed) is
         // committed now.
@@ -220,10 +216,10 @@ impl LlmState {
         if let Some(spec) = self.speculation.take() {
             let words = crate::turn_taking::normalize_words(&message.text_content());
             if respond && words == spec.words && self.core.bus.lock().promote(spec.turn) {
-                // A hit: the reply is already under way; the utterance is
-                // committed (its final wording) before the reply.
-                self.hook_ran_for_utterance = false;
-                self.context.push(ChatItem::Message(message));
+                // A hit: the reply is already under way. The history becomes
+                // the one it was generated from (what `before_turn` added
+                // included), with the utterance in its final wording.
+                self.adopt_speculative_context(spec, message);
                 self.checkpoint();
                 return;
             }

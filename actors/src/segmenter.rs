@@ -5,22 +5,14 @@
 //! early — at the first clause or sentence boundary after a few characters —
 //! and later ones at sentence ends (or, for run-on text, at a clause or word
 //! boundary past a maximum). Text before a tool call and the tail of a finished
-//! turn are flushed; everything of a cancelled turn is dropped, and the bus
-//! ledger refuses a segment that races with the cancel. Segments concatenate to
+//! turn are flushed; everything of a cancelled turn is dropped. Segments concatenate to
 //! exactly the turn's text, so playback positions (characters) line up with the
 //! text the LLM actor commits.
 //!
-//! The segmenter is a task that reads an ordinary (bounded) subscription
-//! directly — no mailbox in between, so its input stays bounded and a lag is
-//! real: it is reported (`colloquy_bus_lagged_events_total`) and the segmenter
-//! resynchronises from the ledger's record of the turn's text instead of
-//! skipping words. It ends when the session's bus closes.
-
-use std::sync::Arc;
-
-use crate::bus::{BusEvent, BusRecvError, EventKind, SessionBus};
-use crate::ids::TurnId;
-use crate::task::AbortOnDrop;
+//! The cutting rules live here, pure and unit-tested; the session's turn
+//! ledger applies them in the same critical section as the token that
+//! completes a segment (`bus/ledger.rs`), so segments never lag, race or
+//! repeat the text. Every session segments; [`SegmenterConfig`] sets where.
 
 /// Where segments are cut.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,7 +38,7 @@ impl Default for SegmenterConfig {
     }
 }
 
-/// Pure segmentation state for one turn (unit-tested; the actor drives it).
+/// Pure segmentation state for one turn (unit-tested; the ledger drives it).
 #[derive(Debug, Default, Clone)]
 pub struct SegmentBuffer {
     buf: String,
@@ -124,134 +116,6 @@ impl SegmentBuffer {
     }
 }
 
-struct SegmenterState {
-    bus: SessionBus,
-    config: SegmenterConfig,
-    buffer: SegmentBuffer,
-    turn: TurnId,
-    consumed_chars: usize,
-    skip_through_seq: u64,
-    aborted: bool,
-}
-
-impl SegmenterState {
-    fn publish(&self, segment: String, last: bool) {
-        // Refused when the turn was cut meanwhile: nothing of it is spoken.
-        let _ = self.bus.publish(
-            self.turn,
-            EventKind::Speakable {
-                text: Arc::from(segment),
-                last,
-            },
-        );
-    }
-
-    fn token(&mut self, turn: TurnId, text: &str) {
-        if turn != self.turn {
-            self.turn = turn;
-            self.buffer.reset();
-            self.consumed_chars = 0;
-            self.aborted = false;
-        }
-        if self.aborted {
-            return;
-        }
-        self.consumed_chars += text.chars().count();
-        for segment in self.buffer.push(text, &self.config) {
-            self.publish(segment, false);
-        }
-    }
-
-    /// Resynchronises from the ledger after missed events: the current turn
-    /// (which may have begun, or ended, during the gap) and its text past what
-    /// was already segmented. Events up to the ledger's seq at that moment are
-    /// then skipped, since the catch-up covered them.
-    fn lagged(&mut self) {
-        let (turn, open, catch_up) = {
-            let ledger = self.bus.lock();
-            let turn = ledger.turn();
-            let consumed = if turn == self.turn {
-                self.consumed_chars
-            } else {
-                0
-            };
-            (
-                turn,
-                ledger.is_open(turn),
-                ledger.text_since(turn, consumed),
-            )
-        };
-        self.token(turn, "");
-        match catch_up {
-            Some((missed, seq)) => {
-                self.skip_through_seq = seq;
-                self.token(turn, &missed);
-                if !open && !self.aborted {
-                    // The turn finished during the gap: speak its tail now.
-                    let tail = self.buffer.flush().unwrap_or_default();
-                    self.publish(tail, true);
-                    self.aborted = true; // nothing more to segment for it
-                }
-            }
-            None => {
-                // Cut during the gap: nothing of it is spoken.
-                self.aborted = true;
-                self.buffer.reset();
-            }
-        }
-    }
-
-    fn event(&mut self, ev: BusEvent) {
-        if ev.seq <= self.skip_through_seq && !ev.kind.is_user_side() {
-            return; // covered by the catch-up
-        }
-        match ev.kind {
-            EventKind::TurnStarted => self.token(ev.turn, ""),
-            EventKind::Token(t) => self.token(ev.turn, &t),
-            EventKind::ToolCall(_) if ev.turn == self.turn => {
-                if let Some(seg) = self.buffer.flush() {
-                    self.publish(seg, false);
-                }
-            }
-            EventKind::TurnFinished(end) if ev.turn == self.turn => {
-                if end.is_abort() {
-                    self.aborted = true;
-                    self.buffer.reset();
-                } else {
-                    let tail = self.buffer.flush().unwrap_or_default();
-                    self.publish(tail, true);
-                }
-            }
-            _ => {}
-        }
-    }
-}
-
-/// Starts a session's segmenter. It subscribes before returning, so it sees
-/// every turn that starts afterwards; it stops when the bus closes or the
-/// returned handle is dropped.
-pub(crate) fn spawn(bus: SessionBus, config: SegmenterConfig) -> AbortOnDrop {
-    let mut rx = bus.subscribe();
-    let mut state = SegmenterState {
-        bus,
-        config,
-        buffer: SegmentBuffer::default(),
-        turn: TurnId(0),
-        consumed_chars: 0,
-        skip_through_seq: 0,
-        aborted: false,
-    };
-    AbortOnDrop(tokio::spawn(async move {
-        loop {
-            match rx.recv().await {
-                Ok(ev) => state.event(ev),
-                Err(BusRecvError::Lagged { .. }) => state.lagged(),
-                Err(_) => return,
-            }
-        }
-    }))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -317,76 +181,5 @@ mod tests {
         let segs = run(&["It costs 3.50 euros in total, thanks."]);
         assert_eq!(segs.concat(), "It costs 3.50 euros in total, thanks.");
         assert!(!segs.iter().any(|s| s.ends_with("3.")));
-    }
-
-    /// The segmenter lags (a bus of 4 events) across the start of a turn: it
-    /// must resynchronise on the new turn, speak all of it, and close it.
-    #[tokio::test(flavor = "current_thread")]
-    async fn lag_across_a_turn_start_speaks_the_whole_new_turn() {
-        use crate::bus::TurnEnd;
-        use crate::ids::SessionId;
-        use std::sync::Mutex;
-
-        async fn settle() {
-            for _ in 0..50 {
-                tokio::task::yield_now().await;
-            }
-        }
-        let bus = SessionBus::new(SessionId::new("s"), 4);
-        let spoken: Arc<Mutex<Vec<(TurnId, String, bool)>>> = Arc::default();
-        let sink = spoken.clone();
-        bus.add_tap(
-            |k| matches!(k, EventKind::Speakable { .. }),
-            move |ev| {
-                if let EventKind::Speakable { text, last } = &ev.kind {
-                    sink.lock()
-                        .unwrap()
-                        .push((ev.turn, text.to_string(), *last));
-                }
-            },
-        );
-        let _segmenter = spawn(bus.clone(), SegmenterConfig::default());
-        let abort = || tokio::spawn(async {}).abort_handle();
-        let t1 = bus.begin_turn().unwrap();
-        bus.lock().open_round(t1, 0, || (abort(), ())).unwrap();
-        settle().await;
-        bus.publish_agent(t1, EventKind::Token(Arc::from("Hi.")))
-            .unwrap();
-        settle().await;
-        bus.finish_turn(t1, TurnEnd::Stop);
-        settle().await;
-        bus.take_closed();
-        // T1 was played to its end before the next reply begins.
-        bus.publish(t1, EventKind::SpeechPlayed { chars: 3 })
-            .unwrap();
-        let t2 = bus.begin_turn().unwrap();
-        bus.lock().open_round(t2, 0, || (abort(), ())).unwrap();
-        let words = [
-            "Once ", "upon ", "a ", "time ", "there ", "was ", "a ", "king. ", "He ",
-        ];
-        for w in words {
-            bus.publish_agent(t2, EventKind::Token(Arc::from(w)))
-                .unwrap();
-        }
-        settle().await;
-        bus.publish_agent(t2, EventKind::Token(Arc::from("ruled.")))
-            .unwrap();
-        bus.finish_turn(t2, TurnEnd::Stop);
-        settle().await;
-        let spoken = spoken.lock().unwrap();
-        let said: String = spoken
-            .iter()
-            .filter(|(t, _, _)| *t == t2)
-            .map(|(_, s, _)| s.as_str())
-            .collect();
-        assert_eq!(said, words.concat() + "ruled.");
-        assert_eq!(
-            spoken
-                .iter()
-                .filter(|(t, _, last)| *t == t2 && *last)
-                .count(),
-            1,
-            "the turn's speech is closed once"
-        );
     }
 }

@@ -7,7 +7,7 @@
 //! dies): a failed LLM actor is restarted with the session's last committed
 //! context, its turn in flight is closed on the bus as failed (and committed
 //! by the new actor), and the other sessions never notice. A failed tool
-//! executor is restarted too. The segmenter is a task owned by the session.
+//! executor is restarted too.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -59,21 +59,28 @@ pub struct SessionConfig {
     /// Tools to run in a tool executor; their definitions are added to the
     /// settings' tools.
     pub tools: Option<ToolRegistry>,
-    /// Start a segmenter for TTS.
-    pub segmenter: Option<SegmenterConfig>,
+    /// Where replies are cut into speakable segments (every session has
+    /// them: `Speakable` events, decided with the tokens in the ledger).
+    pub segmenter: SegmenterConfig,
+    /// A TTS outside the runtime speaks the segments (a
+    /// [`Speaker`](crate::speech::Speaker) declares itself): a reply then
+    /// counts as playing from its first segment until playback reports its
+    /// end, so a barge-in before the first report still cuts it.
+    pub speech_output: bool,
     /// Events a bus subscriber may fall behind.
     pub bus_capacity: usize,
 }
 
 impl SessionConfig {
-    /// A session with no tools and no segmenter.
+    /// A session with no tools, default segments and no declared speech output.
     pub fn new(client: ChatClient, settings: AgentSettings) -> Self {
         Self {
             client,
             settings,
             context: ChatContext::new(),
             tools: None,
-            segmenter: None,
+            segmenter: SegmenterConfig::default(),
+            speech_output: false,
             bus_capacity: DEFAULT_BUS_CAPACITY,
         }
     }
@@ -84,9 +91,11 @@ impl SessionConfig {
         self
     }
 
-    /// Adds a segmenter.
+    /// Replies are spoken by a TTS reading their `Speakable` segments, cut
+    /// where `config` says (sets [`SessionConfig::speech_output`]).
     pub fn with_segmenter(mut self, config: SegmenterConfig) -> Self {
-        self.segmenter = Some(config);
+        self.segmenter = config;
+        self.speech_output = true;
         self
     }
 
@@ -124,7 +133,6 @@ enum Role {
 struct SessionEntry {
     core: Arc<SessionCore>,
     tools: Option<(ToolRegistry, ActorRef<ToolExecutorMsg>)>,
-    _segmenter: Option<AbortOnDrop>,
     /// Gives the turn-taking rules their time (pauses, resumes).
     _timer: AbortOnDrop,
     restarts: u32,
@@ -321,8 +329,7 @@ impl Supervisor {
         Ok(Self { actor, shared })
     }
 
-    /// Starts a session: its bus, its LLM actor, and the optional tool executor
-    /// and segmenter.
+    /// Starts a session: its bus, its LLM actor, and the optional tool executor.
     pub async fn start_session(
         &self,
         id: impl Into<SessionId>,
@@ -361,6 +368,7 @@ impl Supervisor {
             context,
             tools,
             segmenter,
+            speech_output,
             bus_capacity,
         } = config;
         if let Some(registry) = &tools {
@@ -371,9 +379,13 @@ impl Supervisor {
             }
         }
         let bus = SessionBus::new(id.clone(), bus_capacity);
+        bus.set_segmenter(segmenter);
+        if speech_output {
+            bus.set_voice(true);
+        }
         let core = Arc::new(SessionCore::new(id.clone(), bus, client, settings, context));
         let sup = self.actor.get_cell();
-        // Tools and segmenter first: they must be listening before the first turn.
+        // Tools first: they must be listening before the first turn.
         let tools = match tools {
             Some(registry) => Some((
                 registry.clone(),
@@ -381,12 +393,10 @@ impl Supervisor {
             )),
             None => None,
         };
-        let segmenter = segmenter.map(|c| crate::segmenter::spawn(core.bus.clone(), c));
         spawn_llm(&self.shared, &core, sup).await?;
         let entry = SessionEntry {
             core: core.clone(),
             tools,
-            _segmenter: segmenter,
             _timer: core.bus.spawn_timer(),
             restarts: 0,
         };

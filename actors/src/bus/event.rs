@@ -189,12 +189,12 @@ impl EventKind {
         )
     }
 
-    /// Events embedders publish for a turn: tool results, speakable segments,
-    /// playback progress.
+    /// Events embedders publish for a turn: tool results and playback
+    /// progress. (Speakable segments are cut by the runtime, in the ledger.)
     pub fn is_embedder_side(&self) -> bool {
         matches!(
             self,
-            EventKind::ToolResult(_) | EventKind::Speakable { .. } | EventKind::SpeechPlayed { .. }
+            EventKind::ToolResult(_) | EventKind::SpeechPlayed { .. }
         )
     }
 
@@ -225,12 +225,10 @@ impl EventKind {
         }
     }
 
-    /// Events that may still follow a normally finished turn (speech of its tail).
+    /// Events that may still follow a normally finished turn: playback of
+    /// its tail.
     pub(crate) fn is_playback(&self) -> bool {
-        matches!(
-            self,
-            EventKind::Speakable { .. } | EventKind::SpeechPlayed { .. }
-        )
+        matches!(self, EventKind::SpeechPlayed { .. })
     }
 }
 

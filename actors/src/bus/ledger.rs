@@ -13,153 +13,51 @@
 //!            begin           finish(end) / cut            take_closed
 //!   (none) ───────▶ Open ─────────────────────────▶ Finished | Aborted ───▶ committed
 //!                    │  open_round, publish            │ Finished: playback events only;
-//!                    │  (tokens, calls, outputs,       │ a cut of its speech ──▶ Aborted
-//!                    │   usage: per round)             │ (Interrupted published)
+//!                    │  (tokens + their segments,      │ a cut of its speech ──▶ Aborted
+//!                    │   calls, outputs, usage)        │ (Interrupted published)
 //! ```
+//!
+//! Segmentation happens here too: the `Speakable` a token completes is decided
+//! and published in the token's own critical section, a tool call flushes the
+//! text before it, and the turn's close flushes the tail (`last`) or, on a
+//! cut, drops it. So a segment can never lag behind, race or repeat the text
+//! it speaks — in particular a speculation's held tokens and their segments
+//! are released together, once, when it is promoted.
 //!
 //! When a turn closes, its record (what each round published, what was heard,
 //! how it ended) is parked in `pending` until the LLM actor takes it. The actor
 //! reconciles before and after every message it handles, so no ordering of its
 //! mailbox can lose or misplace a commit; and a new turn cannot begin while a
 //! closed record waits, so commits land in the history in turn order.
+//!
+//! The transitions are grouped by concern: the user's side and playback
+//! (`listening.rs`), speculation (`speculation.rs`), and what a turn keeps
+//! (`record.rs`).
+
+mod listening;
+mod record;
+mod speculation;
+#[cfg(test)]
+mod tests;
+
+pub(crate) use record::{Closed, Cut, LedgerError, RoundRecord, Signal, TurnRecord};
 
 use std::sync::Arc;
-use std::time::Instant;
 
-use colloquy::llm::{ToolCall, Usage};
 use tokio::sync::broadcast;
 use tokio::task::AbortHandle;
 
-use super::{BusEvent, EventKind, PublishError, SpeculationOutcome, ToolOutput, TurnEnd};
+use super::{BusEvent, EventKind, PublishError, TurnEnd};
 use crate::ids::{SessionId, TurnId};
-use crate::turn_taking::{Decision, InterruptionPolicy, Listening};
-
-/// What one request (one round of a turn) published.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub(crate) struct RoundRecord {
-    /// Answer text (up to the turn's text cap).
-    pub(crate) text: String,
-    /// Tool calls, in the order they completed.
-    pub(crate) calls: Vec<Arc<ToolCall>>,
-    /// Outputs received for those calls (at most one per call).
-    pub(crate) outputs: Vec<Arc<ToolOutput>>,
-    /// The request's usage: the provider's, or an estimate once the turn closed.
-    pub(crate) usage: Option<Usage>,
-    /// Size of the request, for the usage estimate.
-    pub(crate) prompt_bytes: usize,
-    /// The round's stream ended normally (all of its text was generated).
-    pub(crate) complete: bool,
-}
-
-impl RoundRecord {
-    /// The output answering `call_id`, if one arrived.
-    pub(crate) fn output(&self, call_id: &str) -> Option<&ToolOutput> {
-        self.outputs
-            .iter()
-            .find(|o| o.call_id == call_id)
-            .map(|o| &**o)
-    }
-
-    /// Whether every call of the round has its output.
-    pub(crate) fn all_answered(&self) -> bool {
-        self.calls.iter().all(|c| self.output(&c.id).is_some())
-    }
-}
-
-/// Everything a turn published, round by round.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub(crate) struct TurnRecord {
-    /// The turn.
-    pub(crate) turn: TurnId,
-    /// One entry per request, in order.
-    pub(crate) rounds: Vec<RoundRecord>,
-    /// Characters of the turn's text that playback reported as heard.
-    pub(crate) heard_chars: Option<usize>,
-    /// The text stopped growing at the cap: later tokens were spoken but not kept.
-    pub(crate) text_truncated: bool,
-    /// Characters handed to text-to-speech (`Speakable`).
-    pub(crate) spoken_chars: usize,
-    pub(crate) text_bytes: usize,
-}
-
-impl TurnRecord {
-    fn new(turn: TurnId) -> Self {
-        Self {
-            turn,
-            ..Self::default()
-        }
-    }
-
-    /// Characters in the turn's text.
-    pub(crate) fn text_chars(&self) -> usize {
-        self.rounds.iter().map(|r| r.text.chars().count()).sum()
-    }
-}
-
-/// A closed turn waiting for the LLM actor to commit it.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Closed {
-    /// The turn's generation ended (normally, cancelled or failed). When
-    /// `speech_cut`, its speech was also cut (at `record.heard_chars`) before
-    /// the actor committed it.
-    Ended {
-        /// What the turn published.
-        record: TurnRecord,
-        /// How its generation ended.
-        end: TurnEnd,
-        /// Its speech was interrupted after a normal end.
-        speech_cut: bool,
-    },
-    /// A speculative turn was discarded: nothing of it was published, nothing
-    /// is committed; the actor only forgets it.
-    Discarded {
-        /// The turn.
-        turn: TurnId,
-    },
-    /// The speech of a turn the actor had already committed was cut.
-    SpeechCut {
-        /// The turn.
-        turn: TurnId,
-        /// Characters played before the cut.
-        heard_chars: usize,
-    },
-}
-
-/// What a cut did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Cut {
-    /// A turn still generating was closed: its stream is aborted.
-    Generation(TurnId),
-    /// A finished turn's speech was cut (`Interrupted` published).
-    Speech(TurnId),
-}
-
-/// A transition whose synchronous hooks run once the lock is released.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Signal {
-    Cut(Cut),
-    Paused(TurnId),
-    Resumed(TurnId),
-}
-
-/// Why a turn could not begin or a round could not start.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum LedgerError {
-    #[error("a closed turn waits for its commit")]
-    PendingCommit,
-    #[error("the turn is not open")]
-    NotOpen,
-    #[error("the agent is still generating or speaking")]
-    Busy,
-    #[error("the bus is closed")]
-    BusClosed,
-}
+use crate::segmenter::{SegmentBuffer, SegmenterConfig};
+use crate::turn_taking::{InterruptionPolicy, Listening};
+use speculation::Speculation;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     /// Published events are accepted for the current turn.
     Open,
-    /// Finished normally: only playback events (tail speech) are accepted.
+    /// Finished normally: only playback reports (tail speech) are accepted.
     Finished,
     /// Cancelled, failed, or its speech cut: nothing more of this turn.
     Aborted,
@@ -193,13 +91,16 @@ pub(crate) struct Ledger {
     paused: bool,
     /// The current turn is speculative: its events are held back.
     speculation: Option<Speculation>,
-}
-
-/// A speculative turn's held events, and the end its generation reached.
-#[derive(Debug, Default)]
-struct Speculation {
-    held: Vec<EventKind>,
-    finished: Option<TurnEnd>,
+    /// The last turn whose `TurnStarted` subscribers saw: user events name
+    /// it, never a speculation nobody saw start.
+    shown: TurnId,
+    /// Where the current turn's text is cut into speakable segments.
+    pub(crate) segmenter: SegmenterConfig,
+    segments: SegmentBuffer,
+    /// Speech outputs attached ([`Speaker`](crate::speech::Speaker)s, or a
+    /// TTS the session's configuration declares): segments handed out are
+    /// then playing until playback reports their end.
+    voices: usize,
 }
 
 impl Ledger {
@@ -220,6 +121,10 @@ impl Ledger {
             listening: Listening::default(),
             paused: false,
             speculation: None,
+            shown: TurnId(0),
+            segmenter: SegmenterConfig::default(),
+            segments: SegmentBuffer::default(),
+            voices: 0,
         }
     }
 
@@ -235,6 +140,11 @@ impl Ledger {
         self.tx.is_none()
     }
 
+    /// A live (not speculative) turn is generating.
+    pub(crate) fn live_turn_open(&self) -> bool {
+        self.phase == Phase::Open && self.speculation.is_none()
+    }
+
     pub(crate) fn subscribe(&self) -> broadcast::Receiver<BusEvent> {
         match &self.tx {
             Some(tx) => tx.subscribe(),
@@ -245,6 +155,15 @@ impl Ledger {
 
     pub(crate) fn subscriber_count(&self) -> usize {
         self.tx.as_ref().map_or(0, |tx| tx.receiver_count())
+    }
+
+    /// A speech output was attached (`true`) or detached.
+    pub(crate) fn set_voice(&mut self, attached: bool) {
+        if attached {
+            self.voices += 1;
+        } else {
+            self.voices = self.voices.saturating_sub(1);
+        }
     }
 
     fn send(&mut self, turn: TurnId, kind: EventKind) -> u64 {
@@ -267,109 +186,21 @@ impl Ledger {
         self.seq
     }
 
-    /// A user-side event, and what the interruption policy makes of it —
-    /// a pause, a cut, a resume — in the same critical section.
-    pub(crate) fn publish_user(
-        &mut self,
-        kind: EventKind,
-        now: Instant,
-    ) -> Result<(u64, Option<Signal>), PublishError> {
-        if self.is_closed() {
-            return Err(PublishError::Closed);
+    /// Publishes an event of the current turn, or holds it while the turn is
+    /// speculative.
+    fn emit(&mut self, turn: TurnId, kind: EventKind) -> u64 {
+        if let Some(spec) = &mut self.speculation {
+            spec.held.push(kind);
+            return self.seq;
         }
-        let active = self.agent_active();
-        let decision = match &kind {
-            EventKind::UserSpeechStarted => {
-                self.listening.speech_started(now, &self.policy, active)
-            }
-            EventKind::UserSpeechEnded => {
-                self.listening.speech_ended(now, &self.policy, self.paused)
-            }
-            EventKind::UserTranscript { text, is_final } => {
-                self.listening
-                    .transcript(text, *is_final, now, &self.policy, active, self.paused)
-            }
-            _ => Decision::Nothing,
-        };
-        let kind = match (decision.clone(), kind) {
-            (Decision::Backchannel, EventKind::UserTranscript { text, .. }) => {
-                metrics::counter!("colloquy_backchannels_total").increment(1);
-                EventKind::Backchannel { text }
-            }
-            (_, kind) => kind,
-        };
-        let speech = kind == EventKind::UserSpeechStarted;
-        let turn = self.record.turn;
-        let seq = self.send(turn, kind);
-        if speech && self.speculation.is_some() {
-            // A new utterance: what was speculated on is stale.
-            self.discard(turn, SpeculationOutcome::Dropped);
-        }
-        Ok((seq, self.apply(decision)))
+        self.send(turn, kind)
     }
 
-    fn apply(&mut self, decision: Decision) -> Option<Signal> {
-        match decision {
-            Decision::Nothing => None,
-            Decision::Pause => self.pause(),
-            Decision::Cut => self.cut(None, TurnEnd::Cancelled).map(Signal::Cut),
-            Decision::Resume | Decision::Backchannel => self.resume(),
-        }
-    }
-
-    /// The agent is speaking (or about to): a turn generating, or a finished
-    /// one whose speech has not played to its end.
-    fn agent_active(&self) -> bool {
-        match self.phase {
-            Phase::Open => self.speculation.is_none(),
-            Phase::Finished => {
-                let speaking = self.record.heard_chars.is_some() || self.record.spoken_chars > 0;
-                speaking && self.record.heard_chars.unwrap_or(0) < self.record.text_chars()
-            }
-            Phase::Aborted => false,
-        }
-    }
-
-    /// A finished turn's speech is still playing.
-    pub(crate) fn speech_playing(&self) -> bool {
-        self.phase == Phase::Finished && self.agent_active()
-    }
-
-    fn pause(&mut self) -> Option<Signal> {
-        if self.paused || !self.agent_active() {
-            return None;
-        }
-        self.paused = true;
-        let turn = self.record.turn;
-        let heard_chars = self.record.heard_chars.unwrap_or(0);
-        self.send(turn, EventKind::PlaybackPaused { heard_chars });
-        Some(Signal::Paused(turn))
-    }
-
-    fn resume(&mut self) -> Option<Signal> {
-        if !self.paused || self.phase == Phase::Aborted {
-            return None;
-        }
-        self.paused = false;
-        let turn = self.record.turn;
-        let heard_chars = self.record.heard_chars.unwrap_or(0);
-        self.send(turn, EventKind::PlaybackResumed { heard_chars });
-        Some(Signal::Resumed(turn))
-    }
-
-    /// When the timer task must next call [`Ledger::on_timer`].
-    pub(crate) fn next_deadline(&self) -> Option<Instant> {
-        self.listening.next_deadline()
-    }
-
-    /// A turn-taking deadline passed (a pause after `min_pause` of speech, a
-    /// resume after `resume_timeout` of silence).
-    pub(crate) fn on_timer(&mut self, now: Instant) -> Option<Signal> {
-        if self.is_closed() {
-            return None;
-        }
-        let decision = self.listening.timer(now, self.agent_active(), self.paused);
-        self.apply(decision)
+    /// A segment of the current turn's text for text-to-speech.
+    fn emit_segment(&mut self, turn: TurnId, text: String, last: bool) {
+        self.record.spoken_chars += text.chars().count();
+        let text = Arc::from(text);
+        self.emit(turn, EventKind::Speakable { text, last });
     }
 
     /// An event of `turn` from the agent's side or the embedder's.
@@ -385,6 +216,7 @@ impl Ledger {
                     EventKind::TurnStarted
                         | EventKind::TurnFinished(_)
                         | EventKind::Interrupted { .. }
+                        | EventKind::Speakable { .. }
                 ),
                 Phase::Finished => kind.is_playback(),
                 Phase::Aborted => false,
@@ -394,11 +226,24 @@ impl Ledger {
             return Err(PublishError::Stale { turn, current });
         }
         self.record_event(&kind)?;
-        if let Some(spec) = &mut self.speculation {
-            spec.held.push(kind);
-            return Ok(self.seq);
+        match &kind {
+            EventKind::Token(text) => {
+                let text = text.clone();
+                let seq = self.emit(turn, kind);
+                for segment in self.segments.push(&text, &self.segmenter) {
+                    self.emit_segment(turn, segment, false);
+                }
+                Ok(seq)
+            }
+            EventKind::ToolCall(_) => {
+                // The text before a call is spoken before it runs.
+                if let Some(segment) = self.segments.flush() {
+                    self.emit_segment(turn, segment, false);
+                }
+                Ok(self.emit(turn, kind))
+            }
+            _ => Ok(self.emit(turn, kind)),
         }
-        Ok(self.send(turn, kind))
     }
 
     fn record_event(&mut self, kind: &EventKind) -> Result<(), PublishError> {
@@ -424,7 +269,21 @@ impl Ledger {
             }
             EventKind::Usage(u) => {
                 if let Some(round) = record.rounds.last_mut() {
-                    round.usage = Some(**u);
+                    // A later request of the round (a retry) serves from now
+                    // on; the earlier one's usage stays counted.
+                    if let Some(earlier) = round.usage.replace(**u) {
+                        round.dropped.push(earlier);
+                    }
+                }
+            }
+            EventKind::ProviderSelected(_) => {
+                if let Some(round) = record.rounds.last_mut() {
+                    round.serving_from_chars = round.text.chars().count();
+                }
+            }
+            EventKind::ProviderFailed(failure) => {
+                if let (Some(round), Some(u)) = (record.rounds.last_mut(), failure.usage) {
+                    round.dropped.push(u);
                 }
             }
             EventKind::ToolResult(out) => {
@@ -442,9 +301,6 @@ impl Ledger {
                 }
                 round.outputs.push(out.clone());
             }
-            EventKind::Speakable { text, .. } => {
-                record.spoken_chars += text.chars().count();
-            }
             EventKind::SpeechPlayed { chars } => {
                 let chars = *chars;
                 record.heard_chars = Some(record.heard_chars.map_or(chars, |h| h.max(chars)));
@@ -458,17 +314,6 @@ impl Ledger {
     /// turn waits for its commit, or while a turn is still open.
     pub(crate) fn begin(&mut self) -> Result<TurnId, LedgerError> {
         self.begin_as(false)
-    }
-
-    /// Starts a speculative turn: like [`Ledger::begin`], but every event of
-    /// it (`TurnStarted` included) is held back until [`Ledger::promote`],
-    /// and taps (the tool executor) see none of them. Refused while the agent
-    /// is still speaking the last turn.
-    pub(crate) fn begin_speculative(&mut self) -> Result<TurnId, LedgerError> {
-        if self.agent_active() {
-            return Err(LedgerError::Busy);
-        }
-        self.begin_as(true)
     }
 
     fn begin_as(&mut self, speculative: bool) -> Result<TurnId, LedgerError> {
@@ -486,12 +331,11 @@ impl Ledger {
         self.phase = Phase::Open;
         self.paused = false;
         self.stream = None;
+        self.segments.reset();
         if speculative {
-            self.speculation = Some(Speculation {
-                held: vec![EventKind::TurnStarted],
-                finished: None,
-            });
+            self.speculation = Some(Speculation::new());
         } else {
+            self.shown = turn;
             self.send(turn, EventKind::TurnStarted);
         }
         Ok(turn)
@@ -518,6 +362,19 @@ impl Ledger {
         Ok(((self.record.rounds.len() - 1) as u32, handle))
     }
 
+    /// `turn`'s stream is about to send a request for its current round:
+    /// accounted now, so its usage is reported even if the turn is cut before
+    /// the provider reports it. `false` (send nothing) once the turn closed.
+    pub(crate) fn request_sent(&mut self, turn: TurnId) -> bool {
+        if !self.is_open(turn) {
+            return false;
+        }
+        if let Some(round) = self.record.rounds.last_mut() {
+            round.requests += 1;
+        }
+        true
+    }
+
     /// The stream task read its round to a normal end.
     pub(crate) fn complete_round(&mut self, turn: TurnId) {
         if self.is_open(turn)
@@ -539,12 +396,12 @@ impl Ledger {
     }
 
     /// The calls of the open (live) turn's last round that have no output yet.
-    pub(crate) fn unanswered_calls(&self) -> Option<(TurnId, Vec<Arc<ToolCall>>)> {
-        if self.phase != Phase::Open || self.speculation.is_some() {
+    pub(crate) fn unanswered_calls(&self) -> Option<(TurnId, Vec<Arc<colloquy::llm::ToolCall>>)> {
+        if !self.live_turn_open() {
             return None;
         }
         let round = self.record.rounds.last()?;
-        let calls: Vec<Arc<ToolCall>> = round
+        let calls: Vec<_> = round
             .calls
             .iter()
             .filter(|c| round.output(&c.id).is_none())
@@ -566,7 +423,7 @@ impl Ledger {
         }
         if let Some(spec) = &mut self.speculation {
             if end.is_abort() {
-                self.discard(turn, SpeculationOutcome::Dropped);
+                self.discard(turn, crate::bus::SpeculationOutcome::Dropped);
             } else {
                 // Generation is done; the turn ends when (if) it is promoted.
                 spec.finished = Some(end);
@@ -574,68 +431,6 @@ impl Ledger {
             return true;
         }
         self.close(end);
-        true
-    }
-
-    /// Promotes the speculative `turn`: publishes `SpeculationEnded(Hit)`,
-    /// then its held events in order with fresh seqs (taps see them now), and
-    /// goes on live; a generation that already ended closes the turn now.
-    pub(crate) fn promote(&mut self, turn: TurnId) -> bool {
-        if !self.is_open(turn) {
-            return false;
-        }
-        let Some(spec) = self.speculation.take() else {
-            return false;
-        };
-        metrics::counter!("colloquy_speculations_total", "outcome" => "hit").increment(1);
-        self.send(
-            turn,
-            EventKind::SpeculationEnded {
-                outcome: SpeculationOutcome::Hit,
-                usage: None,
-            },
-        );
-        for kind in spec.held {
-            self.send(turn, kind);
-        }
-        if let Some(end) = spec.finished {
-            self.close(end);
-        }
-        true
-    }
-
-    /// Discards the speculative `turn`: closes its request, reports its cost
-    /// in `SpeculationEnded` (never as a turn's usage), publishes nothing else.
-    pub(crate) fn discard(&mut self, turn: TurnId, outcome: SpeculationOutcome) -> bool {
-        if self.record.turn != turn || self.speculation.take().is_none() {
-            return false;
-        }
-        if let Some(stream) = self.stream.take() {
-            stream.abort();
-        }
-        let total = self
-            .record
-            .rounds
-            .iter()
-            .map(|round| {
-                round.usage.unwrap_or_else(|| {
-                    Usage::estimate(round.prompt_bytes, round.text.chars().count())
-                })
-            })
-            .reduce(Usage::combined);
-        if let Some(u) = &total {
-            metrics::counter!("colloquy_usage_speculative_tokens_total").increment(u.total_tokens);
-        }
-        metrics::counter!("colloquy_speculations_total", "outcome" => outcome.label()).increment(1);
-        self.phase = Phase::Aborted;
-        self.send(
-            turn,
-            EventKind::SpeculationEnded {
-                outcome,
-                usage: total.map(Arc::new),
-            },
-        );
-        self.pending = Some(Closed::Discarded { turn });
         true
     }
 
@@ -651,7 +446,7 @@ impl Ledger {
         match self.phase {
             Phase::Open if self.speculation.is_some() => {
                 // Nothing of it was heard or published: drop it, cut nothing.
-                self.discard(turn, SpeculationOutcome::Dropped);
+                self.discard(turn, crate::bus::SpeculationOutcome::Dropped);
                 None
             }
             Phase::Open => {
@@ -688,22 +483,24 @@ impl Ledger {
         }
     }
 
-    /// Closes the open turn: aborts its stream on a cut, reports usage of
-    /// every request that has none (an estimate, marked), publishes
-    /// `TurnFinished(end)` and parks the record for the actor.
+    /// Closes the open, live turn: flushes its last segment (or drops it on a
+    /// cut, aborting the stream), reports usage of every request that has
+    /// none (estimates, marked), publishes `TurnFinished(end)` and parks the
+    /// record for the actor.
     fn close(&mut self, end: TurnEnd) {
         let turn = self.record.turn;
-        if end.is_abort()
-            && let Some(stream) = self.stream.take()
-        {
-            stream.abort();
+        if end.is_abort() {
+            if let Some(stream) = self.stream.take() {
+                stream.abort();
+            }
+            self.segments.reset();
+        } else {
+            let tail = self.segments.flush().unwrap_or_default();
+            self.emit_segment(turn, tail, true);
         }
         self.stream = None;
         for i in 0..self.record.rounds.len() {
-            let round = &mut self.record.rounds[i];
-            if round.usage.is_none() {
-                let estimate = Usage::estimate(round.prompt_bytes, round.text.chars().count());
-                round.usage = Some(estimate);
+            for estimate in self.record.rounds[i].settle_with_estimates() {
                 self.send(turn, EventKind::Usage(Arc::new(estimate)));
             }
         }
@@ -727,9 +524,10 @@ impl Ledger {
     }
 
     /// The current turn's text after `consumed_chars`, with the seq of the
-    /// last event it includes; `None` when `turn` is not current or was cut.
+    /// last event it includes; `None` when `turn` is not current, was cut, or
+    /// is a speculation still held (subscribers have not seen it).
     pub(crate) fn text_since(&self, turn: TurnId, consumed_chars: usize) -> Option<(String, u64)> {
-        if self.record.turn != turn || self.phase == Phase::Aborted {
+        if self.record.turn != turn || self.phase == Phase::Aborted || self.speculation.is_some() {
             return None;
         }
         let text: String = self

@@ -102,9 +102,8 @@ mod tests {
                     })
                 })
                 .collect(),
-            usage: None,
-            prompt_bytes: 0,
             complete,
+            ..RoundRecord::default()
         }
     }
 

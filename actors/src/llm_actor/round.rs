@@ -76,6 +76,12 @@ pub(crate) async fn run_round(
         round,
         sent: false,
     };
+    // The request is accounted before it is sent (the first poll sends it):
+    // a turn cut before this point sent nothing and is charged nothing.
+    if !bus.lock().request_sent(turn) {
+        drop(report);
+        return;
+    }
     let mut out = RoundOutput::default();
     let mut first_token = round == 0;
     let result = loop {

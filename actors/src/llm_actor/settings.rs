@@ -10,6 +10,15 @@ pub use crate::turn_taking::InterruptionPolicy;
 /// A callback that may edit the context before each turn's first request (inject
 /// retrieved facts, trim history). It runs inside the LLM actor: a panic here
 /// fails the actor, and the supervisor restarts it with the last committed context.
+///
+/// It runs once per user utterance, and always sees that utterance as the
+/// context's last user message, so a retrieval hook queries what the user
+/// said. For a live turn it edits the committed context. For a speculative
+/// turn (preemptive generation) it runs on a copy — the committed context plus
+/// the interim utterance — from which the speculation's request is built: a
+/// hit makes that copy the history (the utterance in its final wording, the
+/// hook's additions kept, the hook not run again); a miss or a drop throws it
+/// away, and the next utterance's turn runs the hook afresh.
 pub type BeforeTurnHook = Arc<dyn Fn(&mut ChatContext) + Send + Sync>;
 
 /// Generation settings of a session's agent.
@@ -26,7 +35,9 @@ pub struct AgentSettings {
     pub interruption: InterruptionPolicy,
     /// Cap on context items (see [`ChatContext::truncate`]); `None` keeps all.
     pub max_context_items: Option<usize>,
-    /// Optional pre-turn context edit.
+    /// Optional pre-turn context edit (retrieval, a reminder), run once per
+    /// user utterance before the request that answers it, on a context whose
+    /// last user message is that utterance. See [`BeforeTurnHook`].
     pub before_turn: Option<BeforeTurnHook>,
     /// Preemptive generation: start a speculative turn on interim transcripts
     /// (`None`: off). See [`Preemptive`].

@@ -34,8 +34,13 @@ use crate::task::AbortOnDrop;
 /// The speculative turn in flight and the interim it answers.
 pub(crate) struct Speculative {
     pub(crate) turn: TurnId,
-    pub(crate) text: String,
     pub(crate) words: Vec<String>,
+    /// The context its requests are built from: the committed one, then the
+    /// interim utterance, as the `before_turn` hook left it.
+    pub(crate) context: ChatContext,
+    /// Items of the committed context when it started (the utterance's
+    /// position in `context`).
+    pub(crate) base_len: usize,
 }
 
 /// A turn the actor is running.
@@ -184,7 +189,27 @@ impl LlmState {
         self.checkpoint();
     }
 
-    /// Idle → Streaming: begins the next turn on the ledger and starts round 0.
+    /// A promoted speculation: the committed context becomes the one its
+    /// request was built from, the interim utterance replaced by the final
+    /// `message`. If the history moved meanwhile (it should not: the actor
+    /// was busy with the speculation), only the message is committed.
+    pub(crate) fn adopt_speculative_context(&mut self, spec: Speculative, message: ChatMessage) {
+        if self.context.len() != spec.base_len {
+            tracing::warn!(parent: &self.core.span, "history changed during a speculation: keeping the history, not the hook's additions");
+            self.context.push(ChatItem::Message(message));
+            return;
+        }
+        let mut context = spec.context;
+        match context.items.get_mut(spec.base_len) {
+            Some(item @ ChatItem::Message(_)) => *item = ChatItem::Message(message),
+            _ => context.push(ChatItem::Message(message)),
+        }
+        self.context = context;
+    }
+
+    /// Idle → Streaming: begins the next turn on the ledger and starts round 0;
+    /// the `before_turn` hook runs first, on the committed context (which ends
+    /// with the utterance the turn answers).
     pub(crate) fn start_turn(&mut self) {
         debug_assert!(self.turn.active().is_none());
         let id = loop {
@@ -198,25 +223,15 @@ impl LlmState {
                 }
             }
         };
-        self.run_before_turn();
+        if let Some(hook) = self.settings.before_turn.clone() {
+            hook(&mut self.context);
+        }
         let turn = ActiveTurn {
             id,
             started: Instant::now(),
             span: tracing::info_span!(parent: &self.core.span, "turn", turn = id.0),
         };
         self.start_round(turn);
-    }
-
-    /// The `before_turn` hook, once per user utterance: a speculative turn runs
-    /// it, and the turn that follows a discarded speculation of the same
-    /// utterance does not run it again.
-    fn run_before_turn(&mut self) {
-        if std::mem::take(&mut self.hook_ran_for_utterance) {
-            return;
-        }
-        if let Some(hook) = self.settings.before_turn.clone() {
-            hook(&mut self.context);
-        }
     }
 
     /// Idle → Streaming, speculatively: a turn for the interim `text` whose
@@ -230,12 +245,22 @@ impl LlmState {
                 return;
             }
         };
-        self.run_before_turn();
-        self.hook_ran_for_utterance = true;
+        // The hook sees the utterance it answers, on a copy: only a hit
+        // makes what it did part of the history.
+        let base_len = self.context.len();
+        let mut context = self.context.clone();
+        context.push(ChatItem::Message(ChatMessage::text(
+            Role::User,
+            text.clone(),
+        )));
+        if let Some(hook) = self.settings.before_turn.clone() {
+            hook(&mut context);
+        }
         self.speculation = Some(Speculative {
             turn: id,
             words: crate::turn_taking::normalize_words(&text),
-            text,
+            context,
+            base_len,
         });
         let turn = ActiveTurn {
             id,
@@ -255,21 +280,19 @@ impl LlmState {
             rounds,
             ..TurnRecord::default()
         });
-        let mut items = Vec::with_capacity(self.context.len() + draft.len() + 1);
+        // A speculative turn answers an utterance not yet committed.
+        let base = match self.speculation.as_ref().filter(|s| s.turn == turn) {
+            Some(spec) => &spec.context,
+            None => &self.context,
+        };
+        let mut items = Vec::with_capacity(base.len() + draft.len() + 1);
         if let Some(instructions) = &self.settings.instructions {
             items.push(ChatItem::Message(ChatMessage::text(
                 Role::System,
                 instructions.clone(),
             )));
         }
-        items.extend(self.context.items.iter().cloned());
-        // A speculative turn answers an utterance not yet committed.
-        if let Some(spec) = self.speculation.as_ref().filter(|s| s.turn == turn) {
-            items.push(ChatItem::Message(ChatMessage::text(
-                Role::User,
-                spec.text.clone(),
-            )));
-        }
+        items.extend(base.items.iter().cloned());
         items.extend(draft);
         Some((ChatContext { items }, next_round))
     }

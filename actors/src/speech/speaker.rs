@@ -101,10 +101,13 @@ fn tap_filter(kind: &EventKind) -> bool {
 /// silent at once on a cut, held on a pause and continued on a resume from
 /// exactly where it stopped, and nothing of a turn that is no longer current.
 ///
-/// It speaks the turns that begin after it was spawned, and needs the
-/// session's segmenter ([`SessionConfig::with_segmenter`](crate::SessionConfig::with_segmenter)),
-/// whose `Speakable` events it plays. Dropping it stops the output and
-/// detaches it from the bus; it also ends when the session stops.
+/// It speaks the turns that begin after it was spawned, playing the
+/// `Speakable` segments every session cuts (where
+/// [`SessionConfig::segmenter`](crate::SessionConfig::segmenter) says), and
+/// declares itself to the session: while it is attached a reply counts as
+/// playing from its first segment, so a barge-in before its first progress
+/// report cuts it. Dropping it stops the output and detaches it from the
+/// bus; it also ends when the session stops.
 pub struct Speaker {
     bus: SessionBus,
     tap: u64,
@@ -146,6 +149,7 @@ impl Speaker {
             let mut ledger = bus.lock();
             // A stopped session: no events will come, the task ends at once.
             let tx = (!ledger.is_closed()).then_some(tx);
+            ledger.set_voice(true);
             let tap = ledger.add_tap(
                 tap_filter,
                 Box::new(move |ev: &BusEvent| {
@@ -220,7 +224,11 @@ impl Speaker {
 
 impl Drop for Speaker {
     fn drop(&mut self) {
-        self.bus.remove_tap(self.tap);
+        {
+            let mut ledger = self.bus.lock();
+            ledger.remove_tap(self.tap);
+            ledger.set_voice(false);
+        }
         for hook in self.hooks {
             self.bus.remove_cut_hook(hook);
         }
