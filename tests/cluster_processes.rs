@@ -3,7 +3,8 @@
 //! on another, and SIGTERM draining one that hands its sessions over and exits.
 //!
 //! Needs a nats-server like the other cluster tests (see
-//! `tests/support/nats.rs`); `cargo test` builds the example first.
+//! `tests/support/nats.rs`: without one they fail unless
+//! `COLLOQUY_SKIP_NATS=1`); `cargo test` builds the example first.
 
 #[path = "support/nats.rs"]
 mod nats;

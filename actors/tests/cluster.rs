@@ -2,9 +2,10 @@
 //! draining, oversized checkpoints, a server restart.
 //!
 //! Each test starts its own `nats-server -js` on a free 127.0.0.1 port (see
-//! `tests/support/nats.rs`; without a server they print one skip line and
-//! pass, unless `COLLOQUY_REQUIRE_NATS=1`). Workers run in-process; "killing"
-//! one is [`Worker::abort`]: its tasks stop without releasing a lease.
+//! `tests/support/nats.rs`; without a server they fail, unless
+//! `COLLOQUY_SKIP_NATS=1` skips them with a line on stderr). Workers run
+//! in-process; "killing" one is [`Worker::abort`]: its tasks stop without
+//! releasing a lease.
 //! Tests wait on events and store changes; timeouts only turn a hang into a
 //! failure.
 
