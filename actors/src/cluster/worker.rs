@@ -223,6 +223,7 @@ impl Inner {
         let registry = &self.config.tools;
         let mut picked = HashMap::new();
         for name in &spec.tools {
+            super::check_name("tool name", name, super::MAX_NAME_BYTES)?;
             let tool = registry
                 .get(name)
                 .ok_or_else(|| ClusterError::UnknownTool(name.clone()))?;
@@ -288,6 +289,7 @@ impl Worker {
         if config.name.is_empty() {
             return Err(ClusterError::InvalidName(String::new()));
         }
+        super::check_name("name", &config.name, super::MAX_NAME_BYTES)?;
         let store = Store::open(&nats, &names).await?;
         let supervisor = Supervisor::start(SupervisorConfig {
             max_sessions: config.max_sessions.saturating_add(16),
@@ -532,11 +534,15 @@ async fn place(inner: &Arc<Inner>, payload: &[u8]) -> Result<(), WireError> {
     let req: PlaceRequest =
         serde_json::from_slice(payload).map_err(|e| WireError::new("invalid", e))?;
     let id = SessionId::from(req.session);
-    let key = session_key(&id).map_err(|e| WireError::new("invalid", e))?;
-    inner.tools_for(&req.spec).map_err(|e| match e {
+    // Bounded before anything is sent: an over-long key in a subject would
+    // make the server close this worker's connection.
+    let refusal = |e: ClusterError| match e {
         ClusterError::UnknownTool(_) => WireError::new("unknown_tool", e),
+        ClusterError::NameTooLong { .. } => WireError::new("too_long", e),
         e => WireError::new("invalid", e),
-    })?;
+    };
+    let key = session_key(&id).map_err(refusal)?;
+    inner.tools_for(&req.spec).map_err(refusal)?;
     let lease = inner.lease(1, LeaseState::Held);
     let checkpoint = Checkpoint {
         v: 1,
