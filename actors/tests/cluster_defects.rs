@@ -12,8 +12,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cluster_common::*;
-use colloquy_actors::bus::TurnEnd;
-use colloquy_actors::cluster::{ClusterError, SessionSpec, connect};
+use colloquy::context::Role;
+use colloquy::mock::MockServer;
+use colloquy_actors::TurnId;
+use colloquy_actors::bus::{EventKind, SpeculationOutcome, TurnEnd};
+use colloquy_actors::cluster::{ClusterError, RemoteEventKind, SessionSpec, Worker, connect};
 use nats::NatsServer;
 use tokio::time::Instant;
 
@@ -87,4 +90,117 @@ async fn an_over_long_session_id_is_refused_and_other_sessions_keep_working() {
     assert_eq!(connects(client.nats()), 1, "the client reconnected");
     assert_eq!(connects(&worker_nats), 1, "the worker reconnected");
     assert_eq!(w.session_count(), 1);
+}
+
+/// A spec whose interim transcripts start speculative turns.
+fn preemptive() -> SessionSpec {
+    let mut spec = SessionSpec::default();
+    spec.preemptive_debounce_ms = Some(10);
+    spec
+}
+
+/// Waits until the model has received `n` requests.
+async fn requests(model: &MockServer, n: u64) {
+    let mut count = model.request_count();
+    tokio::time::timeout(GUARD, count.wait_for(|c| *c >= n))
+        .await
+        .expect("the model was asked")
+        .expect("model running");
+}
+
+#[tokio::test]
+async fn a_dropped_speculation_is_not_announced_as_failed_after_a_failover() {
+    let Some(server) = NatsServer::start().await else {
+        return;
+    };
+    let model = model().await;
+    let a = worker(&server, &model, "a", 10, SHORT_LEASE).await;
+    let client = cluster_client(&server).await;
+    let s = client.place("spec-failover", preemptive()).await.unwrap();
+    let mut rx = s.subscribe().await.unwrap();
+    let (t, end, _, _) = turn(&s, &mut rx, "question one").await;
+    assert_eq!((t, end), (TurnId(1), TurnEnd::Stop));
+    // An interim starts a speculation (turn 2, held back); a cancel drops it.
+    s.user_transcript("slow question", false).await.unwrap();
+    requests(&model, 2).await;
+    s.cancel().await.unwrap();
+    let dropped = next(&mut rx, |e| {
+        matches!(e.bus(), Some(EventKind::SpeculationEnded { .. }))
+    })
+    .await;
+    assert_eq!(
+        dropped.bus(),
+        Some(&EventKind::SpeculationEnded {
+            outcome: SpeculationOutcome::Dropped,
+            usage: dropped.bus().and_then(|k| match k {
+                EventKind::SpeculationEnded { usage, .. } => usage.clone(),
+                _ => None,
+            }),
+        })
+    );
+    // The worker dies; nothing was in flight that anyone saw start.
+    let _b = worker(&server, &model, "b", 10, SHORT_LEASE).await;
+    a.abort().await;
+    let mut before_resume = Vec::new();
+    let resumed = loop {
+        let ev = next(&mut rx, |_| true).await;
+        if matches!(ev.kind, RemoteEventKind::Resumed { .. }) {
+            break ev;
+        }
+        before_resume.push(ev);
+    };
+    assert!(
+        !before_resume
+            .iter()
+            .any(|e| matches!(e.bus(), Some(EventKind::TurnFinished(_)))),
+        "a speculation nobody heard is announced as failed: {before_resume:?}"
+    );
+    assert_eq!(resumed.worker, "b");
+    // The next turn is an ordinary one, numbered after the speculation's.
+    let (t, end, text, by) = turn(&s, &mut rx, "question three").await;
+    assert_eq!(
+        (t, end, text.as_str(), by.as_str()),
+        (TurnId(3), TurnEnd::Stop, "Answer to question three.", "b")
+    );
+    let ctx = s.context().await.unwrap();
+    assert_eq!(texts(&ctx, Role::User), ["question one", "question three"]);
+}
+
+#[tokio::test]
+async fn a_drain_does_not_wait_for_a_speculation() {
+    let Some(server) = NatsServer::start().await else {
+        return;
+    };
+    let model = model().await;
+    // A drain timeout far beyond the guard: waiting for it is the failure.
+    let config = worker_config(&model, "a", 10, NO_FAILOVER).with_drain_timeout(GUARD * 4);
+    let nats = connect(&server.url(), "a").await.unwrap();
+    let a = Worker::start(nats, config).await.unwrap();
+    let client = cluster_client(&server).await;
+    let s = client.place("spec-drain", preemptive()).await.unwrap();
+    let mut rx = s.subscribe().await.unwrap();
+    turn(&s, &mut rx, "question one").await;
+    let _b = worker(&server, &model, "b", 10, NO_FAILOVER).await;
+    // A speculation whose final never comes (its generation ends at once).
+    s.user_transcript("question two", false).await.unwrap();
+    requests(&model, 2).await;
+    let report = tokio::time::timeout(GUARD, a.drain())
+        .await
+        .expect("the drain waited for a speculation");
+    assert_eq!(
+        (report.handed_over, report.cut_at_timeout, report.failed),
+        (1, 0, 0)
+    );
+    let resumed = next(&mut rx, |e| {
+        matches!(e.kind, RemoteEventKind::Resumed { .. })
+    })
+    .await;
+    assert_eq!(resumed.worker, "b");
+    let (_, end, text, by) = turn(&s, &mut rx, "question three").await;
+    assert_eq!(
+        (end, text.as_str(), by.as_str()),
+        (TurnEnd::Stop, "Answer to question three.", "b")
+    );
+    let ctx = s.context().await.unwrap();
+    assert_eq!(texts(&ctx, Role::User), ["question one", "question three"]);
 }

@@ -235,6 +235,11 @@ impl Ledger {
         self.tx.is_none()
     }
 
+    /// Whether the current turn is a speculation (its events held back).
+    pub(crate) fn is_speculating(&self) -> bool {
+        self.speculation.is_some()
+    }
+
     pub(crate) fn subscribe(&self) -> broadcast::Receiver<BusEvent> {
         match &self.tx {
             Some(tx) => tx.subscribe(),

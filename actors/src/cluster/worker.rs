@@ -22,7 +22,9 @@ use super::lease::{Checkpoint, Lease, LeaseState, Store, StoreError};
 use super::spec::SessionSpec;
 use super::wire::{self, Input, PlaceRequest, Reply, WORKER_LOST, WireError};
 use super::{ClusterError, DEFAULT_PREFIX, Names, session_key};
-use crate::bus::{BusEvent, BusReceiver, BusRecvError, EventKind, ToolOutput, TurnEnd};
+use crate::bus::{
+    BusEvent, BusReceiver, BusRecvError, EventKind, SpeculationOutcome, ToolOutput, TurnEnd,
+};
 use crate::ids::{SessionId, TurnId};
 use crate::segmenter::SegmenterConfig;
 use crate::session::SessionHandle;
@@ -1258,13 +1260,28 @@ impl Driver {
     /// durability rules need around it.
     async fn forward(&mut self, ev: BusEvent) -> Result<(), Lost> {
         let turn = self.global_turn(ev.turn);
-        if !ev.kind.is_user_side() && turn > self.started_turn {
-            // A new turn (normally its TurnStarted): every earlier turn is
-            // committed (the ledger begins no turn while one waits for its
+        match &ev.kind {
+            // A turn starts when its TurnStarted goes out (a promoted
+            // speculation's comes right after its `hit`): every earlier turn
+            // is committed (the ledger begins no turn while one waits for its
             // commit), and the store learns the turn began before anyone else.
-            self.committed_turn = self.committed_turn.max(turn - 1);
-            self.started_turn = turn;
-            self.flush().await?;
+            EventKind::TurnStarted if turn > self.started_turn => {
+                self.committed_turn = self.committed_turn.max(turn - 1);
+                self.started_turn = turn;
+                self.flush().await?;
+            }
+            // A speculation nobody heard is over: it did not start (a
+            // failover must not end it as failed), nothing of it is in the
+            // history, and its number is used (a resumed session starts
+            // after it).
+            EventKind::SpeculationEnded { outcome, .. }
+                if *outcome != SpeculationOutcome::Hit
+                    && turn > self.started_turn.max(self.committed_turn) =>
+            {
+                self.committed_turn = turn;
+                self.flush().await?;
+            }
+            _ => {}
         }
         let (normal_end, cut) = match &ev.kind {
             EventKind::TurnFinished(end) => (!end.is_abort(), end.is_abort()),
@@ -1444,18 +1461,18 @@ impl Driver {
     }
 
     /// Drains this session: lets the turn in flight finish (until
-    /// `deadline`), stops taking inputs, stops the session (a turn still in
+    /// `deadline`; a speculation is not waited for), stops taking inputs, stops the session (a turn still in
     /// flight is cancelled and committed), stores the final checkpoint and
     /// releases the lease. Returns whether a turn was cut at the deadline.
     async fn hand_over(&mut self, deadline: Instant) -> Result<bool, Lost> {
         let mut cut = false;
         loop {
-            if !self.handle.bus().current_turn().1 {
-                // Idle: no more inputs; inputs already received are handled
-                // before the context read answers.
+            if !self.live_turn_open() {
+                // Idle (or only speculating): no more inputs; inputs already
+                // received are handled before the context read answers.
                 self.stop_inputs();
                 let _ = self.handle.context().await;
-                if !self.handle.bus().current_turn().1 {
+                if !self.live_turn_open() {
                     break;
                 }
             }
@@ -1467,7 +1484,7 @@ impl Driver {
                 },
                 _ = Self::lease_lost(&mut self.lost) => return Err(Lost),
                 _ = tokio::time::sleep_until(deadline) => {
-                    cut = self.handle.bus().current_turn().1;
+                    cut = self.live_turn_open();
                     break;
                 }
             }
@@ -1492,6 +1509,13 @@ impl Driver {
             // The lease expires by itself: another worker claims it then.
             Err(_) => Ok(cut),
         }
+    }
+
+    /// Whether a live turn is generating. A speculation is not a reply anyone
+    /// heard: a drain does not wait for it (stopping the session drops it).
+    fn live_turn_open(&self) -> bool {
+        let ledger = self.handle.bus().lock();
+        ledger.is_open(ledger.turn()) && !ledger.is_speculating()
     }
 
     /// Forwards what is left on the bus of a stopped session.

@@ -84,13 +84,18 @@ pub async fn worker_on(
     max: usize,
     ttl: Duration,
 ) -> Worker {
+    let config = worker_config(model, name, max, ttl);
+    Worker::start(nats, config).await.expect("worker starts")
+}
+
+/// The configuration [`worker`] uses, to change before starting one.
+pub fn worker_config(model: &MockServer, name: &str, max: usize, ttl: Duration) -> WorkerConfig {
     trace();
     let client = ChatClient::new(OpenAiConfig::compatible(model.base_url())).expect("client");
-    let config = WorkerConfig::new(name, client)
+    WorkerConfig::new(name, client)
         .with_max_sessions(max)
         .with_lease_ttl(ttl)
-        .with_default_model("mock");
-    Worker::start(nats, config).await.expect("worker starts")
+        .with_default_model("mock")
 }
 
 pub async fn cluster_client(server: &NatsServer) -> ClusterClient {
