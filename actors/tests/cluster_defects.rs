@@ -94,9 +94,10 @@ async fn an_over_long_session_id_is_refused_and_other_sessions_keep_working() {
 
 /// A spec whose interim transcripts start speculative turns.
 fn preemptive() -> SessionSpec {
-    let mut spec = SessionSpec::default();
-    spec.preemptive_debounce_ms = Some(10);
-    spec
+    SessionSpec {
+        preemptive_debounce_ms: Some(10),
+        ..SessionSpec::default()
+    }
 }
 
 /// Waits until the model has received `n` requests.
