@@ -46,10 +46,15 @@
 //!
 //! Session ids become subject tokens and KV keys through [`session_key`].
 
+mod admission;
+#[cfg(test)]
+mod admission_tests;
 mod lease;
 mod remote;
 mod spec;
 mod subject;
+#[cfg(test)]
+pub(crate) mod test_hooks;
 pub mod wire;
 mod worker;
 

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_nats::connection::State;
@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::time::Instant;
 
+use super::admission::{Admission, Ticket};
 use super::lease::{Checkpoint, Lease, LeaseState, Store, StoreError};
 use super::spec::SessionSpec;
 use super::wire::{self, Input, PlaceRequest, Reply, WORKER_LOST, WireError};
@@ -179,26 +180,24 @@ struct Inner {
     sessions: DashMap<String, Local>,
     claiming: DashSet<String>,
     reserved: AtomicUsize,
-    draining: AtomicBool,
+    /// Draining and the admissions in progress (see admission.rs).
+    admission: Arc<Admission>,
     changed: Notify,
 }
 
 impl Inner {
-    fn try_reserve(&self) -> bool {
-        if self.draining.load(Ordering::SeqCst) {
-            return false;
-        }
+    /// A slot and an admission ticket, unless draining or full.
+    fn try_reserve(&self) -> Option<Ticket> {
         let max = self.config.max_sessions;
-        let ok = self
-            .reserved
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .is_ok();
-        if ok {
-            self.changed.notify_one();
-        }
-        ok
+        let ticket = self.admission.begin(|| {
+            self.reserved
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                    (n < max).then_some(n + 1)
+                })
+                .is_ok()
+        })?;
+        self.changed.notify_one();
+        Some(ticket)
     }
 
     fn release_slot(&self) {
@@ -209,7 +208,7 @@ impl Inner {
     }
 
     fn offering(&self) -> bool {
-        !self.draining.load(Ordering::SeqCst)
+        !self.admission.is_draining()
             && self.reserved.load(Ordering::SeqCst) < self.config.max_sessions
     }
 
@@ -311,7 +310,7 @@ impl Worker {
             sessions: DashMap::new(),
             claiming: DashSet::new(),
             reserved: AtomicUsize::new(0),
-            draining: AtomicBool::new(false),
+            admission: Arc::default(),
             changed: Notify::new(),
             config,
         });
@@ -371,8 +370,13 @@ impl Worker {
     /// each session's final checkpoint and releases its lease, so another
     /// worker claims it at once.
     pub async fn drain(&self) -> DrainReport {
-        self.inner.draining.store(true, Ordering::SeqCst);
+        // No admission from now on; those in progress end first, so every
+        // session admitted is in the set handed over below.
+        let admitted = self.inner.admission.drain();
         self.inner.changed.notify_one();
+        #[cfg(test)]
+        super::test_hooks::at(&self.inner.config.name, "drain_started").await;
+        admitted.await;
         let deadline = Instant::now() + self.inner.config.drain_timeout;
         let waits: Vec<_> = self
             .inner
@@ -493,17 +497,17 @@ fn on_place(inner: &Arc<Inner>, msg: Message) {
     let Some(reply) = msg.reply.clone() else {
         return;
     };
-    if !inner.try_reserve() {
+    let Some(ticket) = inner.try_reserve() else {
         let err = WireError::new("full", "the worker has no capacity");
         let nats = inner.nats.clone();
         tokio::spawn(async move {
             let _ = nats.publish(reply, Reply::Error(err).encode().into()).await;
         });
         return;
-    }
+    };
     let inner = inner.clone();
     tokio::spawn(async move {
-        let reply_body = match place(&inner, &msg.payload).await {
+        let reply_body = match place(&inner, &msg.payload, ticket).await {
             Ok(()) => {
                 metrics::counter!("colloquy_cluster_placements_total", "outcome" => "ok")
                     .increment(1);
@@ -532,7 +536,7 @@ fn too_large(bytes: usize, max_bytes: usize) -> WireError {
     )
 }
 
-async fn place(inner: &Arc<Inner>, payload: &[u8]) -> Result<(), WireError> {
+async fn place(inner: &Arc<Inner>, payload: &[u8], ticket: Ticket) -> Result<(), WireError> {
     let req: PlaceRequest =
         serde_json::from_slice(payload).map_err(|e| WireError::new("invalid", e))?;
     let id = SessionId::from(req.session);
@@ -585,7 +589,7 @@ async fn place(inner: &Arc<Inner>, payload: &[u8]) -> Result<(), WireError> {
             started_turn: 0,
             resumed_from: None,
         };
-        start_local(inner, id.clone(), key.clone(), checkpoint, own)
+        start_local(inner, id.clone(), key.clone(), checkpoint, own, ticket)
             .await
             .map_err(|e| WireError::new("internal", e))
     }
@@ -676,7 +680,7 @@ async fn monitor(inner: Arc<Inner>) {
 
 fn consider_claim(inner: &Arc<Inner>, key: &str, seen: &Seen) {
     if seen.lease.instance == inner.instance
-        || inner.draining.load(Ordering::SeqCst)
+        || inner.admission.is_draining()
         || !inner.offering()
         || inner.sessions.contains_key(key)
         || !inner.claiming.insert(key.to_string())
@@ -694,8 +698,8 @@ fn consider_claim(inner: &Arc<Inner>, key: &str, seen: &Seen) {
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
-        if inner.try_reserve()
-            && let Err(e) = claim(&inner, &key, revision, old).await
+        if let Some(ticket) = inner.try_reserve()
+            && let Err(e) = claim(&inner, &key, revision, old, ticket).await
         {
             tracing::debug!(session = %key, error = %e, "claim not taken");
             inner.release_slot();
@@ -712,6 +716,7 @@ async fn claim(
     key: &str,
     revision: u64,
     old: Lease,
+    ticket: Ticket,
 ) -> Result<(), ClusterError> {
     let id = super::session_id_from_key(key)
         .ok_or_else(|| ClusterError::InvalidName(key.to_string()))?;
@@ -769,7 +774,7 @@ async fn claim(
         started_turn: checkpoint.started_turn,
         resumed_from: Some(Some(old.worker.clone())),
     };
-    if let Err(e) = start_local(inner, id.clone(), key.to_string(), checkpoint, own).await {
+    if let Err(e) = start_local(inner, id.clone(), key.to_string(), checkpoint, own, ticket).await {
         let mut released = lease.clone();
         released.state = LeaseState::Released;
         let _ = inner.store.cas_lease(key, &released, lease_rev).await;
@@ -790,6 +795,7 @@ async fn start_local(
     key: String,
     checkpoint: Checkpoint,
     own: Ownership,
+    ticket: Ticket,
 ) -> Result<(), ClusterError> {
     let spec = checkpoint.spec;
     let tools = inner.tools_for(&spec)?;
@@ -878,13 +884,12 @@ async fn start_local(
         task_inner.sessions.remove(&key);
         task_inner.release_slot();
     });
-    if inner.draining.load(Ordering::SeqCst) {
-        // Placed or claimed while a drain began: hand it over too.
-        let (done, _) = oneshot::channel();
-        let deadline = Instant::now() + inner.config.drain_timeout;
-        let _ = control_tx.send(Control::HandOver { deadline, done });
-    }
-    inner.sessions.insert(
+    #[cfg(test)]
+    super::test_hooks::at(&inner.config.name, "admit").await;
+    // A drain that began meanwhile waits for this admission, then hands the
+    // session over with the others.
+    ticket.admit(
+        &inner.sessions,
         key,
         Local {
             control: control_tx,
