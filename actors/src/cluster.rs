@@ -30,7 +30,11 @@
 //!   checkpoint and resumes the session: it ends the turn that was in flight
 //!   as `failed` ("worker lost") and publishes `resumed` naming the last
 //!   committed turn. A worker that loses its lease (a compare-and-set refused)
-//!   stops its copy of the session at once.
+//!   stops its copy of the session at once. A lease whose checkpoint is gone
+//!   (a session being closed or ended; a close deletes the lease first and
+//!   renews it until then) or does not decode is deleted by its claimer, not
+//!   given back: it is never claimed in a loop
+//!   (`colloquy_cluster_orphan_leases_total`).
 //! - **Committed means durable.** A turn's normal `turn_finished` is forwarded
 //!   only once the checkpoint holding the turn is stored, and `turn_started`
 //!   only once the store knows the turn began: a subscriber never sees a turn
@@ -42,7 +46,10 @@
 //! - **Draining.** [`Worker::drain`] (or SIGTERM with
 //!   [`Worker::drain_on_signal`]) stops taking sessions, lets turns in flight
 //!   finish up to the drain timeout, then releases each lease, so another
-//!   worker claims the session at once instead of after expiry.
+//!   worker claims the session at once instead of after expiry. A speculative
+//!   turn is not waited for (nobody heard it; stopping the session drops it),
+//!   and a placement or claim in progress when the drain begins is admitted
+//!   first and handed over with the rest.
 //!
 //! Session ids become subject tokens and KV keys through [`session_key`].
 

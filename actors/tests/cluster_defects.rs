@@ -16,7 +16,10 @@ use colloquy::context::Role;
 use colloquy::mock::MockServer;
 use colloquy_actors::TurnId;
 use colloquy_actors::bus::{EventKind, SpeculationOutcome, TurnEnd};
+use colloquy_actors::cluster::async_nats::jetstream;
+use colloquy_actors::cluster::async_nats::jetstream::kv::Operation;
 use colloquy_actors::cluster::{ClusterError, RemoteEventKind, SessionSpec, Worker, connect};
+use futures_util::StreamExt;
 use nats::NatsServer;
 use tokio::time::Instant;
 
@@ -204,4 +207,46 @@ async fn a_drain_does_not_wait_for_a_speculation() {
     );
     let ctx = s.context().await.unwrap();
     assert_eq!(texts(&ctx, Role::User), ["question one", "question three"]);
+}
+
+#[tokio::test]
+async fn a_lease_without_a_checkpoint_is_settled_not_claimed_forever() {
+    let Some(server) = NatsServer::start().await else {
+        return;
+    };
+    let model = model().await;
+    // Two workers: a lease one of them gives back is claimed by the other.
+    let _a = worker(&server, &model, "a", 10, SHORT_LEASE).await;
+    let _b = worker(&server, &model, "b", 10, SHORT_LEASE).await;
+    // What a close slower than the lease time left behind: a held lease of
+    // a stopped owner whose checkpoint is already deleted.
+    let nats = connect(&server.url(), "inspector").await.unwrap();
+    let kv = jetstream::new(nats)
+        .get_key_value("colloquy_leases")
+        .await
+        .unwrap();
+    let mut watch = kv.watch_with_history("closed-slowly").await.unwrap();
+    let lease = serde_json::json!({
+        "worker": "ghost", "instance": "ghost-1", "generation": 1,
+        "state": "held", "ttl_ms": 300,
+    });
+    kv.put("closed-slowly", Bytes::from(lease.to_string()))
+        .await
+        .unwrap();
+    // It converges: the lease goes (nothing is left to resume), after a few
+    // writes at most, instead of claims and releases forever.
+    let mut writes = 0;
+    tokio::time::timeout(GUARD, async {
+        while let Some(entry) = watch.next().await {
+            let entry = entry.unwrap();
+            if entry.operation != Operation::Put {
+                return;
+            }
+            writes += 1;
+            assert!(writes <= 8, "claimed and released again and again");
+        }
+        panic!("watch ended");
+    })
+    .await
+    .expect("the lease was settled");
 }

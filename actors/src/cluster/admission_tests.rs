@@ -1,5 +1,6 @@
 //! A drain racing an admission (a placement or a claim between its checks and
-//! the insert of the session), held in the window by a test hook.
+//! the insert of the session), and a close slower than the lease time, each
+//! held inside its window by a test hook.
 
 #[path = "../../../tests/support/nats.rs"]
 #[allow(unreachable_pub)]
@@ -119,4 +120,85 @@ async fn a_drain_during_an_admission_hands_the_session_over() {
     .expect("resumed at once on the other worker, not after lease expiry");
     assert_eq!(resumed.worker, "race-b");
     assert_eq!(a.session_count(), 0);
+}
+
+/// A close slower than the lease time (held by the hook inside it) keeps its
+/// lease: nobody claims the session midway, and it ends for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_slower_than_the_lease_is_not_claimed_midway() {
+    use async_nats::jetstream::{self, kv::Operation};
+    use futures_util::StreamExt;
+
+    let Some(server) = NatsServer::start().await else {
+        return;
+    };
+    let model = MockServer::start(|_| MockResponse::text(&["Hi", "."]))
+        .await
+        .unwrap();
+    let (reached_tx, reached) = oneshot::channel::<()>();
+    let (go, go_rx) = oneshot::channel::<()>();
+    let slots = Arc::new((Mutex::new(Some(reached_tx)), Mutex::new(Some(go_rx))));
+    test_hooks::install(
+        "slow-a",
+        Arc::new(move |point| {
+            let slots = slots.clone();
+            async move {
+                if point == "closing" {
+                    if let Some(tx) = take(&slots.0) {
+                        let _ = tx.send(());
+                    }
+                    if let Some(rx) = take(&slots.1) {
+                        let _ = rx.await;
+                    }
+                }
+            }
+            .boxed()
+        }),
+    );
+    let ttl = Duration::from_millis(300);
+    let start = |name: &'static str| {
+        let (url, base) = (server.url(), model.base_url());
+        async move {
+            let client = ChatClient::new(OpenAiConfig::compatible(base)).unwrap();
+            let config = WorkerConfig::new(name, client)
+                .with_default_model("mock")
+                .with_lease_ttl(ttl);
+            Worker::start(connect(&url, name).await.unwrap(), config)
+                .await
+                .unwrap()
+        }
+    };
+    let a = start("slow-a").await;
+    let client = ClusterClient::new(connect(&server.url(), "client").await.unwrap());
+    let s = client.place("slow", SessionSpec::default()).await.unwrap();
+    assert_eq!(a.session_count(), 1);
+    let b = start("slow-b").await;
+    let kv = jetstream::new(connect(&server.url(), "inspector").await.unwrap())
+        .get_key_value("colloquy_leases")
+        .await
+        .unwrap();
+    let mut watch = kv.watch("slow").await.unwrap();
+    let closing = tokio::spawn(async move { s.close().await });
+    tokio::time::timeout(GUARD, reached).await.unwrap().unwrap();
+    // Four renewals: more than a lease time passes inside the close.
+    let mut renewals = 0;
+    tokio::time::timeout(GUARD, async {
+        while renewals < 4 {
+            let entry = watch.next().await.expect("watching").unwrap();
+            assert_eq!(entry.operation, Operation::Put);
+            let lease: serde_json::Value = serde_json::from_slice(&entry.value).unwrap();
+            assert_eq!(lease["worker"], "slow-a", "claimed midway: {lease}");
+            renewals += 1;
+        }
+    })
+    .await
+    .expect("the lease is renewed while closing");
+    go.send(()).unwrap();
+    tokio::time::timeout(GUARD, closing)
+        .await
+        .unwrap()
+        .unwrap()
+        .expect("closed");
+    assert_eq!((a.session_count(), b.session_count()), (0, 0));
+    assert!(kv.get("slow").await.unwrap().is_none(), "lease deleted");
 }

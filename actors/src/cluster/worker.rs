@@ -744,21 +744,35 @@ async fn claim(
                         .store
                         .cas_checkpoint(key, bytes, rev)
                         .await
-                        .map(|r| (cp, r)),
-                    Err(e) => Err(e),
+                        .map(|r| (cp, r))
+                        .map_err(Some),
+                    Err(e) => Err(Some(e)),
                 }
             }
-            Ok(None) => Err(StoreError::Other("no checkpoint".into())),
-            Err(e) => Err(e),
+            // No checkpoint (`None`).
+            Ok(None) => Err(None),
+            Err(e) => Err(Some(e)),
         };
         match step {
             Ok(done) => break done,
-            Err(StoreError::Conflict) if attempts < 20 => continue,
-            Err(StoreError::Other(_)) if attempts < 20 => {
+            Err(Some(StoreError::Conflict)) if attempts < 20 => continue,
+            // A placement writes its checkpoint right after creating the lease.
+            Err(None | Some(StoreError::Other(_))) if attempts < 20 => {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            Err(e) => {
-                tracing::error!(session = %id, error = ?e, "cannot resume: checkpoint unusable");
+            Err(None | Some(StoreError::Invalid(_))) => {
+                // Nothing to resume: the session was ended (a close deletes
+                // its lease first, but one cut short, or an owner that died
+                // in between, leaves the lease behind), or its checkpoint
+                // does not decode (kept for an operator). Giving the lease
+                // back would have every worker claim it forever: it goes.
+                metrics::counter!("colloquy_cluster_orphan_leases_total").increment(1);
+                tracing::warn!(session = %id, "lease without a usable checkpoint: deleted");
+                let _ = inner.store.delete_lease(key, lease_rev).await;
+                return Err(ClusterError::Unavailable(id));
+            }
+            Err(Some(e)) => {
+                tracing::error!(session = %id, error = ?e, "cannot resume now: the store failed");
                 let mut released = lease.clone();
                 released.state = LeaseState::Released;
                 let _ = inner.store.cas_lease(key, &released, lease_rev).await;
@@ -1242,9 +1256,16 @@ impl Driver {
                 let _ = self.inner.supervisor.stop_session(&self.id).await;
                 self.worker_event("session_ended", json!({"reason": "stopped"}))
                     .await;
-                let _ = self.inner.store.delete_checkpoint(&self.key).await;
-                if let Ok(revision) = self.held.settle(&self.inner.store, &self.key).await {
-                    let _ = self.inner.store.delete_lease(&self.key, revision).await;
+                // The lease first (as in `close`): no lease without a checkpoint.
+                if let Ok(revision) = self.held.settle(&self.inner.store, &self.key).await
+                    && self
+                        .inner
+                        .store
+                        .delete_lease(&self.key, revision)
+                        .await
+                        .is_ok()
+                {
+                    let _ = self.inner.store.delete_checkpoint(&self.key).await;
                 }
             }
             End::HandedOver | End::Closed => {}
@@ -1538,18 +1559,22 @@ impl Driver {
 
     /// Ends the session for good: stops it, publishes `session_ended`, and
     /// deletes its checkpoint and lease.
+    ///
+    /// The lease is renewed until just before it is deleted, so a close
+    /// slower than the lease time is never claimed midway; and it is deleted
+    /// before the checkpoint, so no worker finds a lease without a
+    /// checkpoint (one that does deletes the lease: see `claim`). A crash
+    /// between the two leaves a checkpoint without a lease: never resumed,
+    /// overwritten by the next placement of the id.
     async fn close(&mut self) -> Result<(), ClusterError> {
         self.stop_inputs();
-        self.stop_renewing().await;
         let _ = self.inner.supervisor.stop_session(&self.id).await;
         let _ = self.forward_rest().await;
+        #[cfg(test)]
+        super::test_hooks::at(&self.inner.config.name, "closing").await;
         self.worker_event("session_ended", json!({"reason": "closed"}))
             .await;
-        self.inner
-            .store
-            .delete_checkpoint(&self.key)
-            .await
-            .map_err(ClusterError::from)?;
+        self.stop_renewing().await;
         let revision = self
             .held
             .settle(&self.inner.store, &self.key)
@@ -1558,6 +1583,11 @@ impl Driver {
         self.inner
             .store
             .delete_lease(&self.key, revision)
+            .await
+            .map_err(ClusterError::from)?;
+        self.inner
+            .store
+            .delete_checkpoint(&self.key)
             .await
             .map_err(ClusterError::from)
     }
