@@ -17,87 +17,60 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+use clap::Parser;
 use colloquy::Secret;
 use colloquy::llm::{AzureConfig, AzureSettings, ChatClient, ClientConfig, OpenAiConfig, Provider};
 use colloquy::tools::ToolDefinition;
-use colloquy_actors::cluster::{Worker, WorkerConfig, connect};
+use colloquy_actors::cluster::{Worker, WorkerConfig, connect, redact_url};
 use colloquy_actors::{Tool, ToolRegistry};
 use serde_json::json;
 
-const USAGE: &str = "usage: worker [--nats URL] [--name NAME] [--max-sessions N] \
-[--base-url URL] [--model M] [--api-key K] [--azure-endpoint URL] [--azure-deployment D] \
-[--api-version V] [--prefix P] [--lease-ms MS] [--drain-timeout-ms MS]
-       worker -h | --help
-  --nats URL             the NATS server (default nats://127.0.0.1:4222)
-  --name NAME            the worker's name (default worker-PID)
-  --max-sessions N       sessions at most; a full worker takes no more (default 100)
-  --base-url URL         an OpenAI-compatible server (else OPENAI_API_KEY, or Azure)
-  --model M              the model of sessions whose spec names none (default gpt-4o-mini)
-  --api-key K            the provider's key (else OPENAI_API_KEY)
-  --azure-endpoint URL, --azure-deployment D, --api-version V   Azure OpenAI
-  --prefix P             prefix of the cluster's subjects and buckets (default colloquy)
-  --lease-ms MS          a lease not renewed for this long is taken over (default 1000)
-  --drain-timeout-ms MS  how long a drain lets turns finish (default 10000)";
-
+/// A colloquy cluster worker: takes sessions from NATS while it has room,
+/// resumes the sessions of workers that died, hands its own over on SIGTERM
+/// or Ctrl-C.
+///
+/// The model provider is an OpenAI-compatible server (--base-url), Azure
+/// OpenAI (--azure-endpoint, --azure-deployment), or OpenAI with
+/// OPENAI_API_KEY.
+#[derive(Parser)]
+#[command(name = "worker")]
 struct Args {
+    /// The NATS server (scheme://host:port; a comma-separated list for a cluster).
+    #[arg(long, value_name = "URL", default_value = "nats://127.0.0.1:4222")]
     nats: String,
-    name: String,
-    max_sessions: usize,
+    /// The worker's name, in events, leases and logs [default: worker-PID].
+    #[arg(long)]
+    name: Option<String>,
+    /// Sessions at most; a full worker takes no more.
+    #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    max_sessions: u64,
+    /// An OpenAI-compatible server, e.g. http://127.0.0.1:8089/v1.
+    #[arg(long, value_name = "URL")]
     base_url: Option<String>,
+    /// The model of sessions whose spec names none.
+    #[arg(long, value_name = "M", default_value = "gpt-4o-mini")]
     model: String,
+    /// The provider's key [default: OPENAI_API_KEY from the environment].
+    #[arg(long, value_name = "K", hide_default_value = true)]
     api_key: Option<String>,
+    /// Azure OpenAI: the resource endpoint.
+    #[arg(long, value_name = "URL")]
     azure_endpoint: Option<String>,
+    /// Azure OpenAI: the deployment.
+    #[arg(long, value_name = "D")]
     azure_deployment: Option<String>,
+    /// Azure OpenAI: the API version.
+    #[arg(long, value_name = "V")]
     api_version: Option<String>,
+    /// Prefix of the cluster's subjects and buckets (letters, digits, - and _).
+    #[arg(long, value_name = "P", default_value = "colloquy")]
     prefix: String,
+    /// A lease not renewed for this long (milliseconds) is taken over by another worker.
+    #[arg(long, value_name = "MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
     lease_ms: u64,
+    /// How long a drain lets turns in flight finish (milliseconds).
+    #[arg(long, value_name = "MS", default_value_t = 10_000)]
     drain_timeout_ms: u64,
-}
-
-enum Cli {
-    Run(Box<Args>),
-    Help,
-}
-
-fn parse_args() -> Result<Cli, String> {
-    let mut a = Args {
-        nats: "nats://127.0.0.1:4222".into(),
-        name: format!("worker-{}", std::process::id()),
-        max_sessions: 100,
-        base_url: None,
-        model: "gpt-4o-mini".into(),
-        api_key: None,
-        azure_endpoint: None,
-        azure_deployment: None,
-        api_version: None,
-        prefix: "colloquy".into(),
-        lease_ms: 1000,
-        drain_timeout_ms: 10_000,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        let mut value = || it.next().ok_or_else(|| format!("{arg} needs a value"));
-        let num = |v: String| -> Result<u64, String> {
-            v.parse().map_err(|_| format!("{arg} needs a number"))
-        };
-        match arg.as_str() {
-            "--nats" => a.nats = value()?,
-            "--name" => a.name = value()?,
-            "--max-sessions" => a.max_sessions = num(value()?)? as usize,
-            "--base-url" => a.base_url = Some(value()?),
-            "--model" => a.model = value()?,
-            "--api-key" => a.api_key = Some(value()?),
-            "--azure-endpoint" => a.azure_endpoint = Some(value()?),
-            "--azure-deployment" => a.azure_deployment = Some(value()?),
-            "--api-version" => a.api_version = Some(value()?),
-            "--prefix" => a.prefix = value()?,
-            "--lease-ms" => a.lease_ms = num(value()?)?,
-            "--drain-timeout-ms" => a.drain_timeout_ms = num(value()?)?,
-            "-h" | "--help" => return Ok(Cli::Help),
-            other => return Err(format!("unknown argument {other}")),
-        }
-    }
-    Ok(Cli::Run(Box::new(a)))
 }
 
 fn provider(a: &Args) -> Result<Provider, Box<dyn std::error::Error>> {
@@ -142,6 +115,11 @@ fn weather_tool() -> Tool {
 }
 
 async fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let name = a
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("worker-{}", std::process::id()));
+    let max_sessions = usize::try_from(a.max_sessions).unwrap_or(usize::MAX);
     // Warnings (a lease lost, a store that fails) on stderr; RUST_LOG for more.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
@@ -150,27 +128,28 @@ async fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
         .with_writer(std::io::stderr)
         .init();
     let client_config = ClientConfig {
-        pool_max_idle_per_host: a.max_sessions.max(16),
+        pool_max_idle_per_host: max_sessions.max(16),
         ..ClientConfig::default()
     };
     let client = ChatClient::with_config(provider(&a)?, client_config)?;
-    let nats = connect(&a.nats, &a.name).await?;
-    let mut config = WorkerConfig::new(a.name.clone(), client)
-        .with_max_sessions(a.max_sessions)
+    let nats = connect(&a.nats, &name).await?;
+    let mut config = WorkerConfig::new(name.clone(), client)
+        .with_max_sessions(max_sessions)
         .with_default_model(a.model.clone())
         .with_prefix(a.prefix.clone())
-        .with_lease_ttl(Duration::from_millis(a.lease_ms.max(1)))
+        .with_lease_ttl(Duration::from_millis(a.lease_ms))
         .with_drain_timeout(Duration::from_millis(a.drain_timeout_ms));
     config.tools = ToolRegistry::new().with_tool(weather_tool());
     let worker = Worker::start(nats, config).await?;
     println!(
-        "worker {} ready: up to {} sessions, nats {}, model {}",
-        a.name, a.max_sessions, a.nats, a.model
+        "worker {name} ready: up to {max_sessions} sessions, nats {}, model {}",
+        redact_url(&a.nats),
+        a.model
     );
     let report = worker.drain_on_signal().await?;
     println!(
-        "worker {} drained: {} sessions handed over ({} cut at the timeout, {} failed)",
-        a.name, report.handed_over, report.cut_at_timeout, report.failed
+        "worker {name} drained: {} sessions handed over ({} cut at the timeout, {} failed)",
+        report.handed_over, report.cut_at_timeout, report.failed
     );
     worker.abort().await;
     Ok(())
@@ -178,17 +157,9 @@ async fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(Cli::Run(a)) => *a,
-        Ok(Cli::Help) => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Err(msg) => {
-            eprintln!("error: {msg}\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
+    // Usage errors: clap's `error: …` and usage on stderr, exit 2; --help on
+    // stdout, exit 0.
+    let args = Args::parse();
     match run(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -3,7 +3,8 @@
 //! on another, and SIGTERM draining one that hands its sessions over and exits.
 //!
 //! Needs a nats-server like the other cluster tests (see
-//! `tests/support/nats.rs`); `cargo test` builds the example first.
+//! `tests/support/nats.rs`: without one they fail unless
+//! `COLLOQUY_SKIP_NATS=1`); `cargo test` builds the example first.
 
 #[path = "support/nats.rs"]
 mod nats;
@@ -116,22 +117,83 @@ async fn turn(s: &RemoteSession, rx: &mut RemoteEvents, text: &str) -> (TurnId, 
     }
 }
 
+async fn run_worker(args: &[&str]) -> (std::process::Output, Duration) {
+    let started = std::time::Instant::now();
+    let child = Command::new(worker_binary())
+        .args(args)
+        .env_remove("OPENAI_API_KEY")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("worker runs");
+    let out = tokio::time::timeout(GUARD, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("worker {args:?} did not exit"))
+        .expect("output");
+    (out, started.elapsed())
+}
+
 #[tokio::test]
 async fn worker_help_and_unknown_flags() {
-    let out = Command::new(worker_binary())
-        .arg("--help")
-        .output()
-        .await
-        .unwrap();
+    let (out, _) = run_worker(&["--help"]).await;
     assert_eq!(out.status.code(), Some(0));
-    assert!(String::from_utf8_lossy(&out.stdout).starts_with("usage: worker"));
-    let out = Command::new(worker_binary())
-        .arg("--no-such-flag")
-        .output()
-        .await
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("usage: worker"));
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("Usage: worker"), "{help}");
+    for flag in [
+        "--nats",
+        "--name",
+        "--max-sessions",
+        "--base-url",
+        "--model",
+        "--api-key",
+        "--azure-endpoint",
+        "--azure-deployment",
+        "--api-version",
+        "--prefix",
+        "--lease-ms",
+        "--drain-timeout-ms",
+        "--help",
+    ] {
+        assert!(help.contains(flag), "--help describes {flag}: {help}");
+    }
+    for args in [
+        &["--no-such-flag"][..],
+        &["--max-sessions", "many"],
+        &["--lease-ms", "0"],
+    ] {
+        let (out, _) = run_worker(args).await;
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.starts_with("error: "), "{args:?}: {err}");
+        assert!(err.contains("--help"), "{args:?}: {err}");
+    }
+}
+
+/// A NATS URL that cannot work is a readable error at once (exit 1), not a
+/// JetStream timeout after 20 s.
+#[tokio::test]
+async fn a_bad_nats_url_is_a_readable_error_at_once() {
+    // Generous: the failure is immediate; the bound only has to be far below
+    // the old 20 s even on a loaded machine.
+    const PROMPT: Duration = Duration::from_secs(10);
+    let model = "http://127.0.0.1:9/v1";
+    for (url, expected) in [
+        (
+            "nats://127.0.0.1:1",
+            "error: cannot connect to nats://127.0.0.1:1: ",
+        ),
+        ("notaurl", "error: invalid NATS URL \"notaurl\": "),
+    ] {
+        let (out, took) = run_worker(&["--nats", url, "--base-url", model]).await;
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.starts_with(expected), "{url}: {err}");
+        assert_eq!(err.lines().count(), 1, "{url}: one line: {err}");
+        assert!(!err.contains('{'), "{url}: no Debug print: {err}");
+        assert_eq!(out.status.code(), Some(1), "{url}: {err}");
+        assert!(took < PROMPT, "{url}: took {took:?}");
+    }
 }
 
 #[tokio::test]

@@ -30,7 +30,11 @@
 //!   checkpoint and resumes the session: it ends the turn that was in flight
 //!   as `failed` ("worker lost") and publishes `resumed` naming the last
 //!   committed turn. A worker that loses its lease (a compare-and-set refused)
-//!   stops its copy of the session at once.
+//!   stops its copy of the session at once. A lease whose checkpoint is gone
+//!   (a session being closed or ended; a close deletes the lease first and
+//!   renews it until then) or does not decode is deleted by its claimer, not
+//!   given back: it is never claimed in a loop
+//!   (`colloquy_cluster_orphan_leases_total`).
 //! - **Committed means durable.** A turn's normal `turn_finished` is forwarded
 //!   only once the checkpoint holding the turn is stored, and `turn_started`
 //!   only once the store knows the turn began: a subscriber never sees a turn
@@ -42,13 +46,22 @@
 //! - **Draining.** [`Worker::drain`] (or SIGTERM with
 //!   [`Worker::drain_on_signal`]) stops taking sessions, lets turns in flight
 //!   finish up to the drain timeout, then releases each lease, so another
-//!   worker claims the session at once instead of after expiry.
+//!   worker claims the session at once instead of after expiry. A speculative
+//!   turn is not waited for (nobody heard it; stopping the session drops it),
+//!   and a placement or claim in progress when the drain begins is admitted
+//!   first and handed over with the rest.
 //!
 //! Session ids become subject tokens and KV keys through [`session_key`].
 
+mod admission;
+#[cfg(test)]
+mod admission_tests;
 mod lease;
 mod remote;
 mod spec;
+mod subject;
+#[cfg(test)]
+pub(crate) mod test_hooks;
 pub mod wire;
 mod worker;
 
@@ -57,6 +70,10 @@ mod worker;
 pub use async_nats;
 pub use remote::{ClusterClient, RemoteConfig, RemoteEvents, RemoteSession};
 pub use spec::{SessionSpec, SpecInterruption, SpecMode, SpecOptions};
+pub use subject::{
+    MAX_NAME_BYTES, MAX_PREFIX_BYTES, MAX_SESSION_KEY_BYTES, session_id_from_key, session_key,
+};
+pub(crate) use subject::{Names, check_name};
 pub use wire::{RemoteEvent, RemoteEventKind};
 pub use worker::{DrainReport, Worker, WorkerConfig};
 
@@ -103,6 +120,35 @@ pub enum ClusterError {
     /// characters other than ASCII letters, digits, `-` and `_`).
     #[error("invalid name {0:?}")]
     InvalidName(String),
+    /// A name is too long to be part of a subject or a key: the server would
+    /// refuse the control line carrying it (4 KiB by default) and close the
+    /// connection, cutting every session on it. Refused before anything is
+    /// sent.
+    #[error("{what} is {bytes} bytes, over the maximum of {max_bytes}")]
+    NameTooLong {
+        /// Which name (`session key`, `prefix`, `name`).
+        what: &'static str,
+        /// Its length in bytes (a session key is the escaped id).
+        bytes: usize,
+        /// The longest accepted.
+        max_bytes: usize,
+    },
+    /// The NATS URL is not one (see [`connect`]).
+    #[error("invalid NATS URL {url:?}: {reason}")]
+    InvalidUrl {
+        /// The URL, credentials redacted.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The first connection to the server failed (refused, timed out, …).
+    #[error("cannot connect to {url}: {reason}")]
+    Connect {
+        /// The URL, credentials redacted.
+        url: String,
+        /// The client's error.
+        reason: String,
+    },
     /// The worker refused the operation (kind and message as on the wire:
     /// `not_running`, `stale`, `not_allowed`, `unknown_call`, …).
     #[error("refused ({kind}): {message}")]
@@ -126,88 +172,6 @@ impl ClusterError {
     }
 }
 
-/// The subject token and KV key of a session id: ASCII letters, digits, `-`
-/// and `_` are kept; every other byte of the UTF-8 id becomes `=` and two
-/// upper-case hex digits (`call 42` → `call=2042`, `a.b` → `a=2Eb`).
-pub fn session_key(id: &SessionId) -> Result<String, ClusterError> {
-    let s = id.as_str();
-    if s.is_empty() {
-        return Err(ClusterError::InvalidName(String::new()));
-    }
-    let mut key = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
-            key.push(b as char);
-        } else {
-            key.push_str(&format!("={b:02X}"));
-        }
-    }
-    Ok(key)
-}
-
-/// The session id of a key made by [`session_key`].
-pub fn session_id_from_key(key: &str) -> Option<SessionId> {
-    let bytes = key.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'=' {
-            let hex = key.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok().map(SessionId::from)
-}
-
-/// Names of the subjects and buckets under one prefix.
-#[derive(Debug, Clone)]
-pub(crate) struct Names {
-    prefix: String,
-}
-
-impl Names {
-    pub(crate) fn new(prefix: &str) -> Result<Self, ClusterError> {
-        let ok = !prefix.is_empty()
-            && prefix
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-        if !ok {
-            return Err(ClusterError::InvalidName(prefix.to_string()));
-        }
-        Ok(Self {
-            prefix: prefix.to_string(),
-        })
-    }
-
-    pub(crate) fn place(&self) -> String {
-        format!("{}.place", self.prefix)
-    }
-
-    pub(crate) fn queue_group(&self) -> String {
-        format!("{}-workers", self.prefix)
-    }
-
-    pub(crate) fn inputs(&self, key: &str) -> String {
-        format!("{}.session.{key}.in", self.prefix)
-    }
-
-    pub(crate) fn events(&self, key: &str) -> String {
-        format!("{}.session.{key}.events", self.prefix)
-    }
-
-    pub(crate) fn lease_bucket(&self) -> String {
-        format!("{}_leases", self.prefix)
-    }
-
-    pub(crate) fn checkpoint_bucket(&self) -> String {
-        format!("{}_checkpoints", self.prefix)
-    }
-}
-
 /// The server's maximum message size, once known (the default 1 MiB before
 /// the first connection).
 pub(crate) fn max_payload(client: &async_nats::Client) -> usize {
@@ -217,13 +181,21 @@ pub(crate) fn max_payload(client: &async_nats::Client) -> usize {
     }
 }
 
-/// Connects to NATS the way the cluster expects: reconnects forever with a
-/// short backoff (100 ms per attempt, at most 1 s), keeps retrying the first
-/// connect, and names the connection.
+/// Connects to NATS the way the cluster expects: the first connect is tried
+/// once (2 s at most), so a wrong URL or a server that is not there is an
+/// error at once ([`ClusterError::InvalidUrl`], [`ClusterError::Connect`]);
+/// once connected, it reconnects forever with a short backoff (100 ms per
+/// attempt, at most 1 s). The connection is named `name` (at most
+/// [`MAX_NAME_BYTES`]).
+///
+/// `url` is one URL or a comma-separated list, each with its scheme
+/// (`nats://`, `tls://`, `ws://` or `wss://`) and a host. Credentials in a URL
+/// are never part of an error.
 pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, ClusterError> {
+    check_name("name", name, MAX_NAME_BYTES)?;
+    check_url(url)?;
     async_nats::ConnectOptions::new()
         .name(name)
-        .retry_on_initial_connect()
         .max_reconnects(None)
         .connection_timeout(Duration::from_secs(2))
         .reconnect_delay_callback(|attempts| {
@@ -231,7 +203,69 @@ pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, Cluste
         })
         .connect(url)
         .await
-        .map_err(ClusterError::nats)
+        .map_err(|e| {
+            let reason = match e.kind() {
+                async_nats::ConnectErrorKind::ServerParse => {
+                    return ClusterError::InvalidUrl {
+                        url: redact_url(url),
+                        reason: e.to_string(),
+                    };
+                }
+                _ => e.to_string(),
+            };
+            ClusterError::Connect {
+                url: redact_url(url),
+                reason,
+            }
+        })
+}
+
+/// Refuses what is not a list of `scheme://host[:port]` URLs.
+fn check_url(urls: &str) -> Result<(), ClusterError> {
+    let invalid = |reason: &str| ClusterError::InvalidUrl {
+        url: redact_url(urls),
+        reason: reason.to_string(),
+    };
+    if urls.trim().is_empty() {
+        return Err(invalid("empty"));
+    }
+    for url in urls.split(',').map(str::trim) {
+        let Some((scheme, rest)) = url.split_once("://") else {
+            return Err(invalid(
+                "expected scheme://host[:port], e.g. nats://127.0.0.1:4222",
+            ));
+        };
+        if !["nats", "tls", "ws", "wss"].contains(&scheme.to_ascii_lowercase().as_str()) {
+            return Err(invalid("the scheme must be nats, tls, ws or wss"));
+        }
+        let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+        let host = host.split(['/', '?']).next().unwrap_or("");
+        if host.is_empty() || host.starts_with(':') {
+            return Err(invalid("no host"));
+        }
+    }
+    Ok(())
+}
+
+/// A NATS URL (or list) with any `user:password@` or `token@` replaced by
+/// `***@`, for errors and logs.
+pub fn redact_url(urls: &str) -> String {
+    urls.split(',')
+        .map(|url| match url.split_once("://") {
+            Some((scheme, rest)) => {
+                let end = rest.find(['/', '?']).unwrap_or(rest.len());
+                match rest[..end].rfind('@') {
+                    Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+                    None => url.to_string(),
+                }
+            }
+            None => match url.rfind('@') {
+                Some(at) => format!("***@{}", &url[at + 1..]),
+                None => url.to_string(),
+            },
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 #[cfg(test)]
@@ -239,23 +273,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn session_keys_are_subject_tokens_and_round_trip() {
-        for id in ["call-42", "a.b", "call 42", "é*>", "x=y", "A_b-9"] {
-            let key = session_key(&SessionId::new(id)).unwrap();
+    fn urls_are_checked_and_redacted() {
+        assert!(check_url("nats://127.0.0.1:4222").is_ok());
+        assert!(check_url("nats://a:1, tls://b:2").is_ok());
+        for bad in [
+            "notaurl",
+            "",
+            "http://x:1",
+            "nats://",
+            "nats://:4222",
+            "127.0.0.1:4222",
+        ] {
             assert!(
-                key.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_=".contains(&b)),
-                "{key}"
+                matches!(check_url(bad), Err(ClusterError::InvalidUrl { .. })),
+                "{bad}"
             );
-            assert_eq!(session_id_from_key(&key).unwrap().as_str(), id);
         }
         assert_eq!(
-            session_key(&SessionId::new("call 42")).unwrap(),
-            "call=2042"
+            redact_url("nats://user:s3cret@h:4222,nats://h2:1"),
+            "nats://***@h:4222,nats://h2:1"
         );
-        assert!(session_key(&SessionId::new("")).is_err());
-        assert!(session_id_from_key("bad=Z").is_none());
-        assert!(Names::new("colloquy-test_1").is_ok());
-        assert!(Names::new("a.b").is_err());
+        let err = check_url("http://user:s3cret@h:1").unwrap_err();
+        assert!(!format!("{err} {err:?}").contains("s3cret"), "{err:?}");
     }
 }

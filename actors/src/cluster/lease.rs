@@ -70,6 +70,8 @@ pub(crate) enum StoreError {
     Exists,
     /// The value is larger than the server takes.
     TooLarge { bytes: usize, max_bytes: usize },
+    /// A stored value that does not decode (not worth retrying).
+    Invalid(String),
     /// Transport or server trouble; worth retrying.
     Other(String),
 }
@@ -85,6 +87,7 @@ impl From<StoreError> for ClusterError {
                 bytes,
                 max_bytes,
             },
+            StoreError::Invalid(m) => ClusterError::Protocol(m),
             StoreError::Other(m) => ClusterError::Nats(m),
         }
     }
@@ -209,7 +212,7 @@ impl Store {
         match entry {
             Some(e) if e.operation == kv::Operation::Put => {
                 let cp = serde_json::from_slice(&e.value)
-                    .map_err(|err| StoreError::Other(format!("checkpoint of {key}: {err}")))?;
+                    .map_err(|err| StoreError::Invalid(format!("checkpoint of {key}: {err}")))?;
                 Ok(Some((cp, e.revision)))
             }
             _ => Ok(None),

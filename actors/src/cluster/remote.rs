@@ -168,6 +168,9 @@ impl ClusterClient {
     ) -> Result<RemoteSession, ClusterError> {
         let id = id.into();
         let session = self.session(id.clone())?;
+        for tool in &spec.tools {
+            super::check_name("tool name", tool, super::MAX_NAME_BYTES)?;
+        }
         let req = PlaceRequest {
             session: id.as_str().to_string(),
             spec,
@@ -230,8 +233,25 @@ fn placement_error(id: &SessionId, e: WireError) -> ClusterError {
                 max_bytes: nums.get(1).copied().unwrap_or(0),
             }
         }
+        "too_long" => name_too_long(&e.message).unwrap_or_else(|| refused(e)),
         _ => refused(e),
     }
+}
+
+/// The [`ClusterError::NameTooLong`] a worker's `too_long` message describes
+/// (`"{what} is {bytes} bytes, over the maximum of {max_bytes}"`).
+fn name_too_long(message: &str) -> Option<ClusterError> {
+    let what = ["session key", "tool name", "prefix", "name"]
+        .into_iter()
+        .find(|w| message.starts_with(&format!("{w} is ")))?;
+    let mut nums = message[what.len()..]
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse().ok());
+    Some(ClusterError::NameTooLong {
+        what,
+        bytes: nums.next()?,
+        max_bytes: nums.next()?,
+    })
 }
 
 fn refused(e: WireError) -> ClusterError {

@@ -85,7 +85,9 @@
 //! A request `{"session": str, "spec": SessionSpec, "context": {"items": [...]}}`
 //! (`context` optional: a history to start from), answered with
 //! `{"ok": {"worker": str}}` or an error of kind `full`, `already_exists`,
-//! `unknown_tool`, `too_large`, `invalid` or `internal`.
+//! `unknown_tool`, `too_large`, `too_long` (the session id's key or a tool
+//! name is over the bound of [`MAX_SESSION_KEY_BYTES`](super::MAX_SESSION_KEY_BYTES)
+//! or [`MAX_NAME_BYTES`](super::MAX_NAME_BYTES)), `invalid` or `internal`.
 
 use std::sync::Arc;
 

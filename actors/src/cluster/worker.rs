@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_nats::connection::State;
@@ -18,11 +18,14 @@ use serde_json::{Value, json};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::time::Instant;
 
+use super::admission::{Admission, Ticket};
 use super::lease::{Checkpoint, Lease, LeaseState, Store, StoreError};
 use super::spec::SessionSpec;
 use super::wire::{self, Input, PlaceRequest, Reply, WORKER_LOST, WireError};
 use super::{ClusterError, DEFAULT_PREFIX, Names, session_key};
-use crate::bus::{BusEvent, BusReceiver, BusRecvError, EventKind, ToolOutput, TurnEnd};
+use crate::bus::{
+    BusEvent, BusReceiver, BusRecvError, EventKind, SpeculationOutcome, ToolOutput, TurnEnd,
+};
 use crate::ids::{SessionId, TurnId};
 use crate::segmenter::SegmenterConfig;
 use crate::session::SessionHandle;
@@ -177,26 +180,24 @@ struct Inner {
     sessions: DashMap<String, Local>,
     claiming: DashSet<String>,
     reserved: AtomicUsize,
-    draining: AtomicBool,
+    /// Draining and the admissions in progress (see admission.rs).
+    admission: Arc<Admission>,
     changed: Notify,
 }
 
 impl Inner {
-    fn try_reserve(&self) -> bool {
-        if self.draining.load(Ordering::SeqCst) {
-            return false;
-        }
+    /// A slot and an admission ticket, unless draining or full.
+    fn try_reserve(&self) -> Option<Ticket> {
         let max = self.config.max_sessions;
-        let ok = self
-            .reserved
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .is_ok();
-        if ok {
-            self.changed.notify_one();
-        }
-        ok
+        let ticket = self.admission.begin(|| {
+            self.reserved
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                    (n < max).then_some(n + 1)
+                })
+                .is_ok()
+        })?;
+        self.changed.notify_one();
+        Some(ticket)
     }
 
     fn release_slot(&self) {
@@ -207,7 +208,7 @@ impl Inner {
     }
 
     fn offering(&self) -> bool {
-        !self.draining.load(Ordering::SeqCst)
+        !self.admission.is_draining()
             && self.reserved.load(Ordering::SeqCst) < self.config.max_sessions
     }
 
@@ -223,6 +224,7 @@ impl Inner {
         let registry = &self.config.tools;
         let mut picked = HashMap::new();
         for name in &spec.tools {
+            super::check_name("tool name", name, super::MAX_NAME_BYTES)?;
             let tool = registry
                 .get(name)
                 .ok_or_else(|| ClusterError::UnknownTool(name.clone()))?;
@@ -288,6 +290,7 @@ impl Worker {
         if config.name.is_empty() {
             return Err(ClusterError::InvalidName(String::new()));
         }
+        super::check_name("name", &config.name, super::MAX_NAME_BYTES)?;
         let store = Store::open(&nats, &names).await?;
         let supervisor = Supervisor::start(SupervisorConfig {
             max_sessions: config.max_sessions.saturating_add(16),
@@ -307,7 +310,7 @@ impl Worker {
             sessions: DashMap::new(),
             claiming: DashSet::new(),
             reserved: AtomicUsize::new(0),
-            draining: AtomicBool::new(false),
+            admission: Arc::default(),
             changed: Notify::new(),
             config,
         });
@@ -367,8 +370,13 @@ impl Worker {
     /// each session's final checkpoint and releases its lease, so another
     /// worker claims it at once.
     pub async fn drain(&self) -> DrainReport {
-        self.inner.draining.store(true, Ordering::SeqCst);
+        // No admission from now on; those in progress end first, so every
+        // session admitted is in the set handed over below.
+        let admitted = self.inner.admission.drain();
         self.inner.changed.notify_one();
+        #[cfg(test)]
+        super::test_hooks::at(&self.inner.config.name, "drain_started").await;
+        admitted.await;
         let deadline = Instant::now() + self.inner.config.drain_timeout;
         let waits: Vec<_> = self
             .inner
@@ -489,17 +497,17 @@ fn on_place(inner: &Arc<Inner>, msg: Message) {
     let Some(reply) = msg.reply.clone() else {
         return;
     };
-    if !inner.try_reserve() {
+    let Some(ticket) = inner.try_reserve() else {
         let err = WireError::new("full", "the worker has no capacity");
         let nats = inner.nats.clone();
         tokio::spawn(async move {
             let _ = nats.publish(reply, Reply::Error(err).encode().into()).await;
         });
         return;
-    }
+    };
     let inner = inner.clone();
     tokio::spawn(async move {
-        let reply_body = match place(&inner, &msg.payload).await {
+        let reply_body = match place(&inner, &msg.payload, ticket).await {
             Ok(()) => {
                 metrics::counter!("colloquy_cluster_placements_total", "outcome" => "ok")
                     .increment(1);
@@ -528,15 +536,19 @@ fn too_large(bytes: usize, max_bytes: usize) -> WireError {
     )
 }
 
-async fn place(inner: &Arc<Inner>, payload: &[u8]) -> Result<(), WireError> {
+async fn place(inner: &Arc<Inner>, payload: &[u8], ticket: Ticket) -> Result<(), WireError> {
     let req: PlaceRequest =
         serde_json::from_slice(payload).map_err(|e| WireError::new("invalid", e))?;
     let id = SessionId::from(req.session);
-    let key = session_key(&id).map_err(|e| WireError::new("invalid", e))?;
-    inner.tools_for(&req.spec).map_err(|e| match e {
+    // Bounded before anything is sent: an over-long key in a subject would
+    // make the server close this worker's connection.
+    let refusal = |e: ClusterError| match e {
         ClusterError::UnknownTool(_) => WireError::new("unknown_tool", e),
+        ClusterError::NameTooLong { .. } => WireError::new("too_long", e),
         e => WireError::new("invalid", e),
-    })?;
+    };
+    let key = session_key(&id).map_err(refusal)?;
+    inner.tools_for(&req.spec).map_err(refusal)?;
     let lease = inner.lease(1, LeaseState::Held);
     let checkpoint = Checkpoint {
         v: 1,
@@ -577,7 +589,7 @@ async fn place(inner: &Arc<Inner>, payload: &[u8]) -> Result<(), WireError> {
             started_turn: 0,
             resumed_from: None,
         };
-        start_local(inner, id.clone(), key.clone(), checkpoint, own)
+        start_local(inner, id.clone(), key.clone(), checkpoint, own, ticket)
             .await
             .map_err(|e| WireError::new("internal", e))
     }
@@ -668,7 +680,7 @@ async fn monitor(inner: Arc<Inner>) {
 
 fn consider_claim(inner: &Arc<Inner>, key: &str, seen: &Seen) {
     if seen.lease.instance == inner.instance
-        || inner.draining.load(Ordering::SeqCst)
+        || inner.admission.is_draining()
         || !inner.offering()
         || inner.sessions.contains_key(key)
         || !inner.claiming.insert(key.to_string())
@@ -686,8 +698,8 @@ fn consider_claim(inner: &Arc<Inner>, key: &str, seen: &Seen) {
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
-        if inner.try_reserve()
-            && let Err(e) = claim(&inner, &key, revision, old).await
+        if let Some(ticket) = inner.try_reserve()
+            && let Err(e) = claim(&inner, &key, revision, old, ticket).await
         {
             tracing::debug!(session = %key, error = %e, "claim not taken");
             inner.release_slot();
@@ -704,6 +716,7 @@ async fn claim(
     key: &str,
     revision: u64,
     old: Lease,
+    ticket: Ticket,
 ) -> Result<(), ClusterError> {
     let id = super::session_id_from_key(key)
         .ok_or_else(|| ClusterError::InvalidName(key.to_string()))?;
@@ -731,21 +744,35 @@ async fn claim(
                         .store
                         .cas_checkpoint(key, bytes, rev)
                         .await
-                        .map(|r| (cp, r)),
-                    Err(e) => Err(e),
+                        .map(|r| (cp, r))
+                        .map_err(Some),
+                    Err(e) => Err(Some(e)),
                 }
             }
-            Ok(None) => Err(StoreError::Other("no checkpoint".into())),
-            Err(e) => Err(e),
+            // No checkpoint (`None`).
+            Ok(None) => Err(None),
+            Err(e) => Err(Some(e)),
         };
         match step {
             Ok(done) => break done,
-            Err(StoreError::Conflict) if attempts < 20 => continue,
-            Err(StoreError::Other(_)) if attempts < 20 => {
+            Err(Some(StoreError::Conflict)) if attempts < 20 => continue,
+            // A placement writes its checkpoint right after creating the lease.
+            Err(None | Some(StoreError::Other(_))) if attempts < 20 => {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            Err(e) => {
-                tracing::error!(session = %id, error = ?e, "cannot resume: checkpoint unusable");
+            Err(None | Some(StoreError::Invalid(_))) => {
+                // Nothing to resume: the session was ended (a close deletes
+                // its lease first, but one cut short, or an owner that died
+                // in between, leaves the lease behind), or its checkpoint
+                // does not decode (kept for an operator). Giving the lease
+                // back would have every worker claim it forever: it goes.
+                metrics::counter!("colloquy_cluster_orphan_leases_total").increment(1);
+                tracing::warn!(session = %id, "lease without a usable checkpoint: deleted");
+                let _ = inner.store.delete_lease(key, lease_rev).await;
+                return Err(ClusterError::Unavailable(id));
+            }
+            Err(Some(e)) => {
+                tracing::error!(session = %id, error = ?e, "cannot resume now: the store failed");
                 let mut released = lease.clone();
                 released.state = LeaseState::Released;
                 let _ = inner.store.cas_lease(key, &released, lease_rev).await;
@@ -761,7 +788,7 @@ async fn claim(
         started_turn: checkpoint.started_turn,
         resumed_from: Some(Some(old.worker.clone())),
     };
-    if let Err(e) = start_local(inner, id.clone(), key.to_string(), checkpoint, own).await {
+    if let Err(e) = start_local(inner, id.clone(), key.to_string(), checkpoint, own, ticket).await {
         let mut released = lease.clone();
         released.state = LeaseState::Released;
         let _ = inner.store.cas_lease(key, &released, lease_rev).await;
@@ -782,6 +809,7 @@ async fn start_local(
     key: String,
     checkpoint: Checkpoint,
     own: Ownership,
+    ticket: Ticket,
 ) -> Result<(), ClusterError> {
     let spec = checkpoint.spec;
     let tools = inner.tools_for(&spec)?;
@@ -870,13 +898,12 @@ async fn start_local(
         task_inner.sessions.remove(&key);
         task_inner.release_slot();
     });
-    if inner.draining.load(Ordering::SeqCst) {
-        // Placed or claimed while a drain began: hand it over too.
-        let (done, _) = oneshot::channel();
-        let deadline = Instant::now() + inner.config.drain_timeout;
-        let _ = control_tx.send(Control::HandOver { deadline, done });
-    }
-    inner.sessions.insert(
+    #[cfg(test)]
+    super::test_hooks::at(&inner.config.name, "admit").await;
+    // A drain that began meanwhile waits for this admission, then hands the
+    // session over with the others.
+    ticket.admit(
+        &inner.sessions,
         key,
         Local {
             control: control_tx,
@@ -1229,9 +1256,16 @@ impl Driver {
                 let _ = self.inner.supervisor.stop_session(&self.id).await;
                 self.worker_event("session_ended", json!({"reason": "stopped"}))
                     .await;
-                let _ = self.inner.store.delete_checkpoint(&self.key).await;
-                if let Ok(revision) = self.held.settle(&self.inner.store, &self.key).await {
-                    let _ = self.inner.store.delete_lease(&self.key, revision).await;
+                // The lease first (as in `close`): no lease without a checkpoint.
+                if let Ok(revision) = self.held.settle(&self.inner.store, &self.key).await
+                    && self
+                        .inner
+                        .store
+                        .delete_lease(&self.key, revision)
+                        .await
+                        .is_ok()
+                {
+                    let _ = self.inner.store.delete_checkpoint(&self.key).await;
                 }
             }
             End::HandedOver | End::Closed => {}
@@ -1252,13 +1286,28 @@ impl Driver {
     /// durability rules need around it.
     async fn forward(&mut self, ev: BusEvent) -> Result<(), Lost> {
         let turn = self.global_turn(ev.turn);
-        if !ev.kind.is_user_side() && turn > self.started_turn {
-            // A new turn (normally its TurnStarted): every earlier turn is
-            // committed (the ledger begins no turn while one waits for its
+        match &ev.kind {
+            // A turn starts when its TurnStarted goes out (a promoted
+            // speculation's comes right after its `hit`): every earlier turn
+            // is committed (the ledger begins no turn while one waits for its
             // commit), and the store learns the turn began before anyone else.
-            self.committed_turn = self.committed_turn.max(turn - 1);
-            self.started_turn = turn;
-            self.flush().await?;
+            EventKind::TurnStarted if turn > self.started_turn => {
+                self.committed_turn = self.committed_turn.max(turn - 1);
+                self.started_turn = turn;
+                self.flush().await?;
+            }
+            // A speculation nobody heard is over: it did not start (a
+            // failover must not end it as failed), nothing of it is in the
+            // history, and its number is used (a resumed session starts
+            // after it).
+            EventKind::SpeculationEnded { outcome, .. }
+                if *outcome != SpeculationOutcome::Hit
+                    && turn > self.started_turn.max(self.committed_turn) =>
+            {
+                self.committed_turn = turn;
+                self.flush().await?;
+            }
+            _ => {}
         }
         let (normal_end, cut) = match &ev.kind {
             EventKind::TurnFinished(end) => (!end.is_abort(), end.is_abort()),
@@ -1438,18 +1487,18 @@ impl Driver {
     }
 
     /// Drains this session: lets the turn in flight finish (until
-    /// `deadline`), stops taking inputs, stops the session (a turn still in
+    /// `deadline`; a speculation is not waited for), stops taking inputs, stops the session (a turn still in
     /// flight is cancelled and committed), stores the final checkpoint and
     /// releases the lease. Returns whether a turn was cut at the deadline.
     async fn hand_over(&mut self, deadline: Instant) -> Result<bool, Lost> {
         let mut cut = false;
         loop {
-            if !self.handle.bus().current_turn().1 {
-                // Idle: no more inputs; inputs already received are handled
-                // before the context read answers.
+            if !self.live_turn_open() {
+                // Idle (or only speculating): no more inputs; inputs already
+                // received are handled before the context read answers.
                 self.stop_inputs();
                 let _ = self.handle.context().await;
-                if !self.handle.bus().current_turn().1 {
+                if !self.live_turn_open() {
                     break;
                 }
             }
@@ -1461,7 +1510,7 @@ impl Driver {
                 },
                 _ = Self::lease_lost(&mut self.lost) => return Err(Lost),
                 _ = tokio::time::sleep_until(deadline) => {
-                    cut = self.handle.bus().current_turn().1;
+                    cut = self.live_turn_open();
                     break;
                 }
             }
@@ -1488,6 +1537,12 @@ impl Driver {
         }
     }
 
+    /// Whether a live turn is generating. A speculation is not a reply anyone
+    /// heard: a drain does not wait for it (stopping the session drops it).
+    fn live_turn_open(&self) -> bool {
+        self.handle.bus().live_turn_open()
+    }
+
     /// Forwards what is left on the bus of a stopped session.
     async fn forward_rest(&mut self) -> Result<(), Lost> {
         loop {
@@ -1503,18 +1558,22 @@ impl Driver {
 
     /// Ends the session for good: stops it, publishes `session_ended`, and
     /// deletes its checkpoint and lease.
+    ///
+    /// The lease is renewed until just before it is deleted, so a close
+    /// slower than the lease time is never claimed midway; and it is deleted
+    /// before the checkpoint, so no worker finds a lease without a
+    /// checkpoint (one that does deletes the lease: see `claim`). A crash
+    /// between the two leaves a checkpoint without a lease: never resumed,
+    /// overwritten by the next placement of the id.
     async fn close(&mut self) -> Result<(), ClusterError> {
         self.stop_inputs();
-        self.stop_renewing().await;
         let _ = self.inner.supervisor.stop_session(&self.id).await;
         let _ = self.forward_rest().await;
+        #[cfg(test)]
+        super::test_hooks::at(&self.inner.config.name, "closing").await;
         self.worker_event("session_ended", json!({"reason": "closed"}))
             .await;
-        self.inner
-            .store
-            .delete_checkpoint(&self.key)
-            .await
-            .map_err(ClusterError::from)?;
+        self.stop_renewing().await;
         let revision = self
             .held
             .settle(&self.inner.store, &self.key)
@@ -1523,6 +1582,11 @@ impl Driver {
         self.inner
             .store
             .delete_lease(&self.key, revision)
+            .await
+            .map_err(ClusterError::from)?;
+        self.inner
+            .store
+            .delete_checkpoint(&self.key)
             .await
             .map_err(ClusterError::from)
     }
