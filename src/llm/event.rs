@@ -109,6 +109,17 @@ pub enum StreamEvent {
     /// this stream — it failed, missed a deadline, finished empty, was skipped
     /// (circuit open) or lost a hedge race — with the usage of its request.
     ProviderFailed(ProviderFailure),
+    /// Another request of this stream is about to be sent (the first one is
+    /// not announced): a chain's fallback, hedge or continuation. It is
+    /// yielded before the request goes out, so a consumer that drops the
+    /// stream on seeing it sends nothing, and one that goes on can account
+    /// for the request's cost even if it never reports usage (a cut while a
+    /// hedge races). Every announced request later settles with a
+    /// `ProviderFailed` (its usage) or the stream's `Usage`.
+    RequestStarted {
+        /// Position of the provider in the chain (0 is the primary).
+        index: usize,
+    },
 }
 
 /// Why a provider of a chain serves a stream.

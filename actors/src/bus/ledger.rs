@@ -282,8 +282,13 @@ impl Ledger {
                 }
             }
             EventKind::ProviderFailed(failure) => {
-                if let (Some(round), Some(u)) = (record.rounds.last_mut(), failure.usage) {
-                    round.dropped.push(u);
+                if let Some(round) = record.rounds.last_mut() {
+                    if let Some(u) = failure.usage {
+                        round.dropped.push(u);
+                    }
+                    // What the next request produces starts here (a
+                    // continuation's prefix was the failed request's).
+                    round.serving_from_chars = round.text.chars().count();
                 }
             }
             EventKind::ToolResult(out) => {

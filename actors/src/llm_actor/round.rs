@@ -127,6 +127,14 @@ pub(crate) async fn run_round(
                 }
                 continue;
             }
+            Ok(StreamEvent::RequestStarted { index }) => {
+                // Accounted before it is sent; a cut turn sends nothing more.
+                if !bus.lock().request_sent(turn) {
+                    return;
+                }
+                tracing::debug!(provider = index, round, "another request for the round");
+                continue;
+            }
             Ok(StreamEvent::Finished(summary)) => {
                 out.finish = summary.reason;
                 bus.lock().complete_round(turn);

@@ -347,6 +347,11 @@ impl ChainDriver {
             .client
             .attempt(prepared, NO_RETRY, self.request.structured.clone());
         metrics::counter!("colloquy_llm_requests_total").increment(1);
+        if self.requests > 0 {
+            // Yielded before the attempt is first polled (queued events go
+            // out first), so it is announced before it is sent.
+            self.out.push_back(StreamEvent::RequestStarted { index });
+        }
         self.requests += 1;
         self.racing.push(Attempt {
             index,
