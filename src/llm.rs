@@ -38,13 +38,13 @@ pub use chain::{
 };
 pub use client::ChatClient;
 pub use config::{
-    AzureAuth, AzureConfig, AzureSettings, ClientConfig, DEFAULT_AZURE_API_VERSION, OpenAiConfig,
-    Provider, RetryPolicy,
+    AzureAuth, AzureConfig, AzureSettings, ClientConfig, DEFAULT_AZURE_API_VERSION,
+    DEFAULT_FIRST_OUTPUT_TIMEOUT, DEFAULT_OUTPUT_GAP_TIMEOUT, OpenAiConfig, Provider, RetryPolicy,
 };
 pub use error::{ConfigError, LlmError, ProviderError};
 pub use event::{
-    FailureReason, FinishReason, ProviderChoice, ProviderFailure, SelectionReason, StreamEvent,
-    StreamSummary, ToolCall,
+    FailureReason, FinishReason, ProviderChoice, ProviderFailure, Retrying, SelectionReason,
+    StreamEvent, StreamSummary, ToolCall,
 };
 pub use options::{LlmOptions, ReasoningEffort, Verbosity};
 pub use request::{ChatRequest, build_body};

@@ -7,13 +7,16 @@
 //!   usage that arrived in the same chunk is delivered first.
 //! - A 200 that is one JSON completion instead of an event stream is delivered as
 //!   events, not dropped.
-//! - Retries happen only before the first output event and before any event
-//!   the caller cannot take back (usage included), so nothing is repeated or
-//!   counted twice.
+//! - Retries happen only before the first output event, so nothing is
+//!   repeated. Usage is held until its request ends: the answer's request
+//!   reports it as [`StreamEvent::Usage`] right before `Finished` (or before
+//!   the error that ends the stream), a request that is retried reports it in
+//!   its [`StreamEvent::Retrying`]; each request's usage is delivered once.
 //! - The read gap runs on the body's bytes: any bytes, SSE comments included,
 //!   prove the connection alive. The first-token and output-gap deadlines run
-//!   on useful output (text, reasoning, refusal, tool calls): comments, empty
-//!   chunks, metadata and usage do not satisfy them.
+//!   on the model's progress (text, reasoning, refusal, tool-call deltas):
+//!   comments, role-only or empty chunks, metadata and usage do not satisfy
+//!   them.
 //!
 //! The stream is a `futures::stream::unfold` over a driver that owns the HTTP
 //! response: no task, no channel, and dropping the stream closes the connection.
@@ -21,17 +24,18 @@
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use eventsource_stream::{EventStream, EventStreamError, Eventsource};
 use futures_util::{Stream, StreamExt};
+use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::chunk::{WireChunk, WireContent, WireDelta, split_parts};
 use super::client::{Connected, Connector};
 use super::error::{LlmError, parse_provider_error};
-use super::event::{FinishReason, StreamEvent, StreamSummary, ToolCall};
+use super::event::{FinishReason, Retrying, StreamEvent, StreamSummary, ToolCall};
 use super::read_gap::ReadGap;
 use super::structured::{JsonFieldStreamer, StructuredOutput};
 use super::tool_call_assembler::ToolCallAssembler;
@@ -166,8 +170,12 @@ struct ChunkState {
     finish: Option<FinishReason>,
     saw_done: bool,
     emitted_output: bool,
-    /// Useful outputs parsed so far (the output-gap deadline watches it).
-    outputs: u64,
+    /// Pieces of the model's output parsed so far, published or not (a
+    /// tool-call delta, structured text before its spoken field): what the
+    /// first-output and output-gap deadlines watch.
+    progress: u64,
+    /// The request's usage, held until the request ends (the last report wins).
+    usage: Option<Usage>,
     metadata_sent: bool,
     request_id: Option<String>,
     scratch: Vec<ToolCall>,
@@ -181,7 +189,8 @@ impl ChunkState {
             finish: None,
             saw_done: false,
             emitted_output: false,
-            outputs: 0,
+            progress: 0,
+            usage: None,
             metadata_sent: false,
             request_id: None,
             scratch: Vec::new(),
@@ -192,18 +201,17 @@ impl ChunkState {
         if text.is_empty() {
             return;
         }
+        self.progress += 1;
         match &mut self.structured {
             Some(s) => {
                 let spoken = s.push(text);
                 if !spoken.is_empty() {
                     self.emitted_output = true;
-                    self.outputs += 1;
                     out.push_back(StreamEvent::Token(spoken));
                 }
             }
             None => {
                 self.emitted_output = true;
-                self.outputs += 1;
                 out.push_back(StreamEvent::Token(text.to_string()));
             }
         }
@@ -217,7 +225,7 @@ impl ChunkState {
     ) {
         if let Some(t) = text.filter(|t| !t.is_empty()) {
             self.emitted_output = true;
-            self.outputs += 1;
+            self.progress += 1;
             out.push_back(make(t.to_string()));
         }
     }
@@ -249,6 +257,9 @@ impl ChunkState {
                     Some(f) => (f.name.as_deref(), f.arguments.as_deref()),
                     None => (None, None),
                 };
+                if name.is_some_and(|n| !n.is_empty()) || args.is_some_and(|a| !a.is_empty()) {
+                    self.progress += 1;
+                }
                 let index = call.index.unwrap_or(pos as u32);
                 self.assembler
                     .push(index, call.id.as_deref(), name, args, &mut self.scratch)?;
@@ -261,19 +272,15 @@ impl ChunkState {
     fn flush_calls(&mut self, out: &mut VecDeque<StreamEvent>) {
         for call in self.scratch.drain(..) {
             self.emitted_output = true;
-            self.outputs += 1;
             out.push_back(StreamEvent::ToolCall(call));
         }
     }
 
-    fn usage(
-        &mut self,
-        value: Option<&serde_json::Value>,
-        out: &mut VecDeque<StreamEvent>,
-    ) -> bool {
+    /// Holds the usage of `value`, if it is one.
+    fn usage(&mut self, value: Option<&serde_json::Value>) -> bool {
         match value.and_then(Usage::from_json) {
             Some(u) => {
-                out.push_back(StreamEvent::Usage(u));
+                self.usage = Some(u);
                 true
             }
             None => false,
@@ -308,9 +315,9 @@ impl ChunkState {
                 .map(str::to_string);
             out.push_back(StreamEvent::Metadata { request_id, model });
         }
-        let mut got_usage = self.usage(chunk.usage.as_ref(), out);
+        let mut got_usage = self.usage(chunk.usage.as_ref());
         if !got_usage {
-            got_usage = self.usage(chunk.x_groq.as_ref().and_then(|x| x.usage.as_ref()), out);
+            got_usage = self.usage(chunk.x_groq.as_ref().and_then(|x| x.usage.as_ref()));
         }
         for choice in chunk.choices.into_iter().flatten() {
             if choice.index.unwrap_or(0) != 0 {
@@ -320,7 +327,7 @@ impl ChunkState {
                 self.delta(delta, out)?;
             }
             if !got_usage {
-                got_usage = self.usage(choice.usage.as_ref(), out);
+                got_usage = self.usage(choice.usage.as_ref());
             }
             if let Some(reason) = choice.finish_reason.as_deref().filter(|r| !r.is_empty())
                 && self.finish.is_none()
@@ -352,6 +359,9 @@ impl ChunkState {
                     )));
                 }
             }
+        }
+        if let Some(u) = self.usage.take() {
+            out.push_back(StreamEvent::Usage(u));
         }
         out.push_back(StreamEvent::Finished(StreamSummary {
             reason: self.finish.clone(),
@@ -395,17 +405,27 @@ pub(crate) struct Driver {
     error: Option<LlmError>,
     attempts: u32,
     attempt_started: Instant,
+    /// The backoff to wait before the next request (set by a retry).
+    backoff: Option<Duration>,
     first_output_recorded: bool,
-    /// Start of the current output gap: when the consumer came back for more
-    /// after the last useful output it was given.
+    /// Start of the current output gap: the first wait after the model's
+    /// last progress (for published output: when the consumer came back for
+    /// more, so a slow consumer does not look like a slow model).
     gap_anchor: Instant,
-    /// A useful output was yielded: the next wait starts a new gap.
-    rearm_gap: bool,
-    /// An event the caller cannot take back (anything but metadata, usage
-    /// included) was yielded: no retry may follow.
+    /// `state.progress` when the gap was last anchored.
+    gap_progress: u64,
+    /// An output event was yielded: no retry may follow.
     committed: bool,
     /// One span per HTTP attempt, with the provider's request id once known.
     span: tracing::Span,
+}
+
+/// What [`Driver::fail`] decided.
+enum Failure {
+    /// End the stream with this error.
+    Fail(LlmError),
+    /// Send the request again after this delay.
+    Retry(LlmError, Duration),
 }
 
 impl Driver {
@@ -425,22 +445,23 @@ impl Driver {
             error: None,
             attempts: 0,
             attempt_started: Instant::now(),
+            backoff: None,
             first_output_recorded: false,
             gap_anchor: Instant::now(),
-            rearm_gap: false,
+            gap_progress: 0,
             committed: false,
             span: tracing::Span::none(),
         }
     }
 
     /// The output deadline of the next wait: the first-token deadline while
-    /// no output has arrived, then the output-gap deadline, each with the
+    /// the model made no progress, then the output-gap deadline, each with the
     /// error it raises and the time left. The read gap is not here: it runs on
     /// the body's bytes ([`ReadGap`]), so SSE comments keep a stream alive but
     /// never count as output.
     fn output_deadline(&mut self) -> Option<(LlmError, Duration)> {
         let connector = self.connector.as_ref()?;
-        if !self.state.emitted_output {
+        if self.state.progress == 0 {
             let deadline = connector.first_token_timeout()?;
             return Some((
                 LlmError::FirstTokenTimeout(deadline),
@@ -448,7 +469,8 @@ impl Driver {
             ));
         }
         let gap = connector.output_gap_timeout()?;
-        if std::mem::take(&mut self.rearm_gap) {
+        if self.gap_progress != self.state.progress {
+            self.gap_progress = self.state.progress;
             self.gap_anchor = Instant::now();
         }
         Some((
@@ -457,41 +479,33 @@ impl Driver {
         ))
     }
 
-    /// Decides between retrying and failing; returns the error to yield if failing.
-    async fn fail(&mut self, error: LlmError, emitted_output: bool) -> Option<LlmError> {
+    /// Decides between retrying and failing.
+    fn fail(&mut self, error: LlmError) -> Failure {
         let Some(connector) = &self.connector else {
-            return Some(error);
+            return Failure::Fail(error);
         };
         let policy = connector.retry_policy();
         let retries_done = self.attempts.saturating_sub(1);
-        if emitted_output
+        if self.state.emitted_output
             || self.committed
             || !error.is_retryable()
             || retries_done >= policy.max_retries
         {
             metrics::counter!("colloquy_llm_errors_total", "kind" => error.kind()).increment(1);
-            return Some(error);
+            return Failure::Fail(error);
         }
         let delay = policy.delay(retries_done, error.retry_after());
         tracing::warn!(error = %error, attempt = self.attempts, ?delay, "retrying chat request before first token");
         metrics::counter!("colloquy_llm_retries_total").increment(1);
-        self.phase = Phase::Connect;
-        tokio::time::sleep(delay).await;
-        None
+        Failure::Retry(error, delay)
     }
 
     pub(crate) async fn next_event(&mut self) -> Option<Result<StreamEvent, LlmError>> {
         loop {
             if let Some(ev) = self.pending.pop_front() {
-                // A retry sends new metadata; everything else would be repeated.
-                self.committed |= !matches!(ev, StreamEvent::Metadata { .. });
-                self.rearm_gap |= matches!(
-                    ev,
-                    StreamEvent::Token(_)
-                        | StreamEvent::Reasoning(_)
-                        | StreamEvent::Refusal(_)
-                        | StreamEvent::ToolCall(_)
-                );
+                // Metadata and retry notices are per request: a retry may follow.
+                self.committed |=
+                    !matches!(ev, StreamEvent::Metadata { .. } | StreamEvent::Retrying(_));
                 if !self.first_output_recorded
                     && self.state.emitted_output
                     && self.connector.is_some()
@@ -512,14 +526,28 @@ impl Driver {
                 Phase::Body(_) => self.read().instrument(span).await,
             };
             if let Err(error) = result {
-                let emitted = self.state.emitted_output;
-                match self.fail(error, emitted).await {
-                    // Events that arrived with the error (usage) are delivered first.
-                    Some(error) => {
+                match self.fail(error) {
+                    // Events that arrived with the error, and the request's
+                    // usage, are delivered first.
+                    Failure::Fail(error) => {
+                        if let Some(u) = self.state.usage.take() {
+                            self.pending.push_back(StreamEvent::Usage(u));
+                        }
                         self.phase = Phase::Done;
                         self.error = Some(error);
                     }
-                    None => self.pending.clear(),
+                    Failure::Retry(error, delay) => {
+                        self.pending.clear();
+                        self.pending.push_back(StreamEvent::Retrying(Retrying {
+                            attempt: self.attempts,
+                            kind: error.kind(),
+                            message: error.to_string(),
+                            delay,
+                            usage: self.state.usage.take(),
+                        }));
+                        self.backoff = Some(delay);
+                        self.phase = Phase::Connect;
+                    }
                 }
             }
         }
@@ -530,6 +558,9 @@ impl Driver {
             self.phase = Phase::Done;
             return Ok(());
         };
+        if let Some(delay) = self.backoff.take() {
+            tokio::time::sleep(delay).await;
+        }
         self.attempts += 1;
         self.attempt_started = Instant::now();
         self.span = tracing::debug_span!(
@@ -539,6 +570,7 @@ impl Driver {
             request_id = tracing::field::Empty
         );
         self.state = ChunkState::new(&self.limits, self.structured.as_deref());
+        self.gap_progress = 0;
         let send = connector.send();
         let connected = match connector.first_token_timeout() {
             Some(deadline) => tokio::time::timeout(deadline, send)
