@@ -618,3 +618,55 @@ async fn a_misordered_history_is_a_typed_error_not_a_request() {
     assert!(!err.is_retryable());
     assert!(server.requests().is_empty());
 }
+
+#[tokio::test]
+async fn requests_sent_counts_what_went_out() {
+    let server = MockServer::scripted(vec![
+        MockResponse::error(500, "busy"),
+        MockResponse::text(&["Hi"]),
+    ])
+    .await
+    .unwrap();
+    let mut cfg = fast_config();
+    cfg.retry.max_retries = 1;
+    let client = ChatClient::with_config(OpenAiConfig::compatible(server.base_url()), cfg).unwrap();
+    let (c, o) = (ctx(), LlmOptions::default());
+    // Cut before its first poll: nothing went out, so nothing to estimate.
+    let stream = client.stream(ChatRequest::new(&c, &o)).unwrap();
+    let sent = stream.requests_sent();
+    drop(stream);
+    assert_eq!(sent.count(), 0);
+    assert_eq!(server.requests().len(), 0);
+    // Polled to its end through one retry: two requests.
+    let mut stream = client.stream(ChatRequest::new(&c, &o)).unwrap();
+    let sent = stream.requests_sent();
+    while let Some(ev) = stream.next().await {
+        ev.unwrap();
+    }
+    drop(stream);
+    assert_eq!(sent.count(), 2);
+    assert_eq!(server.requests().len(), 2);
+}
+
+#[tokio::test]
+async fn requests_sent_counts_a_chains_fallbacks() {
+    use colloquy::llm::{ProviderChain, ProviderSpec};
+    let down = MockServer::start(|_| MockResponse::error(503, "down"))
+        .await
+        .unwrap();
+    let up = MockServer::start(|_| MockResponse::text(&["Hi"]))
+        .await
+        .unwrap();
+    let chain = ProviderChain::new(ProviderSpec::new(OpenAiConfig::compatible(down.base_url())))
+        .with_fallback(ProviderSpec::new(OpenAiConfig::compatible(up.base_url())))
+        .without_breaker();
+    let client = ChatClient::with_chain(chain).unwrap();
+    let (c, o) = (ctx(), LlmOptions::default());
+    let mut stream = client.stream(ChatRequest::new(&c, &o)).unwrap();
+    let sent = stream.requests_sent();
+    assert_eq!(sent.count(), 0);
+    while let Some(ev) = stream.next().await {
+        ev.unwrap();
+    }
+    assert_eq!(sent.count(), 2);
+}

@@ -2,12 +2,12 @@
 //!
 //! [`OpenAiConfig`] and [`AzureConfig`] carry the endpoint and credentials with
 //! the reference plugin's environment fallbacks; [`ClientConfig`] carries the
-//! transport policy (timeouts, retries, limits, pool) shared by both.
+//! transport policy (timeouts, retries, limits, pool) shared by both, and
+//! [`StreamLimits`] the size caps of one stream.
 
 use std::time::Duration;
 
 use super::error::ConfigError;
-use super::stream::StreamLimits;
 use crate::secret::Secret;
 
 /// The default Azure `api-version` when neither the caller nor
@@ -235,6 +235,27 @@ impl RetryPolicy {
             .initial_backoff
             .saturating_mul(1u32.checked_shl(retry).unwrap_or(u32::MAX));
         retry_after.unwrap_or(exp).min(self.max_backoff)
+    }
+}
+
+/// Size caps that keep one misbehaving stream from taking unbounded memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamLimits {
+    /// Bytes of one server-sent event (default 1 MiB).
+    pub max_event_bytes: usize,
+    /// Bytes of all tool-call arguments of one response (default 1 MiB).
+    pub max_tool_argument_bytes: usize,
+    /// Bytes of an error body or a non-streamed completion (default 4 MiB).
+    pub max_body_bytes: usize,
+}
+
+impl Default for StreamLimits {
+    fn default() -> Self {
+        Self {
+            max_event_bytes: 1 << 20,
+            max_tool_argument_bytes: 1 << 20,
+            max_body_bytes: 4 << 20,
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! What a chat stream yields.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use super::usage::Usage;
@@ -73,6 +74,31 @@ pub struct StreamSummary {
     pub saw_done: bool,
     /// HTTP attempts made (1 without retries).
     pub attempts: u32,
+}
+
+/// How many HTTP requests a [`ChatStream`](super::ChatStream) has sent,
+/// readable from anywhere: a clone stays valid after the stream moved into a
+/// task, was cut or dropped.
+///
+/// A request counts from the moment the client starts sending it (one whose
+/// connection is then refused included). Nothing is sent before the stream's
+/// first poll, so a stream dropped unpolled reports 0 — its request cost
+/// nothing and needs no usage estimate. A replayed body
+/// ([`ChatStream::from_sse_bytes`](super::ChatStream::from_sse_bytes))
+/// reports 0.
+#[derive(Debug, Clone, Default)]
+pub struct RequestsSent(Arc<AtomicU32>);
+
+impl RequestsSent {
+    /// Requests sent so far: retries and a chain's fallbacks and hedges each count.
+    pub fn count(&self) -> u32 {
+        self.0.load(Ordering::Acquire)
+    }
+
+    /// Counts one more request.
+    pub(crate) fn add(&self) {
+        self.0.fetch_add(1, Ordering::AcqRel);
+    }
 }
 
 /// A request that failed before any output and is sent again.
