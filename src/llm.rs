@@ -1,21 +1,29 @@
 //! Streaming chat completions from OpenAI, Azure OpenAI and compatible servers.
 //!
-//! The pipeline for one request, each stage in its own file:
+//! The pipeline for one request, each stage in its own file; every file
+//! imports only from the stages below it:
 //!
 //! ```text
-//! ChatRequest ──wire.rs (checked messages) + request.rs──▶ JSON body
-//!   JSON body ──client.rs──▶ POST (deadlines; retries before the first event)
-//!             (chain.rs: a request per provider of a chain — fallback, hedging,
-//!              circuit breakers, continuation — each one such a POST)
-//!   bytes ──read_gap.rs──▶ sse.rs (UTF-8 repair, per-event cap)
-//!         ──▶ eventsource-stream ──chunk.rs──▶ deltas
-//!   deltas ──tool_call_assembler.rs / usage.rs / structured.rs──▶ StreamEvent
+//! ChatRequest ──wire.rs (checked messages) + request.rs (typed body)──▶ JSON body
+//!   parse:     bytes ──read_gap.rs──▶ sse.rs (UTF-8 repair, per-event cap)
+//!                    ──▶ eventsource-stream ──chunk.rs──▶ deltas
+//!              deltas ──parse.rs (tool_call_assembler.rs / usage.rs /
+//!                        structured.rs)──▶ StreamEvent
+//!   transport: transport.rs: one provider's POST (pool, credentials, status,
+//!              deadlines up to the headers)
+//!   attempt:   attempt.rs: one request's events (parse + transport, deadlines
+//!              on useful output, retries before the first output)
+//!   chain:     chain.rs + chain/: an attempt per provider of a chain —
+//!              fallback, hedging, circuit breakers, continuation
+//!   client:    stream.rs (ChatStream, the public stream of any of them),
+//!              client.rs (ChatClient: one provider's attempt, or the chain)
 //! ```
 //!
 //! [`ChatStream`] is a plain `futures` stream: no task is spawned per request, so
 //! dropping it drops the response body and the connection closes at once — the
 //! property barge-in is built on.
 
+mod attempt;
 mod chain;
 mod chunk;
 mod client;
@@ -23,12 +31,14 @@ mod config;
 mod error;
 mod event;
 mod options;
+mod parse;
 mod read_gap;
 mod request;
 mod sse;
 mod stream;
 mod structured;
 mod tool_call_assembler;
+mod transport;
 mod usage;
 mod wire;
 
@@ -38,21 +48,22 @@ pub use chain::{
 };
 pub use client::ChatClient;
 pub use config::{
-    AzureAuth, AzureConfig, AzureSettings, ClientConfig, DEFAULT_AZURE_API_VERSION, OpenAiConfig,
-    Provider, RetryPolicy,
+    AzureAuth, AzureConfig, AzureSettings, ClientConfig, DEFAULT_AZURE_API_VERSION,
+    DEFAULT_FIRST_OUTPUT_TIMEOUT, DEFAULT_OUTPUT_GAP_TIMEOUT, OpenAiConfig, Provider, RetryPolicy,
+    StreamLimits,
 };
 pub use error::{ConfigError, LlmError, ProviderError};
 pub use event::{
-    FailureReason, FinishReason, ProviderChoice, ProviderFailure, SelectionReason, StreamEvent,
-    StreamSummary, ToolCall,
+    FailureReason, FinishReason, ProviderChoice, ProviderFailure, RequestsSent, Retrying,
+    SelectionReason, StreamEvent, StreamSummary, ToolCall,
 };
 pub use options::{LlmOptions, ReasoningEffort, Verbosity};
 pub use request::{ChatRequest, build_body};
-pub use stream::{ChatStream, StreamLimits};
+pub use stream::ChatStream;
 pub use structured::{JsonFieldStreamer, StructuredOutput};
 pub use tool_call_assembler::ToolCallAssembler;
 pub use usage::Usage;
 pub use wire::{HistoryError, WireMessage, WireToolCall};
 
 #[doc(hidden)]
-pub use sse::bench_support;
+pub use stream::bench_support;

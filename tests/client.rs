@@ -8,8 +8,8 @@ use colloquy::Secret;
 use colloquy::context::{ChatContext, ChatMessage, Role};
 use colloquy::llm::{
     AzureConfig, AzureSettings, ChatClient, ChatRequest, ClientConfig, LlmError, LlmOptions,
-    OpenAiConfig, ReasoningEffort, RetryPolicy, StreamEvent, StreamLimits, StructuredOutput,
-    Verbosity,
+    OpenAiConfig, ReasoningEffort, RetryPolicy, Retrying, StreamEvent, StreamLimits,
+    StructuredOutput, Usage, Verbosity,
 };
 use colloquy::mock::{MockResponse, MockServer, sse_chunk};
 use colloquy::tools::{ToolChoice, ToolDefinition};
@@ -274,9 +274,10 @@ async fn never_retries_after_text_was_delivered() {
 }
 
 #[tokio::test]
-async fn never_retries_after_usage_was_delivered() {
-    // The first attempt delivers usage only, then drops: a retry would report
-    // the usage of one answer twice.
+async fn retries_a_stream_that_delivered_only_usage_and_reports_each_usage_once() {
+    // The first request reports usage only, then drops: nothing was said, so
+    // it is retried; its usage is reported once, as its own, and the answer's
+    // request reports its own usage.
     let usage_only = format!(
         "data: {}\n\n",
         json!({"id": "chatcmpl-1", "model": "m", "choices": [],
@@ -292,17 +293,75 @@ async fn never_retries_after_usage_was_delivered() {
     cfg.retry.max_retries = 2;
     let client = ChatClient::with_config(OpenAiConfig::compatible(server.base_url()), cfg).unwrap();
     let (events, err) = collect(&client, &LlmOptions::default()).await;
-    let usages = events
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!(server.requests().len(), 2, "retried although usage arrived");
+    assert_eq!(text_of(&events), "Hello");
+    // Attempt 1's usage, once, on its retry notice; attempt 2's (the answer's,
+    // numbered by the summary) once, right before `Finished`.
+    let retries: Vec<&Retrying> = events
         .iter()
-        .filter(|e| matches!(e, StreamEvent::Usage(_)))
-        .count();
-    assert_eq!(usages, 1, "{events:?}");
-    assert!(matches!(err, Some(LlmError::Incomplete)), "{err:?}");
-    assert_eq!(
-        server.requests().len(),
-        1,
-        "no retry once usage was yielded"
+        .filter_map(|e| match e {
+            StreamEvent::Retrying(r) => Some(r),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(retries.len(), 1, "{events:?}");
+    assert_eq!(retries[0].attempt, 1);
+    assert_eq!(retries[0].kind, "incomplete");
+    assert_eq!(retries[0].usage.map(|u| u.prompt_tokens), Some(10));
+    let usages: Vec<&Usage> = events
+        .iter()
+        .filter_map(|e| match e {
+            StreamEvent::Usage(u) => Some(u),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(usages.len(), 1, "{events:?}");
+    assert_eq!(usages[0].completion_tokens, 1, "the answer's own usage");
+    let n = events.len();
+    assert!(matches!(events[n - 2], StreamEvent::Usage(_)), "{events:?}");
+    assert!(
+        matches!(&events[n - 1], StreamEvent::Finished(s) if s.attempts == 2),
+        "{events:?}"
     );
+    // Each request's metadata, the retry notice between them.
+    let kinds: Vec<&str> = events
+        .iter()
+        .filter_map(|e| match e {
+            StreamEvent::Metadata { .. } => Some("metadata"),
+            StreamEvent::Retrying(_) => Some("retrying"),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(kinds, ["metadata", "retrying", "metadata"]);
+}
+
+#[tokio::test]
+async fn usage_of_a_request_that_fails_for_good_comes_before_its_error() {
+    let usage_only = format!(
+        "data: {}\n\n",
+        json!({"id": "chatcmpl-1", "model": "m", "choices": [],
+               "usage": {"prompt_tokens": 10, "completion_tokens": 0, "total_tokens": 10}})
+    );
+    let server = MockServer::start(move |_| MockResponse::event_stream().event(&usage_only))
+        .await
+        .unwrap();
+    let mut cfg = fast_config();
+    cfg.retry.max_retries = 1;
+    let client = ChatClient::with_config(OpenAiConfig::compatible(server.base_url()), cfg).unwrap();
+    let (events, err) = collect(&client, &LlmOptions::default()).await;
+    assert!(matches!(err, Some(LlmError::Incomplete)), "{err:?}");
+    assert_eq!(server.requests().len(), 2);
+    let usage_events: Vec<(u32, u64)> = events
+        .iter()
+        .filter_map(|e| match e {
+            StreamEvent::Retrying(r) => r.usage.map(|u| (r.attempt, u.prompt_tokens)),
+            StreamEvent::Usage(u) => Some((2, u.prompt_tokens)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(usage_events, vec![(1, 10), (2, 10)], "{events:?}");
+    assert!(matches!(events.last(), Some(StreamEvent::Usage(_))));
 }
 
 #[tokio::test]
@@ -558,4 +617,56 @@ async fn a_misordered_history_is_a_typed_error_not_a_request() {
     assert_eq!(err.kind(), "invalid_history", "{err:?}");
     assert!(!err.is_retryable());
     assert!(server.requests().is_empty());
+}
+
+#[tokio::test]
+async fn requests_sent_counts_what_went_out() {
+    let server = MockServer::scripted(vec![
+        MockResponse::error(500, "busy"),
+        MockResponse::text(&["Hi"]),
+    ])
+    .await
+    .unwrap();
+    let mut cfg = fast_config();
+    cfg.retry.max_retries = 1;
+    let client = ChatClient::with_config(OpenAiConfig::compatible(server.base_url()), cfg).unwrap();
+    let (c, o) = (ctx(), LlmOptions::default());
+    // Cut before its first poll: nothing went out, so nothing to estimate.
+    let stream = client.stream(ChatRequest::new(&c, &o)).unwrap();
+    let sent = stream.requests_sent();
+    drop(stream);
+    assert_eq!(sent.count(), 0);
+    assert_eq!(server.requests().len(), 0);
+    // Polled to its end through one retry: two requests.
+    let mut stream = client.stream(ChatRequest::new(&c, &o)).unwrap();
+    let sent = stream.requests_sent();
+    while let Some(ev) = stream.next().await {
+        ev.unwrap();
+    }
+    drop(stream);
+    assert_eq!(sent.count(), 2);
+    assert_eq!(server.requests().len(), 2);
+}
+
+#[tokio::test]
+async fn requests_sent_counts_a_chains_fallbacks() {
+    use colloquy::llm::{ProviderChain, ProviderSpec};
+    let down = MockServer::start(|_| MockResponse::error(503, "down"))
+        .await
+        .unwrap();
+    let up = MockServer::start(|_| MockResponse::text(&["Hi"]))
+        .await
+        .unwrap();
+    let chain = ProviderChain::new(ProviderSpec::new(OpenAiConfig::compatible(down.base_url())))
+        .with_fallback(ProviderSpec::new(OpenAiConfig::compatible(up.base_url())))
+        .without_breaker();
+    let client = ChatClient::with_chain(chain).unwrap();
+    let (c, o) = (ctx(), LlmOptions::default());
+    let mut stream = client.stream(ChatRequest::new(&c, &o)).unwrap();
+    let sent = stream.requests_sent();
+    assert_eq!(sent.count(), 0);
+    while let Some(ev) = stream.next().await {
+        ev.unwrap();
+    }
+    assert_eq!(sent.count(), 2);
 }

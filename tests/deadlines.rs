@@ -304,3 +304,116 @@ async fn silence_after_the_finish_reason_is_a_normal_end() {
         other => panic!("last event {other:?}"),
     }
 }
+
+// The shipped defaults, on a real connection under a paused clock: the mock
+// server runs on the test's runtime, so its keep-alive timer and the client's
+// deadlines share one virtual clock and the test takes milliseconds, not the
+// deadline's seconds. (A paused clock only advances when every task waits, so
+// it never runs ahead of bytes already on the socket.)
+
+fn tool_call_delta(id: Option<&str>, name: Option<&str>, arguments: &str) -> String {
+    let mut call = json!({"index": 0, "function": {"arguments": arguments}});
+    if let Some(id) = id {
+        call["id"] = json!(id);
+        call["type"] = json!("function");
+    }
+    if let Some(name) = name {
+        call["function"]["name"] = json!(name);
+    }
+    sse_chunk(json!({"tool_calls": [call]}), None)
+}
+
+#[tokio::test(start_paused = true)]
+async fn keep_alive_only_stream_ends_with_the_default_first_output_deadline() {
+    let server = MockServer::start(|_| {
+        MockResponse::event_stream()
+            .event(&sse_chunk(
+                json!({"role": "assistant", "content": ""}),
+                None,
+            ))
+            .stall_with_keep_alives(Duration::from_millis(500))
+    })
+    .await
+    .unwrap();
+    let client = ChatClient::new(OpenAiConfig::compatible(server.base_url())).unwrap();
+    let deadline = ClientConfig::default()
+        .first_token_timeout
+        .expect("the shipped config bounds the first useful output");
+    let started = tokio::time::Instant::now();
+    let (events, err) = collect(&client).await;
+    assert!(
+        matches!(err, Some(LlmError::FirstTokenTimeout(d)) if d == deadline),
+        "{err:?}"
+    );
+    assert_eq!(text_of(&events), "");
+    let waited = started.elapsed();
+    assert!(
+        waited >= deadline && waited < deadline + Duration::from_secs(1),
+        "{waited:?}"
+    );
+    assert_eq!(
+        server.requests().len(),
+        1,
+        "the shipped config does not retry"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn keep_alives_after_a_token_end_with_the_default_output_gap() {
+    let server = MockServer::start(|_| {
+        MockResponse::event_stream()
+            .event(&sse_chunk(json!({"role": "assistant"}), None))
+            .event(&sse_chunk(json!({"content": "Let me check"}), None))
+            .stall_with_keep_alives(Duration::from_millis(500))
+    })
+    .await
+    .unwrap();
+    let client = ChatClient::new(OpenAiConfig::compatible(server.base_url())).unwrap();
+    let gap = ClientConfig::default()
+        .output_gap_timeout
+        .expect("the shipped config bounds the gap between useful outputs");
+    let (events, err) = collect(&client).await;
+    assert!(
+        matches!(err, Some(LlmError::OutputGapTimeout(d)) if d == gap),
+        "{err:?}"
+    );
+    assert_eq!(text_of(&events), "Let me check");
+}
+
+#[tokio::test]
+async fn tool_call_deltas_count_as_useful_output() {
+    // A call whose arguments stream for 700 ms, a delta every 100 ms: each
+    // delta is the model at work, so neither a 400 ms first-output deadline
+    // nor a 400 ms gap ends it, although no event is published before the
+    // call closes.
+    let server = MockServer::start(|_| {
+        let mut r = MockResponse::event_stream()
+            .event(&sse_chunk(json!({"role": "assistant"}), None))
+            .delay(Duration::from_millis(100))
+            .event(&tool_call_delta(Some("call_1"), Some("write_note"), ""));
+        for piece in ["{\"text\":", "\"a", " long", " note", "\"}"] {
+            r = r
+                .delay(Duration::from_millis(100))
+                .event(&tool_call_delta(None, None, piece));
+        }
+        r.finish("tool_calls", 5, 9)
+    })
+    .await
+    .unwrap();
+    let cfg = ClientConfig {
+        first_token_timeout: Some(Duration::from_millis(400)),
+        output_gap_timeout: Some(Duration::from_millis(400)),
+        ..config()
+    };
+    let client = ChatClient::with_config(OpenAiConfig::compatible(server.base_url()), cfg).unwrap();
+    let (events, err) = collect(&client).await;
+    assert!(err.is_none(), "{err:?}");
+    let call = events.iter().find_map(|e| match e {
+        StreamEvent::ToolCall(c) => Some(c),
+        _ => None,
+    });
+    assert_eq!(
+        call.map(|c| c.arguments.as_str()),
+        Some("{\"text\":\"a long note\"}")
+    );
+}

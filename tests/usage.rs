@@ -194,3 +194,57 @@ async fn a_missed_speculation_that_fell_back_reports_every_request() {
     );
     sup.shutdown().await;
 }
+
+/// Defect 7, through a session: a request that delivered only usage and then
+/// broke is retried (the user gets an answer), and each request's usage is
+/// on the bus once: the broken one's, then the answer's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_sent_only_usage_then_broke_is_retried_and_both_usages_reported() {
+    use colloquy::llm::{ClientConfig, RetryPolicy};
+    let usage_only = format!(
+        "data: {}\n\n",
+        json!({"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m",
+               "choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 0, "total_tokens": 7}})
+    );
+    let server = MockServer::scripted(vec![
+        MockResponse::event_stream().event(&usage_only).hang_up(),
+        MockResponse::text(&["Fine", " thanks."]),
+    ])
+    .await
+    .unwrap();
+    let config = ClientConfig {
+        retry: RetryPolicy {
+            max_retries: 1,
+            initial_backoff: Duration::ZERO,
+            max_backoff: Duration::ZERO,
+        },
+        ..ClientConfig::default()
+    };
+    let client =
+        ChatClient::with_config(OpenAiConfig::compatible(server.base_url()), config).unwrap();
+    let sup = Supervisor::start(SupervisorConfig::default())
+        .await
+        .unwrap();
+    let session = sup
+        .start_session(
+            "retry",
+            SessionConfig::new(client, AgentSettings::new(LlmOptions::new("m"))),
+        )
+        .await
+        .unwrap();
+    let mut rx = session.subscribe();
+    session.send_text("How are you?").unwrap();
+    let turn = next_matching(&mut rx, |e| e.kind == EventKind::TurnStarted)
+        .await
+        .turn;
+    let events = turn_events(&mut rx, turn).await;
+    assert_eq!(
+        events.last().unwrap().kind,
+        EventKind::TurnFinished(TurnEnd::Stop),
+        "{events:?}"
+    );
+    let prompts: Vec<u64> = usages(&events).iter().map(|u| u.prompt_tokens).collect();
+    assert_eq!(prompts, [7, 10], "each request's usage once: {events:?}");
+    assert_eq!(server.requests().len(), 2);
+    sup.shutdown().await;
+}

@@ -2,12 +2,12 @@
 //!
 //! [`OpenAiConfig`] and [`AzureConfig`] carry the endpoint and credentials with
 //! the reference plugin's environment fallbacks; [`ClientConfig`] carries the
-//! transport policy (timeouts, retries, limits, pool) shared by both.
+//! transport policy (timeouts, retries, limits, pool) shared by both, and
+//! [`StreamLimits`] the size caps of one stream.
 
 use std::time::Duration;
 
 use super::error::ConfigError;
-use super::stream::StreamLimits;
 use crate::secret::Secret;
 
 /// The default Azure `api-version` when neither the caller nor
@@ -204,7 +204,10 @@ impl From<AzureConfig> for Provider {
 /// Retries with exponential backoff, only before the first token.
 ///
 /// A retry after text was delivered would repeat words the user already heard,
-/// so the client never retries once any output event, or usage, has been yielded.
+/// so the client never retries once any output event has been yielded. A
+/// failed request's usage (a usage chunk, then a broken body) does not stop a
+/// retry: it is reported once, in that request's
+/// [`StreamEvent::Retrying`](super::StreamEvent::Retrying).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
     /// Retries after the first attempt (the reference's default is 0).
@@ -235,6 +238,35 @@ impl RetryPolicy {
     }
 }
 
+/// Size caps that keep one misbehaving stream from taking unbounded memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamLimits {
+    /// Bytes of one server-sent event (default 1 MiB).
+    pub max_event_bytes: usize,
+    /// Bytes of all tool-call arguments of one response (default 1 MiB).
+    pub max_tool_argument_bytes: usize,
+    /// Bytes of an error body or a non-streamed completion (default 4 MiB).
+    pub max_body_bytes: usize,
+}
+
+impl Default for StreamLimits {
+    fn default() -> Self {
+        Self {
+            max_event_bytes: 1 << 20,
+            max_tool_argument_bytes: 1 << 20,
+            max_body_bytes: 4 << 20,
+        }
+    }
+}
+
+/// The shipped deadline on the first useful output (see
+/// [`ClientConfig::first_token_timeout`]).
+pub const DEFAULT_FIRST_OUTPUT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The shipped deadline on the gap between useful outputs (see
+/// [`ClientConfig::output_gap_timeout`]).
+pub const DEFAULT_OUTPUT_GAP_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Transport policy of a [`ChatClient`](super::ChatClient).
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
@@ -253,19 +285,40 @@ pub struct ClientConfig {
     /// completion, counted from the response headers (default 60 s). A body that
     /// trickles forever fails with
     /// [`LlmError::BodyTimeout`](super::LlmError::BodyTimeout). Event streams have
-    /// no total deadline: they are bounded by the read gap and the first-token
-    /// deadline.
+    /// no total deadline: the first-output and output-gap deadlines bound
+    /// them, since keep-alives reset the read gap.
     pub body_timeout: Duration,
-    /// Deadline from sending the request to the first output (text, reasoning,
-    /// refusal or tool call; keep-alive comments, metadata and usage do not
-    /// count); `None` waits as long as the read gap allows.
+    /// Deadline from sending the request to the model's first useful output:
+    /// text, reasoning, refusal or a tool-call delta (a name or argument
+    /// fragment, before the call is complete). Keep-alive comments, role-only
+    /// or empty chunks, metadata and usage do not count. Fails with
+    /// [`LlmError::FirstTokenTimeout`](super::LlmError::FirstTokenTimeout)
+    /// (retryable; in a chain, the next provider takes over).
+    ///
+    /// Default **10 s**. A voice caller hears dead air for as long as this
+    /// waits, and a fallback provider only gets its chance once it fires, so
+    /// it must be short; but not so short that it cuts healthy requests: a
+    /// fast model's first token takes under 1 s, a long prompt's prefill or a
+    /// loaded provider a few seconds, and reasoning models that stream their
+    /// reasoning count it as output. 10 s is several times a slow healthy
+    /// first token and still leaves a fallback time to answer while the
+    /// caller is on the line. Models that think silently for longer (hidden
+    /// reasoning at high effort) need a larger value; `None` waits as long as
+    /// the read gap allows, which keep-alives make forever.
     pub first_token_timeout: Option<Duration>,
-    /// Deadline on the gap between two useful outputs once the first one
-    /// arrived (text, reasoning, refusal or tool call; keep-alive comments,
-    /// empty chunks and usage do not reset it); `None` leaves gaps to the read
-    /// gap. A stream that already received its finish reason ends normally
-    /// instead. Fails with
+    /// Deadline on the gap between two pieces of useful output once the first
+    /// one arrived (text, reasoning, refusal or a tool-call delta; keep-alive
+    /// comments, empty chunks and usage do not reset it). A stream that
+    /// already received its finish reason ends normally instead. Fails with
     /// [`LlmError::OutputGapTimeout`](super::LlmError::OutputGapTimeout).
+    ///
+    /// Default **5 s**. Healthy streams send pieces tens of milliseconds
+    /// apart and pause a second or two at most; a pause mid-answer is heard
+    /// as dead air once text-to-speech has spoken what it had, so it is
+    /// bounded tighter than the first output (prefill is over; nothing
+    /// legitimate takes seconds between pieces), leaving a chain time to
+    /// continue the reply elsewhere. `None` leaves gaps to the read gap,
+    /// which keep-alives reset.
     pub output_gap_timeout: Option<Duration>,
     /// Retry policy. In a [`ProviderChain`](super::ProviderChain) it is not
     /// used: the next provider is the retry, at once.
@@ -277,14 +330,19 @@ pub struct ClientConfig {
 }
 
 impl Default for ClientConfig {
+    /// Connect 15 s, response headers 30 s, read gap 30 s, whole body 60 s,
+    /// first useful output 10 s, gap between useful outputs 5 s (see each
+    /// field for why), no retries, default limits, 256 idle connections per
+    /// host. Every wait is finite: a provider that sends keep-alives and
+    /// nothing else ends in a typed timeout, not a held turn.
     fn default() -> Self {
         Self {
             connect_timeout: Duration::from_secs(15),
             response_timeout: Duration::from_secs(30),
             read_gap_timeout: Duration::from_secs(30),
             body_timeout: Duration::from_secs(60),
-            first_token_timeout: None,
-            output_gap_timeout: None,
+            first_token_timeout: Some(DEFAULT_FIRST_OUTPUT_TIMEOUT),
+            output_gap_timeout: Some(DEFAULT_OUTPUT_GAP_TIMEOUT),
             retry: RetryPolicy::default(),
             limits: StreamLimits::default(),
             pool_max_idle_per_host: 256,
@@ -330,6 +388,13 @@ mod tests {
         }
         assert_eq!(c.response_timeout, Duration::from_secs(30));
         assert_eq!(c.body_timeout, Duration::from_secs(60));
+        // Keep-alives reset the read gap, so only these bound a stream that
+        // never says anything: finite, and short enough for a phone call.
+        let first = c.first_token_timeout.expect("first output is bounded");
+        let gap = c.output_gap_timeout.expect("output gap is bounded");
+        assert!(first >= Duration::from_secs(3) && first <= Duration::from_secs(20));
+        assert!(gap >= Duration::from_secs(2) && gap <= first);
+        assert!(first < c.read_gap_timeout && first < c.response_timeout);
     }
 
     #[test]

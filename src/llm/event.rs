@@ -1,6 +1,8 @@
 //! What a chat stream yields.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
 use super::usage::Usage;
 use serde::{Deserialize, Serialize};
@@ -74,12 +76,59 @@ pub struct StreamSummary {
     pub attempts: u32,
 }
 
+/// How many HTTP requests a [`ChatStream`](super::ChatStream) has sent,
+/// readable from anywhere: a clone stays valid after the stream moved into a
+/// task, was cut or dropped.
+///
+/// A request counts from the moment the client starts sending it (one whose
+/// connection is then refused included). Nothing is sent before the stream's
+/// first poll, so a stream dropped unpolled reports 0 — its request cost
+/// nothing and needs no usage estimate. A replayed body
+/// ([`ChatStream::from_sse_bytes`](super::ChatStream::from_sse_bytes))
+/// reports 0.
+#[derive(Debug, Clone, Default)]
+pub struct RequestsSent(Arc<AtomicU32>);
+
+impl RequestsSent {
+    /// Requests sent so far: retries and a chain's fallbacks and hedges each count.
+    pub fn count(&self) -> u32 {
+        self.0.load(Ordering::Acquire)
+    }
+
+    /// Counts one more request.
+    pub(crate) fn add(&self) {
+        self.0.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// A request that failed before any output and is sent again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Retrying {
+    /// The failed request, numbered from 1 (the first request); the next one
+    /// is `attempt + 1`.
+    pub attempt: u32,
+    /// [`LlmError::kind`](super::LlmError::kind) of its failure.
+    pub kind: &'static str,
+    /// The failure's message (never holds a credential).
+    pub message: String,
+    /// The backoff before the next request is sent.
+    pub delay: Duration,
+    /// The usage the failed request reported before it broke (e.g. a usage
+    /// chunk, then a dropped connection); `None` when it reported none (an
+    /// error status, a refused connection, a body cut before its usage). The
+    /// client does not estimate it. Never part of a later
+    /// [`StreamEvent::Usage`].
+    pub usage: Option<Usage>,
+}
+
 /// One event of a chat stream.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum StreamEvent {
     /// The provider's request id and model, once known. A retry (only before
-    /// any other event) sends it again for the new attempt.
+    /// any output) sends it again for the new attempt, after its
+    /// [`StreamEvent::Retrying`].
     Metadata {
         /// `x-request-id` header or the chunk id.
         request_id: Option<String>,
@@ -94,12 +143,24 @@ pub enum StreamEvent {
     Refusal(String),
     /// A complete tool call.
     ToolCall(ToolCall),
-    /// Token usage.
+    /// Token usage of the request that produced the answer (the stream's last
+    /// request: [`StreamSummary::attempts`] numbers it): at most once per
+    /// stream, right before [`StreamEvent::Finished`] or before the error that
+    /// ends the stream. A request that was retried reports its own usage in
+    /// its [`StreamEvent::Retrying`] instead, and a chain's dropped provider
+    /// in its [`StreamEvent::ProviderFailed`]: no usage is delivered twice,
+    /// and the cost of a stream is the sum of all three.
     Usage(Usage),
     /// Structured mode: the whole parsed response object.
     Structured(serde_json::Value),
     /// The stream ended successfully. Always the last event.
     Finished(StreamSummary),
+    /// A request failed before any output and is sent again (the client's
+    /// [`RetryPolicy`](super::RetryPolicy); never in a chain, where the next
+    /// provider is the retry). Carries the failed request's usage, if it
+    /// reported any. Events of the failed request that were not yet yielded
+    /// are dropped; the next request's events follow.
+    Retrying(Retrying),
     /// [`ProviderChain`](super::ProviderChain) only: a provider's output starts
     /// being used, sent right before its first output (once per provider that
     /// serves the stream: the primary, or a fallback, or a continuation after a

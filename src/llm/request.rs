@@ -1,5 +1,6 @@
-//! The request body: context + options → chat-completions JSON (the messages
-//! themselves are mapped and checked in [`wire`](super::wire)).
+//! The request body: context + options → a typed chat-completions body
+//! ([`ChatBody`], serialized straight to bytes; the messages themselves are
+//! mapped and checked in [`wire`](super::wire)).
 //!
 //! Identical to the reference plugin where it is right (grouped parallel calls,
 //! `tool` outputs, image parts with detail, reasoning-model rules, tool_choice
@@ -7,7 +8,8 @@
 //! message is sent, `verbosity` is the top-level field the API takes, and tool
 //! schemas keep their descriptions and defaults.
 
-use serde_json::{Map, Value, json};
+use serde::Serialize;
+use serde_json::{Map, Value};
 
 use super::options::LlmOptions;
 use super::wire::{HistoryError, WireMessage};
@@ -46,65 +48,131 @@ impl<'a> ChatRequest<'a> {
 /// Fails when the history's calls and outputs do not pair up (see
 /// [`WireMessage::from_context`]): such a history never reaches the wire.
 pub fn build_body(request: &ChatRequest<'_>) -> Result<Value, HistoryError> {
-    let o = request.options;
-    let reasoning = o.is_reasoning_model();
-    let messages = WireMessage::from_context(request.context, reasoning)?;
-    let mut body = Map::new();
-    body.insert("model".into(), Value::String(o.model.clone()));
-    body.insert(
-        "messages".into(),
-        Value::Array(messages.iter().map(WireMessage::to_json).collect()),
-    );
-    body.insert("stream".into(), Value::Bool(true));
-    body.insert("stream_options".into(), json!({"include_usage": true}));
-    if let Some(max) = o.max_completion_tokens {
-        body.insert("max_completion_tokens".into(), json!(max));
-    }
-    if reasoning {
-        if let Some(effort) = o.reasoning_effort {
-            body.insert("reasoning_effort".into(), json!(effort.as_str()));
+    ChatBody::new(request).map(|body| body.to_value())
+}
+
+/// `stream_options`.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub(crate) struct StreamOptions {
+    include_usage: bool,
+}
+
+/// The body of a streamed chat-completions request, field for field as the
+/// wire names it. Every field is optional so that an extra (options'
+/// `extra_body`, then the request's overrides, merged last) can replace it:
+/// a field an extra names is left out and the extra is sent instead.
+#[derive(Debug, Clone, Default, Serialize)]
+pub(crate) struct ChatBody<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    messages: Option<Vec<WireMessage<'a>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream_options: Option<StreamOptions>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_completion_tokens: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reasoning_effort: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    verbosity: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_p: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    frequency_penalty: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    presence_penalty: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seed: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_format: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tools: Option<Vec<Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_choice: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parallel_tool_calls: Option<bool>,
+    /// Extras, sent last.
+    #[serde(flatten)]
+    extra: Map<String, Value>,
+}
+
+impl<'a> ChatBody<'a> {
+    /// The body of `request`: reasoning-model rules, tools only with their
+    /// choice, extras last.
+    pub(crate) fn new(request: &ChatRequest<'a>) -> Result<Self, HistoryError> {
+        let o = request.options;
+        let reasoning = o.is_reasoning_model();
+        let mut body = ChatBody {
+            model: Some(&o.model),
+            messages: Some(WireMessage::from_context(request.context, reasoning)?),
+            stream: Some(true),
+            stream_options: Some(StreamOptions {
+                include_usage: true,
+            }),
+            max_completion_tokens: o.max_completion_tokens,
+            ..ChatBody::default()
+        };
+        if reasoning {
+            body.reasoning_effort = o.reasoning_effort.map(|e| e.as_str());
+            body.verbosity = o.verbosity.map(|v| v.as_str());
+        } else {
+            body.temperature = o.temperature;
+            body.top_p = o.top_p;
+            body.frequency_penalty = o.frequency_penalty;
+            body.presence_penalty = o.presence_penalty;
+            body.seed = o.seed;
         }
-        if let Some(verbosity) = o.verbosity {
-            body.insert("verbosity".into(), json!(verbosity.as_str()));
+        body.response_format = o.structured_output.as_ref().map(|s| s.response_format());
+        if !o.tools.is_empty() {
+            body.tools = Some(o.tools.iter().map(|t| t.to_wire()).collect());
+            body.tool_choice = Some(o.tool_choice.to_wire());
+            body.parallel_tool_calls = o.parallel_tool_calls;
         }
-    } else {
-        let sampling = [
-            ("temperature", o.temperature),
-            ("top_p", o.top_p),
-            ("frequency_penalty", o.frequency_penalty),
-            ("presence_penalty", o.presence_penalty),
-        ];
-        for (key, value) in sampling {
-            if let Some(v) = value {
-                body.insert(key.into(), json!(v));
-            }
+        let overrides = request.overrides.into_iter().flatten();
+        for (k, v) in o.extra_body.iter().chain(overrides) {
+            body.leave_out(k);
+            body.extra.insert(k.clone(), v.clone());
         }
-        if let Some(seed) = o.seed {
-            body.insert("seed".into(), json!(seed));
-        }
+        Ok(body)
     }
-    if let Some(structured) = &o.structured_output {
-        body.insert("response_format".into(), structured.response_format());
-    }
-    if !o.tools.is_empty() {
-        body.insert(
-            "tools".into(),
-            Value::Array(o.tools.iter().map(|t| t.to_wire()).collect()),
-        );
-        body.insert("tool_choice".into(), o.tool_choice.to_wire());
-        if let Some(parallel) = o.parallel_tool_calls {
-            body.insert("parallel_tool_calls".into(), Value::Bool(parallel));
-        }
-    }
-    for (k, v) in &o.extra_body {
-        body.insert(k.clone(), v.clone());
-    }
-    if let Some(overrides) = request.overrides {
-        for (k, v) in overrides {
-            body.insert(k.clone(), v.clone());
+
+    /// Leaves out the typed field named `key` (an extra replaces it).
+    fn leave_out(&mut self, key: &str) {
+        match key {
+            "model" => self.model = None,
+            "messages" => self.messages = None,
+            "stream" => self.stream = None,
+            "stream_options" => self.stream_options = None,
+            "max_completion_tokens" => self.max_completion_tokens = None,
+            "reasoning_effort" => self.reasoning_effort = None,
+            "verbosity" => self.verbosity = None,
+            "temperature" => self.temperature = None,
+            "top_p" => self.top_p = None,
+            "frequency_penalty" => self.frequency_penalty = None,
+            "presence_penalty" => self.presence_penalty = None,
+            "seed" => self.seed = None,
+            "response_format" => self.response_format = None,
+            "tools" => self.tools = None,
+            "tool_choice" => self.tool_choice = None,
+            "parallel_tool_calls" => self.parallel_tool_calls = None,
+            _ => {}
         }
     }
-    Ok(Value::Object(body))
+
+    /// The body's bytes.
+    pub(crate) fn to_bytes(&self) -> Result<Vec<u8>, serde_json::Error> {
+        serde_json::to_vec(self)
+    }
+
+    /// The body as a JSON value (what a chain patches per provider).
+    pub(crate) fn to_value(&self) -> Value {
+        // Borrowed strings, numbers and JSON values: serializing cannot fail.
+        serde_json::to_value(self).unwrap_or(Value::Null)
+    }
 }
 
 #[cfg(test)]
@@ -113,6 +181,7 @@ mod tests {
     use crate::context::{ChatMessage, ImageContent, ImageDetail, Role};
     use crate::llm::options::{ReasoningEffort, Verbosity};
     use crate::tools::{ToolChoice, ToolDefinition};
+    use serde_json::json;
 
     fn ctx() -> ChatContext {
         let mut c = ChatContext::new();
@@ -204,5 +273,23 @@ mod tests {
         assert_eq!(body["temperature"], 0.1);
         assert_eq!(body["user"], "u1");
         assert_eq!(body["seed"], 9);
+    }
+
+    #[test]
+    fn an_extra_replaces_a_typed_field_once_on_the_wire() {
+        let mut o = LlmOptions::new("gpt-4o");
+        o.extra_body.insert("temperature".into(), json!(0.1));
+        o.extra_body.insert("model".into(), json!("other"));
+        let c = ctx();
+        let req = ChatRequest::new(&c, &o);
+        let text = String::from_utf8(ChatBody::new(&req).unwrap().to_bytes().unwrap()).unwrap();
+        assert_eq!(text.matches("\"temperature\"").count(), 1, "{text}");
+        assert_eq!(text.matches("\"model\"").count(), 1, "{text}");
+        let sent: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(sent, build_body(&req).unwrap());
+        assert_eq!(
+            (sent["model"].as_str(), sent["temperature"].as_f64()),
+            (Some("other"), Some(0.1))
+        );
     }
 }

@@ -6,11 +6,21 @@
 //! buffer without bound. [`ByteGuard`] sits between the HTTP body and the parser:
 //! it replaces invalid sequences with U+FFFD (keeping sequences split across
 //! network chunks intact) and fails with a typed error when one event exceeds
-//! the byte cap.
+//! the byte cap. [`guarded`] puts a body behind both.
+
+use std::pin::Pin;
 
 use bytes::Bytes;
+use eventsource_stream::{EventStream, Eventsource};
+use futures_util::{Stream, StreamExt};
 
 use super::error::LlmError;
+
+/// A response body as chunks of bytes.
+pub(crate) type ByteSource = Pin<Box<dyn Stream<Item = Result<Bytes, LlmError>> + Send>>;
+
+/// A body behind the [`ByteGuard`] and the SSE parser.
+pub(crate) type SseSource = EventStream<ByteSource>;
 
 /// Repairs UTF-8 and enforces the per-event byte cap on a stream of chunks.
 #[derive(Debug)]
@@ -106,25 +116,34 @@ impl ByteGuard {
     }
 }
 
-/// Entry points for the parse benchmark; not a stable API.
-pub mod bench_support {
-    use super::super::stream::{ChatStream, StreamLimits};
-    use bytes::Bytes;
-    use futures_util::StreamExt;
-
-    /// Parses an SSE body already in memory, split into the given chunks, and
-    /// returns the number of events produced.
-    pub async fn parse_chunks(chunks: Vec<Bytes>) -> usize {
-        let source = futures_util::stream::iter(chunks.into_iter().map(Ok));
-        let mut stream = ChatStream::from_sse_bytes(source, StreamLimits::default(), None);
-        let mut n = 0;
-        while let Some(ev) = stream.next().await {
-            if ev.is_ok() {
-                n += 1;
-            }
-        }
-        n
-    }
+/// Wraps a body in the [`ByteGuard`] and the SSE parser.
+pub(crate) fn guarded(source: ByteSource, max_event_bytes: usize) -> SseSource {
+    let mut guard = ByteGuard::new(max_event_bytes);
+    let mut failed = false;
+    let checked = source
+        .map(Some)
+        .chain(futures_util::stream::iter([None]))
+        .filter_map(move |item| {
+            let out = if failed {
+                None
+            } else {
+                match item {
+                    Some(Ok(bytes)) => {
+                        let r = guard.push(bytes);
+                        failed = r.is_err();
+                        Some(r)
+                    }
+                    Some(Err(e)) => {
+                        failed = true;
+                        Some(Err(e))
+                    }
+                    None => guard.finish().map(Ok),
+                }
+            };
+            std::future::ready(out)
+        });
+    let boxed: ByteSource = Box::pin(checked);
+    boxed.eventsource()
 }
 
 #[cfg(test)]

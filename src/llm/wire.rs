@@ -18,7 +18,8 @@
 //! once before the next non-tool message (or the end), and call ids are unique
 //! within a message.
 
-use serde_json::{Map, Value, json};
+use serde::{Serialize, Serializer};
+use serde_json::Value;
 
 use crate::context::{ChatContext, ChatItem, ContentPart, ImageDetail, Role};
 
@@ -245,80 +246,144 @@ impl<'a> WireMessage<'a> {
 
     /// The JSON object sent in `messages[]`.
     pub fn to_json(&self) -> Value {
-        let mut m = Map::new();
-        m.insert("role".into(), Value::String(self.role().into()));
-        match self {
+        // Serializing borrowed strings and parts into a `Value` cannot fail.
+        serde_json::to_value(self).unwrap_or(Value::Null)
+    }
+}
+
+/// Serializes as the `messages[]` entry.
+impl Serialize for WireMessage<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        MessageOut::from(self).serialize(serializer)
+    }
+}
+
+/// One `messages[]` entry, field for field as the wire names it.
+#[derive(Serialize)]
+struct MessageOut<'m> {
+    role: &'static str,
+    /// Absent for no message; `Some(None)` is the assistant's `null`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content: Option<Option<ContentOut<'m>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'m str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tool_calls: Vec<ToolCallOut<'m>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_call_id: Option<&'m str>,
+}
+
+/// One text part is a plain string; anything else is an array of typed parts.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum ContentOut<'m> {
+    Text(&'m str),
+    Parts(Vec<PartOut<'m>>),
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum PartOut<'m> {
+    Text { text: &'m str },
+    ImageUrl { image_url: ImageUrlOut<'m> },
+}
+
+#[derive(Serialize)]
+struct ImageUrlOut<'m> {
+    url: &'m str,
+    /// `auto` is not sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<&'static str>,
+}
+
+#[derive(Serialize)]
+struct ToolCallOut<'m> {
+    id: &'m str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    function: FunctionOut<'m>,
+}
+
+#[derive(Serialize)]
+struct FunctionOut<'m> {
+    name: &'m str,
+    arguments: &'m str,
+}
+
+impl<'m> ContentOut<'m> {
+    fn new(parts: &'m [ContentPart]) -> Self {
+        if let [ContentPart::Text(text)] = parts {
+            return ContentOut::Text(text);
+        }
+        ContentOut::Parts(
+            parts
+                .iter()
+                .map(|part| match part {
+                    ContentPart::Text(text) => PartOut::Text { text },
+                    ContentPart::Image(img) => PartOut::ImageUrl {
+                        image_url: ImageUrlOut {
+                            url: &img.url,
+                            detail: (img.detail != ImageDetail::Auto).then(|| img.detail.as_str()),
+                        },
+                    },
+                })
+                .collect(),
+        )
+    }
+}
+
+impl<'m> From<&'m WireMessage<'m>> for MessageOut<'m> {
+    fn from(message: &'m WireMessage<'m>) -> Self {
+        let mut out = MessageOut {
+            role: message.role(),
+            content: None,
+            name: None,
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+        };
+        match message {
             WireMessage::System { content, name }
             | WireMessage::Developer { content, name }
             | WireMessage::User { content, name } => {
-                m.insert("content".into(), content_to_json(content));
-                if let Some(name) = name {
-                    m.insert("name".into(), Value::String((*name).into()));
-                }
+                out.content = Some(Some(ContentOut::new(content)));
+                out.name = *name;
             }
             WireMessage::Assistant {
                 content,
                 name,
                 tool_calls,
             } => {
-                m.insert(
-                    "content".into(),
-                    content.map_or(Value::Null, content_to_json),
-                );
-                if let Some(name) = name {
-                    m.insert("name".into(), Value::String((*name).into()));
-                }
-                if !tool_calls.is_empty() {
-                    let calls = tool_calls
-                        .iter()
-                        .map(|c| {
-                            json!({"id": c.id, "type": "function",
-                                   "function": {"name": c.name, "arguments": c.arguments}})
-                        })
-                        .collect();
-                    m.insert("tool_calls".into(), Value::Array(calls));
-                }
+                out.content = Some(content.map(ContentOut::new));
+                out.name = *name;
+                out.tool_calls = tool_calls
+                    .iter()
+                    .map(|c| ToolCallOut {
+                        id: c.id,
+                        kind: "function",
+                        function: FunctionOut {
+                            name: c.name,
+                            arguments: c.arguments,
+                        },
+                    })
+                    .collect();
             }
             WireMessage::Tool {
                 tool_call_id,
                 content,
             } => {
-                m.insert("tool_call_id".into(), Value::String((*tool_call_id).into()));
-                m.insert("content".into(), Value::String((*content).into()));
+                out.tool_call_id = Some(tool_call_id);
+                out.content = Some(Some(ContentOut::Text(content)));
             }
         }
-        Value::Object(m)
+        out
     }
-}
-
-/// One text part is a plain string; anything else is an array of typed parts.
-fn content_to_json(parts: &[ContentPart]) -> Value {
-    if let [ContentPart::Text(text)] = parts {
-        return Value::String(text.clone());
-    }
-    Value::Array(
-        parts
-            .iter()
-            .map(|part| match part {
-                ContentPart::Text(text) => json!({"type": "text", "text": text}),
-                ContentPart::Image(img) => {
-                    let mut image_url = Map::new();
-                    image_url.insert("url".into(), Value::String(img.url.to_string()));
-                    if img.detail != ImageDetail::Auto {
-                        image_url
-                            .insert("detail".into(), Value::String(img.detail.as_str().into()));
-                    }
-                    json!({"type": "image_url", "image_url": Value::Object(image_url)})
-                }
-            })
-            .collect(),
-    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::context::ChatMessage;
+    use serde_json::json;
 
     fn build(ctx: &ChatContext) -> Result<Vec<Value>, HistoryError> {
         WireMessage::from_context(ctx, false).map(|m| m.iter().map(WireMessage::to_json).collect())

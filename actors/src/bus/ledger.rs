@@ -380,6 +380,21 @@ impl Ledger {
         true
     }
 
+    /// `turn`'s stream retries its request (before any output): the failed
+    /// request's usage, if it was reported, stays counted as that request's,
+    /// and the retry is accounted before it is sent. `false` (send nothing)
+    /// once the turn closed.
+    pub(crate) fn request_retried(&mut self, turn: TurnId) -> bool {
+        if !self.is_open(turn) {
+            return false;
+        }
+        if let Some(round) = self.record.rounds.last_mut() {
+            round.dropped.extend(round.usage.take());
+            round.requests += 1;
+        }
+        true
+    }
+
     /// The stream task read its round to a normal end.
     pub(crate) fn complete_round(&mut self, turn: TurnId) {
         if self.is_open(turn)

@@ -4,9 +4,9 @@
 //!
 //! With a provider chain the stream also says which provider serves the round
 //! and which were dropped and why (`ProviderSelected`, `ProviderFailed`); both
-//! go on the bus as they come, and a dropped request's usage (hedge cost, a
-//! failed attempt) is counted in the usage metrics here, since it is not the
-//! round's `Usage`.
+//! go on the bus as they come. Every request is accounted in the ledger
+//! before it is sent (the first here, the others as the stream announces
+//! them), so each one's usage is reported once, even after a cut.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -115,16 +115,29 @@ pub(crate) async fn run_round(
                 EventKind::ProviderSelected(Arc::new(choice))
             }
             Ok(StreamEvent::ProviderFailed(failure)) => {
-                let usage = failure.usage;
-                let published =
-                    bus.publish_agent(turn, EventKind::ProviderFailed(Arc::new(failure)));
-                if published.is_err() {
+                // Its usage is the round's too (counted in the usage metrics
+                // at the commit, or as a discarded speculation's cost).
+                EventKind::ProviderFailed(Arc::new(failure))
+            }
+            Ok(StreamEvent::Retrying(retry)) => {
+                // The failed request's usage (if reported) is published as
+                // its own; the retry is accounted before it is sent.
+                if let Some(u) = retry.usage
+                    && bus
+                        .publish_agent(turn, EventKind::Usage(Arc::new(u)))
+                        .is_err()
+                {
                     return;
                 }
-                // The dropped request's usage is not the round's: counted here.
-                if let Some(u) = &usage {
-                    super::record_usage(u);
+                if !bus.lock().request_retried(turn) {
+                    return;
                 }
+                tracing::debug!(
+                    attempt = retry.attempt,
+                    kind = retry.kind,
+                    round,
+                    "request retried"
+                );
                 continue;
             }
             Ok(StreamEvent::RequestStarted { index }) => {

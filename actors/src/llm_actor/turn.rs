@@ -149,9 +149,12 @@ impl LlmState {
         };
         let items = turn_items(&record, heard, &why);
         for round in &record.rounds {
-            if let Some(u) = &round.usage {
-                record_usage(u);
-            }
+            // Every request: the serving one's and the dropped ones'.
+            round
+                .usage
+                .iter()
+                .chain(&round.dropped)
+                .for_each(record_usage);
         }
         self.last_turn = (!cut).then(|| {
             let ids = items.iter().map(|i| i.id().to_string()).collect();
