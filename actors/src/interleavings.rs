@@ -7,20 +7,25 @@
 //! scheduler yields between them, on a single-thread runtime, so the actor's
 //! mailbox, the stream tasks and the callers interleave differently in every
 //! case (and identically for the same seed). The provider is scripted in
-//! process: each request's stream is fed by the test.
+//! process: each request's stream is fed by the test, event by event —
+//! including what a provider chain says (a hedge or a fallback request
+//! starting, a provider dropped with its usage, the one selected) — and the
+//! session's bus is small (2 to 64 events), so subscribers lag.
 //!
 //! After each sequence the checks of DESIGN.md's cancel semantics: the
 //! committed history is valid on the OpenAI wire, no text is committed twice,
-//! every turn ended exactly once, no event of a turn after its end, and usage
-//! is reported once per request.
+//! every turn ended exactly once, no event of a turn after its end, usage is
+//! reported once per request sent, a turn's segments are its text (never
+//! repeated), and user events only name turns subscribers saw start.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use colloquy::context::{ChatContext, ChatItem, Role};
-use colloquy::llm::{ChatClient, ChatStream, LlmError, LlmOptions, OpenAiConfig, StreamLimits};
-use colloquy::mock::sse_chunk;
-use serde_json::json;
+use colloquy::llm::{
+    ChatClient, ChatStream, FailureReason, FinishReason, LlmError, LlmOptions, OpenAiConfig,
+    ProviderChoice, ProviderFailure, SelectionReason, StreamEvent, StreamSummary, ToolCall, Usage,
+};
 use tokio::sync::mpsc;
 
 use crate::bus::{BusEvent, EventKind, ToolOutput, TurnEnd};
@@ -45,13 +50,22 @@ impl Rng {
     }
 }
 
-/// One scripted request: the test feeds its SSE body.
+type Feed = mpsc::UnboundedSender<Result<StreamEvent, LlmError>>;
+
+/// One scripted stream (a round's request, and the requests a chain adds to
+/// it): the test feeds its events.
 struct Request {
     turn: TurnId,
     serial: u64,
-    feed: Option<mpsc::UnboundedSender<bytes::Bytes>>,
+    feed: Option<Feed>,
     calls: u32,
+    /// The stream was polled: its first request was accounted and sent.
     polled: Arc<std::sync::atomic::AtomicBool>,
+    /// Further requests the round task took from the stream (a chain's
+    /// hedge or fallback announced by `RequestStarted`).
+    more: Arc<std::sync::atomic::AtomicUsize>,
+    /// A hedge is racing (announced, not yet settled).
+    racing: bool,
 }
 
 #[derive(Default)]
@@ -65,12 +79,17 @@ fn scripted(
     bus: crate::bus::SessionBus,
 ) -> crate::session::ScriptedStreams {
     Arc::new(move |_ctx: &ChatContext| {
-        let (tx, mut rx) = mpsc::unbounded_channel::<bytes::Bytes>();
+        let (tx, mut rx) = mpsc::unbounded_channel();
         let polled = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let seen = polled.clone();
+        let more = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (seen, taken) = (polled.clone(), more.clone());
         let source = futures_util::stream::poll_fn(move |cx| {
             seen.store(true, std::sync::atomic::Ordering::SeqCst);
-            rx.poll_recv(cx).map(|b| b.map(Ok::<_, LlmError>))
+            let item = rx.poll_recv(cx);
+            if let std::task::Poll::Ready(Some(Ok(StreamEvent::RequestStarted { .. }))) = &item {
+                taken.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            item
         });
         let mut s = script.lock().unwrap();
         s.next_serial += 1;
@@ -81,8 +100,10 @@ fn scripted(
             feed: Some(tx),
             calls: 0,
             polled,
+            more,
+            racing: false,
         });
-        ChatStream::from_sse_bytes(source, StreamLimits::default(), None)
+        ChatStream::from_events(source)
     })
 }
 
@@ -98,6 +119,11 @@ enum Op {
     Call,
     Finish,
     Fail,
+    /// A chain starts a hedge request beside the primary.
+    Hedge,
+    /// A chain drops a provider (a hedge race decided, or a failure with a
+    /// fallback taking over).
+    Drop,
     ToolResult,
     SpeechPlayed,
     Restart,
@@ -112,7 +138,9 @@ fn pick(rng: &mut Rng) -> Op {
         18..=19 => Op::SpeechStarted,
         20..=21 => Op::SpeechEnded,
         22..=26 => Op::Cancel,
-        27..=49 => Op::Token,
+        27..=45 => Op::Token,
+        46..=47 => Op::Hedge,
+        48..=49 => Op::Drop,
         50..=57 => Op::Call,
         58..=67 => Op::Finish,
         68..=70 => Op::Fail,
@@ -151,8 +179,11 @@ async fn run_case(supervisor: &Supervisor, seed: u64) -> Result<(), String> {
     }
     settings.max_context_items = None;
     let id = format!("case-{seed}");
+    let mut config = SessionConfig::new(client, settings);
+    config.bus_capacity = [2, 4, 16, 64][rng.below(4) as usize];
+    config.speech_output = rng.below(2) == 0;
     let session: SessionHandle = supervisor
-        .start_session(id.as_str(), SessionConfig::new(client, settings))
+        .start_session(id.as_str(), config)
         .await
         .map_err(|e| e.to_string())?;
     let script = Arc::new(Mutex::new(Script::default()));
@@ -165,6 +196,7 @@ async fn run_case(supervisor: &Supervisor, seed: u64) -> Result<(), String> {
         .add_tap(|_| true, move |ev| sink.lock().unwrap().push(ev.clone()));
 
     let mut token = 0u64;
+    let mut dropped = 0u64;
     let mut restarts = 0;
     let ops = 20 + rng.below(40);
     for _ in 0..ops {
@@ -198,7 +230,7 @@ async fn run_case(supervisor: &Supervisor, seed: u64) -> Result<(), String> {
             Op::Cancel => {
                 let _ = session.cancel();
             }
-            Op::Token | Op::Call | Op::Finish | Op::Fail => {
+            Op::Token | Op::Call | Op::Finish | Op::Fail | Op::Hedge | Op::Drop => {
                 let mut s = script.lock().unwrap();
                 let Some(latest) = s.requests.iter().rposition(|r| r.feed.is_some()) else {
                     continue;
@@ -208,37 +240,89 @@ async fn run_case(supervisor: &Supervisor, seed: u64) -> Result<(), String> {
                 match op {
                     Op::Token => {
                         token += 1;
-                        let _ = feed
-                            .send(sse_chunk(json!({"content": format!("<{token}>")}), None).into());
+                        // Words and sentences, so segments are cut mid-turn.
+                        let tail = [" ", ". ", ", ", ""][rng.below(4) as usize];
+                        let _ = feed.send(Ok(StreamEvent::Token(format!("<{token}>{tail}"))));
                     }
                     Op::Call => {
                         let index = req.calls;
                         req.calls += 1;
-                        let call_id = format!("c{}-{index}", req.serial);
-                        let _ = feed.send(
-                            sse_chunk(
-                                json!({"tool_calls": [{"index": index, "id": call_id, "type": "function",
-                                        "function": {"name": "f", "arguments": "{}"}}]}),
-                                None,
-                            )
-                            .into(),
-                        );
+                        let _ = feed.send(Ok(StreamEvent::ToolCall(ToolCall {
+                            index,
+                            id: format!("c{}-{index}", req.serial),
+                            name: "f".into(),
+                            arguments: "{}".into(),
+                            valid_json: true,
+                        })));
+                    }
+                    Op::Hedge if !req.racing => {
+                        req.racing = true;
+                        let _ = feed.send(Ok(StreamEvent::RequestStarted { index: 1 }));
+                    }
+                    Op::Hedge => {}
+                    Op::Drop => {
+                        // A hedge race decided, or a failed provider: its
+                        // usage (sometimes unknown), then — for a failure —
+                        // the fallback's request.
+                        let failed = !req.racing;
+                        req.racing = false;
+                        dropped += 1;
+                        let usage = (rng.below(3) != 0).then(|| Usage {
+                            prompt_tokens: 2_000_000 + dropped,
+                            completion_tokens: 1,
+                            total_tokens: 2_000_001 + dropped,
+                            ..Usage::default()
+                        });
+                        let _ = feed.send(Ok(StreamEvent::ProviderFailed(ProviderFailure {
+                            index: 0,
+                            label: Arc::from("p"),
+                            base_url: Arc::from("http://127.0.0.1:9/v1"),
+                            reason: if failed {
+                                FailureReason::Error {
+                                    kind: "http",
+                                    message: "500".into(),
+                                }
+                            } else {
+                                FailureReason::HedgeLost
+                            },
+                            after_output: false,
+                            usage,
+                        })));
+                        if failed {
+                            let _ = feed.send(Ok(StreamEvent::RequestStarted { index: 1 }));
+                        }
+                        let _ = feed.send(Ok(StreamEvent::ProviderSelected(ProviderChoice {
+                            index: 1,
+                            label: Arc::from("q"),
+                            base_url: Arc::from("http://127.0.0.1:9/v1"),
+                            reason: if failed {
+                                SelectionReason::Fallback
+                            } else {
+                                SelectionReason::Hedge
+                            },
+                            continuation: false,
+                        })));
                     }
                     Op::Finish => {
-                        let reason = if req.calls > 0 { "tool_calls" } else { "stop" };
-                        let usage = json!({"choices": [], "usage": {"prompt_tokens": 1_000_000 + req.serial,
-                            "completion_tokens": 1, "total_tokens": 1_000_001 + req.serial}});
-                        // Some providers never report usage: the runtime estimates it.
-                        let usage = if rng.below(4) == 0 {
-                            String::new()
+                        let reason = if req.calls > 0 {
+                            FinishReason::ToolCalls
                         } else {
-                            format!("data: {usage}\n\n")
+                            FinishReason::Stop
                         };
-                        let body = format!(
-                            "{}{usage}data: [DONE]\n\n",
-                            sse_chunk(json!({}), Some(reason))
-                        );
-                        let _ = feed.send(body.into());
+                        // Some providers never report usage: the runtime estimates it.
+                        if rng.below(4) != 0 {
+                            let _ = feed.send(Ok(StreamEvent::Usage(Usage {
+                                prompt_tokens: 1_000_000 + req.serial,
+                                completion_tokens: 1,
+                                total_tokens: 1_000_001 + req.serial,
+                                ..Usage::default()
+                            })));
+                        }
+                        let _ = feed.send(Ok(StreamEvent::Finished(StreamSummary {
+                            reason: Some(reason),
+                            saw_done: true,
+                            attempts: 1,
+                        })));
                         req.feed = None;
                     }
                     _ => req.feed = None, // EOF without a finish: the request failed
@@ -405,9 +489,11 @@ fn check(ctx: &ChatContext, events: &[BusEvent], script: &Script) -> Result<(), 
     // No text committed twice.
     let mut tokens = HashMap::<String, usize>::new();
     for m in ctx.messages().filter(|m| m.role == Role::Assistant) {
-        for t in m.text_content().split_inclusive('>') {
-            if t.starts_with('<') && t.ends_with('>') {
-                *tokens.entry(t.to_string()).or_default() += 1;
+        let text = m.text_content();
+        for piece in text.split('<').skip(1) {
+            // A piece cut at the heard position has no `>`: not a whole token.
+            if let Some((n, _)) = piece.split_once('>') {
+                *tokens.entry(format!("<{n}>")).or_default() += 1;
             }
         }
     }
@@ -487,6 +573,9 @@ fn check(ctx: &ChatContext, events: &[BusEvent], script: &Script) -> Result<(), 
                 }
                 speculative.insert(ev.turn);
             }
+            EventKind::ProviderFailed(f) if f.usage.is_some() => {
+                *usage.entry(ev.turn).or_default() += 1;
+            }
             EventKind::Usage(u) => {
                 *usage.entry(ev.turn).or_default() += 1;
                 if !u.estimated && !provider_usage.insert(u.prompt_tokens) {
@@ -501,31 +590,83 @@ fn check(ctx: &ChatContext, events: &[BusEvent], script: &Script) -> Result<(), 
             return Err(format!("turn {t} never ended"));
         }
     }
-    // A discarded speculation reports the cost of its requests once.
-    for t in &speculative {
-        let created = script.requests.iter().filter(|r| r.turn == *t).count();
-        let n = usage.get(t).copied().unwrap_or(0);
-        if n != created.min(1) {
-            return Err(format!(
-                "speculation {t}: {n} usage reports for {created} requests"
-            ));
-        }
-    }
-    // Usage: one per request. A request whose task was cut before its first
-    // poll sent nothing but still gets its (estimated) usage, so the count per
-    // turn lies between the requests polled and the requests created.
-    for t in &started {
-        let created = script.requests.iter().filter(|r| r.turn == *t).count();
-        let polled = script
+    // Requests sent: a stream polled sent its first request (accounted by the
+    // round task right before), plus each further one it announced; a stream
+    // never polled sent nothing.
+    let sent = |t: &TurnId| -> usize {
+        script
             .requests
             .iter()
             .filter(|r| r.turn == *t && r.polled.load(std::sync::atomic::Ordering::SeqCst))
-            .count();
+            .map(|r| 1 + r.more.load(std::sync::atomic::Ordering::SeqCst))
+            .sum()
+    };
+    // A discarded speculation reports the cost of its requests once.
+    for t in &speculative {
         let n = usage.get(t).copied().unwrap_or(0);
-        if n < polled || n > created {
+        if n != sent(t).min(1) {
             return Err(format!(
-                "turn {t}: {n} usage events for {polled} polled / {created} created requests"
+                "speculation {t}: {n} usage reports for {} requests sent",
+                sent(t)
             ));
+        }
+    }
+    // Usage: exactly one report per request sent (the provider's, or an
+    // estimate when it never reported: a cut, a hedge still racing).
+    for t in &started {
+        let n = usage.get(t).copied().unwrap_or(0);
+        if n != sent(t) {
+            return Err(format!(
+                "turn {t}: {n} usage reports for {} requests sent",
+                sent(t)
+            ));
+        }
+    }
+    // Segments: a turn's `Speakable`s are its text, in order, never repeated
+    // (all of it unless the turn was cut), with one `last` for a turn that
+    // ended normally.
+    for t in &started {
+        let text: String = events
+            .iter()
+            .filter(|e| e.turn == *t)
+            .filter_map(|e| match &e.kind {
+                EventKind::Token(x) => Some(&**x),
+                _ => None,
+            })
+            .collect();
+        let spoken: String = events
+            .iter()
+            .filter(|e| e.turn == *t)
+            .filter_map(|e| match &e.kind {
+                EventKind::Speakable { text, .. } => Some(&**text),
+                _ => None,
+            })
+            .collect();
+        let lasts = events
+            .iter()
+            .filter(|e| e.turn == *t && matches!(e.kind, EventKind::Speakable { last: true, .. }))
+            .count();
+        let normal = ended.get(t).is_some_and(|e| !e.is_abort());
+        if !text.starts_with(&spoken) || (normal && (spoken != text || lasts != 1)) {
+            return Err(format!(
+                "turn {t}: spoken {spoken:?} ({lasts} last) for text {text:?}"
+            ));
+        }
+    }
+    // User events name the last turn subscribers saw start, never a
+    // speculation still held.
+    let mut seen = TurnId(0);
+    for ev in events {
+        match ev.kind {
+            EventKind::TurnStarted => seen = ev.turn,
+            _ if ev.kind.is_user_side() && ev.turn != seen => {
+                return Err(format!(
+                    "{} names turn {}, subscribers saw {seen} start",
+                    ev.kind.name(),
+                    ev.turn
+                ));
+            }
+            _ => {}
         }
     }
     Ok(())

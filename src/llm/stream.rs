@@ -52,6 +52,31 @@ impl ChatStream {
         self.sent.clone()
     }
 
+    /// A stream of events from any source: a backend of your own (a local
+    /// model, a gateway with its own protocol), or a test's script. The
+    /// events are yielded as they are; it should end with
+    /// [`StreamEvent::Finished`] or an error, like every stream. Its
+    /// [`requests_sent`](Self::requests_sent) stays 0.
+    ///
+    /// ```
+    /// use colloquy::llm::{ChatStream, StreamEvent, StreamSummary};
+    /// use futures_util::StreamExt;
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let events = futures_util::stream::iter([
+    ///     Ok(StreamEvent::Token("Hi".into())),
+    ///     Ok(StreamEvent::Finished(StreamSummary::default())),
+    /// ]);
+    /// let mut stream = ChatStream::from_events(events);
+    /// assert_eq!(stream.next().await, Some(Ok(StreamEvent::Token("Hi".into()))));
+    /// # }
+    /// ```
+    pub fn from_events<S>(events: S) -> Self
+    where
+        S: Stream<Item = Result<StreamEvent, LlmError>> + Send + 'static,
+    {
+        Self::new(Box::pin(events), RequestsSent::default())
+    }
+
     /// Parses an SSE body from any byte stream (a recorded file, a custom
     /// transport). No timeouts and no retries apply.
     pub fn from_sse_bytes<S>(
