@@ -62,15 +62,15 @@
 //!     --fallback-base-url http://127.0.0.1:8090/v1 --ttft-timeout-ms 1000 --json
 //! ```
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use colloquy::Secret;
+use clap::{Parser, ValueEnum};
 use colloquy::llm::{
-    BreakerConfig, ChatClient, ClientConfig, Hedging, LlmOptions, OpenAiConfig, ProviderChain,
-    ProviderSpec, SelectionReason,
+    BreakerConfig, ChatClient, ClientConfig, LlmOptions, OpenAiConfig, SelectionReason,
 };
 use colloquy::mock::{MockResponse, MockServer};
 use colloquy::tools::ToolDefinition;
@@ -82,6 +82,10 @@ use colloquy_actors::{
 use serde_json::json;
 use tokio::sync::Mutex;
 
+#[path = "common/mod.rs"]
+mod common;
+use common::{ChainFlags, Env, Fallback, ProviderFlags};
+
 /// Bus capacity of soak sessions: room enough that the checking subscriber never lags.
 const SOAK_BUS_CAPACITY: usize = 1024;
 /// How long a tool call takes in the soak.
@@ -91,63 +95,93 @@ const EVENT_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the teardown may take before what is left is reported as leaked.
 const TEARDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Load generator: N concurrent sessions through the real supervisor, LLM
+/// actors and buses, against any OpenAI-compatible server, then a JSON summary.
+///
+/// The server: --base-url (key: --api-key, none otherwise; the environment is
+/// not read), --azure-endpoint or --azure-deployment for Azure OpenAI, else an
+/// in-process mock server (paced 40-word answers; it then shares the CPU).
+#[derive(Parser, Debug)]
+#[command(
+    name = "loadgen",
+    after_help = "Exit codes: 0 every turn ran; 1 turns failed (\"errors\", with their causes in \
+\"errors_by_kind\" and on stderr) or, in the soak, an invariant was broken; 2 a usage error."
+)]
 struct Args {
-    base_url: Option<String>,
+    #[command(flatten)]
+    provider: ProviderFlags,
+    /// Concurrent sessions driven
+    #[arg(long, value_name = "N", default_value_t = 100)]
     sessions: usize,
+    /// User messages per session
+    #[arg(long, value_name = "T", default_value_t = 3)]
     turns: usize,
+    /// Cancel each turn after K tokens (0: never)
+    #[arg(long, value_name = "K", default_value_t = 0)]
     cancel_after_tokens: usize,
+    /// Extra sessions started and left idle
+    #[arg(long, value_name = "M", default_value_t = 0)]
     idle_sessions: usize,
-    json: bool,
-    random_barge_in: bool,
-    /// Barge-ins in confirmed mode: speech pauses, "wait stop" cuts.
-    confirmed: bool,
+    /// random: the soak, each turn finishes or is cut at a random point (before
+    /// the first token, mid-stream, during tail speech, during a tool round);
+    /// replaces --cancel-after-tokens
+    #[arg(long, value_name = "MODE", value_enum, default_value_t = BargeIn::Off)]
+    barge_in: BargeIn,
+    /// Seed of the soak's choices
+    #[arg(long, value_name = "S", default_value_t = 1)]
     seed: u64,
-    chain: ChainArgs,
-    /// Cluster mode: the NATS server of the workers.
+    /// How a barge-in cuts: immediate (cancel() and speech-started cut at
+    /// once) or confirmed (speech pauses at onset, then an interim 'wait stop'
+    /// cuts; reports pause_latency_us and pause_hook_us)
+    #[arg(long, value_name = "MODE", value_enum, default_value_t = Interrupt::Immediate)]
+    interrupt: Interrupt,
+    #[command(flatten)]
+    chain: ChainFlags,
+    /// Consecutive failures that open a provider's circuit breaker (default 3;
+    /// 0: no breakers); makes a provider chain
+    #[arg(long, value_name = "N")]
+    breaker_failures: Option<u32>,
+    /// The summary on one line
+    #[arg(long)]
+    json: bool,
+    /// Cluster mode: place the sessions on the workers behind this NATS server
+    /// (examples/worker.rs; needs --features nats) instead of in-process
+    #[arg(long, value_name = "URL")]
     nats: Option<String>,
-    /// Pause between a session's turns.
+    /// Pause between a session's turns (milliseconds)
+    #[arg(long, value_name = "MS", default_value_t = 0)]
     turn_gap_ms: u64,
 }
 
-/// Provider-chain flags.
-#[derive(Default)]
-struct ChainArgs {
-    /// `(base URL, model, key)` of each fallback.
-    fallbacks: Vec<(String, Option<String>, Option<String>)>,
-    ttft_timeout_ms: Option<u64>,
-    gap_timeout_ms: Option<u64>,
-    hedge_after_ms: Option<u64>,
-    breaker_failures: Option<u32>,
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum BargeIn {
+    Off,
+    Random,
 }
 
-impl ChainArgs {
-    fn enabled(&self) -> bool {
-        !self.fallbacks.is_empty()
-            || self.ttft_timeout_ms.is_some()
-            || self.gap_timeout_ms.is_some()
-            || self.hedge_after_ms.is_some()
-            || self.breaker_failures.is_some()
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Interrupt {
+    Immediate,
+    Confirmed,
+}
+
+impl Args {
+    fn random_barge_in(&self) -> bool {
+        self.barge_in == BargeIn::Random
     }
 
-    /// One client over the chain: `base_url` first, then the fallbacks.
-    fn client(&self, base_url: String, mut config: ClientConfig) -> Result<ChatClient, String> {
-        config.first_token_timeout = self.ttft_timeout_ms.map(Duration::from_millis);
-        config.output_gap_timeout = self.gap_timeout_ms.map(Duration::from_millis);
-        let mut chain = ProviderChain::new(
-            ProviderSpec::new(OpenAiConfig::compatible(base_url)).with_config(config.clone()),
-        );
-        for (url, model, key) in &self.fallbacks {
-            let mut c = OpenAiConfig::compatible(url.clone());
-            c.api_key = key.clone().map(Secret::new);
-            let mut spec = ProviderSpec::new(c).with_config(config.clone());
-            if let Some(m) = model {
-                spec = spec.with_model(m.clone());
-            }
-            chain = chain.with_fallback(spec);
-        }
-        if let Some(ms) = self.hedge_after_ms {
-            chain = chain.with_hedging(Hedging::After(Duration::from_millis(ms)));
-        }
+    fn chain_enabled(&self) -> bool {
+        self.chain.enabled() || self.breaker_failures.is_some()
+    }
+
+    /// One client over the chain: `primary` first, then the fallbacks.
+    fn chain_client(
+        &self,
+        primary: colloquy::llm::Provider,
+        fallbacks: &[Fallback],
+        config: ClientConfig,
+    ) -> Result<ChatClient, colloquy::llm::LlmError> {
+        let mut chain = self.chain.chain(primary, fallbacks, config);
         match self.breaker_failures {
             Some(0) => chain = chain.without_breaker(),
             Some(n) => {
@@ -158,120 +192,8 @@ impl ChainArgs {
             }
             None => {}
         }
-        ChatClient::with_chain(chain).map_err(|e| e.to_string())
+        ChatClient::with_chain(chain)
     }
-}
-
-const USAGE: &str = "usage: loadgen [--base-url URL] [--sessions N] [--turns T] \
-[--cancel-after-tokens K] [--idle-sessions M] [--barge-in off|random] [--seed S] \
-[--interrupt immediate|confirmed] \
-[--fallback-base-url URL [--fallback-model M] [--fallback-api-key K]]... [--ttft-timeout-ms N] \
-[--gap-timeout-ms N] [--hedge-after-ms N] [--breaker-failures N] [--json]
-       [--nats URL] [--turn-gap-ms N]
-       loadgen -h | --help
-  --base-url URL           an OpenAI-compatible server (default: an in-process mock)
-  --sessions N             concurrent sessions driven (default 100)
-  --turns T                user messages per session (default 3)
-  --cancel-after-tokens K  cancel each turn after K tokens (default 0: never)
-  --idle-sessions M        extra sessions started and left idle (default 0)
-  --barge-in random        soak: each turn finishes or is cut at a random point
-                           (before the first token, mid-stream, during tail speech,
-                           during a tool round); replaces --cancel-after-tokens
-  --seed S                 seed of the soak's choices (default 1)
-  --interrupt MODE         how a barge-in cuts: immediate (default: cancel() and
-                           speech-started cut at once) or confirmed (speech
-                           pauses at onset, then an interim 'wait stop' cuts;
-                           reports pause_latency_us and pause_hook_us)
-  --fallback-base-url URL  a fallback provider (repeatable; makes a provider chain)
-  --fallback-model M       model for the last fallback named (default: the same)
-  --fallback-api-key K     key for the last fallback named (default: none)
-  --ttft-timeout-ms N      deadline to each provider's first useful output
-  --gap-timeout-ms N       deadline on gaps between a provider's useful outputs
-  --hedge-after-ms N       start the next provider when no output after N ms
-  --breaker-failures N     consecutive failures that open a provider's circuit
-                           breaker (default 3; 0: no breakers)
-  --json                   the summary on one line
-  --nats URL               cluster mode: place the sessions on the workers behind
-                           this NATS server (examples/worker.rs; needs
-                           --features nats) instead of in-process
-  --turn-gap-ms N          pause between a session's turns (default 0)";
-
-/// What the command line asks for.
-enum Cli {
-    Run(Args),
-    Help,
-}
-
-fn parse_args() -> Result<Cli, String> {
-    let mut a = Args {
-        base_url: None,
-        sessions: 100,
-        turns: 3,
-        cancel_after_tokens: 0,
-        idle_sessions: 0,
-        json: false,
-        random_barge_in: false,
-        seed: 1,
-        confirmed: false,
-        chain: ChainArgs::default(),
-        nats: None,
-        turn_gap_ms: 0,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        let mut value = || it.next().ok_or_else(|| format!("{arg} needs a value"));
-        let num = |v: String| -> Result<usize, String> {
-            v.parse().map_err(|_| format!("{arg} needs a number"))
-        };
-        match arg.as_str() {
-            "--base-url" => a.base_url = Some(value()?),
-            "--sessions" => a.sessions = num(value()?)?,
-            "--turns" => a.turns = num(value()?)?,
-            "--cancel-after-tokens" => a.cancel_after_tokens = num(value()?)?,
-            "--idle-sessions" => a.idle_sessions = num(value()?)?,
-            "--seed" => a.seed = num(value()?)? as u64,
-            "--interrupt" => {
-                a.confirmed = match value()?.as_str() {
-                    "immediate" => false,
-                    "confirmed" => true,
-                    other => {
-                        return Err(format!(
-                            "--interrupt: {other:?} is not immediate or confirmed"
-                        ));
-                    }
-                }
-            }
-            "--barge-in" => {
-                a.random_barge_in = match value()?.as_str() {
-                    "random" => true,
-                    "off" => false,
-                    other => return Err(format!("--barge-in: {other:?} is not off or random")),
-                }
-            }
-            "--fallback-base-url" => a.chain.fallbacks.push((value()?, None, None)),
-            "--fallback-model" | "--fallback-api-key" => {
-                let v = value()?;
-                let last = a.chain.fallbacks.last_mut().ok_or_else(|| {
-                    format!("{arg} applies to a --fallback-base-url named before it")
-                })?;
-                if arg == "--fallback-model" {
-                    last.1 = Some(v);
-                } else {
-                    last.2 = Some(v);
-                }
-            }
-            "--ttft-timeout-ms" => a.chain.ttft_timeout_ms = Some(num(value()?)? as u64),
-            "--gap-timeout-ms" => a.chain.gap_timeout_ms = Some(num(value()?)? as u64),
-            "--hedge-after-ms" => a.chain.hedge_after_ms = Some(num(value()?)? as u64),
-            "--breaker-failures" => a.chain.breaker_failures = Some(num(value()?)? as u32),
-            "--json" => a.json = true,
-            "--nats" => a.nats = Some(value()?),
-            "--turn-gap-ms" => a.turn_gap_ms = num(value()?)? as u64,
-            "-h" | "--help" => return Ok(Cli::Help),
-            other => return Err(format!("unknown argument {other}")),
-        }
-    }
-    Ok(Cli::Run(a))
 }
 
 /// SplitMix64: a small seeded PRNG, plenty for picking barge-in points.
@@ -370,6 +292,9 @@ struct Totals {
     turns: u64,
     tokens: u64,
     errors: u64,
+    /// Errors by cause (`http_401`, `connection`, `event_timeout`…), each
+    /// with the first message seen.
+    errors_by_kind: BTreeMap<String, (u64, String)>,
     cancels: u64,
     stale: u64,
     ttft_us: Vec<u64>,
@@ -424,10 +349,22 @@ fn duplicated_chars(before: &str, after: &str) -> usize {
 }
 
 impl Totals {
+    /// One error of `kind`.
+    fn error(&mut self, kind: &str, message: impl FnOnce() -> String) {
+        self.errors += 1;
+        self.errors_by_kind
+            .entry(kind.to_string())
+            .or_insert_with(|| (0, message()))
+            .0 += 1;
+    }
+
     fn add(&mut self, o: Totals) {
         self.turns += o.turns;
         self.tokens += o.tokens;
         self.errors += o.errors;
+        for (kind, (n, message)) in o.errors_by_kind {
+            self.errors_by_kind.entry(kind).or_insert((0, message)).0 += n;
+        }
         self.cancels += o.cancels;
         self.stale += o.stale;
         self.ttft_us.extend(o.ttft_us);
@@ -640,8 +577,8 @@ async fn drive(session: SessionHandle, turns: usize, mut plan: Plan, totals: Arc
             format!("question {t}")
         };
         let sent = Instant::now();
-        if session.send_text(message).is_err() {
-            local.errors += 1;
+        if let Err(e) = session.send_text(message) {
+            local.error("send_refused", || format!("send_text refused: {e}"));
             break;
         }
         let mut turn: Option<TurnId> = None;
@@ -656,8 +593,14 @@ async fn drive(session: SessionHandle, turns: usize, mut plan: Plan, totals: Arc
             let ev = match tokio::time::timeout(EVENT_TIMEOUT, rx.recv()).await {
                 Ok(Ok(ev)) => ev,
                 Ok(Err(BusRecvError::Lagged { .. })) => continue, // counted by the bus metrics
-                Ok(Err(_)) | Err(_) => {
-                    local.errors += 1;
+                Ok(Err(_)) => {
+                    local.error("bus_closed", || "the session's bus closed mid-turn".into());
+                    break 'turns;
+                }
+                Err(_) => {
+                    local.error("event_timeout", || {
+                        format!("no event for {} s in a turn", EVENT_TIMEOUT.as_secs())
+                    });
                     break 'turns;
                 }
             };
@@ -771,7 +714,10 @@ async fn drive(session: SessionHandle, turns: usize, mut plan: Plan, totals: Arc
                     }
                 }
             }
-            TurnEnd::Failed(_) => local.errors += 1,
+            TurnEnd::Failed(text) => {
+                let message = common::split_failure(&text).1.to_string();
+                local.error(&common::failure_kind(&text), || message);
+            }
             _ => {
                 if action.cancels_generation() {
                     local.cancel_not_reached += 1;
@@ -782,8 +728,10 @@ async fn drive(session: SessionHandle, turns: usize, mut plan: Plan, totals: Arc
                 {
                     // The TTS has played part of the reply when the user talks over it.
                     let heard = 1 + rng.below(chars as u64 - 1) as usize;
-                    if session.speech_played(turn, heard).is_err() {
-                        local.errors += 1;
+                    if let Err(e) = session.speech_played(turn, heard) {
+                        local.error("speech_played_refused", || {
+                            format!("speech_played refused: {e}")
+                        });
                         continue;
                     }
                     let at = Instant::now();
@@ -810,7 +758,9 @@ async fn drive(session: SessionHandle, turns: usize, mut plan: Plan, totals: Arc
                                 local.heard_mismatches += 1;
                             }
                         }
-                        _ => local.errors += 1,
+                        _ => local.error("interrupt_not_seen", || {
+                            "no Interrupted after a barge-in during tail speech".into()
+                        }),
                     }
                 }
             }
@@ -819,7 +769,7 @@ async fn drive(session: SessionHandle, turns: usize, mut plan: Plan, totals: Arc
     // Every call in the committed history must have its output, whatever was cut.
     match session.context().await {
         Ok(ctx) => local.orphan_calls += ctx.calls_without_output().len() as u64,
-        Err(_) => local.errors += 1,
+        Err(e) => local.error("context_unavailable", || format!("context(): {e}")),
     }
     let _ = done_tx.send(());
     local.speaker_cancel_us = speaker_task.await.unwrap_or_default();
@@ -874,56 +824,54 @@ mod cluster;
 
 /// Cluster mode (`--nats`).
 #[cfg(feature = "nats")]
-async fn run_cluster(nats: String, a: &Args) -> Result<(), Box<dyn std::error::Error>> {
-    let ok = cluster::run(cluster::ClusterArgs {
+async fn run_cluster(nats: String, a: &Args) -> ExitCode {
+    let run = cluster::run(cluster::ClusterArgs {
         nats,
         sessions: a.sessions,
         turns: a.turns,
         cancel_after_tokens: a.cancel_after_tokens,
         turn_gap_ms: a.turn_gap_ms,
         json: a.json,
-    })
-    .await?;
-    if !ok {
-        eprintln!("loadgen: a committed turn was lost or a stale event seen");
-        std::process::exit(1);
+    });
+    match run.await {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => common::fail("a committed turn was lost or a stale event seen"),
+        Err(e) => common::fail(e),
     }
-    Ok(())
 }
 
 #[cfg(not(feature = "nats"))]
-async fn run_cluster(_nats: String, _a: &Args) -> Result<(), Box<dyn std::error::Error>> {
-    eprintln!(
-        "error: --nats needs the cluster: build with --features nats (or --all-features)\n{USAGE}"
-    );
-    std::process::exit(2);
+async fn run_cluster(_nats: String, _a: &Args) -> ExitCode {
+    common::usage_error::<Args>(
+        "--nats needs the cluster: build with --features nats (or --all-features)",
+    )
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> ExitCode {
     epoch();
-    let args = match parse_args() {
-        Ok(Cli::Run(a)) => a,
-        Ok(Cli::Help) => {
-            println!("{USAGE}");
-            return Ok(());
-        }
-        Err(msg) => {
-            eprintln!("error: {msg}\n{USAGE}");
-            std::process::exit(2);
-        }
-    };
+    let (args, matches) = common::parse::<Args>();
+    let fallbacks = args.chain.fallbacks::<Args>(&matches);
     if let Some(url) = args.nats.clone() {
         return run_cluster(url, &args).await;
     }
+    match run(args, fallbacks).await {
+        Ok(code) => code,
+        Err(e) => common::fail(e),
+    }
+}
+
+/// The in-process run: the summary on stdout; exit 1 after errors or a
+/// broken soak invariant.
+async fn run(args: Args, fallbacks: Vec<Fallback>) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let _embedded;
-    let base_url = match &args.base_url {
-        Some(url) => url.clone(),
+    let primary = match args.provider.resolve("loadgen", Env::Ignore)? {
+        Some(r) => r.provider,
         None => {
             let server = embedded_server().await?;
             let url = server.base_url();
             _embedded = server;
-            url
+            OpenAiConfig::compatible(url).into()
         }
     };
     let config = ClientConfig {
@@ -931,16 +879,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         read_gap_timeout: Duration::from_secs(30),
         ..ClientConfig::default()
     };
-    let client = if args.chain.enabled() {
-        args.chain.client(base_url, config)?
+    let client = if args.chain_enabled() {
+        args.chain_client(primary, &fallbacks, config)?
     } else {
-        ChatClient::with_config(OpenAiConfig::compatible(base_url), config)?
+        ChatClient::with_config(primary, config)?
     };
     // Barge-ins measure the immediate cut (the fastest path), or in confirmed
     // mode a pause at speech onset then a cut by a confirming interim.
     let mut settings = AgentSettings::new(LlmOptions::new("loadgen"));
     settings.interruption = InterruptionPolicy::immediate();
-    if args.confirmed {
+    if args.interrupt == Interrupt::Confirmed {
         CONFIRMED.store(true, Ordering::Relaxed);
         settings.interruption = InterruptionPolicy {
             min_pause: Duration::ZERO,
@@ -949,7 +897,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         };
     }
     let mut session_config = SessionConfig::new(client, settings);
-    if args.random_barge_in {
+    if args.random_barge_in() {
         session_config = session_config.with_tools(weather_tool());
         session_config.bus_capacity = SOAK_BUS_CAPACITY;
     }
@@ -991,7 +939,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cpu_before = cpu_seconds();
     let load_started = Instant::now();
     for (i, session) in active.iter().enumerate() {
-        let plan = if args.random_barge_in {
+        let plan = if args.random_barge_in() {
             // A distinct, reproducible sequence of choices per session.
             Plan::Random(Rng::new((args.seed << 32) ^ i as u64))
         } else {
@@ -1059,6 +1007,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "turns": t.turns,
         "tokens": t.tokens,
         "errors": t.errors,
+        "errors_by_kind": t.errors_by_kind.iter().map(|(k, (n, _))| (k.clone(), json!(n))).collect::<serde_json::Map<_, _>>(),
         "cancels": t.cancels,
         "ttft_ms": {
             "p50": percentile(&t.ttft_us, 0.5) as f64 / 1000.0,
@@ -1098,7 +1047,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     summary["hedge_cost_tokens"] = json!(t.chain.hedge_cost_tokens);
     summary["duplicated_chars"] = json!(t.chain.duplicated_chars);
     summary["provider_failures"] = json!(failures);
-    if args.random_barge_in {
+    if args.random_barge_in() {
         let actions: serde_json::Map<String, serde_json::Value> = ACTION_LABELS
             .iter()
             .zip(t.actions)
@@ -1119,9 +1068,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     } else {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     }
-    if args.random_barge_in && !invariants_ok {
-        eprintln!("loadgen: an invariant was broken (see \"invariants\")");
-        std::process::exit(1);
+    let mut code = ExitCode::SUCCESS;
+    if t.errors > 0 {
+        let causes: Vec<String> = t
+            .errors_by_kind
+            .iter()
+            .map(|(kind, (n, message))| format!("{kind} ×{n} (first: {message})"))
+            .collect();
+        code = common::fail(format_args!("{} error(s): {}", t.errors, causes.join("; ")));
     }
-    Ok(())
+    if args.random_barge_in() && !invariants_ok {
+        code = common::fail("an invariant was broken (see \"invariants\")");
+    }
+    Ok(code)
 }

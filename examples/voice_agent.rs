@@ -22,14 +22,12 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use colloquy::Secret;
 use colloquy::context::{ChatContext, ChatItem};
-use colloquy::llm::{
-    AzureConfig, AzureSettings, ChatClient, ClientConfig, LlmOptions, OpenAiConfig, Provider,
-};
+use colloquy::llm::{ChatClient, ClientConfig, LlmOptions, OpenAiConfig};
 use colloquy::mock::{MockResponse, MockServer, sse_chunk};
 use colloquy::tools::ToolDefinition;
 use colloquy_actors::bus::{
@@ -44,16 +42,9 @@ use colloquy_actors::{
 use serde_json::{Value, json};
 use tokio::sync::{oneshot, watch};
 
-const USAGE: &str = "usage: voice_agent [--scenario FILE] [--json] [--base-url URL] [--model M]
-       voice_agent -h | --help
-  --scenario FILE  run this scripted conversation (JSON, see the README's
-                   \"Scenarios\") instead of the built-in demo
-  --json           one JSON object per line on stdout instead of the timeline
-  --base-url URL   an OpenAI-compatible server (key from OPENAI_API_KEY, if set)
-  --model M        the model (default: $COLLOQUY_MODEL, else gpt-4o-mini)
-Without --base-url: OpenAI when OPENAI_API_KEY is set, Azure OpenAI when
-AZURE_OPENAI_ENDPOINT is set, else an offline demo model on 127.0.0.1
-(scripted replies, 300 ms to the first token).";
+#[path = "common/mod.rs"]
+mod common;
+use common::{Env, ProviderFlags};
 
 /// The built-in demo, also shipped as `examples/scenarios/demo.json`.
 const DEMO: &str = include_str!("scenarios/demo.json");
@@ -63,35 +54,34 @@ const FINISH_GUARD: Duration = Duration::from_secs(120);
 
 // ---------------------------------------------------------------- command line
 
-#[derive(Default)]
+/// A whole voice-agent conversation through the real runtime: a scripted
+/// user (a scenario of speech-recognition events), the agent's replies on a
+/// simulated TTS, and the history committed as heard.
+///
+/// The model: --azure-endpoint or --azure-deployment: Azure OpenAI;
+/// --base-url: that OpenAI-compatible server (key: --api-key, else
+/// OPENAI_API_KEY); --api-key alone: OpenAI; else OPENAI_API_KEY (OpenAI),
+/// else AZURE_OPENAI_ENDPOINT (Azure), else an offline demo model on
+/// 127.0.0.1 (scripted replies, 300 ms to the first token).
+#[derive(clap::Parser, Debug)]
+#[command(
+    name = "voice_agent",
+    after_help = "Exit codes: 0 the conversation ran; 1 a turn failed (its message is printed) or \
+the agent did not finish; 2 a usage error or a bad scenario file."
+)]
 struct Args {
-    base_url: Option<String>,
-    model: Option<String>,
+    /// Run this scripted conversation (JSON, see the README's "Scenarios")
+    /// instead of the built-in demo
+    #[arg(long, value_name = "FILE")]
     scenario: Option<PathBuf>,
+    /// One JSON object per line on stdout instead of the timeline
+    #[arg(long)]
     json: bool,
-}
-
-/// What the command line asks for.
-enum Cli {
-    Run(Args),
-    Help,
-}
-
-fn parse_args() -> Result<Cli, String> {
-    let mut a = Args::default();
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        let mut value = || it.next().ok_or_else(|| format!("{arg} needs a value"));
-        match arg.as_str() {
-            "--base-url" => a.base_url = Some(value()?),
-            "--model" => a.model = Some(value()?),
-            "--scenario" => a.scenario = Some(PathBuf::from(value()?)),
-            "--json" => a.json = true,
-            "-h" | "--help" => return Ok(Cli::Help),
-            other => return Err(format!("unknown argument {other}")),
-        }
-    }
-    Ok(Cli::Run(a))
+    #[command(flatten)]
+    provider: ProviderFlags,
+    /// The model (default: $COLLOQUY_MODEL, else gpt-4o-mini)
+    #[arg(long, value_name = "M")]
+    model: Option<String>,
 }
 
 // ---------------------------------------------------------------- scenarios
@@ -360,7 +350,7 @@ struct Model {
 }
 
 async fn choose_model(
-    base_url: Option<String>,
+    flags: &ProviderFlags,
     model: Option<String>,
 ) -> Result<Model, Box<dyn std::error::Error>> {
     let config = ClientConfig {
@@ -370,19 +360,9 @@ async fn choose_model(
     let model = model
         .or_else(|| std::env::var("COLLOQUY_MODEL").ok())
         .unwrap_or_else(|| "gpt-4o-mini".into());
-    let provider: Option<(Provider, String)> = if let Some(url) = base_url {
-        let mut c = OpenAiConfig::compatible(url.clone());
-        c.api_key = Secret::from_env("OPENAI_API_KEY");
-        Some((c.into(), format!("{model} at {url}")))
-    } else if std::env::var("OPENAI_API_KEY").is_ok() {
-        Some((OpenAiConfig::from_env()?.into(), format!("OpenAI {model}")))
-    } else if std::env::var("AZURE_OPENAI_ENDPOINT").is_ok() {
-        let c = AzureConfig::resolve(&model, AzureSettings::default())?;
-        let label = format!("Azure OpenAI deployment {}", c.deployment);
-        Some((c.into(), label))
-    } else {
-        None
-    };
+    let provider = flags
+        .resolve(&model, Env::Read)?
+        .map(|r| (r.provider, r.label));
     Ok(match provider {
         Some((p, label)) => Model {
             client: ChatClient::with_config(p, config)?,
@@ -553,11 +533,14 @@ struct Observer {
     final_at: Option<Instant>,
     hit: bool,
     backchannel: bool,
+    /// The failed turns' messages.
+    failures: Vec<String>,
 }
 
 impl Observer {
-    /// Prints events until `stop` fires, then what is already queued.
-    async fn run(mut self, mut rx: BusReceiver, mut stop: oneshot::Receiver<()>) {
+    /// Prints events until `stop` fires, then what is already queued; returns
+    /// the failed turns' messages.
+    async fn run(mut self, mut rx: BusReceiver, mut stop: oneshot::Receiver<()>) -> Vec<String> {
         loop {
             let received = tokio::select! {
                 biased;
@@ -566,7 +549,7 @@ impl Observer {
                     while let Ok(Some(ev)) = rx.try_recv() {
                         self.event(ev).await;
                     }
-                    return;
+                    return self.failures;
                 }
             };
             match received {
@@ -574,7 +557,7 @@ impl Observer {
                 Err(BusRecvError::Lagged { missed }) => {
                     self.out.line(&format!("(observer missed {missed} events)"))
                 }
-                Err(_) => return,
+                Err(_) => return self.failures,
             }
         }
     }
@@ -760,17 +743,36 @@ impl Observer {
                         "generation cancelled mid-stream; the HTTP stream is closed",
                     );
                 }
-                out.json("turn_finished", json!({"turn": n, "reason": end.label()}));
                 let (p, c, est) = self.turn_usage.remove(&turn).unwrap_or_default();
-                out.line(&format!(
-                    "turn {turn} generation ended: {} | usage: prompt {p}, completion {c}{}",
-                    end.label(),
-                    if est {
-                        " (estimated: cut before the provider reported)"
-                    } else {
-                        ""
-                    }
-                ));
+                let usage = format!("usage: prompt {p}, completion {c}");
+                if let TurnEnd::Failed(text) = end {
+                    // A failure, not a cut: its message, and the run fails.
+                    let (kind, message) = common::split_failure(text);
+                    out.json(
+                        "turn_finished",
+                        json!({"turn": n, "reason": end.label(), "kind": kind, "message": message}),
+                    );
+                    out.line(&format!(
+                        "turn {turn} generation failed: {message} | {usage}{}",
+                        if est {
+                            " (estimated: the request failed before the provider reported)"
+                        } else {
+                            ""
+                        }
+                    ));
+                    self.failures.push(format!("turn {turn} failed: {message}"));
+                } else {
+                    out.json("turn_finished", json!({"turn": n, "reason": end.label()}));
+                    out.line(&format!(
+                        "turn {turn} generation ended: {} | {usage}{}",
+                        end.label(),
+                        if est {
+                            " (estimated: cut before the provider reported)"
+                        } else {
+                            ""
+                        }
+                    ));
+                }
             }
             _ => {}
         }
@@ -920,25 +922,14 @@ fn weather_tool() -> ToolRegistry {
 }
 
 #[tokio::main]
-async fn main() {
-    let args = match parse_args() {
-        Ok(Cli::Run(a)) => a,
-        Ok(Cli::Help) => {
-            println!("{USAGE}");
-            return;
-        }
-        Err(msg) => {
-            eprintln!("error: {msg}\n{USAGE}");
-            std::process::exit(2);
-        }
-    };
+async fn main() -> ExitCode {
+    let (args, _) = common::parse::<Args>();
     let (name, text) = match &args.scenario {
         None => ("the built-in demo".to_string(), DEMO.to_string()),
         Some(path) => match std::fs::read_to_string(path) {
             Ok(text) => (path.display().to_string(), text),
             Err(e) => {
-                eprintln!("error: cannot read scenario {}: {e}", path.display());
-                std::process::exit(2);
+                common::usage_error::<Args>(format!("cannot read scenario {}: {e}", path.display()))
             }
         },
     };
@@ -946,26 +937,29 @@ async fn main() {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: scenario {name}: {e}");
-            std::process::exit(2);
+            return ExitCode::from(2);
         }
     };
     match run(args, &name, scenario).await {
-        Ok(true) => {}
-        Ok(false) => std::process::exit(1),
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::exit(1);
+        Ok(problems) if problems.is_empty() => ExitCode::SUCCESS,
+        Ok(problems) => {
+            for p in &problems {
+                eprintln!("error: {p}");
+            }
+            ExitCode::FAILURE
         }
+        Err(e) => common::fail(e),
     }
 }
 
-/// The conversation; `Ok(false)` when the agent did not finish in time.
+/// The conversation; what went wrong in it (failed turns, an agent that did
+/// not finish in time), empty when nothing did.
 async fn run(
     args: Args,
     name: &str,
     scenario: Scenario,
-) -> Result<bool, Box<dyn std::error::Error>> {
-    let model = choose_model(args.base_url, args.model).await?;
+) -> Result<Vec<String>, Box<dyn std::error::Error>> {
+    let model = choose_model(&args.provider, args.model).await?;
     let out = Arc::new(Out {
         json: args.json,
         start: Instant::now(),
@@ -1044,6 +1038,7 @@ async fn run(
         final_at: None,
         hit: false,
         backchannel: false,
+        failures: Vec::new(),
     };
     let observer = tokio::spawn(observer.run(session.subscribe(), stop_rx));
 
@@ -1051,13 +1046,13 @@ async fn run(
     let finished = ended || agent_done(seen_rx, speaker.status(), last_seq).await;
     // What happened up to now is printed; stopping the session is not part of the run.
     let _ = stop_tx.send(());
-    let _ = observer.await;
+    let mut problems = observer.await.unwrap_or_default();
     out.end_speech("");
     if !finished {
-        eprintln!(
-            "error: the agent did not finish speaking within {} s after the script",
+        problems.push(format!(
+            "the agent did not finish speaking within {} s after the script",
             FINISH_GUARD.as_secs()
-        );
+        ));
     }
     drop(speaker);
     let ctx = session.context().await?;
@@ -1073,5 +1068,5 @@ async fn run(
         );
     }
     supervisor.shutdown().await;
-    Ok(finished)
+    Ok(problems)
 }
