@@ -29,7 +29,7 @@ fn openai_like(n: usize) -> Vec<Bytes> {
 
 fn fixture(name: &str) -> Option<Vec<Bytes>> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/fixtures/sse")
+        .join("tests/fixtures/sse")
         .join(name);
     let text = std::fs::read_to_string(path).ok()?;
     Some(

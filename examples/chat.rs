@@ -20,185 +20,92 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use colloquy::Secret;
+use clap::Parser;
 use colloquy::context::ChatContext;
 use colloquy::llm::{
-    AzureConfig, AzureSettings, ChatClient, ChatRequest, ClientConfig, Hedging, LlmError,
-    LlmOptions, OpenAiConfig, Provider, ProviderChain, ProviderSpec, ReasoningEffort, StreamEvent,
-    Verbosity,
+    ChatClient, ChatRequest, ClientConfig, LlmError, LlmOptions, OpenAiConfig, ReasoningEffort,
+    StreamEvent, Verbosity,
 };
 use colloquy::tools::{ToolChoice, ToolDefinition};
 use futures_util::StreamExt;
 use serde_json::json;
 
-const USAGE: &str =
-    "usage: chat [--base-url URL] [--model M] [--api-key K] [--azure-endpoint URL] \
-[--azure-deployment D] [--api-version V] [--system TEXT] [--tool NAME]... \
-[--tool-choice auto|required|none|NAME] [--reasoning-effort E] [--verbosity V] \
-[--max-completion-tokens N] [--temperature T] [--max-retries N] \
-[--fallback-base-url URL [--fallback-model M] [--fallback-api-key K]]... [--ttft-timeout-ms N] \
-[--gap-timeout-ms N] [--hedge-after-ms N] [--json] [--] PROMPT
-       chat -h | --help";
+#[path = "common/mod.rs"]
+mod common;
+use common::{ChainFlags, Env, Fallback, ProviderFlags};
 
-/// A fallback provider named on the command line.
-#[derive(Default)]
-struct Fallback {
-    base_url: String,
-    model: Option<String>,
-    api_key: Option<String>,
-}
-
-#[derive(Default)]
+/// One streamed completion from the command line.
+///
+/// The provider: --azure-endpoint or --azure-deployment: Azure OpenAI;
+/// --base-url: that OpenAI-compatible server (key: --api-key, else
+/// OPENAI_API_KEY); --api-key alone: OpenAI; else OPENAI_API_KEY (OpenAI),
+/// else AZURE_OPENAI_ENDPOINT (Azure).
+#[derive(Parser, Debug)]
+#[command(
+    name = "chat",
+    after_help = "With --json, stdout carries one JSON object per line: token, reasoning, refusal, \
+tool_call, usage, provider, provider_failed, then finished (exit 0) or error (exit 1, with \
+kind, status, code, message, retry_after_s). Exit codes: 0 finished, 1 the request failed, \
+2 a usage error."
+)]
 struct Args {
-    base_url: Option<String>,
-    model: Option<String>,
-    api_key: Option<String>,
-    azure_endpoint: Option<String>,
-    azure_deployment: Option<String>,
-    api_version: Option<String>,
+    #[command(flatten)]
+    provider: ProviderFlags,
+    /// The model
+    #[arg(long, value_name = "M", default_value = "gpt-4o-mini")]
+    model: String,
+    /// A system message before the prompt
+    #[arg(long, value_name = "TEXT")]
     system: Option<String>,
+    /// Offer a free-form tool of this name (repeatable)
+    #[arg(long = "tool", value_name = "NAME")]
     tools: Vec<String>,
+    /// auto, required, none, or a tool's name
+    #[arg(long, value_name = "CHOICE")]
     tool_choice: Option<String>,
+    /// Reasoning effort for reasoning models
+    #[arg(long, value_name = "E",
+          value_parser = ["none", "minimal", "low", "medium", "high"])]
     reasoning_effort: Option<String>,
+    /// Verbosity for reasoning models
+    #[arg(long, value_name = "V", value_parser = ["low", "medium", "high"])]
     verbosity: Option<String>,
+    /// Cap on the completion's tokens (at least 1)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     max_completion_tokens: Option<u32>,
+    /// Sampling temperature, 0 to 2
+    #[arg(long, value_name = "T", value_parser = common::temperature)]
     temperature: Option<f64>,
+    /// Nucleus sampling, 0 to 1
+    #[arg(long, value_name = "P", value_parser = common::fraction)]
+    top_p: Option<f64>,
+    /// Frequency penalty, -2 to 2
+    #[arg(long, value_name = "X", value_parser = common::penalty)]
+    frequency_penalty: Option<f64>,
+    /// Presence penalty, -2 to 2
+    #[arg(long, value_name = "X", value_parser = common::penalty)]
+    presence_penalty: Option<f64>,
+    /// Retries of a failed request before anything was delivered
+    #[arg(long, value_name = "N", default_value_t = 0)]
     max_retries: u32,
-    fallbacks: Vec<Fallback>,
-    ttft_timeout_ms: Option<u64>,
-    gap_timeout_ms: Option<u64>,
-    hedge_after_ms: Option<u64>,
+    #[command(flatten)]
+    chain: ChainFlags,
+    /// One JSON object per line on stdout (see below)
+    #[arg(long)]
     json: bool,
+    /// The user's message (the words are joined with spaces; put it after --
+    /// when it starts with a dash)
+    #[arg(required = true, value_name = "PROMPT")]
     prompt: Vec<String>,
 }
 
-impl Args {
-    /// Whether the request goes through a provider chain.
-    fn chain(&self) -> bool {
-        !self.fallbacks.is_empty()
-            || self.ttft_timeout_ms.is_some()
-            || self.gap_timeout_ms.is_some()
-            || self.hedge_after_ms.is_some()
-    }
-}
-
-/// What the command line asks for.
-enum Cli {
-    Run(Box<Args>),
-    Help,
-}
-
-fn parse_args() -> Result<Cli, String> {
-    let mut a = Args::default();
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
-        match arg.as_str() {
-            "--base-url" => a.base_url = Some(value(&arg)?),
-            "--model" => a.model = Some(value(&arg)?),
-            "--api-key" => a.api_key = Some(value(&arg)?),
-            "--azure-endpoint" => a.azure_endpoint = Some(value(&arg)?),
-            "--azure-deployment" => a.azure_deployment = Some(value(&arg)?),
-            "--api-version" => a.api_version = Some(value(&arg)?),
-            "--system" => a.system = Some(value(&arg)?),
-            "--tool" => a.tools.push(value(&arg)?),
-            "--tool-choice" => a.tool_choice = Some(value(&arg)?),
-            "--reasoning-effort" => a.reasoning_effort = Some(value(&arg)?),
-            "--verbosity" => a.verbosity = Some(value(&arg)?),
-            "--max-completion-tokens" => {
-                a.max_completion_tokens = Some(
-                    value(&arg)?
-                        .parse()
-                        .map_err(|_| "--max-completion-tokens: not a number")?,
-                )
-            }
-            "--temperature" => {
-                a.temperature = Some(
-                    value(&arg)?
-                        .parse()
-                        .map_err(|_| "--temperature: not a number")?,
-                )
-            }
-            "--max-retries" => {
-                a.max_retries = value(&arg)?
-                    .parse()
-                    .map_err(|_| "--max-retries: not a number")?
-            }
-            "--fallback-base-url" => a.fallbacks.push(Fallback {
-                base_url: value(&arg)?,
-                ..Fallback::default()
-            }),
-            "--fallback-model" | "--fallback-api-key" => {
-                let v = value(&arg)?;
-                let last = a.fallbacks.last_mut().ok_or_else(|| {
-                    format!("{arg} applies to a --fallback-base-url named before it")
-                })?;
-                if arg == "--fallback-model" {
-                    last.model = Some(v);
-                } else {
-                    last.api_key = Some(v);
-                }
-            }
-            "--ttft-timeout-ms" => a.ttft_timeout_ms = Some(millis(&arg, value(&arg)?)?),
-            "--gap-timeout-ms" => a.gap_timeout_ms = Some(millis(&arg, value(&arg)?)?),
-            "--hedge-after-ms" => a.hedge_after_ms = Some(millis(&arg, value(&arg)?)?),
-            "--json" => a.json = true,
-            "-h" | "--help" => return Ok(Cli::Help),
-            "--" => a.prompt.extend(it.by_ref()),
-            s if s.starts_with('-') && s.len() > 1 => {
-                return Err(format!("unknown flag {s}"));
-            }
-            _ => a.prompt.push(arg),
-        }
-    }
-    if a.prompt.is_empty() {
-        return Err("missing prompt".into());
-    }
-    Ok(Cli::Run(Box::new(a)))
-}
-
-fn millis(flag: &str, v: String) -> Result<u64, String> {
-    v.parse()
-        .map_err(|_| format!("{flag}: not a number of milliseconds"))
-}
-
-fn provider(a: &Args, model: &str) -> Result<Provider, LlmError> {
-    let use_azure = a.azure_endpoint.is_some()
-        || a.azure_deployment.is_some()
-        || (a.base_url.is_none()
-            && a.api_key.is_none()
-            && std::env::var("OPENAI_API_KEY").is_err()
-            && std::env::var("AZURE_OPENAI_ENDPOINT").is_ok());
-    if use_azure {
-        let cfg = AzureConfig::resolve(
-            model,
-            AzureSettings {
-                endpoint: a.azure_endpoint.clone(),
-                deployment: a.azure_deployment.clone(),
-                api_version: a.api_version.clone(),
-                api_key: a.api_key.clone().map(Secret::new),
-                ..Default::default()
-            },
-        )?;
-        return Ok(cfg.into());
-    }
-    let mut cfg = match (&a.base_url, &a.api_key) {
-        (Some(url), _) => {
-            let mut c = OpenAiConfig::compatible(url.clone());
-            c.api_key = a
-                .api_key
-                .clone()
-                .map(Secret::new)
-                .or_else(|| Secret::from_env("OPENAI_API_KEY"));
-            c
-        }
-        (None, Some(key)) => OpenAiConfig::new(key.clone()),
-        (None, None) => OpenAiConfig::from_env()?,
-    };
-    if let Some(url) = &a.base_url {
-        cfg.base_url = url.clone();
-    }
-    Ok(cfg.into())
+/// The primary provider: the flags, else the environment.
+fn provider(a: &Args) -> Result<colloquy::llm::Provider, LlmError> {
+    Ok(match a.provider.resolve(&a.model, Env::Read)? {
+        Some(r) => r.provider,
+        // OPENAI_BASE_URL alone, or the missing-key error.
+        None => OpenAiConfig::from_env()?.into(),
+    })
 }
 
 fn error_json(e: &LlmError) -> serde_json::Value {
@@ -213,34 +120,15 @@ fn error_json(e: &LlmError) -> serde_json::Value {
     })
 }
 
-async fn run(a: Args) -> Result<(), LlmError> {
-    let model = a.model.clone().unwrap_or_else(|| "gpt-4o-mini".into());
+async fn run(a: Args, fallbacks: Vec<Fallback>) -> Result<(), LlmError> {
+    let model = a.model.clone();
     let mut config = ClientConfig::default();
     config.retry.max_retries = a.max_retries;
     config.read_gap_timeout = Duration::from_secs(60);
-    let client = if a.chain() {
-        // Deadlines apply to every provider; a fallback gets no key unless
-        // given one (never the primary's: it may be another host).
-        config.first_token_timeout = a.ttft_timeout_ms.map(Duration::from_millis);
-        config.output_gap_timeout = a.gap_timeout_ms.map(Duration::from_millis);
-        let mut chain = ProviderChain::new(
-            ProviderSpec::new(provider(&a, &model)?).with_config(config.clone()),
-        );
-        for f in &a.fallbacks {
-            let mut c = OpenAiConfig::compatible(f.base_url.clone());
-            c.api_key = f.api_key.clone().map(Secret::new);
-            let mut spec = ProviderSpec::new(c).with_config(config.clone());
-            if let Some(m) = &f.model {
-                spec = spec.with_model(m.clone());
-            }
-            chain = chain.with_fallback(spec);
-        }
-        if let Some(ms) = a.hedge_after_ms {
-            chain = chain.with_hedging(Hedging::After(Duration::from_millis(ms)));
-        }
-        ChatClient::with_chain(chain)?
+    let client = if a.chain.enabled() {
+        ChatClient::with_chain(a.chain.chain(provider(&a)?, &fallbacks, config))?
     } else {
-        ChatClient::with_config(provider(&a, &model)?, config)?
+        ChatClient::with_config(provider(&a)?, config)?
     };
 
     let mut ctx = ChatContext::new();
@@ -250,6 +138,9 @@ async fn run(a: Args) -> Result<(), LlmError> {
     ctx.add_user(a.prompt.join(" "));
     let mut options = LlmOptions::new(model);
     options.temperature = a.temperature.or(options.temperature);
+    options.top_p = a.top_p.or(options.top_p);
+    options.frequency_penalty = a.frequency_penalty.or(options.frequency_penalty);
+    options.presence_penalty = a.presence_penalty.or(options.presence_penalty);
     options.max_completion_tokens = a.max_completion_tokens;
     options.tools = a
         .tools
@@ -326,27 +217,15 @@ async fn run(a: Args) -> Result<(), LlmError> {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(Cli::Run(a)) => *a,
-        Ok(Cli::Help) => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Err(msg) => {
-            eprintln!("error: {msg}\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
+    let (args, matches) = common::parse::<Args>();
+    let fallbacks = args.chain.fallbacks::<Args>(&matches);
     let json = args.json;
-    match run(args).await {
+    match run(args, fallbacks).await {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            if json {
-                println!("{}", error_json(&e));
-            } else {
-                eprintln!("error: {e}");
-            }
+        Err(e) if json => {
+            println!("{}", error_json(&e));
             ExitCode::FAILURE
         }
+        Err(e) => common::fail(e),
     }
 }

@@ -15,6 +15,7 @@
 //! assistant message) is answered with the rest of the words, restating the
 //! last `--restate-words R` words first, as models sometimes do.
 
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -22,96 +23,55 @@ use colloquy::llm::DEFAULT_CONTINUATION_INSTRUCTION;
 use colloquy::mock::{MockResponse, MockServer, RecordedRequest, sse_chunk};
 use serde_json::json;
 
-const USAGE: &str = "usage: mock_server [--port P] [--tokens N] [--gap-ms MS] [--ttft-ms MS] \
-[--stall-rate F] [--keep-alive-ms MS] [--drop-after-tokens K] [--drop-rate F] \
-[--restate-words R] [--seed S]
-       mock_server -h | --help
-  --port P               port on 127.0.0.1 (default 8089; 0 picks a free one)
-  --tokens N             words per text reply (default 40)
-  --gap-ms MS            pause between words (default 20)
-  --ttft-ms MS           pause before the first word (default: the gap)
-  --stall-rate F         fraction of requests that stall before their first word,
-                         sending only keep-alive comments (default 0)
-  --keep-alive-ms MS     keep-alive period while stalled (default 250)
-  --drop-after-tokens K  hang up after K words (default 0: never)
-  --drop-rate F          fraction of requests that hang up (default 1)
-  --restate-words R      a continuation restates the last R words first (default 0)
-  --seed S               seed of the per-request choices (default 1)";
+#[path = "common/mod.rs"]
+mod common;
 
+/// A standalone OpenAI-compatible streaming server on 127.0.0.1 (for the
+/// chat example, and for driving loadgen from a separate process). Prompts
+/// containing "weather" get a tool call first, then a text answer.
+///
+/// Faults are chosen per request from a seeded PRNG. A request that asks to
+/// continue a cut reply is answered with the rest of the words.
+#[derive(clap::Parser, Debug)]
+#[command(
+    name = "mock_server",
+    after_help = "Prints `mock server listening on http://127.0.0.1:PORT/v1` on stderr once it \
+accepts connections, then serves until killed. Exit codes: 1 the port cannot be bound (in use), \
+2 a usage error."
+)]
 struct Args {
+    /// Port on 127.0.0.1 (0 picks a free one)
+    #[arg(long, value_name = "P", default_value_t = 8089)]
     port: u16,
+    /// Words per text reply
+    #[arg(long, value_name = "N", default_value_t = 40)]
     tokens: usize,
+    /// Pause between words (milliseconds)
+    #[arg(long, value_name = "MS", default_value_t = 20)]
     gap_ms: u64,
+    /// Pause before the first word (milliseconds; default: the gap)
+    #[arg(long, value_name = "MS")]
     ttft_ms: Option<u64>,
+    /// Fraction of requests (0 to 1) that stall before their first word,
+    /// sending only keep-alive comments
+    #[arg(long, value_name = "F", default_value_t = 0.0, value_parser = common::fraction)]
     stall_rate: f64,
+    /// Keep-alive period while stalled (milliseconds, at least 1)
+    #[arg(long, value_name = "MS", default_value_t = 250,
+          value_parser = clap::value_parser!(u64).range(1..))]
     keep_alive_ms: u64,
+    /// Hang up after K words (0: never)
+    #[arg(long, value_name = "K", default_value_t = 0)]
     drop_after_tokens: usize,
+    /// Fraction of requests (0 to 1) that hang up after --drop-after-tokens
+    #[arg(long, value_name = "F", default_value_t = 1.0, value_parser = common::fraction)]
     drop_rate: f64,
+    /// A continuation restates the last R words first, as models sometimes do
+    #[arg(long, value_name = "R", default_value_t = 0)]
     restate_words: usize,
+    /// Seed of the per-request choices
+    #[arg(long, value_name = "S", default_value_t = 1)]
     seed: u64,
-}
-
-/// What the command line asks for.
-enum Cli {
-    Run(Args),
-    Help,
-}
-
-fn parse_args() -> Result<Cli, String> {
-    let mut a = Args {
-        port: 8089,
-        tokens: 40,
-        gap_ms: 20,
-        ttft_ms: None,
-        stall_rate: 0.0,
-        keep_alive_ms: 250,
-        drop_after_tokens: 0,
-        drop_rate: 1.0,
-        restate_words: 0,
-        seed: 1,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        let mut value = || -> Result<String, String> {
-            it.next().ok_or_else(|| format!("{arg} needs a value"))
-        };
-        match arg.as_str() {
-            "--port" => a.port = value()?.parse().map_err(|_| "--port: not a port number")?,
-            "--tokens" => a.tokens = value()?.parse().map_err(|_| "--tokens: not a number")?,
-            "--gap-ms" => a.gap_ms = value()?.parse().map_err(|_| "--gap-ms: not a number")?,
-            "--ttft-ms" => {
-                a.ttft_ms = Some(value()?.parse().map_err(|_| "--ttft-ms: not a number")?)
-            }
-            "--stall-rate" => a.stall_rate = rate("--stall-rate", value()?)?,
-            "--keep-alive-ms" => {
-                a.keep_alive_ms = value()?
-                    .parse()
-                    .map_err(|_| "--keep-alive-ms: not a number")?
-            }
-            "--drop-after-tokens" => {
-                a.drop_after_tokens = value()?
-                    .parse()
-                    .map_err(|_| "--drop-after-tokens: not a number")?
-            }
-            "--drop-rate" => a.drop_rate = rate("--drop-rate", value()?)?,
-            "--restate-words" => {
-                a.restate_words = value()?
-                    .parse()
-                    .map_err(|_| "--restate-words: not a number")?
-            }
-            "--seed" => a.seed = value()?.parse().map_err(|_| "--seed: not a number")?,
-            "-h" | "--help" => return Ok(Cli::Help),
-            other => return Err(format!("unknown argument {other}")),
-        }
-    }
-    Ok(Cli::Run(a))
-}
-
-fn rate(flag: &str, v: String) -> Result<f64, String> {
-    v.parse::<f64>()
-        .ok()
-        .filter(|f| (0.0..=1.0).contains(f))
-        .ok_or_else(|| format!("{flag}: not a fraction between 0 and 1"))
 }
 
 /// A uniform number in `0..1` for request `n` (SplitMix64 of seed and n).
@@ -167,18 +127,8 @@ fn reply(
 }
 
 #[tokio::main]
-async fn main() -> std::io::Result<()> {
-    let args = match parse_args() {
-        Ok(Cli::Run(a)) => a,
-        Ok(Cli::Help) => {
-            println!("{USAGE}");
-            return Ok(());
-        }
-        Err(msg) => {
-            eprintln!("error: {msg}\n{USAGE}");
-            std::process::exit(2);
-        }
-    };
+async fn main() -> ExitCode {
+    let (args, _) = common::parse::<Args>();
     let (port, tokens) = (args.port, args.tokens);
     let gap = Duration::from_millis(args.gap_ms);
     let ttft = args.ttft_ms.map_or(gap, Duration::from_millis);
@@ -219,8 +169,14 @@ async fn main() -> std::io::Result<()> {
         false,
         port,
     )
-    .await?;
+    .await;
+    let server = match server {
+        Ok(server) => server,
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            return common::fail(format_args!("127.0.0.1:{port} is already in use ({e})"));
+        }
+        Err(e) => return common::fail(format_args!("cannot listen on 127.0.0.1:{port}: {e}")),
+    };
     eprintln!("mock server listening on {}", server.base_url());
-    std::future::pending::<()>().await;
-    Ok(())
+    std::future::pending::<ExitCode>().await
 }

@@ -4,36 +4,14 @@
 //! `cargo test` builds the examples before running tests; this test runs the
 //! built binary against a local server.
 
-use std::path::PathBuf;
+#[path = "support/bin.rs"]
+mod bin;
 
 use colloquy::mock::{MockResponse, MockServer, sse_chunk};
 use serde_json::{Value, json};
 
-fn chat_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target profile directory");
-    let bin = dir
-        .join("examples")
-        .join(format!("chat{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo test` (which builds the examples), not only this test target",
-        bin.display()
-    );
-    bin
-}
-
 async fn run(args: &[&str]) -> (Vec<Value>, bool) {
-    let out = tokio::process::Command::new(chat_binary())
-        .args(args)
-        .env_remove("OPENAI_API_KEY")
-        .env_remove("AZURE_OPENAI_ENDPOINT")
-        .output()
-        .await
-        .expect("chat runs");
+    let out = bin::run("chat", args).await;
     let stdout = String::from_utf8(out.stdout).expect("utf-8 stdout");
     let lines = stdout
         .lines()

@@ -1,74 +1,162 @@
-//! Every example's command line: `--help` and `-h` print the usage on stdout and
-//! exit 0 (without doing any work); an unknown flag prints an error and the
-//! usage on stderr and exits 2.
+//! Every example's command line, one error style: `--help` and `-h` print the
+//! usage on stdout and exit 0 (without doing any work), `--help` describing
+//! every flag; a usage error (an unknown flag, a bad or out-of-range value)
+//! prints `error: …` and the usage on stderr and exits 2; a failure at run
+//! time prints `error: …` (never a `Debug` dump) and exits 1.
 //!
 //! `cargo test` builds the examples before running tests; these tests run the
 //! built binaries. A binary that ignored the flag and started its work (a server
 //! that never exits, say) is killed when the guard timeout expires.
 
-use std::path::PathBuf;
-use std::process::{Output, Stdio};
+#[path = "support/bin.rs"]
+mod bin;
+
 use std::time::Duration;
+
+use bin::{command, output_within, texts};
+use colloquy::mock::{MockResponse, MockServer};
+use serde_json::Value;
 
 const EXAMPLES: [&str; 4] = ["chat", "loadgen", "mock_server", "voice_agent"];
 
 /// Only turns a hang into a failure.
 const GUARD: Duration = Duration::from_secs(60);
 
-fn example_binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target profile directory");
-    let bin = dir
-        .join("examples")
-        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo test` (which builds the examples), not only this test target",
-        bin.display()
+async fn run(name: &str, args: &[&str]) -> (String, String, Option<i32>) {
+    texts(&output_within(command(name, args), GUARD).await)
+}
+
+/// A usage error: exit 2, nothing on stdout, `error: ` first on stderr and
+/// never a `Debug` dump.
+#[track_caller]
+fn assert_usage_error(what: &str, (stdout, stderr, code): &(String, String, Option<i32>)) {
+    assert_eq!(
+        *code,
+        Some(2),
+        "{what}: stdout {stdout:?} stderr {stderr:?}"
     );
-    bin
-}
-
-async fn run(name: &str, args: &[&str]) -> Output {
-    let child = tokio::process::Command::new(example_binary(name))
-        .args(args)
-        .env_remove("OPENAI_API_KEY")
-        .env_remove("AZURE_OPENAI_ENDPOINT")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("{name} runs: {e}"));
-    tokio::time::timeout(GUARD, child.wait_with_output())
-        .await
-        .unwrap_or_else(|_| panic!("{name} {args:?} did not exit"))
-        .expect("output")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
+    assert!(stdout.is_empty(), "{what}: stdout {stdout:?}");
+    assert!(stderr.starts_with("error: "), "{what}: {stderr:?}");
+    assert!(
+        !stderr.contains("Config(") && !stderr.contains("Os {"),
+        "{what}: a Debug print: {stderr:?}"
+    );
 }
 
 #[tokio::test]
 async fn help_prints_the_usage_on_stdout_and_exits_0() {
     for name in EXAMPLES {
         for flag in ["--help", "-h"] {
-            let out = run(name, &[flag]).await;
-            let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+            let (stdout, stderr, code) = run(name, &[flag]).await;
             assert_eq!(
-                out.status.code(),
+                code,
                 Some(0),
                 "{name} {flag}: stdout {stdout:?} stderr {stderr:?}"
             );
             assert!(
-                stdout.starts_with(&format!("usage: {name}")),
+                stdout.contains(&format!("Usage: {name}")),
                 "{name} {flag}: usage on stdout, got {stdout:?}"
             );
             assert!(stderr.is_empty(), "{name} {flag}: stderr {stderr:?}");
+        }
+    }
+}
+
+/// The flags the README and the other tests rely on, per example.
+const FLAGS: [(&str, &[&str]); 4] = [
+    (
+        "chat",
+        &[
+            "--base-url",
+            "--model",
+            "--api-key",
+            "--azure-endpoint",
+            "--azure-deployment",
+            "--api-version",
+            "--system",
+            "--tool",
+            "--tool-choice",
+            "--reasoning-effort",
+            "--verbosity",
+            "--max-completion-tokens",
+            "--temperature",
+            "--top-p",
+            "--frequency-penalty",
+            "--presence-penalty",
+            "--max-retries",
+            "--fallback-base-url",
+            "--fallback-model",
+            "--fallback-api-key",
+            "--ttft-timeout-ms",
+            "--gap-timeout-ms",
+            "--hedge-after-ms",
+            "--json",
+        ],
+    ),
+    (
+        "loadgen",
+        &[
+            "--base-url",
+            "--sessions",
+            "--turns",
+            "--cancel-after-tokens",
+            "--idle-sessions",
+            "--barge-in",
+            "--seed",
+            "--interrupt",
+            "--fallback-base-url",
+            "--fallback-model",
+            "--fallback-api-key",
+            "--ttft-timeout-ms",
+            "--gap-timeout-ms",
+            "--hedge-after-ms",
+            "--breaker-failures",
+            "--json",
+            "--nats",
+            "--turn-gap-ms",
+        ],
+    ),
+    (
+        "mock_server",
+        &[
+            "--port",
+            "--tokens",
+            "--gap-ms",
+            "--ttft-ms",
+            "--stall-rate",
+            "--keep-alive-ms",
+            "--drop-after-tokens",
+            "--drop-rate",
+            "--restate-words",
+            "--seed",
+        ],
+    ),
+    (
+        "voice_agent",
+        &["--scenario", "--json", "--base-url", "--model"],
+    ),
+];
+
+#[tokio::test]
+async fn help_describes_every_flag() {
+    for (name, flags) in FLAGS {
+        let (stdout, _, code) = run(name, &["--help"]).await;
+        assert_eq!(code, Some(0), "{name}");
+        let lines: Vec<&str> = stdout.lines().collect();
+        for flag in flags {
+            // clap's long help: the flag on its line, its description on the next.
+            let at = lines
+                .iter()
+                .position(|l| {
+                    let l = l.trim_start();
+                    l.starts_with(&format!("{flag} ")) || l == *flag
+                })
+                .unwrap_or_else(|| panic!("{name} --help lists {flag}: {stdout}"));
+            let description = lines.get(at + 1).map_or("", |l| l.trim());
+            assert!(
+                description.len() > 3,
+                "{name} --help describes {flag}: {stdout}"
+            );
         }
     }
 }
@@ -77,20 +165,117 @@ async fn help_prints_the_usage_on_stdout_and_exits_0() {
 async fn unknown_flag_is_an_error_with_the_usage_on_stderr_and_exit_2() {
     for name in EXAMPLES {
         let out = run(name, &["--no-such-flag"]).await;
-        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
-        assert_eq!(
-            out.status.code(),
-            Some(2),
-            "{name}: stdout {stdout:?} stderr {stderr:?}"
-        );
+        assert_usage_error(name, &out);
+        let stderr = &out.1;
+        assert!(stderr.contains("--no-such-flag"), "{name}: {stderr:?}");
         assert!(
-            stderr.starts_with("error: unknown") && stderr.contains("--no-such-flag"),
-            "{name}: a clear error first, got {stderr:?}"
-        );
-        assert!(
-            stderr.contains(&format!("usage: {name}")),
+            stderr.contains(&format!("Usage: {name}")),
             "{name}: usage on stderr, got {stderr:?}"
         );
-        assert!(stdout.is_empty(), "{name}: stdout {stdout:?}");
     }
+}
+
+#[tokio::test]
+async fn a_bad_base_url_is_a_usage_error_naming_the_value() {
+    for (name, args) in [
+        ("loadgen", &["--base-url", "notaurl"][..]),
+        ("chat", &["--base-url", "notaurl", "hi"]),
+        ("voice_agent", &["--base-url", "notaurl"]),
+        ("chat", &["--fallback-base-url", "notaurl", "hi"]),
+    ] {
+        let out = run(name, args).await;
+        assert_usage_error(name, &out);
+        assert!(
+            out.1.starts_with(r#"error: invalid base URL "notaurl": "#),
+            "{name}: {:?}",
+            out.1
+        );
+    }
+    let out = run("loadgen", &["--base-url", "ftp://127.0.0.1/v1"]).await;
+    assert_usage_error("loadgen ftp", &out);
+    assert!(out.1.contains("http or https"), "{:?}", out.1);
+}
+
+#[tokio::test]
+async fn values_outside_the_api_range_are_usage_errors() {
+    for (flag, value) in [
+        ("--temperature", "2.5"),
+        ("--temperature", "-0.1"),
+        ("--top-p", "1.5"),
+        ("--frequency-penalty", "-2.5"),
+        ("--presence-penalty", "3"),
+        ("--max-completion-tokens", "0"),
+        ("--temperature", "warm"),
+        ("--reasoning-effort", "extreme"),
+    ] {
+        let out = run("chat", &[flag, value, "hi"]).await;
+        assert_usage_error(&format!("chat {flag} {value}"), &out);
+        assert!(out.1.contains(flag), "{flag} {value}: {:?}", out.1);
+    }
+    for (name, flag, value) in [
+        ("mock_server", "--stall-rate", "1.5"),
+        ("mock_server", "--drop-rate", "-1"),
+        ("mock_server", "--port", "70000"),
+        ("loadgen", "--sessions", "-1"),
+        ("loadgen", "--barge-in", "sometimes"),
+        ("loadgen", "--interrupt", "later"),
+    ] {
+        let out = run(name, &[flag, value]).await;
+        assert_usage_error(&format!("{name} {flag} {value}"), &out);
+        assert!(out.1.contains(flag), "{name} {flag} {value}: {:?}", out.1);
+    }
+}
+
+#[tokio::test]
+async fn negative_values_parse_where_the_api_allows_them() {
+    let server = MockServer::start(|_| MockResponse::text(&["Hi"]))
+        .await
+        .unwrap();
+    let url = server.base_url();
+    let (stdout, stderr, code) = run(
+        "chat",
+        &[
+            "--base-url",
+            &url,
+            "--frequency-penalty",
+            "-1.5",
+            "--presence-penalty",
+            "-0.5",
+            "--temperature",
+            "0",
+            "--top-p",
+            "1",
+            "--json",
+            "hi",
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(0), "stdout {stdout} stderr {stderr}");
+    let body: Value = server.requests()[0].json();
+    assert_eq!(body["frequency_penalty"], -1.5, "{body}");
+    assert_eq!(body["presence_penalty"], -0.5, "{body}");
+    assert_eq!(body["top_p"], 1.0, "{body}");
+}
+
+#[tokio::test]
+async fn mock_server_names_the_address_in_use() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let (stdout, stderr, code) = run("mock_server", &["--port", &port]).await;
+    assert_eq!(code, Some(1), "stdout {stdout:?} stderr {stderr:?}");
+    assert!(
+        stderr.starts_with(&format!("error: 127.0.0.1:{port} is already in use")),
+        "{stderr:?}"
+    );
+    assert!(!stderr.contains("Os {"), "a Debug print: {stderr:?}");
+}
+
+#[tokio::test]
+async fn a_missing_key_is_a_runtime_error_without_a_debug_print() {
+    let (stdout, stderr, code) = run("chat", &["hi"]).await;
+    assert_eq!(code, Some(1), "stdout {stdout:?} stderr {stderr:?}");
+    assert_eq!(
+        stderr.trim_end(),
+        "error: missing API key: pass one or set OPENAI_API_KEY"
+    );
 }

@@ -1,7 +1,8 @@
-//! Every captured provider stream in ../shared/fixtures/sse, replayed by a local
+//! Every captured provider stream in `tests/fixtures/sse`, replayed by a local
 //! server whole and again in 1-byte writes, must produce what expected.json says
 //! (choice 0): text, reasoning, refusal, tool calls, finish reason, usage, errors
 //! and whether `[DONE]` was seen. The error bodies must produce typed HTTP errors.
+//! The directory's INDEX.md names each file's provider, source and licence.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -15,7 +16,7 @@ use futures_util::StreamExt;
 use serde_json::Value;
 
 fn fixture_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/sse")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sse")
 }
 
 fn expected() -> BTreeMap<String, Value> {
@@ -274,4 +275,37 @@ async fn fixtures_replayed_whole() {
 #[tokio::test]
 async fn fixtures_replayed_in_one_byte_writes() {
     replay_all(Some(1)).await;
+}
+
+#[test]
+fn index_names_every_fixture_with_its_provider_source_and_licence() {
+    let expected = expected();
+    let index = std::fs::read_to_string(fixture_dir().join("INDEX.md")).expect("INDEX.md readable");
+    let mut on_disk: Vec<String> = std::fs::read_dir(fixture_dir())
+        .expect("fixture directory")
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".sse") || n.ends_with(".http"))
+        .collect();
+    on_disk.sort();
+    let listed: Vec<String> = expected.keys().cloned().collect();
+    assert_eq!(
+        on_disk, listed,
+        "every capture has an expected result, and no more"
+    );
+    for (name, e) in &expected {
+        let row = index
+            .lines()
+            .find(|l| l.starts_with(&format!("| `{name}` |")))
+            .unwrap_or_else(|| panic!("INDEX.md has a row for {name}"));
+        let cells: Vec<&str> = row.split(" | ").collect();
+        assert_eq!(cells.len(), 4, "file, provider, source, licence: {row}");
+        let repo = e["source"]["repo"].as_str().expect("source.repo");
+        assert!(cells[2].starts_with(repo), "{name}: source {repo} in {row}");
+        assert!(
+            ["Apache-2.0", "MIT", "not verified"]
+                .iter()
+                .any(|l| cells[3].contains(l)),
+            "{name}: a licence (or that it is not verified) in {row}"
+        );
+    }
 }

@@ -8,47 +8,16 @@
 //! `cargo test` builds the examples before running tests; these tests run the
 //! built binaries against local servers.
 
-use std::path::PathBuf;
+#[path = "support/bin.rs"]
+mod bin;
+
 use std::time::Duration;
 
 use colloquy::mock::{MockResponse, MockServer, sse_chunk};
 use serde_json::{Value, json};
 
-fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target profile directory");
-    let bin = dir
-        .join("examples")
-        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo test`",
-        bin.display()
-    );
-    bin
-}
-
 async fn run(name: &str, args: &[&str]) -> (String, String, Option<i32>) {
-    let out = tokio::time::timeout(
-        Duration::from_secs(120),
-        tokio::process::Command::new(binary(name))
-            .args(args)
-            .env_remove("OPENAI_API_KEY")
-            .env_remove("AZURE_OPENAI_ENDPOINT")
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("the example exits")
-    .expect("the example runs");
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-        out.status.code(),
-    )
+    bin::texts(&bin::run(name, args).await)
 }
 
 fn stalled() -> MockResponse {
@@ -68,10 +37,7 @@ async fn chat_prints_which_provider_served_and_which_failed() {
         .unwrap();
     let (p, f) = (primary.base_url(), fallback.base_url());
     // A port nothing listens on: connection refused.
-    let dead = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        format!("http://{}/v1", listener.local_addr().unwrap())
-    };
+    let dead = bin::refused_base_url();
     let (stdout, stderr, code) = run(
         "chat",
         &[

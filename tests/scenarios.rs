@@ -7,31 +7,17 @@
 //! content, never exact milliseconds. `cargo test` builds the examples before
 //! running tests; these tests run the built binary.
 
+#[path = "support/bin.rs"]
+mod bin;
+
 use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
+use std::process::Output;
 use std::time::Duration;
 
 use serde_json::Value;
 
 /// Only turns a hang into a failure.
 const GUARD: Duration = Duration::from_secs(180);
-
-fn voice_agent() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target profile directory");
-    let bin = dir
-        .join("examples")
-        .join(format!("voice_agent{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo test` (which builds the examples), not only this test target",
-        bin.display()
-    );
-    bin
-}
 
 fn scenario(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -40,20 +26,7 @@ fn scenario(name: &str) -> PathBuf {
 }
 
 async fn run(args: &[&std::ffi::OsStr]) -> Output {
-    let child = tokio::process::Command::new(voice_agent())
-        .args(args)
-        .env_remove("OPENAI_API_KEY")
-        .env_remove("AZURE_OPENAI_ENDPOINT")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("voice_agent runs");
-    tokio::time::timeout(GUARD, child.wait_with_output())
-        .await
-        .unwrap_or_else(|_| panic!("voice_agent {args:?} did not exit"))
-        .expect("output")
+    bin::output_within(bin::command("voice_agent", args), GUARD).await
 }
 
 /// The run's JSON lines, checked for the common contract: exit 0, nothing on

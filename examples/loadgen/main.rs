@@ -1,0 +1,235 @@
+//! Load generator: N concurrent sessions through the real supervisor, LLM actors
+//! and buses, against any OpenAI-compatible server.
+//!
+//! ```text
+//! # the server in its own process, so only the client side is measured:
+//! cargo run --release --example mock_server -- --port 8089 --tokens 60 --gap-ms 20 &
+//! cargo run --release --example loadgen -- --base-url http://127.0.0.1:8089/v1 \
+//!     --sessions 1000 --turns 3 --cancel-after-tokens 5 --json
+//! cargo run --release --example loadgen -- --sessions 0 --idle-sessions 10000 --json
+//!
+//! # a bounded soak with random barge-ins, checking the runtime's invariants:
+//! cargo run --release --example loadgen -- --sessions 200 --turns 20 \
+//!     --barge-in random --seed 1 --json
+//! ```
+//!
+//! Without `--base-url` an in-process mock server is used (it then shares the CPU).
+//! Cancel latency is measured from `cancel()` to a subscriber receiving
+//! `TurnFinished(Cancelled)`; stale events are events of a cancelled turn seen
+//! after its `TurnFinished` (the turn ledger makes that 0).
+//!
+//! **Soak** (`--barge-in random`): every turn of every session picks, from a
+//! small PRNG seeded by `--seed` and the session number, one of: let it finish
+//! (sometimes through a tool round), cancel before the first token, cancel
+//! mid-stream after a random number of tokens, cancel during tail speech (the
+//! turn finished, a simulated TTS reported `speech_played` for part of its text,
+//! then the user barges in), or cancel during a tool round (the message asks for
+//! the weather: the server answers with a tool call, and a `get_weather` tool
+//! takes a few ms). Turns with tools also work against the `mock_server`
+//! example. A second subscriber per session checks the bus invariants, reported
+//! under `invariants` and turned into exit code 1 when one is broken:
+//!
+//! - `stale_events`: events of a turn seen after its `TurnFinished(Cancelled |
+//!   Failed)` or `Interrupted` (or, after a normal end, anything but its tail
+//!   speech and `Interrupted`); user events are not turn events;
+//! - `double_endings`: turns with more than one `TurnFinished`;
+//! - `seq_violations`: `seq` not strictly increasing in a session;
+//! - `orphan_calls`: tool calls without an output in each session's final
+//!   committed context;
+//! - `tasks_left`: tokio tasks alive after the shutdown minus before the start;
+//! - `buses_open_after_shutdown`: session buses still open (something kept a
+//!   session alive) once the supervisor has shut down.
+//!
+//! `lagged_events` counts events the checking subscribers missed (their checks
+//! cover what they saw; the soak uses larger buses so this stays 0).
+//!
+//! **Provider resilience** (`--fallback-base-url URL`, repeatable, with
+//! `--fallback-model`/`--fallback-api-key` for the last one named;
+//! `--ttft-timeout-ms`, `--gap-timeout-ms`, `--hedge-after-ms`,
+//! `--breaker-failures`): the sessions share one client over a provider chain.
+//! The summary then also reports `fallbacks` (providers that served after
+//! another was dropped), `hedges_won`, `hedge_cost_tokens` (usage of cancelled
+//! hedge-race losers), `provider_failures` by reason, and `duplicated_chars`:
+//! after each mid-stream failure, the words at the start of the continued text
+//! that the turn had already published (a restatement; exact for scripted
+//! servers whose words are unique; must be 0). `ttft_ms` runs from the turn's
+//! start (`TurnStarted`) to its first token on the bus.
+//!
+//! ```text
+//! cargo run --release --example mock_server -- --port 8089 --ttft-ms 100 --stall-rate 0.3 &
+//! cargo run --release --example mock_server -- --port 8090 --ttft-ms 100 &
+//! cargo run --release --example loadgen -- --base-url http://127.0.0.1:8089/v1 \
+//!     --fallback-base-url http://127.0.0.1:8090/v1 --ttft-timeout-ms 1000 --json
+//! ```
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use colloquy::llm::{BreakerConfig, ChatClient, ClientConfig};
+
+#[path = "../common/mod.rs"]
+mod common;
+mod driver;
+mod invariants;
+mod plan;
+mod run;
+mod server;
+mod stats;
+mod totals;
+
+use common::{ChainFlags, Fallback, ProviderFlags};
+#[cfg(feature = "nats")]
+use stats::{cpu_seconds, latency_json, percentile};
+
+/// Bus capacity of soak sessions: room enough that the checking subscriber never lags.
+pub(crate) const SOAK_BUS_CAPACITY: usize = 1024;
+/// How long a tool call takes in the soak.
+pub(crate) const TOOL_TIME: Duration = Duration::from_millis(5);
+/// Bounds every wait of a driver: a hang becomes an error, not a stuck run.
+pub(crate) const EVENT_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the teardown may take before what is left is reported as leaked.
+pub(crate) const TEARDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Load generator: N concurrent sessions through the real supervisor, LLM
+/// actors and buses, against any OpenAI-compatible server, then a JSON summary.
+///
+/// The server: --base-url (key: --api-key, none otherwise; the environment is
+/// not read), --azure-endpoint or --azure-deployment for Azure OpenAI, else an
+/// in-process mock server (paced 40-word answers; it then shares the CPU).
+#[derive(Parser, Debug)]
+#[command(
+    name = "loadgen",
+    after_help = "Exit codes: 0 every turn ran; 1 turns failed (\"errors\", with their causes in \
+\"errors_by_kind\" and on stderr) or, in the soak, an invariant was broken; 2 a usage error."
+)]
+struct Args {
+    #[command(flatten)]
+    pub(crate) provider: ProviderFlags,
+    /// Concurrent sessions driven
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub(crate) sessions: usize,
+    /// User messages per session
+    #[arg(long, value_name = "T", default_value_t = 3)]
+    pub(crate) turns: usize,
+    /// Cancel each turn after K tokens (0: never)
+    #[arg(long, value_name = "K", default_value_t = 0)]
+    pub(crate) cancel_after_tokens: usize,
+    /// Extra sessions started and left idle
+    #[arg(long, value_name = "M", default_value_t = 0)]
+    pub(crate) idle_sessions: usize,
+    /// random: the soak, each turn finishes or is cut at a random point (before
+    /// the first token, mid-stream, during tail speech, during a tool round);
+    /// replaces --cancel-after-tokens
+    #[arg(long, value_name = "MODE", value_enum, default_value_t = BargeIn::Off)]
+    pub(crate) barge_in: BargeIn,
+    /// Seed of the soak's choices
+    #[arg(long, value_name = "S", default_value_t = 1)]
+    pub(crate) seed: u64,
+    /// How a barge-in cuts: immediate (cancel() and speech-started cut at
+    /// once) or confirmed (speech pauses at onset, then an interim 'wait stop'
+    /// cuts; reports pause_latency_us and pause_hook_us)
+    #[arg(long, value_name = "MODE", value_enum, default_value_t = Interrupt::Immediate)]
+    pub(crate) interrupt: Interrupt,
+    #[command(flatten)]
+    pub(crate) chain: ChainFlags,
+    /// Consecutive failures that open a provider's circuit breaker (default 3;
+    /// 0: no breakers); makes a provider chain
+    #[arg(long, value_name = "N")]
+    pub(crate) breaker_failures: Option<u32>,
+    /// The summary on one line
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Cluster mode: place the sessions on the workers behind this NATS server
+    /// (examples/worker.rs; needs --features nats) instead of in-process
+    #[arg(long, value_name = "URL")]
+    pub(crate) nats: Option<String>,
+    /// Pause between a session's turns (milliseconds)
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    pub(crate) turn_gap_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum BargeIn {
+    Off,
+    Random,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Interrupt {
+    Immediate,
+    Confirmed,
+}
+
+impl Args {
+    pub(crate) fn random_barge_in(&self) -> bool {
+        self.barge_in == BargeIn::Random
+    }
+
+    pub(crate) fn chain_enabled(&self) -> bool {
+        self.chain.enabled() || self.breaker_failures.is_some()
+    }
+
+    /// One client over the chain: `primary` first, then the fallbacks.
+    pub(crate) fn chain_client(
+        &self,
+        primary: colloquy::llm::Provider,
+        fallbacks: &[Fallback],
+        config: ClientConfig,
+    ) -> Result<ChatClient, colloquy::llm::LlmError> {
+        let mut chain = self.chain.chain(primary, fallbacks, config);
+        match self.breaker_failures {
+            Some(0) => chain = chain.without_breaker(),
+            Some(n) => {
+                chain = chain.with_breaker(BreakerConfig {
+                    failure_threshold: n,
+                    ..BreakerConfig::default()
+                })
+            }
+            None => {}
+        }
+        ChatClient::with_chain(chain)
+    }
+}
+
+#[cfg(feature = "nats")]
+mod cluster;
+
+/// Cluster mode (`--nats`).
+#[cfg(feature = "nats")]
+async fn run_cluster(nats: String, a: &Args) -> ExitCode {
+    let run = cluster::run(cluster::ClusterArgs {
+        nats,
+        sessions: a.sessions,
+        turns: a.turns,
+        cancel_after_tokens: a.cancel_after_tokens,
+        turn_gap_ms: a.turn_gap_ms,
+        json: a.json,
+    });
+    match run.await {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => common::fail("a committed turn was lost or a stale event seen"),
+        Err(e) => common::fail(e),
+    }
+}
+
+#[cfg(not(feature = "nats"))]
+async fn run_cluster(_nats: String, _a: &Args) -> ExitCode {
+    common::usage_error::<Args>(
+        "--nats needs the cluster: build with --features nats (or --all-features)",
+    )
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    driver::epoch();
+    let (args, matches) = common::parse::<Args>();
+    let fallbacks = args.chain.fallbacks::<Args>(&matches);
+    if let Some(url) = args.nats.clone() {
+        return run_cluster(url, &args).await;
+    }
+    match run::run(args, fallbacks).await {
+        Ok(code) => code,
+        Err(e) => common::fail(e),
+    }
+}
