@@ -299,8 +299,13 @@ impl ChainFlags {
         fallbacks: &[Fallback],
         mut config: ClientConfig,
     ) -> ProviderChain {
-        config.first_token_timeout = self.ttft_timeout_ms.map(Duration::from_millis);
-        config.output_gap_timeout = self.gap_timeout_ms.map(Duration::from_millis);
+        // A flag overrides the shipped deadline; no flag keeps it (never none).
+        if let Some(ms) = self.ttft_timeout_ms {
+            config.first_token_timeout = Some(Duration::from_millis(ms));
+        }
+        if let Some(ms) = self.gap_timeout_ms {
+            config.output_gap_timeout = Some(Duration::from_millis(ms));
+        }
         let mut chain = ProviderChain::new(ProviderSpec::new(primary).with_config(config.clone()));
         for f in fallbacks {
             let mut c = OpenAiConfig::compatible(f.base_url.clone());
