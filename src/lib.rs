@@ -45,3 +45,8 @@ pub use context::ChatContext;
 pub use llm::{ChatClient, ChatStream, LlmError, LlmOptions, StreamEvent};
 pub use secret::Secret;
 pub use tools::ToolDefinition;
+
+/// `docs/providers.md`, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/providers.md")]
+struct ProvidersDoctests;

@@ -69,3 +69,53 @@ pub use tool_executor::{Tool, ToolError, ToolFuture, ToolRegistry};
 #[cfg(doctest)]
 #[doc = include_str!("../../README.md")]
 struct ReadmeDoctests;
+
+/// `docs/architecture.md`, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/architecture.md")]
+struct ArchitectureDoctests;
+
+/// `docs/turn-taking.md`, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/turn-taking.md")]
+struct TurnTakingDoctests;
+
+/// `docs/speech.md`, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/speech.md")]
+struct SpeechDoctests;
+
+/// `docs/cluster.md`, compiled as doctests (its snippets need the `nats` feature).
+#[cfg(all(doctest, feature = "nats"))]
+#[doc = include_str!("../../docs/cluster.md")]
+struct ClusterDoctests;
+
+/// `docs/scenarios.md`, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/scenarios.md")]
+struct ScenariosDoctests;
+
+/// `docs/cli.md`, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/cli.md")]
+struct CliDoctests;
+
+/// `docs/metrics.md`, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/metrics.md")]
+struct MetricsDoctests;
+
+/// `docs/testing.md`, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/testing.md")]
+struct TestingDoctests;
+
+/// `docs/benchmarks.md`, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/benchmarks.md")]
+struct BenchmarksDoctests;
+
+/// `docs/README.md`, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/README.md")]
+struct DocsIndexDoctests;
