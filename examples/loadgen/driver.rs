@@ -263,6 +263,10 @@ pub(crate) async fn drive(
                     }
                     let at = Instant::now();
                     session.user_speech_started();
+                    if CONFIRMED.load(Ordering::Relaxed) {
+                        // Speech alone only pauses: the words confirm the cut.
+                        session.user_transcript("wait stop", false);
+                    }
                     let cut = tokio::time::timeout(EVENT_TIMEOUT, async {
                         loop {
                             match rx.recv().await {

@@ -56,6 +56,8 @@ pub(crate) async fn check_invariants(mut rx: BusReceiver, inv: Arc<Invariants>) 
             EventKind::Speakable { .. }
                 | EventKind::SpeechPlayed { .. }
                 | EventKind::Interrupted { .. }
+                | EventKind::PlaybackPaused { .. }
+                | EventKind::PlaybackResumed { .. }
         );
         if cut.contains(&ev.turn) || (ended && !tail) {
             bump(&inv.stale_events);
