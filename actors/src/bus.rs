@@ -164,6 +164,30 @@ impl SessionBus {
         (l.turn(), l.is_open(l.turn()))
     }
 
+    /// A watch on whether the agent is generating or speaking (a reply's
+    /// speech counts until playback reports its end or it is cut): "has the
+    /// agent finished speaking" without turn numbers.
+    pub fn speaking(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.lock().watch_speaking()
+    }
+
+    /// Whether the current turn may be cut by the user's voice or a new
+    /// message (false for a `say` that does not allow interruptions).
+    pub(crate) fn interruptible(&self) -> bool {
+        self.lock().playing_is_interruptible()
+    }
+
+    /// Whether a finished reply's speech is still playing.
+    pub(crate) fn speech_playing(&self) -> bool {
+        self.lock().speech_playing()
+    }
+
+    /// Whether `turn` is the current turn and its speech is still playing.
+    pub(crate) fn speech_playing_for(&self, turn: TurnId) -> bool {
+        let ledger = self.lock();
+        ledger.turn() == turn && ledger.speech_playing()
+    }
+
     /// Whether the session stopped and the bus is closed.
     pub fn is_closed(&self) -> bool {
         self.lock().is_closed()
@@ -225,11 +249,27 @@ impl SessionBus {
     /// last one's speech still playing cuts that speech first (`Interrupted`,
     /// hooks): it is refused with `PendingCommit` until the actor has trimmed
     /// the last turn to what was heard.
+    #[cfg(test)]
     pub(crate) fn begin_turn(&self) -> Result<TurnId, LedgerError> {
+        self.begin_turn_with(false, true)
+    }
+
+    /// Like [`SessionBus::begin_turn`], with the speech queue's choice: over
+    /// speech still playing, `queue` (or a playing reply that may not be
+    /// interrupted) refuses with `Speaking` instead of cutting it; the new
+    /// turn is `interruptible` by the user's voice or not.
+    pub(crate) fn begin_turn_with(
+        &self,
+        queue: bool,
+        interruptible: bool,
+    ) -> Result<TurnId, LedgerError> {
         let cut = {
             let mut ledger = self.lock();
             if !ledger.speech_playing() {
-                return ledger.begin();
+                return ledger.begin_with(interruptible);
+            }
+            if queue || !ledger.playing_is_interruptible() {
+                return Err(LedgerError::Speaking);
             }
             ledger.cut(None, TurnEnd::Cancelled)
         };

@@ -50,6 +50,7 @@ mod ids;
 #[cfg(test)]
 mod interleavings;
 mod llm_actor;
+mod reply;
 mod segmenter;
 mod session;
 pub mod speech;
@@ -59,7 +60,8 @@ mod tool_executor;
 pub mod turn_taking;
 
 pub use ids::{SessionId, TurnId};
-pub use llm_actor::{AgentSettings, BeforeTurnHook, InterruptionPolicy, Preemptive};
+pub use llm_actor::{AgentSettings, BeforeTurnHook, InterruptionPolicy, Preemptive, SpeechQueue};
+pub use reply::{Reply, ReplyError, ReplyHandle, ReplyState, SayOptions};
 pub use segmenter::{SegmentBuffer, SegmenterConfig};
 pub use session::{SessionError, SessionHandle};
 pub use supervisor::{SessionConfig, Supervisor, SupervisorConfig, SupervisorError};

@@ -20,7 +20,7 @@ mod round;
 mod settings;
 mod turn;
 
-pub use settings::{AgentSettings, BeforeTurnHook, InterruptionPolicy, Preemptive};
+pub use settings::{AgentSettings, BeforeTurnHook, InterruptionPolicy, Preemptive, SpeechQueue};
 
 use std::sync::Arc;
 
@@ -31,9 +31,11 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use crate::bus::ledger::TurnRecord;
 use crate::bus::{BusEvent, EventKind, TurnEnd};
 use crate::ids::TurnId;
+use crate::reply::{ReplyState, ReplyTx, SayOptions};
 use crate::session::{SessionCore, SessionError};
+use crate::task::AbortOnDrop;
 use round::RoundOutput;
-use turn::TurnState;
+use turn::{Start, TurnState};
 
 /// Messages of the LLM actor (sent through [`SessionHandle`](crate::SessionHandle)).
 pub(crate) enum LlmMsg {
@@ -41,9 +43,21 @@ pub(crate) enum LlmMsg {
     UserMessage {
         content: Vec<ContentPart>,
         respond: bool,
+        reply: ReplyTx,
     },
     /// Start a turn on the current context.
-    Generate,
+    Generate { reply: ReplyTx },
+    /// Speak fixed text as a turn (no model request).
+    Say {
+        text: String,
+        options: SayOptions,
+        reply: ReplyTx,
+    },
+    /// The agent stopped generating and speaking: replies waiting for their
+    /// playout are over, and a reply waiting in the speech queue may start.
+    SpeechIdle,
+    /// A reply not yet started is withdrawn (its handle interrupted it).
+    Withdraw(tokio::sync::watch::Receiver<ReplyState>),
     /// A turn was cut outside the actor: commit it now (every handler
     /// reconciles anyway; this only makes it prompt).
     Reconcile,
@@ -79,8 +93,14 @@ pub(crate) struct LlmState {
     /// trimmed if the user cuts its speech.
     last_turn: Option<(TurnRecord, Vec<String>)>,
     /// User messages waiting for the turn in flight (when new messages do not
-    /// cancel it), with whether they ask for a reply.
-    queued: Vec<(ChatMessage, bool)>,
+    /// cancel it), with whether they ask for a reply, and its handle.
+    queued: Vec<(ChatMessage, bool, ReplyTx)>,
+    /// Replies whose turn began, until they are done.
+    replies: Vec<ReplyTx>,
+    /// Turn starts waiting in the speech queue for the speech playing to end.
+    waiting: std::collections::VecDeque<Start>,
+    /// Tells the actor when the agent stops generating and speaking.
+    _idle: AbortOnDrop,
     /// Preemptive generation: the speculative turn in flight.
     speculation: Option<turn::Speculative>,
     /// The latest interim transcript (cleared by a final) and its number.
@@ -114,6 +134,15 @@ impl Actor for LlmActor {
         if let Some(old) = core.replace_llm_tap(tap) {
             core.bus.remove_tap(old);
         }
+        let mut speaking = core.bus.speaking();
+        let idle_ref = myself.clone();
+        let idle = AbortOnDrop(tokio::spawn(async move {
+            while speaking.changed().await.is_ok() {
+                if !*speaking.borrow_and_update() && idle_ref.cast(LlmMsg::SpeechIdle).is_err() {
+                    return;
+                }
+            }
+        }));
         let mut state = LlmState {
             core,
             myself,
@@ -122,6 +151,9 @@ impl Actor for LlmActor {
             turn: TurnState::Idle,
             last_turn: None,
             queued: Vec::new(),
+            replies: Vec::new(),
+            waiting: std::collections::VecDeque::new(),
+            _idle: idle,
             speculation: None,
             interim: None,
             interims_seen: 0,
@@ -145,9 +177,11 @@ impl Actor for LlmActor {
             state
                 .context
                 .items
-                .extend(queued.into_iter().map(|(m, _)| ChatItem::Message(m)));
+                .extend(queued.into_iter().map(|(m, _, _)| ChatItem::Message(m)));
             state.checkpoint();
         }
+        // Committed replies are over with the session; the rest never start.
+        state.replies_done(true);
         if let Some(tap) = state.core.take_llm_tap() {
             state.core.bus.remove_tap(tap);
         }
@@ -162,14 +196,32 @@ impl Actor for LlmActor {
     ) -> Result<(), ActorProcessingErr> {
         state.reconcile();
         match msg {
-            LlmMsg::UserMessage { content, respond } => {
-                state.user_message(ChatMessage::parts(Role::User, content), respond);
+            LlmMsg::UserMessage {
+                content,
+                respond,
+                reply,
+            } => {
+                state.user_message(ChatMessage::parts(Role::User, content), respond, reply);
             }
-            LlmMsg::Generate => {
+            LlmMsg::Generate { reply } => {
                 if state.turn.active().is_none() {
-                    state.start_turn();
+                    state.start(Start::model(vec![reply]));
                 }
             }
+            LlmMsg::Say {
+                text,
+                options,
+                reply,
+            } => {
+                if state.turn.active().is_some() {
+                    // After the reply in flight, like a queued message.
+                    state.waiting.push_back(Start::say(text, options, reply));
+                } else {
+                    state.start(Start::say(text, options, reply));
+                }
+            }
+            LlmMsg::SpeechIdle => state.speech_idle(),
+            LlmMsg::Withdraw(handle) => state.withdraw(&handle),
             LlmMsg::Reconcile => {}
             LlmMsg::Bus(event) => state.bus_event(event),
             LlmMsg::RoundEnded {
@@ -211,7 +263,7 @@ impl LlmState {
         self.core.store_checkpoint(&self.context);
     }
 
-    fn user_message(&mut self, message: ChatMessage, respond: bool) {
+    fn user_message(&mut self, message: ChatMessage, respond: bool, reply: ReplyTx) {
         self.interim = None;
         if let Some(spec) = self.speculation.take() {
             let words = crate::turn_taking::normalize_words(&message.text_content());
@@ -219,6 +271,8 @@ impl LlmState {
                 // A hit: the reply is already under way. The history becomes
                 // the one it was generated from (what `before_turn` added
                 // included), with the utterance in its final wording.
+                reply.set(ReplyState::Started(spec.turn));
+                self.replies.push(reply);
                 self.adopt_speculative_context(spec, message);
                 self.checkpoint();
                 return;
@@ -229,19 +283,19 @@ impl LlmState {
                 .discard(spec.turn, crate::bus::SpeculationOutcome::Miss);
             self.reconcile();
         }
-        if self.settings.interruption.cancel_on_user_message {
+        if self.settings.interruption.cancel_on_user_message && self.core.bus.interruptible() {
             // Cuts the turn in flight, or the speech of the last one; the
             // reconcile commits it before the new message.
             self.core.bus.cut(None, TurnEnd::Cancelled);
             self.reconcile();
         } else if self.turn.active().is_some() {
-            self.queued.push((message, respond));
+            self.queued.push((message, respond, reply));
             return;
         }
         self.context.push(ChatItem::Message(message));
         self.checkpoint();
         if respond && self.turn.active().is_none() {
-            self.start_turn();
+            self.start(Start::model(vec![reply]));
         }
     }
 
@@ -254,7 +308,8 @@ impl LlmState {
                 text,
                 is_final: true,
             } => {
-                self.user_message(ChatMessage::text(Role::User, text.to_string()), true);
+                let (reply, _) = ReplyTx::new();
+                self.user_message(ChatMessage::text(Role::User, text.to_string()), true, reply);
             }
             EventKind::UserTranscript {
                 text,
@@ -306,20 +361,65 @@ impl LlmState {
         }
     }
 
-    /// Once idle, messages that waited for the turn get their own turn.
+    /// Once idle, messages that waited for the turn get their own turn, and
+    /// then starts that waited behind it.
     fn after_turn(&mut self) {
-        if self.turn.active().is_some() || self.queued.is_empty() {
+        if self.turn.active().is_some() {
             return;
         }
-        let queued = std::mem::take(&mut self.queued);
-        let respond = queued.iter().any(|(_, r)| *r);
-        for (message, _) in queued {
-            self.context.push(ChatItem::Message(message));
+        if !self.queued.is_empty() {
+            let queued = std::mem::take(&mut self.queued);
+            let respond = queued.iter().any(|(_, r, _)| *r);
+            let mut replies = Vec::new();
+            for (message, asks, reply) in queued {
+                self.context.push(ChatItem::Message(message));
+                if asks {
+                    replies.push(reply);
+                }
+            }
+            self.checkpoint();
+            if respond {
+                self.start(Start::model(replies));
+            }
         }
-        self.checkpoint();
-        if respond {
-            self.start_turn();
+        if self.turn.active().is_none()
+            && !self.core.bus.speech_playing()
+            && let Some(start) = self.waiting.pop_front()
+        {
+            self.start(start);
         }
+    }
+
+    /// The agent went quiet: replies whose speech played to its end are
+    /// done, and the speech queue moves on.
+    fn speech_idle(&mut self) {
+        self.replies_done(false);
+        self.after_turn();
+    }
+
+    /// Marks done every committed reply whose speech is over (`all`: the
+    /// session stops, every committed reply is over), and forgets them.
+    fn replies_done(&mut self, all: bool) {
+        let bus = self.core.bus.clone();
+        self.replies.retain(|reply| match reply.awaiting_playout() {
+            Some(r) if all || !bus.speech_playing_for(r.turn) => {
+                reply.set(ReplyState::Done(r));
+                false
+            }
+            _ => true,
+        });
+    }
+
+    /// A reply withdrawn before it started: it never starts (its message, if
+    /// any, stays in the history, unanswered).
+    fn withdraw(&mut self, handle: &tokio::sync::watch::Receiver<ReplyState>) {
+        for (_, respond, reply) in &mut self.queued {
+            if reply.is(handle) {
+                *respond = false;
+                reply.set(ReplyState::Dropped);
+            }
+        }
+        self.waiting.retain_mut(|start| !start.withdraw(handle));
     }
 }
 

@@ -16,6 +16,7 @@ use ractor::{ActorRef, RpcReplyPort};
 use crate::bus::{BusReceiver, EventKind, PublishError, SessionBus, ToolOutput, TurnEnd};
 use crate::ids::{SessionId, TurnId};
 use crate::llm_actor::{AgentSettings, LlmMsg};
+use crate::reply::{ReplyHandle, ReplyState, ReplyTx, SayOptions};
 use crate::speech::SttEvent;
 
 /// Errors of a session operation.
@@ -97,14 +98,14 @@ impl SessionCore {
         self.client.stream(ChatRequest::new(context, options))
     }
 
-    /// Cuts the turn in flight (or its speech) here, in the caller, and asks
-    /// the actor to commit it.
-    fn cancel(&self) -> Result<(), SessionError> {
+    /// Cuts `target` (default: the turn in flight, or its speech) here, in
+    /// the caller, and asks the actor to commit it.
+    pub(crate) fn cut(&self, target: Option<TurnId>) -> Result<(), SessionError> {
         if self.bus.is_closed() {
             return Err(SessionError::NotRunning(self.id.clone()));
         }
         let started = Instant::now();
-        if self.bus.cut(None, TurnEnd::Cancelled).is_some() {
+        if self.bus.cut(target, TurnEnd::Cancelled).is_some() {
             metrics::histogram!("colloquy_cancel_latency_seconds")
                 .record(started.elapsed().as_secs_f64());
             // The actor reconciles before any message; this one only makes the
@@ -112,6 +113,14 @@ impl SessionCore {
             let _ = self.send(LlmMsg::Reconcile);
         }
         Ok(())
+    }
+
+    /// A reply not yet started is withdrawn: the actor drops it.
+    pub(crate) fn withdraw(
+        &self,
+        handle: &tokio::sync::watch::Receiver<ReplyState>,
+    ) -> Result<(), SessionError> {
+        self.send(LlmMsg::Withdraw(handle.clone()))
     }
 
     pub(crate) fn checkpoint(&self) -> Arc<ChatContext> {
@@ -188,18 +197,61 @@ impl SessionHandle {
     }
 
     /// Commits a typed user message and starts a turn to answer it (cancelling
-    /// the turn in flight, by default).
-    pub fn send_text(&self, text: impl Into<String>) -> Result<(), SessionError> {
+    /// the turn in flight, by default). The handle follows the reply.
+    pub fn send_text(&self, text: impl Into<String>) -> Result<ReplyHandle, SessionError> {
         self.send_message(vec![ContentPart::Text(text.into())], true)
     }
 
-    /// Commits a user message of any parts (text, images); starts a turn when `respond`.
+    /// Commits a user message of any parts (text, images); starts a turn when
+    /// `respond` (without, the handle is [`ReplyState::Dropped`] at once).
     pub fn send_message(
         &self,
         content: Vec<ContentPart>,
         respond: bool,
-    ) -> Result<(), SessionError> {
-        self.core.send(LlmMsg::UserMessage { content, respond })
+    ) -> Result<ReplyHandle, SessionError> {
+        let (reply, rx) = ReplyTx::new();
+        self.core.send(LlmMsg::UserMessage {
+            content,
+            respond,
+            reply,
+        })?;
+        Ok(ReplyHandle::new(rx, self.core.clone()))
+    }
+
+    /// Speaks fixed text through the same turn machinery as a model's reply —
+    /// segments, playback, pause and cut, committed as heard — with no model
+    /// request. Requested while another reply speaks, it waits or cuts it as
+    /// [`AgentSettings::speech_queue`] says; requested while one generates,
+    /// it follows it.
+    pub fn say(&self, text: impl Into<String>) -> Result<ReplyHandle, SessionError> {
+        self.say_with(text, SayOptions::default())
+    }
+
+    /// [`say`](Self::say) with options: `allow_interruptions: false` speaks
+    /// it to its end whatever the user says (new messages wait for it).
+    pub fn say_with(
+        &self,
+        text: impl Into<String>,
+        options: SayOptions,
+    ) -> Result<ReplyHandle, SessionError> {
+        let (reply, rx) = ReplyTx::new();
+        self.core.send(LlmMsg::Say {
+            text: text.into(),
+            options,
+            reply,
+        })?;
+        Ok(ReplyHandle::new(rx, self.core.clone()))
+    }
+
+    /// A watch on whether the agent is generating or speaking: "has the
+    /// agent finished speaking" without turn numbers.
+    pub fn speaking(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.core.bus.speaking()
+    }
+
+    /// Whether the agent is generating or speaking right now.
+    pub fn is_speaking(&self) -> bool {
+        *self.core.bus.speaking().borrow()
     }
 
     /// For STT actors: the user started speaking. In immediate mode the turn
@@ -254,8 +306,11 @@ impl SessionHandle {
     }
 
     /// Starts a turn on the current context (e.g. to greet the user first).
-    pub fn generate(&self) -> Result<(), SessionError> {
-        self.core.send(LlmMsg::Generate)
+    /// Ignored (the handle is dropped) while a turn is in flight.
+    pub fn generate(&self) -> Result<ReplyHandle, SessionError> {
+        let (reply, rx) = ReplyTx::new();
+        self.core.send(LlmMsg::Generate { reply })?;
+        Ok(ReplyHandle::new(rx, self.core.clone()))
     }
 
     /// Cancels the turn in flight; a no-op when the agent is idle;
@@ -273,7 +328,7 @@ impl SessionHandle {
     /// `send_text`, `generate` or a transcript) but not yet started when this
     /// runs is not in flight: it is not cancelled.
     pub fn cancel(&self) -> Result<(), SessionError> {
-        self.core.cancel()
+        self.core.cut(None)
     }
 
     /// Answers a tool call of `turn` (for embedders that run tools themselves).

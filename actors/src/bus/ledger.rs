@@ -101,6 +101,9 @@ pub(crate) struct Ledger {
     /// TTS the session's configuration declares): segments handed out are
     /// then playing until playback reports their end.
     voices: usize,
+    /// Whether the agent is generating or speaking, for those who wait for
+    /// it to finish (reply handles, the speech queue).
+    speaking: tokio::sync::watch::Sender<bool>,
 }
 
 impl Ledger {
@@ -125,7 +128,20 @@ impl Ledger {
             segmenter: SegmenterConfig::default(),
             segments: SegmentBuffer::default(),
             voices: 0,
+            speaking: tokio::sync::watch::Sender::new(false),
         }
+    }
+
+    /// A watch on whether the agent is generating or speaking.
+    pub(crate) fn watch_speaking(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.speaking.subscribe()
+    }
+
+    /// Brings the speaking watch up to date after a transition.
+    fn refresh_speaking(&self) {
+        let now = self.agent_active() || (self.phase == Phase::Open && self.speculation.is_none());
+        self.speaking
+            .send_if_modified(|s| std::mem::replace(s, now) != now);
     }
 
     pub(crate) fn turn(&self) -> TurnId {
@@ -309,19 +325,26 @@ impl Ledger {
             EventKind::SpeechPlayed { chars } => {
                 let chars = *chars;
                 record.heard_chars = Some(record.heard_chars.map_or(chars, |h| h.max(chars)));
+                self.refresh_speaking();
             }
             _ => {}
         }
         Ok(())
     }
 
-    /// Starts the next turn and publishes `TurnStarted`. Refused while a closed
-    /// turn waits for its commit, or while a turn is still open.
-    pub(crate) fn begin(&mut self) -> Result<TurnId, LedgerError> {
-        self.begin_as(false)
+    /// Starts the next turn and publishes `TurnStarted`, `interruptible` by
+    /// the user's voice or not. Refused while a closed turn waits for its
+    /// commit, or while a turn is still open.
+    pub(crate) fn begin_with(&mut self, interruptible: bool) -> Result<TurnId, LedgerError> {
+        self.begin_as(false, interruptible)
     }
 
-    fn begin_as(&mut self, speculative: bool) -> Result<TurnId, LedgerError> {
+    /// Whether the turn whose speech is playing may be cut by a new reply.
+    pub(crate) fn playing_is_interruptible(&self) -> bool {
+        self.record.interruptible
+    }
+
+    fn begin_as(&mut self, speculative: bool, interruptible: bool) -> Result<TurnId, LedgerError> {
         if self.is_closed() {
             return Err(LedgerError::BusClosed);
         }
@@ -333,6 +356,7 @@ impl Ledger {
         }
         let turn = self.record.turn.next();
         self.record = TurnRecord::new(turn);
+        self.record.interruptible = interruptible;
         self.phase = Phase::Open;
         self.paused = false;
         self.stream = None;
@@ -343,7 +367,17 @@ impl Ledger {
             self.shown = turn;
             self.send(turn, EventKind::TurnStarted);
         }
+        self.refresh_speaking();
         Ok(turn)
+    }
+
+    /// Opens a round of `turn` that sends no request: fixed text (`say`).
+    pub(crate) fn open_spoken_round(&mut self, turn: TurnId) -> Result<(), LedgerError> {
+        if !self.is_open(turn) {
+            return Err(LedgerError::NotOpen);
+        }
+        self.record.rounds.push(RoundRecord::default());
+        Ok(())
     }
 
     /// Opens the next round of `turn` and attaches its stream task, spawned by
@@ -497,6 +531,7 @@ impl Ledger {
                         })
                     }
                 }
+                self.refresh_speaking();
                 Some(Cut::Speech(turn))
             }
             _ => None,
@@ -536,6 +571,7 @@ impl Ledger {
             end,
             speech_cut: false,
         });
+        self.refresh_speaking();
     }
 
     /// Takes the record of a closed turn not yet committed.

@@ -964,7 +964,7 @@ impl InputCtx {
                     .map_err(session)?;
                 Ok(json!(self.wire_seq(seq)))
             }
-            Input::SendText { text } => h.send_text(text).map(|()| Value::Null).map_err(session),
+            Input::SendText { text } => h.send_text(text).map(|_| Value::Null).map_err(session),
             Input::Cancel => h.cancel().map(|()| Value::Null).map_err(session),
             Input::SubmitToolResult {
                 turn,

@@ -42,6 +42,30 @@ pub struct AgentSettings {
     /// Preemptive generation: start a speculative turn on interim transcripts
     /// (`None`: off). See [`Preemptive`].
     pub preemptive: Option<Preemptive>,
+    /// What a reply (or a `say`) requested while the last one's speech is
+    /// still playing does. See [`SpeechQueue`].
+    pub speech_queue: SpeechQueue,
+}
+
+/// The speech queue: what happens to a reply or a `say` requested while the
+/// agent's last reply is still being spoken (its generation is over, its
+/// audio is not).
+///
+/// Either way one reply speaks at a time, and the history keeps what the
+/// user heard of each. A reply spoken with `allow_interruptions: false`
+/// (see [`SayOptions`](crate::SayOptions)) is always waited for, whatever the
+/// setting; an explicit [`cancel`](crate::SessionHandle::cancel) or
+/// [`ReplyHandle::interrupt`](crate::ReplyHandle::interrupt) still cuts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum SpeechQueue {
+    /// The new reply cuts the speech still playing (what a user who asked
+    /// something new wants). The default.
+    #[default]
+    Interrupt,
+    /// The new reply waits until the speech playing ends, then starts (what a
+    /// scripted sequence of `say`s wants).
+    Wait,
 }
 
 /// Preemptive generation: while the user is still talking, an interim
@@ -76,6 +100,7 @@ impl std::fmt::Debug for AgentSettings {
             .field("max_context_items", &self.max_context_items)
             .field("before_turn", &self.before_turn.is_some())
             .field("preemptive", &self.preemptive)
+            .field("speech_queue", &self.speech_queue)
             .finish()
     }
 }
@@ -93,6 +118,7 @@ impl AgentSettings {
             max_context_items: Some(200),
             before_turn: None,
             preemptive: None,
+            speech_queue: SpeechQueue::Interrupt,
         }
     }
 

@@ -25,11 +25,56 @@ use colloquy::tools::ToolChoice;
 
 use super::commit::{draft_items, turn_items};
 use super::round::{RoundOutput, run_round};
+use super::settings::SpeechQueue;
 use super::{LlmState, record_usage};
-use crate::bus::TurnEnd;
 use crate::bus::ledger::{Closed, LedgerError, TurnRecord};
+use crate::bus::{EventKind, TurnEnd};
 use crate::ids::TurnId;
+use crate::reply::{Reply, ReplyState, ReplyTx, SayOptions};
 use crate::task::AbortOnDrop;
+
+/// A turn to start, and the replies it answers.
+pub(crate) struct Start {
+    what: What,
+    replies: Vec<ReplyTx>,
+}
+
+enum What {
+    /// A model's reply to the context.
+    Model,
+    /// Fixed text, spoken as a turn.
+    Say(String, SayOptions),
+}
+
+impl Start {
+    pub(crate) fn model(replies: Vec<ReplyTx>) -> Self {
+        Self {
+            what: What::Model,
+            replies,
+        }
+    }
+
+    pub(crate) fn say(text: String, options: SayOptions, reply: ReplyTx) -> Self {
+        Self {
+            what: What::Say(text, options),
+            replies: vec![reply],
+        }
+    }
+
+    /// Withdraws `handle`'s reply; whether nothing is left to start.
+    pub(crate) fn withdraw(&mut self, handle: &tokio::sync::watch::Receiver<ReplyState>) -> bool {
+        let before = self.replies.len();
+        self.replies.retain(|r| {
+            let gone = r.is(handle);
+            if gone {
+                r.set(ReplyState::Dropped);
+            }
+            !gone
+        });
+        before != self.replies.len()
+            && (self.replies.is_empty() || matches!(self.what, What::Say(..)))
+    }
+}
 
 /// The speculative turn in flight and the interim it answers.
 pub(crate) struct Speculative {
@@ -148,6 +193,7 @@ impl LlmState {
             other => format!("not executed: the turn ended ({})", other.label()),
         };
         let items = turn_items(&record, heard, &why);
+        self.reply_committed(&record, end, cut, &items);
         for round in &record.rounds {
             // Every request: the serving one's and the dropped ones'.
             round
@@ -187,6 +233,7 @@ impl LlmState {
         };
         self.context.items.retain(|i| !ids.contains(i.id()));
         let trimmed = turn_items(&record, Some(heard), "cancelled");
+        self.reply_trimmed(turn, &trimmed);
         self.context.items.splice(first..first, trimmed);
         metrics::counter!("colloquy_playback_interruptions_total").increment(1);
         self.checkpoint();
@@ -210,22 +257,104 @@ impl LlmState {
         self.context = context;
     }
 
-    /// Idle → Streaming: begins the next turn on the ledger and starts round 0;
-    /// the `before_turn` hook runs first, on the committed context (which ends
-    /// with the utterance the turn answers).
-    pub(crate) fn start_turn(&mut self) {
+    /// Tells a committed turn's replies what the history keeps of it: done
+    /// at once unless its speech is still to be played.
+    fn reply_committed(
+        &mut self,
+        record: &TurnRecord,
+        end: &TurnEnd,
+        cut: bool,
+        items: &[ChatItem],
+    ) {
+        let reply = Reply {
+            turn: record.turn,
+            end: end.clone(),
+            items: items.to_vec(),
+            interrupted: cut,
+        };
+        let playing = !cut && self.core.bus.speech_playing_for(record.turn);
+        self.replies.retain(|r| {
+            if r.turn() != Some(record.turn) {
+                return true;
+            }
+            if playing {
+                r.set(ReplyState::Committed(reply.clone()));
+                true
+            } else {
+                r.set(ReplyState::Done(reply.clone()));
+                false
+            }
+        });
+    }
+
+    /// The speech of a committed turn was cut: its replies are done, as heard.
+    fn reply_trimmed(&mut self, turn: TurnId, items: &[ChatItem]) {
+        self.replies.retain(|r| match r.awaiting_playout() {
+            Some(mut reply) if reply.turn == turn => {
+                reply.items = items.to_vec();
+                reply.interrupted = true;
+                r.set(ReplyState::Done(reply));
+                false
+            }
+            _ => true,
+        });
+    }
+
+    /// Starts `start`: begins its turn on the ledger (or leaves it in the
+    /// speech queue while the last reply still speaks), tells its replies,
+    /// and either speaks its fixed text or starts round 0.
+    pub(crate) fn start(&mut self, start: Start) {
         debug_assert!(self.turn.active().is_none());
+        let interruptible = match &start.what {
+            What::Say(_, options) => options.allow_interruptions,
+            What::Model => true,
+        };
+        let queue = self.settings.speech_queue == SpeechQueue::Wait;
         let id = loop {
-            match self.core.bus.begin_turn() {
+            match self.core.bus.begin_turn_with(queue, interruptible) {
                 Ok(id) => break id,
                 // A cut landed since the last reconcile: commit it first.
                 Err(LedgerError::PendingCommit) => self.reconcile(),
+                // The last reply still speaks: wait for it (SpeechIdle).
+                Err(LedgerError::Speaking) => {
+                    self.waiting.push_front(start);
+                    return;
+                }
                 Err(e) => {
                     tracing::error!(parent: &self.core.span, error = %e, "cannot start a turn");
                     return;
                 }
             }
         };
+        for reply in start.replies {
+            reply.set(ReplyState::Started(id));
+            self.replies.push(reply);
+        }
+        match start.what {
+            What::Say(text, _) => self.say_now(id, text),
+            What::Model => self.start_model_turn(id),
+        }
+    }
+
+    /// A `say`: the text goes through the ledger like a model's tokens
+    /// (segments, playback, pause, cut), the turn ends at once, and the
+    /// commit keeps what is heard of it. No request is sent.
+    fn say_now(&mut self, id: TurnId, text: String) {
+        if self.core.bus.lock().open_spoken_round(id).is_err() {
+            return;
+        }
+        let _ = self
+            .core
+            .bus
+            .publish_agent(id, EventKind::Token(Arc::from(text)));
+        self.core.bus.finish_turn(id, TurnEnd::Stop);
+        self.reconcile();
+    }
+
+    /// Idle → Streaming for a model's reply: the `before_turn` hook runs
+    /// first, on the committed context (which ends with the utterance the
+    /// turn answers), then round 0 starts.
+    fn start_model_turn(&mut self, id: TurnId) {
         if let Some(hook) = self.settings.before_turn.clone() {
             hook(&mut self.context);
         }

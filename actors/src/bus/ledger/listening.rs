@@ -20,7 +20,9 @@ impl Ledger {
         if self.is_closed() {
             return Err(PublishError::Closed);
         }
-        let active = self.agent_active();
+        // A reply that may not be interrupted is neither paused nor cut by
+        // the user's voice (an explicit cut still cuts it).
+        let active = self.agent_active() && self.record.interruptible;
         let decision = match &kind {
             EventKind::UserSpeechStarted => {
                 self.listening.speech_started(now, &self.policy, active)
@@ -53,6 +55,8 @@ impl Ledger {
     fn apply(&mut self, decision: Decision) -> Option<Signal> {
         match decision {
             Decision::Nothing => None,
+            // A reply that may not be interrupted plays on.
+            Decision::Pause | Decision::Cut if !self.record.interruptible => None,
             Decision::Pause => self.pause(),
             Decision::Cut => self.cut(None, TurnEnd::Cancelled).map(Signal::Cut),
             Decision::Resume | Decision::Backchannel => self.resume(),

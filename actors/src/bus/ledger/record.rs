@@ -108,6 +108,9 @@ pub(crate) struct TurnRecord {
     pub(crate) text_truncated: bool,
     /// Characters handed to text-to-speech (`Speakable`).
     pub(crate) spoken_chars: usize,
+    /// The user's voice may pause or cut it (`false` for a `say` with
+    /// `allow_interruptions: false`; an explicit cut still does).
+    pub(crate) interruptible: bool,
     pub(crate) text_bytes: usize,
 }
 
@@ -115,6 +118,7 @@ impl TurnRecord {
     pub(super) fn new(turn: TurnId) -> Self {
         Self {
             turn,
+            interruptible: true,
             ..Self::default()
         }
     }
@@ -180,6 +184,8 @@ pub(crate) enum LedgerError {
     NotOpen,
     #[error("the agent is still generating or speaking")]
     Busy,
+    #[error("the last reply is still speaking and may not be cut")]
+    Speaking,
     #[error("the bus is closed")]
     BusClosed,
 }

@@ -36,7 +36,7 @@ impl Ledger {
         if self.agent_active() {
             return Err(LedgerError::Busy);
         }
-        self.begin_as(true)
+        self.begin_as(true, true)
     }
 
     /// Promotes the speculative `turn`: publishes `SpeculationEnded(Hit)`,
@@ -64,6 +64,7 @@ impl Ledger {
         if let Some(end) = spec.finished {
             self.close(end);
         }
+        self.refresh_speaking();
         true
     }
 
@@ -100,6 +101,7 @@ impl Ledger {
             },
         );
         self.pending = Some(Closed::Discarded { turn });
+        self.refresh_speaking();
         true
     }
 }
