@@ -19,6 +19,7 @@ use crate::cluster::ClusterError;
 use crate::cluster::admission::Ticket;
 use crate::cluster::lease::{Checkpoint, LeaseState};
 use crate::cluster::spec::SessionSpec;
+use crate::cluster::wire::WorkerEventName;
 use crate::ids::SessionId;
 use crate::session::SessionHandle;
 use crate::supervisor::{SessionConfig, SupervisorError};
@@ -224,7 +225,7 @@ impl Driver {
                 },
                 event = self.bus.recv() => match event {
                     Ok(ev) => if self.forward(ev).await.is_err() { break End::Lost },
-                    Err(BusRecvError::Lagged { missed }) => self.worker_event("lagged", json!({"missed": missed})).await,
+                    Err(BusRecvError::Lagged { missed }) => self.worker_event(WorkerEventName::Lagged, json!({"missed": missed})).await,
                     Err(_) => break End::Stopped,
                 },
                 changed = self.checkpoints.changed() => {
@@ -247,7 +248,7 @@ impl Driver {
                 // The local session stopped by itself (too many restarts).
                 self.stop_inputs();
                 let _ = self.inner.supervisor.stop_session(&self.id).await;
-                self.worker_event("session_ended", json!({"reason": "stopped"}))
+                self.worker_event(WorkerEventName::SessionEnded, json!({"reason": "stopped"}))
                     .await;
                 // The lease first (as in `close`): no lease without a checkpoint.
                 if let Ok(revision) = self.held.settle(&self.inner.store, &self.key).await

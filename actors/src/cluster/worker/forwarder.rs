@@ -15,7 +15,7 @@ use super::driver::Driver;
 use super::{Lost, SEQ_STRIDE};
 use crate::bus::{BusEvent, EventKind, SpeculationOutcome, TurnEnd};
 use crate::cluster::lease::{Checkpoint, StoreError};
-use crate::cluster::wire::{self, WORKER_LOST};
+use crate::cluster::wire::{self, WORKER_LOST, WorkerEventName};
 use crate::ids::TurnId;
 
 impl Driver {
@@ -90,13 +90,13 @@ impl Driver {
     }
 
     /// Publishes an event of the worker's own at `seq`.
-    async fn publish(&mut self, turn: u64, seq: u64, kind: &str, payload: Value) {
+    async fn publish(&mut self, turn: u64, seq: u64, kind: WorkerEventName, payload: Value) {
         let bytes = wire::encode_event(
             self.id.as_str(),
             turn,
             seq,
             &self.inner.config.name,
-            kind,
+            kind.as_str(),
             payload,
         );
         self.send(bytes).await;
@@ -119,10 +119,10 @@ impl Driver {
 
     /// An event of the worker's own (between two bus events' seq numbers;
     /// dropped when no number is left before the next bus event).
-    pub(super) async fn worker_event(&mut self, kind: &str, payload: Value) {
+    pub(super) async fn worker_event(&mut self, kind: WorkerEventName, payload: Value) {
         let seq = self.last_wire + 1;
         if (seq - self.seq_base).is_multiple_of(SEQ_STRIDE) {
-            tracing::debug!(session = %self.id, kind, "worker event dropped: no seq left");
+            tracing::debug!(session = %self.id, kind = kind.as_str(), "worker event dropped: no seq left");
             return;
         }
         self.last_wire = seq;
@@ -151,8 +151,13 @@ impl Driver {
             "previous_worker": previous,
         });
         self.last_wire = self.seq_base + 2;
-        self.publish(self.turn_base, self.seq_base + 2, "resumed", payload)
-            .await;
+        self.publish(
+            self.turn_base,
+            self.seq_base + 2,
+            WorkerEventName::Resumed,
+            payload,
+        )
+        .await;
         // The turn that was in flight is over: it counts as committed (failed,
         // nothing of it in the history).
         self.committed_turn = self.turn_base;
@@ -187,7 +192,7 @@ impl Driver {
                     tracing::error!(session = %self.id, bytes, max_bytes,
                         "checkpoint larger than the server's maximum message size: not stored");
                     self.worker_event(
-                        "checkpoint_too_large",
+                        WorkerEventName::CheckpointTooLarge,
                         json!({"bytes": bytes, "max_bytes": max_bytes}),
                     )
                     .await;

@@ -12,6 +12,7 @@ use super::{Control, DrainReport, Lost, Worker};
 use crate::bus::BusRecvError;
 use crate::cluster::ClusterError;
 use crate::cluster::lease::{LeaseState, StoreError};
+use crate::cluster::wire::WorkerEventName;
 
 impl Worker {
     /// Stops taking sessions (placements and claims), lets turns in flight
@@ -96,7 +97,7 @@ impl Driver {
             tokio::select! {
                 event = self.bus.recv() => match event {
                     Ok(ev) => self.forward(ev).await?,
-                    Err(BusRecvError::Lagged { missed }) => self.worker_event("lagged", json!({"missed": missed})).await,
+                    Err(BusRecvError::Lagged { missed }) => self.worker_event(WorkerEventName::Lagged, json!({"missed": missed})).await,
                     Err(_) => break,
                 },
                 _ = Self::lease_lost(&mut self.lost) => return Err(Lost),
@@ -140,7 +141,8 @@ impl Driver {
             match self.bus.recv().await {
                 Ok(ev) => self.forward(ev).await?,
                 Err(BusRecvError::Lagged { missed }) => {
-                    self.worker_event("lagged", json!({"missed": missed})).await
+                    self.worker_event(WorkerEventName::Lagged, json!({"missed": missed}))
+                        .await
                 }
                 Err(_) => return Ok(()),
             }
@@ -162,7 +164,7 @@ impl Driver {
         let _ = self.forward_rest().await;
         #[cfg(test)]
         crate::cluster::test_hooks::at(&self.inner.config.name, "closing").await;
-        self.worker_event("session_ended", json!({"reason": "closed"}))
+        self.worker_event(WorkerEventName::SessionEnded, json!({"reason": "closed"}))
             .await;
         self.stop_renewing().await;
         let revision = self
