@@ -276,7 +276,7 @@ impl Worker {
             None
         };
         let tasks = vec![
-            tokio::spawn(placement::placement(inner.clone(), first)).abort_handle(),
+            tokio::spawn(placement::offer(inner.clone(), first)).abort_handle(),
             tokio::spawn(claims::monitor(inner.clone())).abort_handle(),
         ];
         tracing::info!(worker = %inner.config.name, instance = %inner.instance, "worker started");

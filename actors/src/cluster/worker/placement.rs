@@ -28,7 +28,7 @@ async fn next_message(sub: &mut Option<Subscriber>) -> Option<Message> {
 
 /// Offers capacity while there is some: subscribed to the placement subject
 /// in the queue group exactly while not full and not draining.
-pub(super) async fn placement(inner: Arc<Inner>, mut sub: Option<Subscriber>) {
+pub(super) async fn offer(inner: Arc<Inner>, mut sub: Option<Subscriber>) {
     loop {
         let notified = inner.changed.notified();
         let offering = inner.offering();
