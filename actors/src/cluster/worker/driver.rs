@@ -150,28 +150,44 @@ enum End {
 }
 
 /// Per session: forwards the bus to NATS in order, stores checkpoints,
-/// renews the lease, and carries out hand-over and close.
+/// watches the lease its keeper renews, and carries out hand-over and close.
 pub(super) struct Driver {
     pub(super) inner: Arc<Inner>,
     pub(super) id: SessionId,
+    /// The session key (subjects and store keys).
     pub(super) key: String,
+    /// The session's events subject.
     pub(super) events: Subject,
+    /// The local session.
     pub(super) handle: SessionHandle,
+    /// The forwarder's subscription to the session's bus.
     pub(super) bus: BusReceiver,
+    /// The committed context, as the session commits it.
     pub(super) checkpoints: watch::Receiver<Arc<ChatContext>>,
     pub(super) control: mpsc::UnboundedReceiver<Control>,
+    /// The input task (aborted once no more inputs are taken).
     pub(super) inputs: Option<tokio::task::AbortHandle>,
+    /// Stored in every checkpoint.
     pub(super) spec: SessionSpec,
     /// Our generation (the lease's).
     pub(super) generation: u64,
+    /// Our lease, shared with its keeper.
     pub(super) held: Arc<Held>,
+    /// Set by the keeper once the lease is lost.
     pub(super) lost: watch::Receiver<bool>,
+    /// Stops the keeper, and its task.
     pub(super) renewer: Option<(oneshot::Sender<()>, tokio::task::JoinHandle<()>)>,
+    /// The revision of our last checkpoint write.
     pub(super) checkpoint_rev: u64,
+    /// Wire turn numbers of this owner start after it.
     pub(super) turn_base: u64,
+    /// `generation << 32`: the first wire seq of this owner.
     pub(super) seq_base: u64,
+    /// The last wire seq published.
     pub(super) last_wire: u64,
+    /// The last wire turn whose history is committed.
     pub(super) committed_turn: u64,
+    /// The last wire turn that started.
     pub(super) started_turn: u64,
     /// The size last reported as too large (reported once per size).
     pub(super) too_large: Option<usize>,
