@@ -31,6 +31,8 @@ mod event;
 pub(crate) mod ledger;
 mod subscriber;
 
+#[cfg(feature = "nats")]
+pub(crate) use event::EventKindName;
 pub use event::{BusEvent, EventKind, SpeculationOutcome, ToolOutput, TurnEnd};
 pub use subscriber::{BusReceiver, BusRecvError};
 

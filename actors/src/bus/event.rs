@@ -198,31 +198,10 @@ impl EventKind {
         )
     }
 
-    /// The kind's name, for errors and logs.
+    /// The kind's name, for errors and logs (and the `kind` of the event on
+    /// the cluster's wire).
     pub fn name(&self) -> &'static str {
-        match self {
-            EventKind::TurnStarted => "turn_started",
-            EventKind::Token(_) => "token",
-            EventKind::Reasoning(_) => "reasoning",
-            EventKind::Refusal(_) => "refusal",
-            EventKind::ToolCall(_) => "tool_call",
-            EventKind::ToolResult(_) => "tool_result",
-            EventKind::Usage(_) => "usage",
-            EventKind::Structured(_) => "structured",
-            EventKind::TurnFinished(_) => "turn_finished",
-            EventKind::Interrupted { .. } => "interrupted",
-            EventKind::UserSpeechStarted => "user_speech_started",
-            EventKind::UserTranscript { .. } => "user_transcript",
-            EventKind::Speakable { .. } => "speakable",
-            EventKind::SpeechPlayed { .. } => "speech_played",
-            EventKind::UserSpeechEnded => "user_speech_ended",
-            EventKind::PlaybackPaused { .. } => "playback_paused",
-            EventKind::PlaybackResumed { .. } => "playback_resumed",
-            EventKind::Backchannel { .. } => "backchannel",
-            EventKind::SpeculationEnded { .. } => "speculation_ended",
-            EventKind::ProviderSelected(_) => "provider_selected",
-            EventKind::ProviderFailed(_) => "provider_failed",
-        }
+        self.kind_name().as_str()
     }
 
     /// Events that may still follow a normally finished turn: playback of
@@ -230,6 +209,80 @@ impl EventKind {
     pub(crate) fn is_playback(&self) -> bool {
         matches!(self, EventKind::SpeechPlayed { .. })
     }
+}
+
+/// The one table of event kind names: each [`EventKind`] variant, the
+/// pattern that matches it, and its name. From it come [`EventKindName`] (the
+/// names as values: `as_str`, `from_name`, `ALL`) and
+/// `EventKind::kind_name`, used by [`EventKind::name`] and by the cluster's
+/// wire for both encoding and decoding, so a kind cannot get two spellings,
+/// and a new variant without a row here does not compile.
+macro_rules! event_kind_names {
+    ($($variant:ident: $pattern:pat => $name:literal,)*) => {
+        /// The name of an [`EventKind`], without its payload.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub(crate) enum EventKindName {
+            $(
+                #[doc = concat!("`", $name, "`")]
+                $variant,
+            )*
+        }
+
+        impl EventKindName {
+            /// Every name, in the order of [`EventKind`]'s variants.
+            #[cfg(test)]
+            pub(crate) const ALL: &'static [EventKindName] = &[$(EventKindName::$variant,)*];
+
+            /// The name as written in logs, errors and on the wire.
+            pub(crate) fn as_str(self) -> &'static str {
+                match self {
+                    $(EventKindName::$variant => $name,)*
+                }
+            }
+
+            /// The kind of that name, if it is one.
+            #[cfg_attr(not(any(test, feature = "nats")), allow(dead_code))]
+            pub(crate) fn from_name(name: &str) -> Option<Self> {
+                match name {
+                    $($name => Some(EventKindName::$variant),)*
+                    _ => None,
+                }
+            }
+        }
+
+        impl EventKind {
+            /// The kind's name as a value.
+            pub(crate) fn kind_name(&self) -> EventKindName {
+                match self {
+                    $($pattern => EventKindName::$variant,)*
+                }
+            }
+        }
+    };
+}
+
+event_kind_names! {
+    TurnStarted: EventKind::TurnStarted => "turn_started",
+    Token: EventKind::Token(_) => "token",
+    Reasoning: EventKind::Reasoning(_) => "reasoning",
+    Refusal: EventKind::Refusal(_) => "refusal",
+    ToolCall: EventKind::ToolCall(_) => "tool_call",
+    ToolResult: EventKind::ToolResult(_) => "tool_result",
+    Usage: EventKind::Usage(_) => "usage",
+    Structured: EventKind::Structured(_) => "structured",
+    TurnFinished: EventKind::TurnFinished(_) => "turn_finished",
+    Interrupted: EventKind::Interrupted { .. } => "interrupted",
+    UserSpeechStarted: EventKind::UserSpeechStarted => "user_speech_started",
+    UserTranscript: EventKind::UserTranscript { .. } => "user_transcript",
+    Speakable: EventKind::Speakable { .. } => "speakable",
+    SpeechPlayed: EventKind::SpeechPlayed { .. } => "speech_played",
+    UserSpeechEnded: EventKind::UserSpeechEnded => "user_speech_ended",
+    PlaybackPaused: EventKind::PlaybackPaused { .. } => "playback_paused",
+    PlaybackResumed: EventKind::PlaybackResumed { .. } => "playback_resumed",
+    Backchannel: EventKind::Backchannel { .. } => "backchannel",
+    SpeculationEnded: EventKind::SpeculationEnded { .. } => "speculation_ended",
+    ProviderSelected: EventKind::ProviderSelected(_) => "provider_selected",
+    ProviderFailed: EventKind::ProviderFailed(_) => "provider_failed",
 }
 
 /// One event on a session bus, stamped `(session, turn, seq)`.
@@ -246,4 +299,26 @@ pub struct BusEvent {
     pub seq: u64,
     /// The payload.
     pub kind: EventKind,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    #[test]
+    fn every_name_is_unique_and_parses_back() {
+        let mut seen = HashSet::new();
+        for &name in EventKindName::ALL {
+            assert!(seen.insert(name.as_str()), "{} twice", name.as_str());
+            assert_eq!(EventKindName::from_name(name.as_str()), Some(name));
+        }
+        assert_eq!(EventKindName::from_name("resumed"), None);
+        assert_eq!(EventKind::TurnStarted.name(), "turn_started");
+        assert_eq!(
+            EventKind::Interrupted { heard_chars: 1 }.kind_name(),
+            EventKindName::Interrupted
+        );
+    }
 }

@@ -1,0 +1,128 @@
+//! Encoding: one event of a session as one JSON object, `{"session", "turn",
+//! "seq", "worker", "kind", "payload"}` (see the module docs of
+//! [`wire`](super) for every kind's payload). The `kind` of a bus event is
+//! its [`EventKind::name`].
+
+use colloquy::llm::FailureReason;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::bus::{EventKind, TurnEnd};
+
+/// The envelope of one event, as written.
+#[derive(Serialize)]
+struct Out<'a, P: Serialize> {
+    session: &'a str,
+    turn: u64,
+    seq: u64,
+    worker: &'a str,
+    kind: &'a str,
+    payload: P,
+}
+
+/// The payload of the text events, written without a JSON tree.
+#[derive(Serialize)]
+struct TextPayload<'a> {
+    text: &'a str,
+}
+
+/// Encodes one event.
+pub(crate) fn encode_event<P: Serialize>(
+    session: &str,
+    turn: u64,
+    seq: u64,
+    worker: &str,
+    kind: &str,
+    payload: P,
+) -> Vec<u8> {
+    let out = Out {
+        session,
+        turn,
+        seq,
+        worker,
+        kind,
+        payload,
+    };
+    serde_json::to_vec(&out).unwrap_or_default()
+}
+
+/// Encodes one bus event (text events without an intermediate JSON tree:
+/// they are most of the traffic).
+pub(crate) fn encode_bus(
+    session: &str,
+    turn: u64,
+    seq: u64,
+    worker: &str,
+    kind: &EventKind,
+) -> Vec<u8> {
+    match kind {
+        EventKind::Token(t) | EventKind::Reasoning(t) | EventKind::Refusal(t) => encode_event(
+            session,
+            turn,
+            seq,
+            worker,
+            kind.name(),
+            TextPayload { text: t },
+        ),
+        _ => {
+            let (name, payload) = bus_payload(kind);
+            encode_event(session, turn, seq, worker, name, payload)
+        }
+    }
+}
+
+/// The payload of `turn_finished`.
+fn end_payload(end: &TurnEnd) -> Value {
+    match end {
+        TurnEnd::Failed(m) | TurnEnd::Other(m) => json!({"end": end.label(), "message": &**m}),
+        _ => json!({"end": end.label()}),
+    }
+}
+
+/// The wire kind and payload of a bus event.
+fn bus_payload(kind: &EventKind) -> (&'static str, Value) {
+    let payload = match kind {
+        EventKind::Token(t) | EventKind::Reasoning(t) | EventKind::Refusal(t) => {
+            json!({"text": &**t})
+        }
+        EventKind::ToolCall(c) => serde_json::to_value(&**c).unwrap_or(Value::Null),
+        EventKind::ToolResult(o) => json!({
+            "call_id": o.call_id, "name": o.name, "output": o.output, "is_error": o.is_error,
+        }),
+        EventKind::Usage(u) => serde_json::to_value(**u).unwrap_or(Value::Null),
+        EventKind::Structured(v) => json!({"value": &**v}),
+        EventKind::TurnFinished(end) => end_payload(end),
+        EventKind::Interrupted { heard_chars } => json!({"heard_chars": heard_chars}),
+        EventKind::UserTranscript { text, is_final } => {
+            json!({"text": &**text, "is_final": is_final})
+        }
+        EventKind::Speakable { text, last } => json!({"text": &**text, "last": last}),
+        EventKind::SpeechPlayed { chars } => json!({"chars": chars}),
+        EventKind::PlaybackPaused { heard_chars } | EventKind::PlaybackResumed { heard_chars } => {
+            json!({"heard_chars": heard_chars})
+        }
+        EventKind::SpeculationEnded { outcome, usage } => {
+            json!({"outcome": outcome.label(), "usage": usage.as_deref()})
+        }
+        EventKind::Backchannel { text } => json!({"text": &**text}),
+        EventKind::ProviderSelected(c) => json!({
+            "index": c.index, "label": &*c.label, "base_url": &*c.base_url,
+            "reason": c.reason, "continuation": c.continuation,
+        }),
+        EventKind::ProviderFailed(f) => {
+            let message = match &f.reason {
+                FailureReason::Error { message, .. } => Some(message.as_str()),
+                _ => None,
+            };
+            json!({
+                "index": f.index, "label": &*f.label, "base_url": &*f.base_url,
+                "reason": f.reason.label(), "message": message,
+                "after_output": f.after_output, "usage": f.usage,
+            })
+        }
+        // Kinds added later travel by name (decoded as `Unknown` by older readers).
+        #[allow(unreachable_patterns)]
+        _ => json!({}),
+    };
+    (kind.name(), payload)
+}

@@ -1,0 +1,112 @@
+//! The messages that are not events: the inputs of a session (one object
+//! per message, `{"op": …}`), the replies to requests (`{"ok": …}` or
+//! `{"error": …}`), and placement requests.
+
+use colloquy::context::ChatContext;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::bus::PublishError;
+use crate::cluster::spec::SessionSpec;
+use crate::session::SessionError;
+
+/// One input to a session.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub(crate) enum Input {
+    UserSpeechStarted,
+    UserSpeechEnded,
+    UserTranscript {
+        text: String,
+        #[serde(default = "yes")]
+        is_final: bool,
+    },
+    SpeechPlayed {
+        turn: u64,
+        chars: usize,
+    },
+    SendText {
+        text: String,
+    },
+    Cancel,
+    SubmitToolResult {
+        turn: u64,
+        call_id: String,
+        name: String,
+        output: String,
+        #[serde(default)]
+        is_error: bool,
+    },
+    Context,
+    Close,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// An error on the wire.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct WireError {
+    pub(crate) kind: String,
+    pub(crate) message: String,
+}
+
+impl WireError {
+    pub(crate) fn new(kind: &str, message: impl std::fmt::Display) -> Self {
+        Self {
+            kind: kind.to_string(),
+            message: message.to_string(),
+        }
+    }
+
+    pub(crate) fn from_session(e: &SessionError) -> Self {
+        // Wildcards stay for variants added later.
+        #[allow(unreachable_patterns)]
+        let kind = match e {
+            SessionError::NotRunning(_) => "not_running",
+            SessionError::Timeout(_) => "timeout",
+            SessionError::TurnInFlight(_) => "turn_in_flight",
+            SessionError::Publish(p) => return Self::from_publish(p),
+            _ => "internal",
+        };
+        Self::new(kind, e)
+    }
+
+    pub(crate) fn from_publish(e: &PublishError) -> Self {
+        #[allow(unreachable_patterns)]
+        let kind = match e {
+            PublishError::Stale { .. } => "stale",
+            PublishError::NotAllowed(_) => "not_allowed",
+            PublishError::UnknownCall(_) => "unknown_call",
+            PublishError::AlreadyAnswered(_) => "already_answered",
+            PublishError::Closed => "closed",
+            _ => "internal",
+        };
+        Self::new(kind, e)
+    }
+}
+
+/// A reply: `{"ok": value}` or `{"error": {...}}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Reply {
+    Ok(Value),
+    Error(WireError),
+}
+
+impl Reply {
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+/// A placement request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct PlaceRequest {
+    pub(crate) session: String,
+    #[serde(default)]
+    pub(crate) spec: SessionSpec,
+    #[serde(default)]
+    pub(crate) context: Option<ChatContext>,
+}

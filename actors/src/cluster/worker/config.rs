@@ -1,0 +1,108 @@
+//! What a worker is started with: its name, the model client and tools its
+//! sessions use, its capacity, and the times of leases and drains.
+
+use std::time::Duration;
+
+use colloquy::llm::ChatClient;
+
+use crate::cluster::DEFAULT_PREFIX;
+use crate::segmenter::SegmenterConfig;
+use crate::tool_executor::{Tool, ToolRegistry};
+
+/// Everything a worker needs.
+#[derive(Clone)]
+pub struct WorkerConfig {
+    /// The worker's name (in events, leases and logs).
+    pub name: String,
+    /// The model client every session of this worker uses.
+    pub client: ChatClient,
+    /// The model of specs that name none.
+    pub default_model: String,
+    /// Tools sessions may ask for by name.
+    pub tools: ToolRegistry,
+    /// Sessions at most; a full worker stops offering capacity.
+    pub max_sessions: usize,
+    /// Prefix of subjects and buckets (default `colloquy`).
+    pub prefix: String,
+    /// A lease not renewed for this long is claimed by another worker (it is
+    /// renewed every third of it). Default 1 s.
+    pub lease_ttl: Duration,
+    /// How long [`Worker::drain`](super::Worker::drain) lets turns in flight finish. Default 10 s.
+    pub drain_timeout: Duration,
+    /// Bus capacity of each session (the forwarder is one subscriber; it
+    /// waits for the store at each turn start and end). Default 1024.
+    pub bus_capacity: usize,
+    /// The segmenter of sessions whose spec asks for one.
+    pub segmenter: SegmenterConfig,
+}
+
+impl std::fmt::Debug for WorkerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerConfig")
+            .field("name", &self.name)
+            .field("client", &self.client)
+            .field("default_model", &self.default_model)
+            .field("tools", &self.tools.definitions().len())
+            .field("max_sessions", &self.max_sessions)
+            .field("prefix", &self.prefix)
+            .field("lease_ttl", &self.lease_ttl)
+            .field("drain_timeout", &self.drain_timeout)
+            .field("bus_capacity", &self.bus_capacity)
+            .finish()
+    }
+}
+
+impl WorkerConfig {
+    /// A worker named `name` serving sessions with `client`: 100 sessions, no
+    /// tools, default model `gpt-4o-mini`, lease 1 s, drain 10 s.
+    pub fn new(name: impl Into<String>, client: ChatClient) -> Self {
+        Self {
+            name: name.into(),
+            client,
+            default_model: "gpt-4o-mini".into(),
+            tools: ToolRegistry::new(),
+            max_sessions: 100,
+            prefix: DEFAULT_PREFIX.into(),
+            lease_ttl: Duration::from_secs(1),
+            drain_timeout: Duration::from_secs(10),
+            bus_capacity: 1024,
+            segmenter: SegmenterConfig::default(),
+        }
+    }
+
+    /// Registers a tool sessions may name.
+    pub fn with_tool(mut self, tool: Tool) -> Self {
+        self.tools = self.tools.with_tool(tool);
+        self
+    }
+
+    /// Sets the session cap.
+    pub fn with_max_sessions(mut self, max: usize) -> Self {
+        self.max_sessions = max;
+        self
+    }
+
+    /// Sets the model of specs that name none.
+    pub fn with_default_model(mut self, model: impl Into<String>) -> Self {
+        self.default_model = model.into();
+        self
+    }
+
+    /// Sets the lease time.
+    pub fn with_lease_ttl(mut self, ttl: Duration) -> Self {
+        self.lease_ttl = ttl;
+        self
+    }
+
+    /// Sets the drain timeout.
+    pub fn with_drain_timeout(mut self, timeout: Duration) -> Self {
+        self.drain_timeout = timeout;
+        self
+    }
+
+    /// Sets the prefix of subjects and buckets.
+    pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+}

@@ -1,0 +1,291 @@
+//! A session running here: [`start_local`] starts it in the local supervisor
+//! with its input subscription, its lease keeper and its [`Driver`], the one
+//! task that owns the session on this worker until it is handed over, closed,
+//! stopped, or its lease is lost. The driver's work is split by concern: the
+//! bus forwarded to NATS in `forwarder`, hand-over and close in `handover`.
+
+use std::sync::Arc;
+
+use async_nats::Subject;
+use colloquy::context::ChatContext;
+use serde_json::json;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::inputs::{InputCtx, run_inputs};
+use super::lease_keeper::{Held, renew_lease};
+use super::{Control, Inner, Local, Lost, Ownership};
+use crate::bus::{BusReceiver, BusRecvError};
+use crate::cluster::ClusterError;
+use crate::cluster::admission::Ticket;
+use crate::cluster::lease::{Checkpoint, LeaseState};
+use crate::cluster::spec::SessionSpec;
+use crate::cluster::wire::WorkerEventName;
+use crate::ids::SessionId;
+use crate::session::SessionHandle;
+use crate::supervisor::{SessionConfig, SupervisorError};
+
+/// Starts the session in the local supervisor with its input subscription and
+/// its driver.
+pub(super) async fn start_local(
+    inner: &Arc<Inner>,
+    id: SessionId,
+    key: String,
+    checkpoint: Checkpoint,
+    own: Ownership,
+    ticket: Ticket,
+) -> Result<(), ClusterError> {
+    let spec = checkpoint.spec;
+    let tools = inner.tools_for(&spec)?;
+    let mut config = SessionConfig::new(
+        inner.config.client.clone(),
+        spec.agent_settings(&inner.config.default_model),
+    )
+    .with_context(checkpoint.context);
+    config.bus_capacity = inner.config.bus_capacity;
+    if let Some(tools) = tools {
+        config = config.with_tools(tools);
+    }
+    if spec.segmenter {
+        config = config.with_segmenter(inner.config.segmenter);
+    }
+    let handle = match inner.supervisor.start_session(id.clone(), config).await {
+        Ok(h) => h,
+        Err(SupervisorError::AlreadyExists(id)) => return Err(ClusterError::AlreadyExists(id)),
+        Err(e) => return Err(ClusterError::Nats(e.to_string())),
+    };
+    let bus = handle.subscribe();
+    let mut checkpoints = handle.watch_checkpoint();
+    checkpoints.mark_unchanged();
+    let inputs = match inner.nats.subscribe(inner.names.inputs(&key)).await {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = inner.supervisor.stop_session(&id).await;
+            return Err(ClusterError::nats(e));
+        }
+    };
+    let turn_base = own.started_turn.max(own.committed_turn);
+    let seq_base = own.generation << 32;
+    let (control_tx, control_rx) = mpsc::unbounded_channel();
+    let input_ctx = InputCtx {
+        nats: inner.nats.clone(),
+        handle: handle.clone(),
+        turn_base,
+        seq_base,
+        control: control_tx.clone(),
+    };
+    let inputs_task = tokio::spawn(run_inputs(input_ctx, inputs));
+    let (lost_tx, lost) = watch::channel(false);
+    let held = Arc::new(Held {
+        lease: inner.lease(own.generation, LeaseState::Held),
+        revision: tokio::sync::Mutex::new(own.lease_rev),
+        lost: lost_tx,
+    });
+    let (stop_renewing, stop) = oneshot::channel();
+    let renewer = tokio::spawn(renew_lease(inner.clone(), key.clone(), held.clone(), stop));
+    let mut driver = Driver {
+        inner: inner.clone(),
+        events: Subject::from(inner.names.events(&key)),
+        generation: own.generation,
+        held,
+        lost,
+        renewer: Some((stop_renewing, renewer)),
+        id,
+        key: key.clone(),
+        handle,
+        bus,
+        checkpoints,
+        control: control_rx,
+        inputs: Some(inputs_task.abort_handle()),
+        spec,
+        checkpoint_rev: own.checkpoint_rev,
+        turn_base,
+        seq_base,
+        last_wire: seq_base,
+        committed_turn: own.committed_turn,
+        started_turn: own.started_turn,
+        too_large: None,
+    };
+    if let Some(previous) = own.resumed_from {
+        driver.announce_resume(previous).await;
+    }
+    let (go_tx, go_rx) = oneshot::channel::<()>();
+    let task_inner = inner.clone();
+    let task = tokio::spawn(async move {
+        if go_rx.await.is_err() {
+            return;
+        }
+        let key = driver.key.clone();
+        driver.run().await;
+        // No await after this: removing the entry aborts this task at its
+        // next yield point.
+        task_inner.sessions.remove(&key);
+        task_inner.release_slot();
+    });
+    #[cfg(test)]
+    crate::cluster::test_hooks::at(&inner.config.name, "admit").await;
+    // A drain that began meanwhile waits for this admission, then hands the
+    // session over with the others.
+    ticket.admit(
+        &inner.sessions,
+        key,
+        Local {
+            control: control_tx,
+            driver: task.abort_handle(),
+        },
+    );
+    let _ = go_tx.send(());
+    Ok(())
+}
+
+/// Why a driver's loop ended.
+enum End {
+    /// Drained: the lease was released for another worker.
+    HandedOver,
+    /// Closed for good.
+    Closed,
+    /// Another worker owns the session.
+    Lost,
+    /// The local session stopped by itself, or the worker dropped it.
+    Stopped,
+}
+
+/// Per session: forwards the bus to NATS in order, stores checkpoints,
+/// watches the lease its keeper renews, and carries out hand-over and close.
+pub(super) struct Driver {
+    pub(super) inner: Arc<Inner>,
+    pub(super) id: SessionId,
+    /// The session key (subjects and store keys).
+    pub(super) key: String,
+    /// The session's events subject.
+    pub(super) events: Subject,
+    /// The local session.
+    pub(super) handle: SessionHandle,
+    /// The forwarder's subscription to the session's bus.
+    pub(super) bus: BusReceiver,
+    /// The committed context, as the session commits it.
+    pub(super) checkpoints: watch::Receiver<Arc<ChatContext>>,
+    pub(super) control: mpsc::UnboundedReceiver<Control>,
+    /// The input task (aborted once no more inputs are taken).
+    pub(super) inputs: Option<tokio::task::AbortHandle>,
+    /// Stored in every checkpoint.
+    pub(super) spec: SessionSpec,
+    /// Our generation (the lease's).
+    pub(super) generation: u64,
+    /// Our lease, shared with its keeper.
+    pub(super) held: Arc<Held>,
+    /// Set by the keeper once the lease is lost.
+    pub(super) lost: watch::Receiver<bool>,
+    /// Stops the keeper, and its task.
+    pub(super) renewer: Option<(oneshot::Sender<()>, tokio::task::JoinHandle<()>)>,
+    /// The revision of our last checkpoint write.
+    pub(super) checkpoint_rev: u64,
+    /// Wire turn numbers of this owner start after it.
+    pub(super) turn_base: u64,
+    /// `generation << 32`: the first wire seq of this owner.
+    pub(super) seq_base: u64,
+    /// The last wire seq published.
+    pub(super) last_wire: u64,
+    /// The last wire turn whose history is committed.
+    pub(super) committed_turn: u64,
+    /// The last wire turn that started.
+    pub(super) started_turn: u64,
+    /// The size last reported as too large (reported once per size).
+    pub(super) too_large: Option<usize>,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        // Aborted with the worker: the input subscription and the renewals go too.
+        self.stop_inputs();
+        if let Some((_, task)) = self.renewer.take() {
+            task.abort();
+        }
+    }
+}
+
+impl Driver {
+    /// Stops the renewals and waits for one in flight.
+    pub(super) async fn stop_renewing(&mut self) {
+        if let Some((stop, task)) = self.renewer.take() {
+            let _ = stop.send(());
+            let _ = task.await;
+        }
+    }
+
+    /// Resolves once the lease is lost.
+    pub(super) async fn lease_lost(lost: &mut watch::Receiver<bool>) {
+        if lost.wait_for(|l| *l).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// The session's loop: control messages first, then bus events,
+    /// checkpoints and the lease; then what the way it ended asks for.
+    async fn run(mut self) {
+        let end = loop {
+            tokio::select! {
+                biased;
+                control = self.control.recv() => match control {
+                    Some(Control::HandOver { deadline, done }) => {
+                        let r = self.hand_over(deadline).await;
+                        let lost = r.is_err();
+                        let _ = done.send(r.map_err(|Lost| ClusterError::LeaseLost(self.id.clone())));
+                        break if lost { End::Lost } else { End::HandedOver };
+                    }
+                    Some(Control::Close { done }) => {
+                        let r = self.close().await;
+                        let _ = done.send(r);
+                        break End::Closed;
+                    }
+                    None => break End::Stopped,
+                },
+                event = self.bus.recv() => match event {
+                    Ok(ev) => if self.forward(ev).await.is_err() { break End::Lost },
+                    Err(BusRecvError::Lagged { missed }) => self.worker_event(WorkerEventName::Lagged, json!({"missed": missed})).await,
+                    Err(_) => break End::Stopped,
+                },
+                changed = self.checkpoints.changed() => {
+                    if changed.is_err() || self.flush().await.is_err() {
+                        break End::Lost;
+                    }
+                },
+                _ = Self::lease_lost(&mut self.lost) => break End::Lost,
+            }
+        };
+        self.stop_renewing().await;
+        match end {
+            End::Lost => {
+                metrics::counter!("colloquy_cluster_leases_lost_total").increment(1);
+                tracing::warn!(session = %self.id, "lease lost: stopping this copy of the session");
+                self.stop_inputs();
+                let _ = self.inner.supervisor.stop_session(&self.id).await;
+            }
+            End::Stopped => {
+                // The local session stopped by itself (too many restarts).
+                self.stop_inputs();
+                let _ = self.inner.supervisor.stop_session(&self.id).await;
+                self.worker_event(WorkerEventName::SessionEnded, json!({"reason": "stopped"}))
+                    .await;
+                // The lease first (as in `close`): no lease without a checkpoint.
+                if let Ok(revision) = self.held.settle(&self.inner.store, &self.key).await
+                    && self
+                        .inner
+                        .store
+                        .delete_lease(&self.key, revision)
+                        .await
+                        .is_ok()
+                {
+                    let _ = self.inner.store.delete_checkpoint(&self.key).await;
+                }
+            }
+            End::HandedOver | End::Closed => {}
+        }
+    }
+
+    /// Stops the input task (no more inputs are taken).
+    pub(super) fn stop_inputs(&mut self) {
+        if let Some(t) = self.inputs.take() {
+            t.abort();
+        }
+    }
+}
