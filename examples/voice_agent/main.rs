@@ -71,8 +71,8 @@ pub(crate) const FINISH_GUARD: Duration = Duration::from_secs(120);
 the agent did not finish; 2 a usage error or a bad scenario file."
 )]
 struct Args {
-    /// Run this scripted conversation (JSON, see the README's "Scenarios")
-    /// instead of the built-in demo
+    /// Run this scripted conversation (JSON, see docs/scenarios.md) instead
+    /// of the built-in demo
     #[arg(long, value_name = "FILE")]
     scenario: Option<PathBuf>,
     /// One JSON object per line on stdout instead of the timeline
