@@ -17,8 +17,8 @@
 //! `--scenario` the built-in demo (`examples/scenarios/demo.json`) runs: a
 //! tool call, a cough that pauses and resumes the agent, a backchannel, a real
 //! interruption and a preemptive hit. The timeline shows each with its measured
-//! latency; `--json` prints one JSON object per line instead (README,
-//! "Scenarios").
+//! latency; `--json` prints one JSON object per line instead (see
+//! docs/scenarios.md).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
