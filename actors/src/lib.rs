@@ -42,9 +42,11 @@
 //! # Ok(()) }
 //! ```
 #![warn(missing_docs, unreachable_pub)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod bus;
 #[cfg(feature = "nats")]
+#[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
 pub mod cluster;
 mod ids;
 #[cfg(test)]

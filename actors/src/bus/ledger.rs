@@ -30,11 +30,13 @@
 //! mailbox can lose or misplace a commit; and a new turn cannot begin while a
 //! closed record waits, so commits land in the history in turn order.
 //!
-//! The transitions are grouped by concern: the user's side and playback
+//! The transitions are grouped by concern: what the agent's side and the
+//! embedder publish (`publish.rs`), the user's side and playback
 //! (`listening.rs`), speculation (`speculation.rs`), and what a turn keeps
 //! (`record.rs`).
 
 mod listening;
+mod publish;
 mod record;
 mod speculation;
 #[cfg(test)]
@@ -47,7 +49,7 @@ use std::sync::Arc;
 use tokio::sync::broadcast;
 use tokio::task::AbortHandle;
 
-use super::{BusEvent, EventKind, PublishError, TurnEnd};
+use super::{BusEvent, EventKind, TurnEnd};
 use crate::ids::{SessionId, TurnId};
 use crate::segmenter::{SegmentBuffer, SegmenterConfig};
 use crate::turn_taking::{InterruptionPolicy, Listening};
@@ -200,136 +202,6 @@ impl Ledger {
             let _ = tx.send(event);
         }
         self.seq
-    }
-
-    /// Publishes an event of the current turn, or holds it while the turn is
-    /// speculative.
-    fn emit(&mut self, turn: TurnId, kind: EventKind) -> u64 {
-        if let Some(spec) = &mut self.speculation {
-            spec.held.push(kind);
-            return self.seq;
-        }
-        self.send(turn, kind)
-    }
-
-    /// A segment of the current turn's text for text-to-speech.
-    fn emit_segment(&mut self, turn: TurnId, text: String, last: bool) {
-        self.record.spoken_chars += text.chars().count();
-        let text = Arc::from(text);
-        self.emit(turn, EventKind::Speakable { text, last });
-    }
-
-    /// An event of `turn` from the agent's side or the embedder's.
-    pub(crate) fn publish(&mut self, turn: TurnId, kind: EventKind) -> Result<u64, PublishError> {
-        if self.is_closed() {
-            return Err(PublishError::Closed);
-        }
-        let current = self.record.turn;
-        let accepted = current == turn
-            && match self.phase {
-                Phase::Open => !matches!(
-                    kind,
-                    EventKind::TurnStarted
-                        | EventKind::TurnFinished(_)
-                        | EventKind::Interrupted { .. }
-                        | EventKind::Speakable { .. }
-                ),
-                Phase::Finished => kind.is_playback(),
-                Phase::Aborted => false,
-            };
-        if !accepted {
-            metrics::counter!("colloquy_bus_stale_rejected_total").increment(1);
-            return Err(PublishError::Stale { turn, current });
-        }
-        self.record_event(&kind)?;
-        match &kind {
-            EventKind::Token(text) => {
-                let text = text.clone();
-                let seq = self.emit(turn, kind);
-                for segment in self.segments.push(&text, &self.segmenter) {
-                    self.emit_segment(turn, segment, false);
-                }
-                Ok(seq)
-            }
-            EventKind::ToolCall(_) => {
-                // The text before a call is spoken before it runs.
-                if let Some(segment) = self.segments.flush() {
-                    self.emit_segment(turn, segment, false);
-                }
-                Ok(self.emit(turn, kind))
-            }
-            _ => Ok(self.emit(turn, kind)),
-        }
-    }
-
-    fn record_event(&mut self, kind: &EventKind) -> Result<(), PublishError> {
-        let max = self.max_text_bytes;
-        let record = &mut self.record;
-        match kind {
-            EventKind::Token(t) => {
-                if record.text_bytes + t.len() <= max && !record.text_truncated {
-                    record.text_bytes += t.len();
-                    if let Some(round) = record.rounds.last_mut() {
-                        round.text.push_str(t);
-                    }
-                } else if !record.text_truncated {
-                    record.text_truncated = true;
-                    metrics::counter!("colloquy_turn_text_truncated_total").increment(1);
-                    tracing::warn!(turn = %record.turn, max, "answer text over the cap: the commit is cut and marked");
-                }
-            }
-            EventKind::ToolCall(c) => {
-                if let Some(round) = record.rounds.last_mut() {
-                    round.calls.push(c.clone());
-                }
-            }
-            EventKind::Usage(u) => {
-                if let Some(round) = record.rounds.last_mut() {
-                    // A later request of the round (a retry) serves from now
-                    // on; the earlier one's usage stays counted.
-                    if let Some(earlier) = round.usage.replace(**u) {
-                        round.dropped.push(earlier);
-                    }
-                }
-            }
-            EventKind::ProviderSelected(_) => {
-                if let Some(round) = record.rounds.last_mut() {
-                    round.serving_from_chars = round.text.chars().count();
-                }
-            }
-            EventKind::ProviderFailed(failure) => {
-                if let Some(round) = record.rounds.last_mut() {
-                    if let Some(u) = failure.usage {
-                        round.dropped.push(u);
-                    }
-                    // What the next request produces starts here (a
-                    // continuation's prefix was the failed request's).
-                    round.serving_from_chars = round.text.chars().count();
-                }
-            }
-            EventKind::ToolResult(out) => {
-                // Only the last round waits for outputs: the next round starts
-                // once every one of its calls is answered.
-                let Some(round) = record
-                    .rounds
-                    .last_mut()
-                    .filter(|r| r.calls.iter().any(|c| c.id == out.call_id))
-                else {
-                    return Err(PublishError::UnknownCall(out.call_id.clone()));
-                };
-                if round.output(&out.call_id).is_some() {
-                    return Err(PublishError::AlreadyAnswered(out.call_id.clone()));
-                }
-                round.outputs.push(out.clone());
-            }
-            EventKind::SpeechPlayed { chars } => {
-                let chars = *chars;
-                record.heard_chars = Some(record.heard_chars.map_or(chars, |h| h.max(chars)));
-                self.refresh_speaking();
-            }
-            _ => {}
-        }
-        Ok(())
     }
 
     /// Starts the next turn and publishes `TurnStarted`, `interruptible` by
