@@ -110,8 +110,8 @@ async fn played_out_waits_for_the_speech_and_reports_what_was_heard_after_a_barg
         !heard.is_empty() && LONG.starts_with(&heard) && heard.len() < LONG.len(),
         "{heard:?}"
     );
-    let mut speaking = session.speaking();
-    within(speaking.wait_for(|s| !*s)).await.unwrap();
+    let speaking = session.speaking();
+    within(speaking.until_quiet()).await;
     within(status.wait_for(|s| s.finished)).await.unwrap();
     drop(speaker);
     sup.shutdown().await;

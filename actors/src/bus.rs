@@ -29,11 +29,13 @@
 
 mod event;
 pub(crate) mod ledger;
+mod speaking;
 mod subscriber;
 
 #[cfg(feature = "nats")]
 pub(crate) use event::EventKindName;
 pub use event::{BusEvent, EventKind, SpeculationOutcome, ToolOutput, TurnEnd};
+pub use speaking::Speaking;
 pub use subscriber::{BusReceiver, BusRecvError};
 
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -166,11 +168,11 @@ impl SessionBus {
         (l.turn(), l.is_open(l.turn()))
     }
 
-    /// A watch on whether the agent is generating or speaking (a reply's
-    /// speech counts until playback reports its end or it is cut): "has the
-    /// agent finished speaking" without turn numbers.
-    pub fn speaking(&self) -> tokio::sync::watch::Receiver<bool> {
-        self.lock().watch_speaking()
+    /// Whether the agent is generating or speaking (a reply's speech counts
+    /// until playback reports its end or it is cut): "has the agent finished
+    /// speaking" without turn numbers.
+    pub fn speaking(&self) -> Speaking {
+        self.lock().speaking()
     }
 
     /// Whether the current turn may be cut by the user's voice or a new
@@ -381,7 +383,23 @@ impl SessionBus {
     /// finished reply whose segments were handed out is playing until
     /// playback reports its end (a barge-in before the first report cuts it).
     pub(crate) fn set_voice(&self, attached: bool) {
-        self.lock().set_voice(attached);
+        let cut = self.lock().set_voice(attached);
+        if let Some(cut) = cut {
+            self.after_cut(cut);
+        }
+    }
+
+    /// A speaker goes: its tap is removed and its voice detached in one
+    /// critical section (a speech it left playing is cut where it reached).
+    pub(crate) fn detach_speaker(&self, tap: u64) {
+        let cut = {
+            let mut ledger = self.lock();
+            ledger.remove_tap(tap);
+            ledger.set_voice(false)
+        };
+        if let Some(cut) = cut {
+            self.after_cut(cut);
+        }
     }
 
     /// Whether a live (not speculative) turn is generating: what a drain

@@ -134,11 +134,13 @@ impl Actor for LlmActor {
         if let Some(old) = core.replace_llm_tap(tap) {
             core.bus.remove_tap(old);
         }
-        let mut speaking = core.bus.speaking();
+        let speaking = core.bus.speaking();
         let idle_ref = myself.clone();
         let idle = AbortOnDrop(tokio::spawn(async move {
-            while speaking.changed().await.is_ok() {
-                if !*speaking.borrow_and_update() && idle_ref.cast(LlmMsg::SpeechIdle).is_err() {
+            let mut seen = speaking.changes();
+            loop {
+                seen = speaking.changed_since(seen).await;
+                if !speaking.is_speaking() && idle_ref.cast(LlmMsg::SpeechIdle).is_err() {
                     return;
                 }
             }
@@ -215,7 +217,7 @@ impl Actor for LlmActor {
             } => {
                 if state.turn.active().is_some() {
                     // After the reply in flight, like a queued message.
-                    state.waiting.push_back(Start::say(text, options, reply));
+                    state.enqueue(Start::say(text, options, reply));
                 } else {
                     state.start(Start::say(text, options, reply));
                 }
@@ -382,11 +384,12 @@ impl LlmState {
                 self.start(Start::model(replies));
             }
         }
+        self.replies_done(false);
         if self.turn.active().is_none()
             && !self.core.bus.speech_playing()
             && let Some(start) = self.waiting.pop_front()
         {
-            self.start(start);
+            self.start_now(start, true);
         }
     }
 
@@ -399,7 +402,7 @@ impl LlmState {
 
     /// Marks done every committed reply whose speech is over (`all`: the
     /// session stops, every committed reply is over), and forgets them.
-    fn replies_done(&mut self, all: bool) {
+    pub(crate) fn replies_done(&mut self, all: bool) {
         let bus = self.core.bus.clone();
         self.replies.retain(|reply| match reply.awaiting_playout() {
             Some(r) if all || !bus.speech_playing_for(r.turn) => {
@@ -413,6 +416,16 @@ impl LlmState {
     /// A reply withdrawn before it started: it never starts (its message, if
     /// any, stays in the history, unanswered).
     fn withdraw(&mut self, handle: &tokio::sync::watch::Receiver<ReplyState>) {
+        // It started meanwhile (its start was already in the mailbox): cut it.
+        let started: Vec<TurnId> = self
+            .replies
+            .iter()
+            .filter(|r| r.is(handle))
+            .filter_map(|r| r.turn())
+            .collect();
+        for turn in started {
+            self.core.bus.cut(Some(turn), TurnEnd::Cancelled);
+        }
         for (_, respond, reply) in &mut self.queued {
             if reply.is(handle) {
                 *respond = false;

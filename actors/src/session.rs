@@ -243,15 +243,16 @@ impl SessionHandle {
         Ok(ReplyHandle::new(rx, self.core.clone()))
     }
 
-    /// A watch on whether the agent is generating or speaking: "has the
-    /// agent finished speaking" without turn numbers.
-    pub fn speaking(&self) -> tokio::sync::watch::Receiver<bool> {
+    /// Whether the agent is generating or speaking, to read or wait on
+    /// (`until_quiet().await`): "has the agent finished speaking" without
+    /// turn numbers.
+    pub fn speaking(&self) -> crate::bus::Speaking {
         self.core.bus.speaking()
     }
 
     /// Whether the agent is generating or speaking right now.
     pub fn is_speaking(&self) -> bool {
-        *self.core.bus.speaking().borrow()
+        self.core.bus.speaking().is_speaking()
     }
 
     /// For STT actors: the user started speaking. In immediate mode the turn

@@ -105,7 +105,7 @@ pub(crate) struct Ledger {
     voices: usize,
     /// Whether the agent is generating or speaking, for those who wait for
     /// it to finish (reply handles, the speech queue).
-    speaking: tokio::sync::watch::Sender<bool>,
+    speaking: Arc<super::speaking::SpeakingState>,
 }
 
 impl Ledger {
@@ -130,20 +130,18 @@ impl Ledger {
             segmenter: SegmenterConfig::default(),
             segments: SegmentBuffer::default(),
             voices: 0,
-            speaking: tokio::sync::watch::Sender::new(false),
+            speaking: Arc::default(),
         }
     }
 
-    /// A watch on whether the agent is generating or speaking.
-    pub(crate) fn watch_speaking(&self) -> tokio::sync::watch::Receiver<bool> {
-        self.speaking.subscribe()
+    /// Whether the agent is generating or speaking, readable without the lock.
+    pub(crate) fn speaking(&self) -> super::Speaking {
+        super::Speaking(self.speaking.clone())
     }
 
     /// Brings the speaking watch up to date after a transition.
     fn refresh_speaking(&self) {
-        let now = self.agent_active() || (self.phase == Phase::Open && self.speculation.is_none());
-        self.speaking
-            .send_if_modified(|s| std::mem::replace(s, now) != now);
+        self.speaking.set(self.agent_active());
     }
 
     pub(crate) fn turn(&self) -> TurnId {
@@ -175,13 +173,21 @@ impl Ledger {
         self.tx.as_ref().map_or(0, |tx| tx.receiver_count())
     }
 
-    /// A speech output was attached (`true`) or detached.
-    pub(crate) fn set_voice(&mut self, attached: bool) {
+    /// A speech output was attached (`true`) or detached. When the last one
+    /// goes while a reply's speech is playing, nothing will play the rest:
+    /// the speech is cut where playback reached (the history keeps what was
+    /// heard), never left "playing" for good.
+    pub(crate) fn set_voice(&mut self, attached: bool) -> Option<Cut> {
         if attached {
             self.voices += 1;
-        } else {
-            self.voices = self.voices.saturating_sub(1);
+            return None;
         }
+        self.voices = self.voices.saturating_sub(1);
+        let cut = (self.voices == 0 && self.speech_playing())
+            .then(|| self.cut(None, TurnEnd::Cancelled))
+            .flatten();
+        self.refresh_speaking();
+        cut
     }
 
     fn send(&mut self, turn: TurnId, kind: EventKind) -> u64 {

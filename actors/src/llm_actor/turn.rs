@@ -304,7 +304,36 @@ impl LlmState {
     /// speech queue while the last reply still speaks), tells its replies,
     /// and either speaks its fixed text or starts round 0.
     pub(crate) fn start(&mut self, start: Start) {
+        // Starts wait their turn: behind those already in the speech queue.
+        if !self.waiting.is_empty() {
+            self.enqueue(start);
+            return;
+        }
+        self.start_now(start, false);
+    }
+
+    /// Parks `start` at the back of the speech queue; a model reply merges
+    /// into one already waiting (the context holds every message it answers,
+    /// so one turn answers them all, once).
+    pub(crate) fn enqueue(&mut self, start: Start) {
+        if matches!(start.what, What::Model)
+            && let Some(waiting) = self
+                .waiting
+                .iter_mut()
+                .find(|w| matches!(w.what, What::Model))
+        {
+            waiting.replies.extend(start.replies);
+            return;
+        }
+        self.waiting.push_back(start);
+    }
+
+    /// Starts `start` now, or parks it (at the front when it came from the
+    /// queue's front, else at the back) while the last reply still speaks.
+    pub(crate) fn start_now(&mut self, start: Start, from_queue: bool) {
         debug_assert!(self.turn.active().is_none());
+        // Replies whose speech is over are done before a new turn begins.
+        self.replies_done(false);
         let interruptible = match &start.what {
             What::Say(_, options) => options.allow_interruptions,
             What::Model => true,
@@ -317,7 +346,11 @@ impl LlmState {
                 Err(LedgerError::PendingCommit) => self.reconcile(),
                 // The last reply still speaks: wait for it (SpeechIdle).
                 Err(LedgerError::Speaking) => {
-                    self.waiting.push_front(start);
+                    if from_queue {
+                        self.waiting.push_front(start);
+                    } else {
+                        self.enqueue(start);
+                    }
                     return;
                 }
                 Err(e) => {

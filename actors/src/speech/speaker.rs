@@ -224,11 +224,7 @@ impl Speaker {
 
 impl Drop for Speaker {
     fn drop(&mut self) {
-        {
-            let mut ledger = self.bus.lock();
-            ledger.remove_tap(self.tap);
-            ledger.set_voice(false);
-        }
+        self.bus.detach_speaker(self.tap);
         for hook in self.hooks {
             self.bus.remove_cut_hook(hook);
         }

@@ -72,7 +72,7 @@ impl Ledger {
             Phase::Finished => {
                 let record = &self.record;
                 let speaking =
-                    record.heard_chars.is_some() || (self.voices > 0 && record.spoken_chars > 0);
+                    record.heard_chars.is_some() || (record.voiced && record.spoken_chars > 0);
                 speaking && record.heard_chars.unwrap_or(0) < record.text_chars()
             }
             Phase::Aborted => false,

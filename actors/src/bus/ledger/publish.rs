@@ -23,6 +23,7 @@ impl Ledger {
     /// A segment of the current turn's text for text-to-speech.
     pub(super) fn emit_segment(&mut self, turn: TurnId, text: String, last: bool) {
         self.record.spoken_chars += text.chars().count();
+        self.record.voiced |= self.voices > 0;
         let text = Arc::from(text);
         self.emit(turn, EventKind::Speakable { text, last });
     }
