@@ -267,7 +267,7 @@ impl LlmState {
         self.interim = None;
         if let Some(spec) = self.speculation.take() {
             let words = crate::turn_taking::normalize_words(&message.text_content());
-            if respond && words == spec.words && self.core.bus.lock().promote(spec.turn) {
+            if respond && words == spec.words && self.core.bus.promote(spec.turn) {
                 // A hit: the reply is already under way. The history becomes
                 // the one it was generated from (what `before_turn` added
                 // included), with the utterance in its final wording.
@@ -279,7 +279,6 @@ impl LlmState {
             }
             self.core
                 .bus
-                .lock()
                 .discard(spec.turn, crate::bus::SpeculationOutcome::Miss);
             self.reconcile();
         }
@@ -352,7 +351,6 @@ impl LlmState {
             let turn = spec.turn;
             self.core
                 .bus
-                .lock()
                 .discard(turn, crate::bus::SpeculationOutcome::Miss);
             self.reconcile();
         }

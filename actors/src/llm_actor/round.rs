@@ -78,7 +78,7 @@ pub(crate) async fn run_round(
     };
     // The request is accounted before it is sent (the first poll sends it):
     // a turn cut before this point sent nothing and is charged nothing.
-    if !bus.lock().request_sent(turn) {
+    if !bus.request_sent(turn) {
         drop(report);
         return;
     }
@@ -129,7 +129,7 @@ pub(crate) async fn run_round(
                 {
                     return;
                 }
-                if !bus.lock().request_retried(turn) {
+                if !bus.request_retried(turn) {
                     return;
                 }
                 tracing::debug!(
@@ -142,7 +142,7 @@ pub(crate) async fn run_round(
             }
             Ok(StreamEvent::RequestStarted { index }) => {
                 // Accounted before it is sent; a cut turn sends nothing more.
-                if !bus.lock().request_sent(turn) {
+                if !bus.request_sent(turn) {
                     return;
                 }
                 tracing::debug!(provider = index, round, "another request for the round");
@@ -150,7 +150,7 @@ pub(crate) async fn run_round(
             }
             Ok(StreamEvent::Finished(summary)) => {
                 out.finish = summary.reason;
-                bus.lock().complete_round(turn);
+                bus.complete_round(turn);
                 break Ok(());
             }
             Ok(_) => continue,
