@@ -28,7 +28,7 @@
 //! [`BusRecvError::Closed`] once they have drained it.
 
 mod controls;
-mod event;
+pub(crate) mod event;
 pub(crate) mod ledger;
 mod subscriber;
 

@@ -13,11 +13,11 @@ use colloquy::context::{ChatContext, ContentPart};
 use colloquy::llm::{ChatClient, ChatRequest, ChatStream, LlmError, LlmOptions};
 use ractor::{ActorRef, RpcReplyPort};
 
+use crate::bus::event::SttEvent;
 use crate::bus::{BusReceiver, EventKind, PublishError, SessionBus, ToolOutput, TurnEnd};
 use crate::ids::{SessionId, TurnId};
 use crate::llm_actor::{AgentSettings, LlmMsg};
 use crate::reply::{ReplyHandle, ReplyState, ReplyTx, SayOptions};
-use crate::speech::SttEvent;
 
 /// Errors of a session operation.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
