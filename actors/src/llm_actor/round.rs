@@ -11,21 +11,13 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use colloquy::llm::{ChatStream, FinishReason, LlmError, StreamEvent};
+use colloquy::llm::{ChatStream, LlmError, StreamEvent};
 use futures_util::StreamExt;
 use ractor::ActorRef;
 
-use super::LlmMsg;
+use super::msg::{LlmMsg, RoundOutput};
 use crate::bus::{EventKind, SessionBus};
 use crate::ids::TurnId;
-
-/// How a round's stream ended.
-#[derive(Debug, Default)]
-pub(crate) struct RoundOutput {
-    /// The round asked for tools.
-    pub(crate) made_calls: bool,
-    pub(crate) finish: Option<FinishReason>,
-}
 
 /// Reports the round's end to the actor exactly once: normally with the
 /// stream's result, and from `Drop` if the task ends any other way (a panic,

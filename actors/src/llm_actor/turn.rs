@@ -24,7 +24,8 @@ use colloquy::llm::{FinishReason, LlmError};
 use colloquy::tools::ToolChoice;
 
 use super::commit::{draft_items, turn_items};
-use super::round::{RoundOutput, run_round};
+use super::msg::RoundOutput;
+use super::round::run_round;
 use super::settings::SpeechQueue;
 use super::{LlmState, record_usage};
 use crate::bus::ledger::{Closed, LedgerError, TurnRecord};
