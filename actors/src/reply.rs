@@ -69,7 +69,7 @@ pub struct SayOptions {
     /// default). With `false` it is neither paused nor cut by speech or a
     /// new user message (those wait for it to end); an explicit
     /// [`cancel`](crate::SessionHandle::cancel) or
-    /// [`ReplyHandle::interrupt`] still cuts it.
+    /// [`ReplyHandle::interrupt`](crate::ReplyHandle::interrupt) still cuts it.
     pub allow_interruptions: bool,
 }
 
