@@ -22,8 +22,12 @@ async fn invalid_key_server() -> MockServer {
 }
 
 /// One user turn, then the script is over.
-fn one_turn_scenario() -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("failures_cli_one_turn.json");
+/// A one-turn scenario in a file of its own (`name`): tests run in
+/// parallel, and one writing a shared file while another reads it made the
+/// reader see it empty.
+fn one_turn_scenario(name: &str) -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("failures_cli_{name}_{}.json", std::process::id()));
     std::fs::write(
         &path,
         r#"{"events": [{"at_ms": 0, "speech_started": true},
@@ -45,7 +49,7 @@ fn json_lines(stdout: &str) -> Vec<Value> {
 async fn voice_agent_prints_an_http_401_as_a_failure_and_exits_1() {
     let server = invalid_key_server().await;
     let url = server.base_url();
-    let scenario = one_turn_scenario();
+    let scenario = one_turn_scenario("http_401");
     let scenario = scenario.to_str().unwrap();
 
     let out = run("voice_agent", &["--base-url", &url, "--scenario", scenario]).await;
@@ -91,7 +95,7 @@ async fn voice_agent_prints_an_http_401_as_a_failure_and_exits_1() {
 #[tokio::test]
 async fn voice_agent_prints_a_refused_connection_as_a_failure_and_exits_1() {
     let url = refused_base_url();
-    let scenario = one_turn_scenario();
+    let scenario = one_turn_scenario("refused");
     let out = run(
         "voice_agent",
         &["--base-url", &url, "--scenario", scenario.to_str().unwrap()],

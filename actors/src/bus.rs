@@ -27,7 +27,8 @@
 //! When the session stops, the bus closes: subscribers get
 //! [`BusRecvError::Closed`] once they have drained it.
 
-mod event;
+mod controls;
+pub(crate) mod event;
 pub(crate) mod ledger;
 mod speaking;
 mod subscriber;
@@ -41,7 +42,7 @@ pub use subscriber::{BusReceiver, BusRecvError};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::ids::{SessionId, TurnId};
-use ledger::{Closed, Cut, Ledger, LedgerError, Signal, TapFilter};
+use ledger::{Cut, Ledger, Signal, TapFilter};
 
 use crate::task::AbortOnDrop;
 use crate::turn_taking::InterruptionPolicy;
@@ -197,7 +198,9 @@ impl SessionBus {
         self.lock().is_closed()
     }
 
-    pub(crate) fn lock(&self) -> MutexGuard<'_, Ledger> {
+    /// The ledger, behind its one lock. Private to the bus: every operation
+    /// outside it is a method that is one critical section (`controls.rs`).
+    fn lock(&self) -> MutexGuard<'_, Ledger> {
         // A panic while holding the lock cannot leave the ledger half-updated in
         // a way that matters more than losing the bus, so poisoning is ignored.
         self.inner.ledger.lock().unwrap_or_else(|e| e.into_inner())
@@ -247,61 +250,6 @@ impl SessionBus {
     /// Publishes an event of the agent's side (stream task, tool executor).
     pub(crate) fn publish_agent(&self, turn: TurnId, kind: EventKind) -> Result<u64, PublishError> {
         self.lock().publish(turn, kind)
-    }
-
-    /// Starts the next turn (publishes `TurnStarted`). A new reply over the
-    /// last one's speech still playing cuts that speech first (`Interrupted`,
-    /// hooks): it is refused with `PendingCommit` until the actor has trimmed
-    /// the last turn to what was heard.
-    #[cfg(test)]
-    pub(crate) fn begin_turn(&self) -> Result<TurnId, LedgerError> {
-        self.begin_turn_with(false, true)
-    }
-
-    /// Like [`SessionBus::begin_turn`], with the speech queue's choice: over
-    /// speech still playing, `queue` (or a playing reply that may not be
-    /// interrupted) refuses with `Speaking` instead of cutting it; the new
-    /// turn is `interruptible` by the user's voice or not.
-    pub(crate) fn begin_turn_with(
-        &self,
-        queue: bool,
-        interruptible: bool,
-    ) -> Result<TurnId, LedgerError> {
-        let cut = {
-            let mut ledger = self.lock();
-            if !ledger.speech_playing() {
-                return ledger.begin_with(interruptible);
-            }
-            if queue || !ledger.playing_is_interruptible() {
-                return Err(LedgerError::Speaking);
-            }
-            ledger.cut(None, TurnEnd::Cancelled)
-        };
-        if let Some(cut) = cut {
-            self.after_cut(cut);
-        }
-        Err(LedgerError::PendingCommit)
-    }
-
-    /// Closes `turn` with the end its stream reached; `false` when it was cut
-    /// first (its record is then waiting in the ledger).
-    pub(crate) fn finish_turn(&self, turn: TurnId, end: TurnEnd) -> bool {
-        let abort = end.is_abort();
-        let closed = self.lock().finish(turn, end);
-        if closed && abort {
-            self.run_cut_hooks(turn);
-        }
-        closed
-    }
-
-    /// Cuts `target` (default: the current turn) in one critical section: a
-    /// turn still generating is closed with `end` (stream aborted, usage
-    /// reported, `TurnFinished` published); the speech of a finished turn is
-    /// interrupted (`Interrupted` published). Cut hooks run before this returns.
-    pub(crate) fn cut(&self, target: Option<TurnId>, end: TurnEnd) -> Option<Cut> {
-        let cut = self.lock().cut(target, end)?;
-        self.after_cut(cut);
-        Some(cut)
     }
 
     fn after_cut(&self, cut: Cut) {
@@ -363,11 +311,6 @@ impl SessionBus {
         }))
     }
 
-    /// Takes the record of a closed turn waiting for its commit.
-    pub(crate) fn take_closed(&self) -> Option<Closed> {
-        self.lock().take_closed()
-    }
-
     /// Closes the bus: the session stopped.
     pub(crate) fn close(&self) {
         self.lock().close_bus();
@@ -384,19 +327,6 @@ impl SessionBus {
     /// playback reports its end (a barge-in before the first report cuts it).
     pub(crate) fn set_voice(&self, attached: bool) {
         let cut = self.lock().set_voice(attached);
-        if let Some(cut) = cut {
-            self.after_cut(cut);
-        }
-    }
-
-    /// A speaker goes: its tap is removed and its voice detached in one
-    /// critical section (a speech it left playing is cut where it reached).
-    pub(crate) fn detach_speaker(&self, tap: u64) {
-        let cut = {
-            let mut ledger = self.lock();
-            ledger.remove_tap(tap);
-            ledger.set_voice(false)
-        };
         if let Some(cut) = cut {
             self.after_cut(cut);
         }

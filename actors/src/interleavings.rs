@@ -80,7 +80,7 @@ struct Script {
 fn scripted(
     script: Arc<Mutex<Script>>,
     bus: crate::bus::SessionBus,
-) -> crate::session::ScriptedStreams {
+) -> crate::llm_actor::ScriptedStreams {
     Arc::new(move |_ctx: &ChatContext| {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let polled = Arc::new(std::sync::atomic::AtomicBool::new(false));

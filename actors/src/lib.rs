@@ -48,6 +48,7 @@ pub mod bus;
 #[cfg(feature = "nats")]
 #[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
 pub mod cluster;
+mod errors;
 mod ids;
 #[cfg(test)]
 mod interleavings;
@@ -61,11 +62,12 @@ mod task;
 mod tool_executor;
 pub mod turn_taking;
 
+pub use errors::SessionError;
 pub use ids::{SessionId, TurnId};
 pub use llm_actor::{AgentSettings, BeforeTurnHook, InterruptionPolicy, Preemptive, SpeechQueue};
-pub use reply::{Reply, ReplyError, ReplyHandle, ReplyState, SayOptions};
+pub use reply::{Reply, ReplyState, SayOptions};
 pub use segmenter::{SegmentBuffer, SegmenterConfig};
-pub use session::{SessionError, SessionHandle};
+pub use session::{ReplyError, ReplyHandle, SessionHandle};
 pub use supervisor::{SessionConfig, Supervisor, SupervisorConfig, SupervisorError};
 pub use tool_executor::{Tool, ToolError, ToolFuture, ToolRegistry};
 

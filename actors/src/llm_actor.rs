@@ -16,69 +16,30 @@
 //! commits its record when it starts.
 
 mod commit;
+mod core;
+mod msg;
 mod round;
 mod settings;
 mod turn;
 
+#[cfg(test)]
+pub(crate) use self::core::ScriptedStreams;
+pub(crate) use self::core::SessionCore;
+pub(crate) use msg::LlmMsg;
 pub use settings::{AgentSettings, BeforeTurnHook, InterruptionPolicy, Preemptive, SpeechQueue};
 
 use std::sync::Arc;
 
-use colloquy::context::{ChatContext, ChatItem, ChatMessage, ContentPart, Role};
-use colloquy::llm::{LlmError, Usage};
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use colloquy::context::{ChatContext, ChatItem, ChatMessage, Role};
+use colloquy::llm::Usage;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use crate::bus::ledger::TurnRecord;
 use crate::bus::{BusEvent, EventKind, TurnEnd};
-use crate::ids::TurnId;
-use crate::reply::{ReplyState, ReplyTx, SayOptions};
-use crate::session::{SessionCore, SessionError};
+use crate::errors::SessionError;
+use crate::reply::{ReplyState, ReplyTx};
 use crate::task::AbortOnDrop;
-use round::RoundOutput;
 use turn::{Start, TurnState};
-
-/// Messages of the LLM actor (sent through [`SessionHandle`](crate::SessionHandle)).
-pub(crate) enum LlmMsg {
-    /// Commit a user message; start a turn when `respond`.
-    UserMessage {
-        content: Vec<ContentPart>,
-        respond: bool,
-        reply: ReplyTx,
-    },
-    /// Start a turn on the current context.
-    Generate { reply: ReplyTx },
-    /// Speak fixed text as a turn (no model request).
-    Say {
-        text: String,
-        options: SayOptions,
-        reply: ReplyTx,
-    },
-    /// The agent stopped generating and speaking: replies waiting for their
-    /// playout are over, and a reply waiting in the speech queue may start.
-    SpeechIdle,
-    /// A reply not yet started is withdrawn (its handle interrupted it).
-    Withdraw(tokio::sync::watch::Receiver<ReplyState>),
-    /// A turn was cut outside the actor: commit it now (every handler
-    /// reconciles anyway; this only makes it prompt).
-    Reconcile,
-    /// A lossless bus tap delivery: user speech, final transcripts, tool results.
-    Bus(BusEvent),
-    /// A round's stream ended.
-    RoundEnded {
-        turn: TurnId,
-        round: u32,
-        result: Result<RoundOutput, LlmError>,
-    },
-    /// Read the committed context.
-    Snapshot(RpcReplyPort<ChatContext>),
-    /// Change settings (applies from the next request).
-    Update(Box<dyn FnOnce(&mut AgentSettings) + Send>),
-    /// Replace the committed context; refused while a turn is in flight.
-    ReplaceContext(ChatContext, RpcReplyPort<Result<(), SessionError>>),
-    /// The debounce of interim number `interim` ran out: speculate on it if
-    /// it is still the latest.
-    Speculate { interim: u64 },
-}
 
 /// The actor type.
 pub(crate) struct LlmActor;
@@ -269,7 +230,7 @@ impl LlmState {
         self.interim = None;
         if let Some(spec) = self.speculation.take() {
             let words = crate::turn_taking::normalize_words(&message.text_content());
-            if respond && words == spec.words && self.core.bus.lock().promote(spec.turn) {
+            if respond && words == spec.words && self.core.bus.promote(spec.turn) {
                 // A hit: the reply is already under way. The history becomes
                 // the one it was generated from (what `before_turn` added
                 // included), with the utterance in its final wording.
@@ -281,7 +242,6 @@ impl LlmState {
             }
             self.core
                 .bus
-                .lock()
                 .discard(spec.turn, crate::bus::SpeculationOutcome::Miss);
             self.reconcile();
         }
@@ -354,7 +314,6 @@ impl LlmState {
             let turn = spec.turn;
             self.core
                 .bus
-                .lock()
                 .discard(turn, crate::bus::SpeculationOutcome::Miss);
             self.reconcile();
         }
@@ -417,7 +376,7 @@ impl LlmState {
     /// any, stays in the history, unanswered).
     fn withdraw(&mut self, handle: &tokio::sync::watch::Receiver<ReplyState>) {
         // It started meanwhile (its start was already in the mailbox): cut it.
-        let started: Vec<TurnId> = self
+        let started: Vec<crate::ids::TurnId> = self
             .replies
             .iter()
             .filter(|r| r.is(handle))

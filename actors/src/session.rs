@@ -1,170 +1,29 @@
-//! A session: its bus, its actors, and the handle embedders hold.
+//! A session: its bus, its actors, and the handles embedders hold.
 //!
 //! [`SessionHandle`] is the whole public surface of a running conversation:
 //! feed user input, cancel, answer tool calls, report playback, read the
 //! context, change settings, subscribe to the bus. It stays valid across a
 //! restart of the LLM actor because it reaches the actor through the session's
-//! shared core, which the supervisor updates.
+//! shared core (`llm_actor/core.rs`), which the supervisor updates. The
+//! handles stand at the top of the session: they depend on the core, the
+//! actor's messages and the reply's state, and nothing below imports them.
 
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+mod reply_handle;
+
+pub use reply_handle::{ReplyError, ReplyHandle};
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use colloquy::context::{ChatContext, ContentPart};
-use colloquy::llm::{ChatClient, ChatRequest, ChatStream, LlmError, LlmOptions};
-use ractor::{ActorRef, RpcReplyPort};
+use ractor::RpcReplyPort;
 
-use crate::bus::{BusReceiver, EventKind, PublishError, SessionBus, ToolOutput, TurnEnd};
+use crate::bus::event::SttEvent;
+use crate::bus::{BusReceiver, EventKind, SessionBus, ToolOutput};
+use crate::errors::SessionError;
 use crate::ids::{SessionId, TurnId};
-use crate::llm_actor::{AgentSettings, LlmMsg};
-use crate::reply::{ReplyHandle, ReplyState, ReplyTx, SayOptions};
-use crate::speech::SttEvent;
-
-/// Errors of a session operation.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum SessionError {
-    /// The session was stopped (or its LLM actor is restarting).
-    #[error("session {0} is not running")]
-    NotRunning(SessionId),
-    /// The event was refused by the turn ledger.
-    #[error(transparent)]
-    Publish(#[from] PublishError),
-    /// The LLM actor did not answer in time.
-    #[error("session {0} did not answer in time")]
-    Timeout(SessionId),
-    /// The operation needs the agent to be idle and a turn is in flight.
-    #[error("session {0} has a turn in flight")]
-    TurnInFlight(SessionId),
-}
-
-/// State shared by a session's actors, its handles and the supervisor.
-pub(crate) struct SessionCore {
-    pub(crate) id: SessionId,
-    pub(crate) bus: SessionBus,
-    pub(crate) client: ChatClient,
-    pub(crate) span: tracing::Span,
-    /// The last committed context; watchers learn of every commit.
-    checkpoint: tokio::sync::watch::Sender<Arc<ChatContext>>,
-    settings: Mutex<AgentSettings>,
-    llm: RwLock<Option<ActorRef<LlmMsg>>>,
-    llm_tap: Mutex<Option<u64>>,
-    /// Tests script the provider's streams directly.
-    #[cfg(test)]
-    pub(crate) script: Mutex<Option<ScriptedStreams>>,
-}
-
-/// A scripted provider for the crate's own tests: one stream per request.
-#[cfg(test)]
-pub(crate) type ScriptedStreams = Arc<dyn Fn(&ChatContext) -> ChatStream + Send + Sync>;
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-impl SessionCore {
-    pub(crate) fn new(
-        id: SessionId,
-        bus: SessionBus,
-        client: ChatClient,
-        settings: AgentSettings,
-        context: ChatContext,
-    ) -> Self {
-        let span = tracing::info_span!("session", id = %id);
-        bus.set_policy(settings.interruption.clone());
-        Self {
-            id,
-            bus,
-            client,
-            span,
-            checkpoint: tokio::sync::watch::Sender::new(Arc::new(context)),
-            settings: Mutex::new(settings),
-            llm: RwLock::new(None),
-            llm_tap: Mutex::new(None),
-            #[cfg(test)]
-            script: Mutex::new(None),
-        }
-    }
-
-    /// Starts one request's stream (nothing is sent until it is polled).
-    pub(crate) fn stream(
-        &self,
-        context: &ChatContext,
-        options: &LlmOptions,
-    ) -> Result<ChatStream, LlmError> {
-        #[cfg(test)]
-        if let Some(script) = lock(&self.script).clone() {
-            return Ok(script(context));
-        }
-        self.client.stream(ChatRequest::new(context, options))
-    }
-
-    /// Cuts `target` (default: the turn in flight, or its speech) here, in
-    /// the caller, and asks the actor to commit it.
-    pub(crate) fn cut(&self, target: Option<TurnId>) -> Result<(), SessionError> {
-        if self.bus.is_closed() {
-            return Err(SessionError::NotRunning(self.id.clone()));
-        }
-        let started = Instant::now();
-        if self.bus.cut(target, TurnEnd::Cancelled).is_some() {
-            metrics::histogram!("colloquy_cancel_latency_seconds")
-                .record(started.elapsed().as_secs_f64());
-            // The actor reconciles before any message; this one only makes the
-            // commit prompt. A restarting actor commits when it starts.
-            let _ = self.send(LlmMsg::Reconcile);
-        }
-        Ok(())
-    }
-
-    /// A reply not yet started is withdrawn: the actor drops it.
-    pub(crate) fn withdraw(
-        &self,
-        handle: &tokio::sync::watch::Receiver<ReplyState>,
-    ) -> Result<(), SessionError> {
-        self.send(LlmMsg::Withdraw(handle.clone()))
-    }
-
-    pub(crate) fn checkpoint(&self) -> Arc<ChatContext> {
-        self.checkpoint.borrow().clone()
-    }
-
-    pub(crate) fn store_checkpoint(&self, context: &ChatContext) {
-        self.checkpoint.send_replace(Arc::new(context.clone()));
-    }
-
-    pub(crate) fn settings(&self) -> AgentSettings {
-        lock(&self.settings).clone()
-    }
-
-    pub(crate) fn store_settings(&self, settings: &AgentSettings) {
-        self.bus.set_policy(settings.interruption.clone());
-        *lock(&self.settings) = settings.clone();
-    }
-
-    pub(crate) fn take_llm_tap(&self) -> Option<u64> {
-        lock(&self.llm_tap).take()
-    }
-
-    pub(crate) fn replace_llm_tap(&self, tap: u64) -> Option<u64> {
-        lock(&self.llm_tap).replace(tap)
-    }
-
-    pub(crate) fn set_llm(&self, actor: Option<ActorRef<LlmMsg>>) {
-        *self.llm.write().unwrap_or_else(|e| e.into_inner()) = actor;
-    }
-
-    pub(crate) fn llm(&self) -> Option<ActorRef<LlmMsg>> {
-        self.llm.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    fn send(&self, msg: LlmMsg) -> Result<(), SessionError> {
-        let actor = self
-            .llm()
-            .ok_or_else(|| SessionError::NotRunning(self.id.clone()))?;
-        actor
-            .cast(msg)
-            .map_err(|_| SessionError::NotRunning(self.id.clone()))
-    }
-}
+use crate::llm_actor::{AgentSettings, LlmMsg, SessionCore};
+use crate::reply::{ReplyTx, SayOptions};
 
 /// A running conversation. Cheap to clone.
 #[derive(Clone)]
@@ -203,7 +62,7 @@ impl SessionHandle {
     }
 
     /// Commits a user message of any parts (text, images); starts a turn when
-    /// `respond` (without, the handle is [`ReplyState::Dropped`] at once).
+    /// `respond` (without, the handle is [`ReplyState::Dropped`](crate::ReplyState::Dropped) at once).
     pub fn send_message(
         &self,
         content: Vec<ContentPart>,
@@ -380,7 +239,7 @@ impl SessionHandle {
     /// user message, a turn, a trim after a speech cut), which is when a
     /// durable copy should be taken.
     pub fn watch_checkpoint(&self) -> tokio::sync::watch::Receiver<Arc<ChatContext>> {
-        self.core.checkpoint.subscribe()
+        self.core.watch_checkpoint()
     }
 
     /// Changes the agent's settings from the next request on.

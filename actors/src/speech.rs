@@ -57,10 +57,10 @@
 //! [`SessionHandle::speech_played`]: crate::SessionHandle::speech_played
 //! [`SessionHandle::stt`]: crate::SessionHandle::stt
 
-mod input;
 mod output;
 mod speaker;
 
-pub use input::SttEvent;
+// The typed STT input lives with the bus's events, which it maps onto.
+pub use crate::bus::event::SttEvent;
 pub use output::{PacedTextOutput, PlayEnd, Segment, SpeechOutput};
 pub use speaker::{Speaker, SpeakerStatus};

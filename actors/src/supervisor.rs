@@ -20,9 +20,10 @@ use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, Supervisio
 
 use crate::bus::{DEFAULT_BUS_CAPACITY, SessionBus, TurnEnd};
 use crate::ids::SessionId;
+use crate::llm_actor::SessionCore;
 use crate::llm_actor::{AgentSettings, LlmActor};
 use crate::segmenter::SegmenterConfig;
-use crate::session::{SessionCore, SessionHandle};
+use crate::session::SessionHandle;
 use crate::task::AbortOnDrop;
 use crate::tool_executor::{ToolExecutor, ToolExecutorMsg, ToolRegistry};
 

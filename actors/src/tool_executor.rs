@@ -136,7 +136,7 @@ impl Actor for ToolExecutor {
         // Restarted after a failure: the calls the previous executor had in
         // hand died with it. Answer them, so the turn does not wait forever;
         // they are not run again (their side effects may have happened).
-        let orphaned = bus.lock().unanswered_calls();
+        let orphaned = bus.unanswered_calls();
         if let Some((turn, calls)) = orphaned {
             for call in calls {
                 let output = ToolOutput {

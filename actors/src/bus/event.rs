@@ -1,4 +1,8 @@
 //! What travels on a session bus.
+//!
+//! Also what a speech recognizer reports ([`SttEvent`]): the session maps it
+//! onto the bus's user-side events, so it lives with them; the speech
+//! adapters re-export it.
 
 use std::sync::Arc;
 
@@ -299,6 +303,34 @@ pub struct BusEvent {
     pub seq: u64,
     /// The payload.
     pub kind: EventKind,
+}
+
+/// What a speech recognizer (VAD + STT) reports, as
+/// [`SessionHandle::stt`](crate::SessionHandle::stt) takes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SttEvent {
+    /// Voice activity began ([`SessionHandle::user_speech_started`](crate::SessionHandle::user_speech_started)).
+    SpeechStarted,
+    /// Voice activity ended ([`SessionHandle::user_speech_ended`](crate::SessionHandle::user_speech_ended)).
+    SpeechEnded,
+    /// A partial transcript of the utterance so far (may change).
+    Interim(String),
+    /// The utterance's final transcript: starts a turn, unless it is a
+    /// backchannel while the agent speaks (confirmed mode).
+    Final(String),
+}
+
+impl SttEvent {
+    /// A short label for logs: `speech_started`, `speech_ended`, `interim`, `final`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            SttEvent::SpeechStarted => "speech_started",
+            SttEvent::SpeechEnded => "speech_ended",
+            SttEvent::Interim(_) => "interim",
+            SttEvent::Final(_) => "final",
+        }
+    }
 }
 
 #[cfg(test)]

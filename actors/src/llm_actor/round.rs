@@ -11,21 +11,13 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use colloquy::llm::{ChatStream, FinishReason, LlmError, StreamEvent};
+use colloquy::llm::{ChatStream, LlmError, StreamEvent};
 use futures_util::StreamExt;
 use ractor::ActorRef;
 
-use super::LlmMsg;
+use super::msg::{LlmMsg, RoundOutput};
 use crate::bus::{EventKind, SessionBus};
 use crate::ids::TurnId;
-
-/// How a round's stream ended.
-#[derive(Debug, Default)]
-pub(crate) struct RoundOutput {
-    /// The round asked for tools.
-    pub(crate) made_calls: bool,
-    pub(crate) finish: Option<FinishReason>,
-}
 
 /// Reports the round's end to the actor exactly once: normally with the
 /// stream's result, and from `Drop` if the task ends any other way (a panic,
@@ -78,7 +70,7 @@ pub(crate) async fn run_round(
     };
     // The request is accounted before it is sent (the first poll sends it):
     // a turn cut before this point sent nothing and is charged nothing.
-    if !bus.lock().request_sent(turn) {
+    if !bus.request_sent(turn) {
         drop(report);
         return;
     }
@@ -129,7 +121,7 @@ pub(crate) async fn run_round(
                 {
                     return;
                 }
-                if !bus.lock().request_retried(turn) {
+                if !bus.request_retried(turn) {
                     return;
                 }
                 tracing::debug!(
@@ -142,7 +134,7 @@ pub(crate) async fn run_round(
             }
             Ok(StreamEvent::RequestStarted { index }) => {
                 // Accounted before it is sent; a cut turn sends nothing more.
-                if !bus.lock().request_sent(turn) {
+                if !bus.request_sent(turn) {
                     return;
                 }
                 tracing::debug!(provider = index, round, "another request for the round");
@@ -150,7 +142,7 @@ pub(crate) async fn run_round(
             }
             Ok(StreamEvent::Finished(summary)) => {
                 out.finish = summary.reason;
-                bus.lock().complete_round(turn);
+                bus.complete_round(turn);
                 break Ok(());
             }
             Ok(_) => continue,

@@ -24,7 +24,8 @@ use colloquy::llm::{FinishReason, LlmError};
 use colloquy::tools::ToolChoice;
 
 use super::commit::{draft_items, turn_items};
-use super::round::{RoundOutput, run_round};
+use super::msg::RoundOutput;
+use super::round::run_round;
 use super::settings::SpeechQueue;
 use super::{LlmState, record_usage};
 use crate::bus::ledger::{Closed, LedgerError, TurnRecord};
@@ -373,7 +374,7 @@ impl LlmState {
     /// (segments, playback, pause, cut), the turn ends at once, and the
     /// commit keeps what is heard of it. No request is sent.
     fn say_now(&mut self, id: TurnId, text: String) {
-        if self.core.bus.lock().open_spoken_round(id).is_err() {
+        if self.core.bus.open_spoken_round(id).is_err() {
             return;
         }
         let _ = self
@@ -403,7 +404,7 @@ impl LlmState {
     /// events the ledger holds back until a matching final promotes it.
     pub(crate) fn start_speculative_turn(&mut self, text: String) {
         debug_assert!(self.turn.active().is_none());
-        let id = match self.core.bus.lock().begin_speculative() {
+        let id = match self.core.bus.begin_speculative() {
             Ok(id) => id,
             Err(e) => {
                 tracing::debug!(parent: &self.core.span, error = %e, "no speculation now");
@@ -438,7 +439,7 @@ impl LlmState {
     /// The request for the next round of `turn` (context, then the turn's
     /// rounds so far) and that round's index; `None` once the turn is closed.
     fn next_request(&self, turn: TurnId) -> Option<(ChatContext, u32)> {
-        let rounds = self.core.bus.lock().rounds(turn)?;
+        let rounds = self.core.bus.rounds(turn)?;
         let next_round = rounds.len() as u32;
         let draft = draft_items(&TurnRecord {
             turn,
@@ -487,7 +488,7 @@ impl LlmState {
             self.myself.clone(),
             turn.span.clone(),
         );
-        let opened = self.core.bus.lock().open_round(turn.id, prompt_bytes, || {
+        let opened = self.core.bus.open_round(turn.id, prompt_bytes, || {
             let task = tokio::spawn(tracing::Instrument::instrument(
                 run_round(stream, bus, turn.id, next_round, myself, turn.started),
                 span,
@@ -540,7 +541,7 @@ impl LlmState {
     /// AwaitingTools → Streaming once every call of the round has its output.
     pub(crate) fn maybe_continue(&mut self) {
         let ready = matches!(&self.turn,
-            TurnState::AwaitingTools { turn, .. } if self.core.bus.lock().last_round_answered(turn.id));
+            TurnState::AwaitingTools { turn, .. } if self.core.bus.last_round_answered(turn.id));
         if !ready {
             return;
         }

@@ -146,13 +146,10 @@ impl Speaker {
         // `current` reaches the task, nothing of `current` is half-spoken.
         let (tap, current) = {
             let control = control.clone();
-            let mut ledger = bus.lock();
-            // A stopped session: no events will come, the task ends at once.
-            let tx = (!ledger.is_closed()).then_some(tx);
-            ledger.set_voice(true);
-            let tap = ledger.add_tap(
-                tap_filter,
-                Box::new(move |ev: &BusEvent| {
+            bus.attach_voice(tap_filter, move |open| {
+                // A stopped session: no events will come, the task ends at once.
+                let tx = open.then_some(tx);
+                move |ev: &BusEvent| {
                     // Runs under the bus lock: record the decision, hand off.
                     match &ev.kind {
                         EventKind::PlaybackPaused { .. } => control
@@ -171,9 +168,8 @@ impl Speaker {
                     if let Some(tx) = &tx {
                         let _ = tx.send(ev.clone());
                     }
-                }),
-            );
-            (tap, ledger.turn())
+                }
+            })
         };
         {
             let mut gate = lock(&control.gate);
@@ -224,7 +220,7 @@ impl Speaker {
 
 impl Drop for Speaker {
     fn drop(&mut self) {
-        self.bus.detach_speaker(self.tap);
+        self.bus.detach_voice(self.tap);
         for hook in self.hooks {
             self.bus.remove_cut_hook(hook);
         }

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use crate::bus::PublishError;
 use crate::cluster::spec::SessionSpec;
-use crate::session::SessionError;
+use crate::errors::SessionError;
 
 /// One input to a session.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

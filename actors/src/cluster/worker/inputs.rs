@@ -62,7 +62,7 @@ impl InputCtx {
     /// Runs an input that needs no waiting (all but `context` and `close`).
     fn act(&self, input: Input) -> Result<Value, WireError> {
         let h = &self.handle;
-        let session = |e: crate::session::SessionError| WireError::from_session(&e);
+        let session = |e: crate::errors::SessionError| WireError::from_session(&e);
         match input {
             Input::UserSpeechStarted => self.seq_or_stopped(h.user_speech_started()),
             Input::UserSpeechEnded => self.seq_or_stopped(h.user_speech_ended()),

@@ -1,0 +1,171 @@
+//! The session's core: the state its actors, handles and supervisor share.
+//!
+//! It holds the bus, the provider's client, the last checkpoint, the settings
+//! and the reference to the LLM actor the supervisor keeps current, so a
+//! handle stays valid across a restart of the actor. It lives beside the
+//! actor because it holds the actor's reference and sends it messages; the
+//! actor and the handles depend on it, and it imports neither of them back.
+
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use colloquy::context::ChatContext;
+use colloquy::llm::{ChatClient, ChatRequest, ChatStream, LlmError, LlmOptions};
+use ractor::ActorRef;
+
+use super::msg::LlmMsg;
+use super::settings::AgentSettings;
+use crate::bus::{SessionBus, TurnEnd};
+use crate::errors::SessionError;
+use crate::ids::{SessionId, TurnId};
+use crate::reply::ReplyState;
+
+/// State shared by a session's actors, its handles and the supervisor.
+pub(crate) struct SessionCore {
+    pub(crate) id: SessionId,
+    pub(crate) bus: SessionBus,
+    pub(crate) client: ChatClient,
+    pub(crate) span: tracing::Span,
+    /// The last committed context; watchers learn of every commit.
+    checkpoint: tokio::sync::watch::Sender<Arc<ChatContext>>,
+    settings: Mutex<AgentSettings>,
+    llm: RwLock<Option<ActorRef<LlmMsg>>>,
+    llm_tap: Mutex<Option<u64>>,
+    /// Tests script the provider's streams directly.
+    #[cfg(test)]
+    pub(crate) script: Mutex<Option<ScriptedStreams>>,
+}
+
+/// A scripted provider for the crate's own tests: one stream per request.
+#[cfg(test)]
+pub(crate) type ScriptedStreams = Arc<dyn Fn(&ChatContext) -> ChatStream + Send + Sync>;
+
+/// Locks `m`, taking a poisoned lock as it is (a plain value behind it).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl SessionCore {
+    /// A core for session `id`; the bus takes the settings' interruption
+    /// policy.
+    pub(crate) fn new(
+        id: SessionId,
+        bus: SessionBus,
+        client: ChatClient,
+        settings: AgentSettings,
+        context: ChatContext,
+    ) -> Self {
+        let span = tracing::info_span!("session", id = %id);
+        bus.set_policy(settings.interruption.clone());
+        Self {
+            id,
+            bus,
+            client,
+            span,
+            checkpoint: tokio::sync::watch::Sender::new(Arc::new(context)),
+            settings: Mutex::new(settings),
+            llm: RwLock::new(None),
+            llm_tap: Mutex::new(None),
+            #[cfg(test)]
+            script: Mutex::new(None),
+        }
+    }
+
+    /// Starts one request's stream (nothing is sent until it is polled).
+    pub(crate) fn stream(
+        &self,
+        context: &ChatContext,
+        options: &LlmOptions,
+    ) -> Result<ChatStream, LlmError> {
+        #[cfg(test)]
+        if let Some(script) = lock(&self.script).clone() {
+            return Ok(script(context));
+        }
+        self.client.stream(ChatRequest::new(context, options))
+    }
+
+    /// Cuts `target` (default: the turn in flight, or its speech) here, in
+    /// the caller, and asks the actor to commit it.
+    pub(crate) fn cut(&self, target: Option<TurnId>) -> Result<(), SessionError> {
+        if self.bus.is_closed() {
+            return Err(SessionError::NotRunning(self.id.clone()));
+        }
+        let started = Instant::now();
+        if self.bus.cut(target, TurnEnd::Cancelled).is_some() {
+            metrics::histogram!("colloquy_cancel_latency_seconds")
+                .record(started.elapsed().as_secs_f64());
+            // The actor reconciles before any message; this one only makes the
+            // commit prompt. A restarting actor commits when it starts.
+            let _ = self.send(LlmMsg::Reconcile);
+        }
+        Ok(())
+    }
+
+    /// A reply not yet started is withdrawn: the actor drops it.
+    pub(crate) fn withdraw(
+        &self,
+        handle: &tokio::sync::watch::Receiver<ReplyState>,
+    ) -> Result<(), SessionError> {
+        self.send(LlmMsg::Withdraw(handle.clone()))
+    }
+
+    /// The last committed context.
+    pub(crate) fn checkpoint(&self) -> Arc<ChatContext> {
+        self.checkpoint.borrow().clone()
+    }
+
+    /// A watch on the committed context: it changes after every commit.
+    pub(crate) fn watch_checkpoint(&self) -> tokio::sync::watch::Receiver<Arc<ChatContext>> {
+        self.checkpoint.subscribe()
+    }
+
+    /// Stores a new committed context (the actor, after every commit).
+    pub(crate) fn store_checkpoint(&self, context: &ChatContext) {
+        self.checkpoint.send_replace(Arc::new(context.clone()));
+    }
+
+    /// The agent's settings as the actor last stored them.
+    pub(crate) fn settings(&self) -> AgentSettings {
+        lock(&self.settings).clone()
+    }
+
+    /// Stores the actor's settings, and hands their interruption policy to
+    /// the bus.
+    pub(crate) fn store_settings(&self, settings: &AgentSettings) {
+        self.bus.set_policy(settings.interruption.clone());
+        *lock(&self.settings) = settings.clone();
+    }
+
+    /// Takes the id of the LLM actor's bus tap (the actor stops).
+    pub(crate) fn take_llm_tap(&self) -> Option<u64> {
+        lock(&self.llm_tap).take()
+    }
+
+    /// Records the LLM actor's bus tap; returns the previous actor's, to
+    /// remove.
+    pub(crate) fn replace_llm_tap(&self, tap: u64) -> Option<u64> {
+        lock(&self.llm_tap).replace(tap)
+    }
+
+    /// Sets the LLM actor the handles reach (the supervisor, at a start or
+    /// a restart; `None` while there is none).
+    pub(crate) fn set_llm(&self, actor: Option<ActorRef<LlmMsg>>) {
+        *self.llm.write().unwrap_or_else(|e| e.into_inner()) = actor;
+    }
+
+    /// The LLM actor, if one runs.
+    pub(crate) fn llm(&self) -> Option<ActorRef<LlmMsg>> {
+        self.llm.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Sends `msg` to the LLM actor; [`SessionError::NotRunning`] while
+    /// there is none (stopped, or restarting) or it is gone.
+    pub(crate) fn send(&self, msg: LlmMsg) -> Result<(), SessionError> {
+        let actor = self
+            .llm()
+            .ok_or_else(|| SessionError::NotRunning(self.id.clone()))?;
+        actor
+            .cast(msg)
+            .map_err(|_| SessionError::NotRunning(self.id.clone()))
+    }
+}
