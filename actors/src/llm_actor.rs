@@ -25,7 +25,7 @@ mod turn;
 #[cfg(test)]
 pub(crate) use self::core::ScriptedStreams;
 pub(crate) use self::core::SessionCore;
-pub(crate) use msg::LlmMsg;
+pub(crate) use msg::{Input, LlmMsg};
 pub use settings::{AgentSettings, BeforeTurnHook, InterruptionPolicy, Preemptive, SpeechQueue};
 
 use std::sync::Arc;
@@ -62,6 +62,8 @@ pub(crate) struct LlmState {
     waiting: std::collections::VecDeque<Start>,
     /// Tells the actor when the agent stops generating and speaking.
     _idle: AbortOnDrop,
+    /// `post_stop` ran: nothing is handed to a successor.
+    stopped: bool,
     /// Preemptive generation: the speculative turn in flight.
     speculation: Option<turn::Speculative>,
     /// The latest interim transcript (cleared by a final) and its number.
@@ -88,9 +90,13 @@ impl Actor for LlmActor {
     ) -> Result<LlmState, ActorProcessingErr> {
         let context = (*core.checkpoint()).clone();
         let settings = core.settings();
-        let tap_ref = myself.clone();
+        // The tap hands events to the session's inbox, not to this actor: a
+        // successor takes what this one did not.
+        let inbox = Arc::downgrade(&core);
         let tap = core.bus.add_tap(tap_filter, move |ev| {
-            let _ = tap_ref.cast(LlmMsg::Bus(ev.clone()));
+            if let Some(core) = inbox.upgrade() {
+                core.input_from_bus(ev.clone());
+            }
         });
         if let Some(old) = core.replace_llm_tap(tap) {
             core.bus.remove_tap(old);
@@ -117,10 +123,31 @@ impl Actor for LlmActor {
             replies: Vec::new(),
             waiting: std::collections::VecDeque::new(),
             _idle: idle,
+            stopped: false,
             speculation: None,
             interim: None,
             interims_seen: 0,
         };
+        // What a failed predecessor had in flight: its replies, its speech
+        // queue, its messages waiting, the turn a speech cut would trim.
+        if let Some(handoff) = state.core.take_handoff()
+            && let Ok(handoff) = handoff.downcast::<Handoff>()
+        {
+            let Handoff {
+                last_turn,
+                queued,
+                replies,
+                waiting,
+            } = *handoff;
+            state.last_turn = last_turn;
+            state.queued = queued;
+            state.replies = replies;
+            state.waiting = waiting;
+        }
+        // Inputs it accepted but did not take are taken now, in order.
+        if state.core.has_inputs() {
+            let _ = state.myself.cast(LlmMsg::Inbox(u64::MAX));
+        }
         // A turn closed while no actor ran (the previous one failed) is
         // committed now.
         state.reconcile();
@@ -148,6 +175,7 @@ impl Actor for LlmActor {
         if let Some(tap) = state.core.take_llm_tap() {
             state.core.bus.remove_tap(tap);
         }
+        state.stopped = true;
         Ok(())
     }
 
@@ -159,34 +187,17 @@ impl Actor for LlmActor {
     ) -> Result<(), ActorProcessingErr> {
         state.reconcile();
         match msg {
-            LlmMsg::UserMessage {
-                content,
-                respond,
-                reply,
-            } => {
-                state.user_message(ChatMessage::parts(Role::User, content), respond, reply);
-            }
-            LlmMsg::Generate { reply } => {
-                if state.turn.active().is_none() {
-                    state.start(Start::model(vec![reply]));
-                }
-            }
-            LlmMsg::Say {
-                text,
-                options,
-                reply,
-            } => {
-                if state.turn.active().is_some() {
-                    // After the reply in flight, like a queued message.
-                    state.enqueue(Start::say(text, options, reply));
-                } else {
-                    state.start(Start::say(text, options, reply));
+            LlmMsg::Inbox(upto) => {
+                // One at a time, each one's effects reconciled before the next.
+                while let Some(input) = state.core.next_input(upto) {
+                    state.input(input);
+                    state.reconcile();
+                    state.after_turn();
                 }
             }
             LlmMsg::SpeechIdle => state.speech_idle(),
             LlmMsg::Withdraw(handle) => state.withdraw(&handle),
             LlmMsg::Reconcile => {}
-            LlmMsg::Bus(event) => state.bus_event(event),
             LlmMsg::RoundEnded {
                 turn,
                 round,
@@ -218,7 +229,61 @@ impl Actor for LlmActor {
     }
 }
 
+/// What a failing actor leaves its successor in the session's core.
+struct Handoff {
+    last_turn: Option<(TurnRecord, Vec<String>)>,
+    queued: Vec<(ChatMessage, bool, ReplyTx)>,
+    replies: Vec<ReplyTx>,
+    waiting: std::collections::VecDeque<Start>,
+}
+
+impl Drop for LlmState {
+    fn drop(&mut self) {
+        // A stop finished these in `post_stop`; a failure (a panic) did not:
+        // the supervisor's new actor takes them over.
+        if !self.stopped {
+            self.core.store_handoff(Box::new(Handoff {
+                last_turn: self.last_turn.take(),
+                queued: std::mem::take(&mut self.queued),
+                replies: std::mem::take(&mut self.replies),
+                waiting: std::mem::take(&mut self.waiting),
+            }));
+        }
+    }
+}
+
 impl LlmState {
+    /// One input from the session's inbox.
+    fn input(&mut self, input: Input) {
+        match input {
+            Input::UserMessage {
+                content,
+                respond,
+                reply,
+            } => {
+                self.user_message(ChatMessage::parts(Role::User, content), respond, reply);
+            }
+            Input::Generate { reply } => {
+                if self.turn.active().is_none() {
+                    self.start(Start::model(vec![reply]));
+                }
+            }
+            Input::Say {
+                text,
+                options,
+                reply,
+            } => {
+                if self.turn.active().is_some() {
+                    // After the reply in flight, like a queued message.
+                    self.enqueue(Start::say(text, options, reply));
+                } else {
+                    self.start(Start::say(text, options, reply));
+                }
+            }
+            Input::Bus(event) => self.bus_event(event),
+        }
+    }
+
     fn checkpoint(&mut self) {
         if let Some(max) = self.settings.max_context_items {
             self.context.truncate(max);

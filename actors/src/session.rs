@@ -22,7 +22,7 @@ use crate::bus::event::SttEvent;
 use crate::bus::{BusReceiver, EventKind, SessionBus, ToolOutput};
 use crate::errors::SessionError;
 use crate::ids::{SessionId, TurnId};
-use crate::llm_actor::{AgentSettings, LlmMsg, SessionCore};
+use crate::llm_actor::{AgentSettings, Input, LlmMsg, SessionCore};
 use crate::reply::{ReplyTx, SayOptions};
 
 /// A running conversation. Cheap to clone.
@@ -69,7 +69,7 @@ impl SessionHandle {
         respond: bool,
     ) -> Result<ReplyHandle, SessionError> {
         let (reply, rx) = ReplyTx::new();
-        self.core.send(LlmMsg::UserMessage {
+        self.core.input(Input::UserMessage {
             content,
             respond,
             reply,
@@ -94,7 +94,7 @@ impl SessionHandle {
         options: SayOptions,
     ) -> Result<ReplyHandle, SessionError> {
         let (reply, rx) = ReplyTx::new();
-        self.core.send(LlmMsg::Say {
+        self.core.input(Input::Say {
             text: text.into(),
             options,
             reply,
@@ -169,7 +169,7 @@ impl SessionHandle {
     /// Ignored (the handle is dropped) while a turn is in flight.
     pub fn generate(&self) -> Result<ReplyHandle, SessionError> {
         let (reply, rx) = ReplyTx::new();
-        self.core.send(LlmMsg::Generate { reply })?;
+        self.core.input(Input::Generate { reply })?;
         Ok(ReplyHandle::new(rx, self.core.clone()))
     }
 

@@ -13,7 +13,7 @@ use colloquy::context::ChatContext;
 use colloquy::llm::{ChatClient, ChatRequest, ChatStream, LlmError, LlmOptions};
 use ractor::ActorRef;
 
-use super::msg::LlmMsg;
+use super::msg::{Input, LlmMsg};
 use super::settings::AgentSettings;
 use crate::bus::{SessionBus, TurnEnd};
 use crate::errors::SessionError;
@@ -31,6 +31,12 @@ pub(crate) struct SessionCore {
     settings: Mutex<AgentSettings>,
     llm: RwLock<Option<ActorRef<LlmMsg>>>,
     llm_tap: Mutex<Option<u64>>,
+    /// Inputs the actor has not taken yet, numbered; one owner takes them
+    /// (the actor), so an actor that fails leaves them to its successor.
+    inbox: Mutex<(u64, std::collections::VecDeque<(u64, Input)>)>,
+    /// What a failed actor leaves its successor (replies in flight, the
+    /// speech queue, the last turn): the actor's own types, opaque here.
+    handoff: Mutex<Option<Box<dyn std::any::Any + Send>>>,
     /// Tests script the provider's streams directly.
     #[cfg(test)]
     pub(crate) script: Mutex<Option<ScriptedStreams>>,
@@ -66,6 +72,8 @@ impl SessionCore {
             settings: Mutex::new(settings),
             llm: RwLock::new(None),
             llm_tap: Mutex::new(None),
+            inbox: Mutex::new((0, std::collections::VecDeque::new())),
+            handoff: Mutex::new(None),
             #[cfg(test)]
             script: Mutex::new(None),
         }
@@ -156,6 +164,63 @@ impl SessionCore {
     /// The LLM actor, if one runs.
     pub(crate) fn llm(&self) -> Option<ActorRef<LlmMsg>> {
         self.llm.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Hands `input` to the LLM actor through the inbox;
+    /// [`SessionError::NotRunning`] while there is no actor (stopped, or
+    /// restarting). Once accepted it is handled, by this actor or, if it
+    /// fails first, by its successor.
+    pub(crate) fn input(&self, input: Input) -> Result<(), SessionError> {
+        let actor = self
+            .llm()
+            .ok_or_else(|| SessionError::NotRunning(self.id.clone()))?;
+        let seq = self.push_input(input);
+        // A failed cast (the actor just failed) leaves the input to the
+        // successor, which takes the whole inbox when it starts.
+        let _ = actor.cast(LlmMsg::Inbox(seq));
+        Ok(())
+    }
+
+    /// The bus tap's delivery: never refused (a restarting actor's
+    /// successor takes it).
+    pub(crate) fn input_from_bus(&self, event: crate::bus::BusEvent) {
+        let seq = self.push_input(Input::Bus(event));
+        if let Some(actor) = self.llm() {
+            let _ = actor.cast(LlmMsg::Inbox(seq));
+        }
+    }
+
+    fn push_input(&self, input: Input) -> u64 {
+        let mut inbox = lock(&self.inbox);
+        inbox.0 += 1;
+        let seq = inbox.0;
+        inbox.1.push_back((seq, input));
+        seq
+    }
+
+    /// The next input numbered `upto` or lower, if any.
+    pub(crate) fn next_input(&self, upto: u64) -> Option<Input> {
+        let mut inbox = lock(&self.inbox);
+        if inbox.1.front().is_some_and(|(seq, _)| *seq <= upto) {
+            inbox.1.pop_front().map(|(_, input)| input)
+        } else {
+            None
+        }
+    }
+
+    /// Whether inputs wait in the inbox.
+    pub(crate) fn has_inputs(&self) -> bool {
+        !lock(&self.inbox).1.is_empty()
+    }
+
+    /// Leaves what a failing actor must not lose to its successor.
+    pub(crate) fn store_handoff(&self, handoff: Box<dyn std::any::Any + Send>) {
+        *lock(&self.handoff) = Some(handoff);
+    }
+
+    /// Takes what a failed predecessor left.
+    pub(crate) fn take_handoff(&self) -> Option<Box<dyn std::any::Any + Send>> {
+        lock(&self.handoff).take()
     }
 
     /// Sends `msg` to the LLM actor; [`SessionError::NotRunning`] while

@@ -15,8 +15,10 @@ use crate::errors::SessionError;
 use crate::ids::TurnId;
 use crate::reply::{ReplyState, ReplyTx, SayOptions};
 
-/// Messages of the LLM actor (sent through [`SessionHandle`](crate::SessionHandle)).
-pub(crate) enum LlmMsg {
+/// What callers and the bus hand the actor: kept in the session's inbox
+/// until the actor takes them, so an actor that fails loses none of those
+/// still waiting (its successor takes them).
+pub(crate) enum Input {
     /// Commit a user message; start a turn when `respond`.
     UserMessage {
         content: Vec<ContentPart>,
@@ -31,6 +33,15 @@ pub(crate) enum LlmMsg {
         options: SayOptions,
         reply: ReplyTx,
     },
+    /// A lossless bus tap delivery: user speech, final transcripts, tool results.
+    Bus(BusEvent),
+}
+
+/// Messages of the LLM actor (sent through [`SessionHandle`](crate::SessionHandle)).
+pub(crate) enum LlmMsg {
+    /// Take the inputs of the session's inbox numbered up to this one, in
+    /// order.
+    Inbox(u64),
     /// The agent stopped generating and speaking: replies waiting for their
     /// playout are over, and a reply waiting in the speech queue may start.
     SpeechIdle,
@@ -39,8 +50,6 @@ pub(crate) enum LlmMsg {
     /// A turn was cut outside the actor: commit it now (every handler
     /// reconciles anyway; this only makes it prompt).
     Reconcile,
-    /// A lossless bus tap delivery: user speech, final transcripts, tool results.
-    Bus(BusEvent),
     /// A round's stream ended.
     RoundEnded {
         turn: TurnId,

@@ -1,0 +1,101 @@
+//! A panicking LLM actor loses nothing it accepted (issue 13, carried
+//! items): input behind the panic in its mailbox is handled by the restarted
+//! actor, and a speech cut after the restart still trims the history to what
+//! was heard. Servers are 127.0.0.1 mocks; tests wait on handles and events.
+
+use colloquy::context::{ChatContext, ChatItem, Role};
+use colloquy::mock::{MockResponse, MockServer};
+use colloquy_actors::InterruptionPolicy;
+use colloquy_actors::bus::{EventKind, TurnEnd};
+
+#[path = "support/session.rs"]
+mod support;
+use support::*;
+
+const PANIC: &str = "injected actor failure";
+
+fn shape(ctx: &ChatContext) -> Vec<String> {
+    ctx.items
+        .iter()
+        .map(|i| match i {
+            ChatItem::Message(m) if m.role == Role::User => format!("u:{}", m.text_content()),
+            ChatItem::Message(m) if m.interrupted => format!("a*:{}", m.text_content()),
+            ChatItem::Message(m) => format!("a:{}", m.text_content()),
+            _ => "?".into(),
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn input_queued_behind_a_panic_is_handled_after_the_restart() {
+    let server = MockServer::start(|_| MockResponse::text(&["Answered."]))
+        .await
+        .unwrap();
+    let (sup, session, mut rx) = setup(&server, |_| {}).await;
+    // Both are in the actor's mailbox before it handles the first.
+    session
+        .update_settings(|_| std::panic::panic_any(PANIC))
+        .unwrap();
+    let reply = session.send_text("are you there?").unwrap();
+    let turn = next_matching(&mut rx, |e| e.kind == EventKind::TurnStarted)
+        .await
+        .turn;
+    assert_eq!(finished(&mut rx, turn).await, TurnEnd::Stop);
+    let done = tokio::time::timeout(GUARD, reply.played_out())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(done.text(), "Answered.");
+    let ctx = session.context().await.unwrap();
+    assert_eq!(shape(&ctx), ["u:are you there?", "a:Answered."]);
+    sup.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_speech_cut_after_a_restart_trims_the_history() {
+    let server = MockServer::start(|_| MockResponse::text(&["Hello there, how are you today?"]))
+        .await
+        .unwrap();
+    let (sup, session, mut rx) = setup(&server, |c| {
+        c.settings.interruption = InterruptionPolicy::immediate();
+        c.speech_output = true;
+    })
+    .await;
+    let reply = session.send_text("hi").unwrap();
+    let committed = tokio::time::timeout(GUARD, reply.committed())
+        .await
+        .unwrap()
+        .unwrap();
+    let turn = committed.turn;
+    session.speech_played(turn, 5).unwrap();
+    // The actor fails and is restarted with the history intact.
+    session
+        .update_settings(|_| std::panic::panic_any(PANIC))
+        .unwrap();
+    // Wait until the restarted actor answers.
+    let _ = session.context().await;
+    let ctx = loop {
+        if let Ok(ctx) = session.context().await {
+            break ctx;
+        }
+        tokio::task::yield_now().await;
+    };
+    assert_eq!(shape(&ctx), ["u:hi", "a:Hello there, how are you today?"]);
+    session.user_speech_started(); // the user talks over the rest
+    let cut = next_matching(&mut rx, |e| {
+        e.turn == turn && matches!(e.kind, EventKind::Interrupted { .. })
+    })
+    .await;
+    assert_eq!(cut.kind, EventKind::Interrupted { heard_chars: 5 });
+    let done = tokio::time::timeout(GUARD, reply.played_out())
+        .await
+        .unwrap();
+    let ctx = session.context().await.unwrap();
+    assert_eq!(
+        shape(&ctx),
+        ["u:hi", "a*:Hello"],
+        "trimmed to what was heard"
+    );
+    assert!(done.is_ok_and(|r| r.interrupted && r.text() == "Hello"));
+    sup.shutdown().await;
+}
