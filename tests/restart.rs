@@ -99,3 +99,70 @@ async fn a_speech_cut_after_a_restart_trims_the_history() {
     assert!(done.is_ok_and(|r| r.interrupted && r.text() == "Hello"));
     sup.shutdown().await;
 }
+
+/// Review: an input waiting when the restarts run out (the session stops)
+/// does not leave its reply handle waiting for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_input_waiting_when_restarts_run_out_finishes_its_handle() {
+    use colloquy_actors::{Supervisor, SupervisorConfig};
+    let server = MockServer::start(|_| MockResponse::text(&["Answered."]))
+        .await
+        .unwrap();
+    let sup = Supervisor::start(SupervisorConfig {
+        max_restarts: 0,
+        ..SupervisorConfig::default()
+    })
+    .await
+    .unwrap();
+    let session = sup
+        .start_session("s", session_config(&server))
+        .await
+        .unwrap();
+    session
+        .update_settings(|_| std::panic::panic_any(PANIC))
+        .unwrap();
+    // Refused (the session already stopped), or accepted: then the session
+    // answered before it stopped, or the handle says the reply was dropped;
+    // it never waits for good.
+    if let Ok(reply) = session.send_text("are you there?") {
+        let _ = tokio::time::timeout(GUARD, reply.played_out())
+            .await
+            .expect("the reply handle finishes");
+    }
+    sup.shutdown().await;
+}
+
+/// Review: a stop that overtakes the input in the mailbox finishes the
+/// reply handle (the input is dropped with the session's inbox).
+#[tokio::test]
+async fn an_input_waiting_at_stop_finishes_its_handle() {
+    use colloquy_actors::{Supervisor, SupervisorConfig};
+    let server = MockServer::start(|_| MockResponse::text(&["Answered."]))
+        .await
+        .unwrap();
+    let sup = Supervisor::start(SupervisorConfig::default())
+        .await
+        .unwrap();
+    for i in 0..20 {
+        let id = format!("s{i}");
+        let session = sup
+            .start_session(id.as_str(), session_config(&server))
+            .await
+            .unwrap();
+        let reply = session.send_text("hi").unwrap();
+        sup.stop_session(&id.as_str().into()).await.unwrap();
+        let _ = tokio::time::timeout(GUARD, reply.played_out())
+            .await
+            .expect("the reply handle finishes");
+    }
+    sup.shutdown().await;
+}
+
+fn session_config(server: &MockServer) -> colloquy_actors::SessionConfig {
+    use colloquy::llm::{ChatClient, LlmOptions, OpenAiConfig};
+    let client = ChatClient::new(OpenAiConfig::compatible(server.base_url())).unwrap();
+    colloquy_actors::SessionConfig::new(
+        client,
+        colloquy_actors::AgentSettings::new(LlmOptions::new("mock")),
+    )
+}

@@ -90,17 +90,16 @@ impl Actor for LlmActor {
     ) -> Result<LlmState, ActorProcessingErr> {
         let context = (*core.checkpoint()).clone();
         let settings = core.settings();
-        // The tap hands events to the session's inbox, not to this actor: a
-        // successor takes what this one did not.
+        // The session's one tap hands events to its inbox, not to this actor:
+        // a successor takes what this one did not, and keeps the tap.
         let inbox = Arc::downgrade(&core);
-        let tap = core.bus.add_tap(tap_filter, move |ev| {
-            if let Some(core) = inbox.upgrade() {
-                core.input_from_bus(ev.clone());
-            }
+        core.ensure_llm_tap(|| {
+            core.bus.add_tap(tap_filter, move |ev| {
+                if let Some(core) = inbox.upgrade() {
+                    core.input_from_bus(ev.clone());
+                }
+            })
         });
-        if let Some(old) = core.replace_llm_tap(tap) {
-            core.bus.remove_tap(old);
-        }
         let speaking = core.bus.speaking();
         let idle_ref = myself.clone();
         let idle = AbortOnDrop(tokio::spawn(async move {
@@ -128,26 +127,11 @@ impl Actor for LlmActor {
             interim: None,
             interims_seen: 0,
         };
-        // What a failed predecessor had in flight: its replies, its speech
-        // queue, its messages waiting, the turn a speech cut would trim.
-        if let Some(handoff) = state.core.take_handoff()
-            && let Ok(handoff) = handoff.downcast::<Handoff>()
-        {
-            let Handoff {
-                last_turn,
-                queued,
-                replies,
-                waiting,
-            } = *handoff;
-            state.last_turn = last_turn;
-            state.queued = queued;
-            state.replies = replies;
-            state.waiting = waiting;
-        }
-        // Inputs it accepted but did not take are taken now, in order.
-        if state.core.has_inputs() {
-            let _ = state.myself.cast(LlmMsg::Inbox(u64::MAX));
-        }
+        // What a failed predecessor had in flight (also checked before each
+        // message: its state may be dropped after this actor started).
+        state.take_over();
+        // The inputs it accepted but did not take come first: `set_llm`
+        // tells this actor once it is reachable.
         // A turn closed while no actor ran (the previous one failed) is
         // committed now.
         state.reconcile();
@@ -176,6 +160,8 @@ impl Actor for LlmActor {
             state.core.bus.remove_tap(tap);
         }
         state.stopped = true;
+        // For good: what waits in the inbox is dropped (its handles finish).
+        state.core.close_inputs();
         Ok(())
     }
 
@@ -185,6 +171,7 @@ impl Actor for LlmActor {
         msg: LlmMsg,
         state: &mut LlmState,
     ) -> Result<(), ActorProcessingErr> {
+        state.take_over();
         state.reconcile();
         match msg {
             LlmMsg::Inbox(upto) => {
@@ -253,6 +240,30 @@ impl Drop for LlmState {
 }
 
 impl LlmState {
+    /// Takes what a failed predecessor left in the core, if anything.
+    fn take_over(&mut self) {
+        let Some(handoff) = self.core.take_handoff() else {
+            return;
+        };
+        let Ok(handoff) = handoff.downcast::<Handoff>() else {
+            return;
+        };
+        let Handoff {
+            last_turn,
+            queued,
+            replies,
+            waiting,
+        } = *handoff;
+        if self.last_turn.is_none() {
+            self.last_turn = last_turn;
+        }
+        self.queued.splice(0..0, queued);
+        self.replies.extend(replies);
+        for start in waiting.into_iter().rev() {
+            self.waiting.push_front(start);
+        }
+    }
+
     /// One input from the session's inbox.
     fn input(&mut self, input: Input) {
         match input {

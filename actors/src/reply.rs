@@ -56,8 +56,9 @@ pub enum ReplyState {
     Committed(Reply),
     /// Over: committed, and its speech played to its end or was cut.
     Done(Reply),
-    /// It never became a turn (the session stopped, or the request was
-    /// merged into nothing to answer).
+    /// It never became a committed turn: the session stopped first (or the
+    /// message asked for no reply, or the reply was withdrawn before it
+    /// started).
     Dropped,
 }
 
@@ -124,14 +125,21 @@ impl ReplyTx {
 
 impl Drop for ReplyTx {
     fn drop(&mut self) {
-        // The last sender gone before the reply began: it never will.
+        // The last sender gone (the session stopped) before the reply was
+        // over: a committed reply is over as committed; one that never
+        // committed is dropped. A handle never waits on a reply nobody will
+        // finish.
         if Arc::strong_count(&self.0) == 1 {
-            self.0.send_if_modified(|s| {
-                let queued = matches!(s, ReplyState::Queued);
-                if queued {
+            self.0.send_if_modified(|s| match s {
+                ReplyState::Queued | ReplyState::Started(_) => {
                     *s = ReplyState::Dropped;
+                    true
                 }
-                queued
+                ReplyState::Committed(reply) => {
+                    *s = ReplyState::Done(reply.clone());
+                    true
+                }
+                _ => false,
             });
         }
     }

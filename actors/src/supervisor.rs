@@ -295,6 +295,8 @@ async fn stop_entry(shared: &Shared, entry: SessionEntry) {
         let _ = cell.stop_and_wait(None, timeout).await;
     }
     entry.core.set_llm(None);
+    // Inputs nobody will take are dropped (their reply handles finish).
+    entry.core.close_inputs();
     // Subscribers see `Closed` once drained, even while handles live.
     entry.core.bus.close();
 }

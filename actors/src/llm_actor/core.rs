@@ -37,6 +37,8 @@ pub(crate) struct SessionCore {
     /// What a failed actor leaves its successor (replies in flight, the
     /// speech queue, the last turn): the actor's own types, opaque here.
     handoff: Mutex<Option<Box<dyn std::any::Any + Send>>>,
+    /// The session stopped for good: no more inputs.
+    inputs_closed: std::sync::atomic::AtomicBool,
     /// Tests script the provider's streams directly.
     #[cfg(test)]
     pub(crate) script: Mutex<Option<ScriptedStreams>>,
@@ -74,6 +76,7 @@ impl SessionCore {
             llm_tap: Mutex::new(None),
             inbox: Mutex::new((0, std::collections::VecDeque::new())),
             handoff: Mutex::new(None),
+            inputs_closed: std::sync::atomic::AtomicBool::new(false),
             #[cfg(test)]
             script: Mutex::new(None),
         }
@@ -149,16 +152,46 @@ impl SessionCore {
         lock(&self.llm_tap).take()
     }
 
-    /// Records the LLM actor's bus tap; returns the previous actor's, to
-    /// remove.
-    pub(crate) fn replace_llm_tap(&self, tap: u64) -> Option<u64> {
-        lock(&self.llm_tap).replace(tap)
+    /// Adds the session's one tap for the LLM actor's inputs unless it is
+    /// there (a restarted actor keeps its predecessor's: two taps would
+    /// deliver an event twice). `add` runs only when none is there.
+    pub(crate) fn ensure_llm_tap(&self, add: impl FnOnce() -> u64) {
+        let mut tap = lock(&self.llm_tap);
+        if tap.is_none() {
+            *tap = Some(add());
+        }
     }
 
     /// Sets the LLM actor the handles reach (the supervisor, at a start or
     /// a restart; `None` while there is none).
+    ///
+    /// A new actor is first told to take the inputs already waiting (those
+    /// its failed predecessor did not take, and bus events that came while
+    /// there was none), under the same write lock: every later input is
+    /// numbered after them and reaches it after that message.
     pub(crate) fn set_llm(&self, actor: Option<ActorRef<LlmMsg>>) {
-        *self.llm.write().unwrap_or_else(|e| e.into_inner()) = actor;
+        let mut llm = self.llm.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(actor) = &actor {
+            let top = lock(&self.inbox).0;
+            if self.has_inputs() {
+                let _ = actor.cast(LlmMsg::Inbox(top));
+            }
+        }
+        *llm = actor;
+    }
+
+    /// The session stopped for good: inputs still waiting and whatever a
+    /// failed actor left are dropped (their reply handles finish), and later
+    /// inputs are refused.
+    pub(crate) fn close_inputs(&self) {
+        let (waiting, handoff) = {
+            let mut inbox = lock(&self.inbox);
+            self.inputs_closed
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            (std::mem::take(&mut inbox.1), lock(&self.handoff).take())
+        };
+        drop(waiting);
+        drop(handoff);
     }
 
     /// The LLM actor, if one runs.
@@ -171,31 +204,39 @@ impl SessionCore {
     /// restarting). Once accepted it is handled, by this actor or, if it
     /// fails first, by its successor.
     pub(crate) fn input(&self, input: Input) -> Result<(), SessionError> {
-        let actor = self
-            .llm()
-            .ok_or_else(|| SessionError::NotRunning(self.id.clone()))?;
-        let seq = self.push_input(input);
-        // A failed cast (the actor just failed) leaves the input to the
-        // successor, which takes the whole inbox when it starts.
+        // The actor is read, the input pushed and the actor told under one
+        // read guard: a restart (`set_llm`) waits for it, so the input is
+        // either told to the old actor before it is replaced or numbered
+        // before the successor's first message. A failed cast (the actor just
+        // failed) leaves the input to the successor.
+        let llm = self.llm.read().unwrap_or_else(|e| e.into_inner());
+        let not_running = || SessionError::NotRunning(self.id.clone());
+        let actor = llm.as_ref().ok_or_else(not_running)?;
+        let seq = self.push_input(input).ok_or_else(not_running)?;
         let _ = actor.cast(LlmMsg::Inbox(seq));
         Ok(())
     }
 
-    /// The bus tap's delivery: never refused (a restarting actor's
-    /// successor takes it).
+    /// The bus tap's delivery: never refused while the session runs (a
+    /// restarting actor's successor takes it).
     pub(crate) fn input_from_bus(&self, event: crate::bus::BusEvent) {
-        let seq = self.push_input(Input::Bus(event));
-        if let Some(actor) = self.llm() {
+        let llm = self.llm.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(seq) = self.push_input(Input::Bus(event))
+            && let Some(actor) = llm.as_ref()
+        {
             let _ = actor.cast(LlmMsg::Inbox(seq));
         }
     }
 
-    fn push_input(&self, input: Input) -> u64 {
+    fn push_input(&self, input: Input) -> Option<u64> {
         let mut inbox = lock(&self.inbox);
+        if self.inputs_closed.load(std::sync::atomic::Ordering::SeqCst) {
+            return None;
+        }
         inbox.0 += 1;
         let seq = inbox.0;
         inbox.1.push_back((seq, input));
-        seq
+        Some(seq)
     }
 
     /// The next input numbered `upto` or lower, if any.

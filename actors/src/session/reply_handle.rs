@@ -27,8 +27,9 @@ use crate::reply::{Reply, ReplyState, turn_of};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ReplyError {
-    /// The reply never became a turn (the session stopped first).
-    #[error("the reply was dropped before it started")]
+    /// The reply never became a committed turn: the session stopped first,
+    /// or it was withdrawn before it started, or its message asked for none.
+    #[error("the reply was dropped before it was committed")]
     Dropped,
 }
 
