@@ -184,7 +184,8 @@ async fn run_case(supervisor: &Supervisor, seed: u64) -> Result<(), String> {
     let id = format!("case-{seed}");
     let mut config = SessionConfig::new(client, settings);
     config.bus_capacity = [2, 4, 16, 64][rng.below(4) as usize];
-    config.speech_output = rng.below(2) == 0;
+    let voiced = rng.below(2) == 0;
+    config.speech_output = voiced;
     let session: SessionHandle = supervisor
         .start_session(id.as_str(), config)
         .await
@@ -412,7 +413,7 @@ async fn run_case(supervisor: &Supervisor, seed: u64) -> Result<(), String> {
         }
     });
     let script = std::mem::take(&mut *script.lock().unwrap());
-    check(&committed, &events, &script).map_err(|e| {
+    check(&committed, &events, &script, voiced).map_err(|e| {
         format!(
             "{e}\n  history: {:?}\n  events: {:?}",
             shape(&committed),

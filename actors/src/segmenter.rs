@@ -12,7 +12,8 @@
 //! The cutting rules live here, pure and unit-tested; the session's turn
 //! ledger applies them in the same critical section as the token that
 //! completes a segment (`bus/ledger.rs`), so segments never lag, race or
-//! repeat the text. Every session segments; [`SegmenterConfig`] sets where.
+//! repeat the text. Every session that speaks segments; [`SegmenterConfig`]
+//! sets where.
 
 /// Where segments are cut.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

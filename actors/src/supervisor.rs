@@ -60,8 +60,8 @@ pub struct SessionConfig {
     /// Tools to run in a tool executor; their definitions are added to the
     /// settings' tools.
     pub tools: Option<ToolRegistry>,
-    /// Where replies are cut into speakable segments (every session has
-    /// them: `Speakable` events, decided with the tokens in the ledger).
+    /// Where replies are cut into speakable segments (`Speakable` events,
+    /// decided with the tokens in the ledger) when the session speaks.
     pub segmenter: SegmenterConfig,
     /// A TTS outside the runtime speaks the segments (a
     /// [`Speaker`](crate::speech::Speaker) declares itself): a reply then

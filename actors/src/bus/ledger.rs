@@ -17,7 +17,9 @@
 //!                    │   calls, outputs, usage)        │ (Interrupted published)
 //! ```
 //!
-//! Segmentation happens here too: the `Speakable` a token completes is decided
+//! Segmentation happens here too, for every turn that begins with a voice
+//! attached (a `Speaker`, or a TTS the session declares; nobody would speak
+//! the segments of the others): the `Speakable` a token completes is decided
 //! and published in the token's own critical section, a tool call flushes the
 //! text before it, and the turn's close flushes the tail (`last`) or, on a
 //! cut, drops it. So a segment can never lag behind, race or repeat the text
@@ -235,6 +237,9 @@ impl Ledger {
         let turn = self.record.turn.next();
         self.record = TurnRecord::new(turn);
         self.record.interruptible = interruptible;
+        // Its segments are cut and published if a voice speaks it: a
+        // Speaker attached, or a TTS the session declares.
+        self.record.voiced = self.voices > 0;
         self.phase = Phase::Open;
         self.paused = false;
         self.stream = None;

@@ -51,7 +51,12 @@ fn check_wire(ctx: &ChatContext) -> Result<(), String> {
     Ok(())
 }
 
-pub(super) fn check(ctx: &ChatContext, events: &[BusEvent], script: &Script) -> Result<(), String> {
+pub(super) fn check(
+    ctx: &ChatContext,
+    events: &[BusEvent],
+    script: &Script,
+    voiced: bool,
+) -> Result<(), String> {
     check_wire(ctx)?;
     // And what the client itself would refuse to send.
     colloquy::llm::WireMessage::from_context(ctx, false)
@@ -217,7 +222,12 @@ pub(super) fn check(ctx: &ChatContext, events: &[BusEvent], script: &Script) -> 
             .filter(|e| e.turn == *t && matches!(e.kind, EventKind::Speakable { last: true, .. }))
             .count();
         let normal = ended.get(t).is_some_and(|e| !e.is_abort());
-        if !text.starts_with(&spoken) || (normal && (spoken != text || lasts != 1)) {
+        let complete = if voiced {
+            spoken == text && lasts == 1
+        } else {
+            spoken.is_empty() && lasts == 0
+        };
+        if !text.starts_with(&spoken) || (normal && !complete) {
             return Err(format!(
                 "turn {t}: spoken {spoken:?} ({lasts} last) for text {text:?}"
             ));

@@ -20,10 +20,13 @@ impl Ledger {
         self.send(turn, kind)
     }
 
-    /// A segment of the current turn's text for text-to-speech.
+    /// A segment of the current turn's text for text-to-speech (only for a
+    /// turn that began with a voice attached: nobody speaks the others).
     pub(super) fn emit_segment(&mut self, turn: TurnId, text: String, last: bool) {
+        if !self.record.voiced {
+            return;
+        }
         self.record.spoken_chars += text.chars().count();
-        self.record.voiced |= self.voices > 0;
         let text = Arc::from(text);
         self.emit(turn, EventKind::Speakable { text, last });
     }
@@ -55,8 +58,10 @@ impl Ledger {
             EventKind::Token(text) => {
                 let text = text.clone();
                 let seq = self.emit(turn, kind);
-                for segment in self.segments.push(&text, &self.segmenter) {
-                    self.emit_segment(turn, segment, false);
+                if self.record.voiced {
+                    for segment in self.segments.push(&text, &self.segmenter) {
+                        self.emit_segment(turn, segment, false);
+                    }
                 }
                 Ok(seq)
             }

@@ -108,8 +108,8 @@ pub(crate) struct TurnRecord {
     pub(crate) text_truncated: bool,
     /// Characters handed to text-to-speech (`Speakable`).
     pub(crate) spoken_chars: usize,
-    /// A speech output was attached when its segments were handed out: they
-    /// are playing until playback reports their end.
+    /// A speech output was attached when the turn began: its segments are
+    /// published, and playing until playback reports their end.
     pub(crate) voiced: bool,
     /// The user's voice may pause or cut it (`false` for a `say` with
     /// `allow_interruptions: false`; an explicit cut still does).

@@ -317,6 +317,7 @@ fn seq_increases_across_user_and_agent_events() {
 #[test]
 fn a_promoted_speculation_is_spoken_once_after_a_burst() {
     let bus = SessionBus::new(SessionId::new("s"), 16);
+    bus.set_voice(true);
     let spoken: Arc<Mutex<String>> = Arc::default();
     let sink = spoken.clone();
     bus.add_tap(
@@ -378,6 +379,7 @@ fn catch_up_never_shows_held_speculative_text() {
 #[test]
 fn segments_follow_their_tokens_flush_at_calls_and_close() {
     let bus = SessionBus::new(SessionId::new("s"), 64);
+    bus.set_voice(true);
     let mut rx = bus.subscribe();
     let t = begin(&bus, 0);
     bus.publish_agent(t, token("Sure, let me check")).unwrap();
@@ -411,6 +413,9 @@ fn segments_follow_their_tokens_flush_at_calls_and_close() {
         ]
     );
     bus.take_closed();
+    // Played to its end before the next reply.
+    bus.publish(t, EventKind::SpeechPlayed { chars: 31 })
+        .unwrap();
     // A cut drops what was not yet a segment.
     let t2 = begin(&bus, 0);
     bus.publish_agent(t2, token("Half a sen")).unwrap();
@@ -425,4 +430,37 @@ fn segments_follow_their_tokens_flush_at_calls_and_close() {
         bus.publish(t2, speakable("x")),
         Err(PublishError::NotAllowed(_) | PublishError::Stale { .. })
     ));
+}
+
+/// A turn that begins with no voice attached publishes no segments (nobody
+/// would speak them: about 15% of the CPU per token in loadgen); one that
+/// begins with a voice does.
+#[test]
+fn segments_are_published_for_turns_a_voice_speaks() {
+    let bus = SessionBus::new(SessionId::new("s"), 64);
+    let mut rx = bus.subscribe();
+    let t = begin(&bus, 0);
+    bus.publish_agent(t, token("Hello there. How are you?"))
+        .unwrap();
+    assert!(bus.finish_turn(t, TurnEnd::Stop));
+    assert!(
+        !kinds(&mut rx)
+            .iter()
+            .any(|k| matches!(k, EventKind::Speakable { .. })),
+        "no voice, no segments"
+    );
+    bus.take_closed();
+    bus.set_voice(true);
+    let t2 = begin(&bus, 0);
+    bus.publish_agent(t2, token("Hello there. How are you?"))
+        .unwrap();
+    assert!(bus.finish_turn(t2, TurnEnd::Stop));
+    let spoken: String = kinds(&mut rx)
+        .into_iter()
+        .filter_map(|k| match k {
+            EventKind::Speakable { text, .. } => Some(text.to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(spoken, "Hello there. How are you?");
 }
