@@ -14,6 +14,24 @@ use support::*;
 
 const PANIC: &str = "injected actor failure";
 
+/// The injected panics are expected: keep their reports out of the output
+/// (every other panic's stay in).
+fn quiet_injected_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let default_hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let injected = info
+                .payload()
+                .downcast_ref::<&str>()
+                .is_some_and(|m| *m == PANIC);
+            if !injected {
+                default_hook(info);
+            }
+        }));
+    });
+}
+
 fn shape(ctx: &ChatContext) -> Vec<String> {
     ctx.items
         .iter()
@@ -34,7 +52,10 @@ async fn input_queued_behind_a_panic_is_handled_after_the_restart() {
     let (sup, session, mut rx) = setup(&server, |_| {}).await;
     // Both are in the actor's mailbox before it handles the first.
     session
-        .update_settings(|_| std::panic::panic_any(PANIC))
+        .update_settings(|_| {
+            quiet_injected_panics();
+            std::panic::panic_any(PANIC)
+        })
         .unwrap();
     let reply = session.send_text("are you there?").unwrap();
     let turn = next_matching(&mut rx, |e| e.kind == EventKind::TurnStarted)
@@ -70,7 +91,10 @@ async fn a_speech_cut_after_a_restart_trims_the_history() {
     session.speech_played(turn, 5).unwrap();
     // The actor fails and is restarted with the history intact.
     session
-        .update_settings(|_| std::panic::panic_any(PANIC))
+        .update_settings(|_| {
+            quiet_injected_panics();
+            std::panic::panic_any(PANIC)
+        })
         .unwrap();
     // Wait until the restarted actor answers.
     let _ = session.context().await;
@@ -119,7 +143,10 @@ async fn an_input_waiting_when_restarts_run_out_finishes_its_handle() {
         .await
         .unwrap();
     session
-        .update_settings(|_| std::panic::panic_any(PANIC))
+        .update_settings(|_| {
+            quiet_injected_panics();
+            std::panic::panic_any(PANIC)
+        })
         .unwrap();
     // Refused (the session already stopped), or accepted: then the session
     // answered before it stopped, or the handle says the reply was dropped;
