@@ -6,11 +6,12 @@
 //! `tests/support/nats.rs`: without one they fail unless
 //! `COLLOQUY_SKIP_NATS=1`); `cargo test` builds the example first.
 
+#[path = "support/bin.rs"]
+mod bin;
 #[path = "support/nats.rs"]
 mod nats;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -26,23 +27,6 @@ use tokio::process::{Child, Command};
 
 const GUARD: Duration = Duration::from_secs(60);
 
-fn worker_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target profile directory");
-    let bin = dir
-        .join("examples")
-        .join(format!("worker{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo test --all-features`",
-        bin.display()
-    );
-    bin
-}
-
 /// A worker process, once it said `ready`; its later output is collected.
 struct Proc {
     child: Child,
@@ -50,7 +34,7 @@ struct Proc {
 }
 
 async fn start_worker(server: &NatsServer, model: &MockServer, name: &str) -> Proc {
-    let mut child = Command::new(worker_binary())
+    let mut child = Command::new(bin::example_binary("worker"))
         .args([
             "--nats",
             &server.url(),
@@ -119,7 +103,7 @@ async fn turn(s: &RemoteSession, rx: &mut RemoteEvents, text: &str) -> (TurnId, 
 
 async fn run_worker(args: &[&str]) -> (std::process::Output, Duration) {
     let started = std::time::Instant::now();
-    let child = Command::new(worker_binary())
+    let child = Command::new(bin::example_binary("worker"))
         .args(args)
         .env_remove("OPENAI_API_KEY")
         .stdin(Stdio::null())

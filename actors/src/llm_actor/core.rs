@@ -172,9 +172,9 @@ impl SessionCore {
     pub(crate) fn set_llm(&self, actor: Option<ActorRef<LlmMsg>>) {
         let mut llm = self.llm.write().unwrap_or_else(|e| e.into_inner());
         if let Some(actor) = &actor {
-            let top = lock(&self.inbox).0;
-            if self.has_inputs() {
-                let _ = actor.cast(LlmMsg::Inbox(top));
+            let inbox = lock(&self.inbox);
+            if !inbox.1.is_empty() {
+                let _ = actor.cast(LlmMsg::Inbox(inbox.0));
             }
         }
         *llm = actor;
@@ -247,11 +247,6 @@ impl SessionCore {
         } else {
             None
         }
-    }
-
-    /// Whether inputs wait in the inbox.
-    pub(crate) fn has_inputs(&self) -> bool {
-        !lock(&self.inbox).1.is_empty()
     }
 
     /// Leaves what a failing actor must not lose to its successor.
