@@ -34,6 +34,7 @@
 //! ```
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod audio;
 pub mod context;
 pub mod llm;
 #[cfg(feature = "mock")]

@@ -10,10 +10,13 @@
 //! side names its turn, and the turn ledger (`bus/ledger.rs`) behind one mutex checks
 //! it: once a turn is finished as cancelled or failed, every later event of that
 //! turn — a token the stream task had in hand, a tool result, a playback
-//! report — is refused with [`PublishError::Stale`]. Because the
-//! check and the broadcast happen under the same lock, "TurnFinished(Cancelled),
-//! then nothing of that turn" holds for every subscriber, without trusting the
-//! publishers to be fast. The ledger also owns the turn's life (begin, rounds,
+//! report — is refused with [`PublishError::Stale`]. The check is
+//! made under the ledger's lock, and what it lets through is delivered in the
+//! order the critical sections decided it (`bus/delivery.rs`: hand over hand,
+//! after the ledger's lock is released), so "TurnFinished(Cancelled), then
+//! nothing of that turn" holds for every subscriber and tap, without trusting
+//! the publishers to be fast — and no tap or wake-up runs inside the ledger's
+//! critical section. The ledger also owns the turn's life (begin, rounds,
 //! cut, finish) and keeps what each round published until the LLM actor commits
 //! it; those controls are crate-private. Embedders publish their own events —
 //! user speech and transcripts, tool results, playback — and subscribe.
@@ -28,6 +31,7 @@
 //! [`BusRecvError::Closed`] once they have drained it.
 
 mod controls;
+mod delivery;
 pub(crate) mod event;
 pub(crate) mod ledger;
 mod speaking;
@@ -39,9 +43,10 @@ pub use event::{BusEvent, EventKind, SpeculationOutcome, ToolOutput, TurnEnd};
 pub use speaking::Speaking;
 pub use subscriber::{BusReceiver, BusRecvError};
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use crate::ids::{SessionId, TurnId};
+use delivery::{Delivery, LedgerGuard};
 use ledger::{Cut, Ledger, Signal, TapFilter};
 
 use crate::task::AbortOnDrop;
@@ -93,6 +98,9 @@ enum HookKind {
 struct Inner {
     session: SessionId,
     ledger: Mutex<Ledger>,
+    /// The taps and the broadcast, fed from the ledger's outbox outside its
+    /// lock (`bus/delivery.rs`).
+    delivery: Mutex<Delivery>,
     hooks: Mutex<Vec<(u64, HookKind, Hook)>>,
     next_hook: std::sync::atomic::AtomicU64,
     /// Wakes the turn-taking timer when a deadline may have changed.
@@ -134,7 +142,8 @@ impl SessionBus {
     pub fn with_text_cap(session: SessionId, capacity: usize, max_turn_text: usize) -> Self {
         Self {
             inner: Arc::new(Inner {
-                ledger: Mutex::new(Ledger::new(session.clone(), capacity, max_turn_text)),
+                ledger: Mutex::new(Ledger::new(session.clone(), max_turn_text)),
+                delivery: Mutex::new(Delivery::new(capacity)),
                 session,
                 hooks: Mutex::new(Vec::new()),
                 next_hook: std::sync::atomic::AtomicU64::new(1),
@@ -150,12 +159,12 @@ impl SessionBus {
 
     /// A new subscriber, receiving events published from now on.
     pub fn subscribe(&self) -> BusReceiver {
-        BusReceiver::new(self.lock().subscribe())
+        BusReceiver::new(self.lock().into_delivery().subscribe())
     }
 
     /// Number of live subscribers.
     pub fn subscriber_count(&self) -> usize {
-        self.lock().subscriber_count()
+        self.lock().into_delivery().subscriber_count()
     }
 
     /// Whether `turn` is the current turn and still generating.
@@ -200,10 +209,11 @@ impl SessionBus {
 
     /// The ledger, behind its one lock. Private to the bus: every operation
     /// outside it is a method that is one critical section (`controls.rs`).
-    fn lock(&self) -> MutexGuard<'_, Ledger> {
-        // A panic while holding the lock cannot leave the ledger half-updated in
-        // a way that matters more than losing the bus, so poisoning is ignored.
-        self.inner.ledger.lock().unwrap_or_else(|e| e.into_inner())
+    /// What the section publishes is delivered to taps and subscribers when
+    /// the guard drops, after the ledger's lock is released
+    /// (`bus/delivery.rs`).
+    fn lock(&self) -> LedgerGuard<'_> {
+        LedgerGuard::lock(&self.inner.ledger, &self.inner.delivery)
     }
 
     /// Publishes a user-side event (speech started or ended, a transcript);
@@ -418,8 +428,9 @@ impl SessionBus {
     }
 
     /// Attaches a lossless, synchronous consumer for the kinds `filter` accepts.
-    /// `deliver` runs under the bus lock: it must only hand the event off (a
-    /// ractor `cast`), never block or publish.
+    /// `deliver` runs outside the ledger's lock, in seq order, in the thread
+    /// that published (`bus/delivery.rs`): it must only hand the event off (a
+    /// ractor `cast`, a channel send), never block or call back into the bus.
     pub(crate) fn add_tap(
         &self,
         filter: TapFilter,

@@ -48,7 +48,6 @@ pub(crate) use record::{Closed, Cut, LedgerError, RoundRecord, Signal, TurnRecor
 
 use std::sync::Arc;
 
-use tokio::sync::broadcast;
 use tokio::task::AbortHandle;
 
 use super::{BusEvent, EventKind, TurnEnd};
@@ -70,23 +69,34 @@ enum Phase {
 pub(crate) type TapFilter = fn(&EventKind) -> bool;
 type TapFn = Box<dyn Fn(&BusEvent) + Send + Sync>;
 
-struct Tap {
-    id: u64,
-    filter: TapFilter,
-    deliver: TapFn,
+/// A lossless consumer, run by delivery (`bus/delivery.rs`) outside the lock.
+pub(super) struct Tap {
+    pub(super) id: u64,
+    pub(super) filter: TapFilter,
+    pub(super) deliver: TapFn,
+}
+
+/// What a critical section hands to delivery, in the order it decided it.
+pub(super) enum Outgoing {
+    Event(BusEvent),
+    AddTap(Tap),
+    RemoveTap(u64),
+    /// The session stopped: no more events, the taps dropped.
+    Close,
 }
 
 /// The state behind the bus mutex.
 pub(crate) struct Ledger {
     session: SessionId,
-    tx: Option<broadcast::Sender<BusEvent>>,
+    /// What this critical section published, delivered when its guard drops.
+    pub(super) outbox: Vec<Outgoing>,
+    closed: bool,
     seq: u64,
     phase: Phase,
     record: TurnRecord,
     max_text_bytes: usize,
     stream: Option<AbortHandle>,
     pending: Option<Closed>,
-    taps: Vec<Tap>,
     next_tap: u64,
     /// How the user's voice interrupts (turn_taking.rs).
     pub(crate) policy: InterruptionPolicy,
@@ -111,18 +121,17 @@ pub(crate) struct Ledger {
 }
 
 impl Ledger {
-    pub(crate) fn new(session: SessionId, capacity: usize, max_text_bytes: usize) -> Self {
-        let (tx, _) = broadcast::channel(capacity.max(1));
+    pub(crate) fn new(session: SessionId, max_text_bytes: usize) -> Self {
         Self {
             session,
-            tx: Some(tx),
+            outbox: Vec::new(),
+            closed: false,
             seq: 0,
             phase: Phase::Finished,
             record: TurnRecord::new(TurnId(0)),
             max_text_bytes,
             stream: None,
             pending: None,
-            taps: Vec::new(),
             next_tap: 1,
             policy: InterruptionPolicy::default(),
             listening: Listening::default(),
@@ -155,24 +164,12 @@ impl Ledger {
     }
 
     pub(crate) fn is_closed(&self) -> bool {
-        self.tx.is_none()
+        self.closed
     }
 
     /// A live (not speculative) turn is generating.
     pub(crate) fn live_turn_open(&self) -> bool {
         self.phase == Phase::Open && self.speculation.is_none()
-    }
-
-    pub(crate) fn subscribe(&self) -> broadcast::Receiver<BusEvent> {
-        match &self.tx {
-            Some(tx) => tx.subscribe(),
-            // A stopped session: a receiver that reports `Closed` at once.
-            None => broadcast::channel(1).1,
-        }
-    }
-
-    pub(crate) fn subscriber_count(&self) -> usize {
-        self.tx.as_ref().map_or(0, |tx| tx.receiver_count())
     }
 
     /// A speech output was attached (`true`) or detached. When the last one
@@ -200,14 +197,8 @@ impl Ledger {
             seq: self.seq,
             kind,
         };
-        for tap in &self.taps {
-            if (tap.filter)(&event.kind) {
-                (tap.deliver)(&event);
-            }
-        }
-        if let Some(tx) = &self.tx {
-            // No subscriber is not an error: the event is simply not observed.
-            let _ = tx.send(event);
+        if !self.closed {
+            self.outbox.push(Outgoing::Event(event));
         }
         self.seq
     }
@@ -482,22 +473,28 @@ impl Ledger {
     pub(crate) fn add_tap(&mut self, filter: TapFilter, deliver: TapFn) -> u64 {
         let id = self.next_tap;
         self.next_tap += 1;
-        self.taps.push(Tap {
-            id,
-            filter,
-            deliver,
-        });
+        if !self.closed {
+            self.outbox.push(Outgoing::AddTap(Tap {
+                id,
+                filter,
+                deliver,
+            }));
+        }
         id
     }
 
     pub(crate) fn remove_tap(&mut self, id: u64) {
-        self.taps.retain(|t| t.id != id);
+        if !self.closed {
+            self.outbox.push(Outgoing::RemoveTap(id));
+        }
     }
 
     /// The session stopped: subscribers see `Closed` once they drained.
     pub(crate) fn close_bus(&mut self) {
-        self.tx = None;
-        self.taps.clear();
+        if !self.closed {
+            self.closed = true;
+            self.outbox.push(Outgoing::Close);
+        }
         if let Some(stream) = self.stream.take() {
             stream.abort();
         }

@@ -464,3 +464,55 @@ fn segments_are_published_for_turns_a_voice_speaks() {
         .collect();
     assert_eq!(spoken, "Hello there. How are you?");
 }
+
+/// Taps are delivered after the ledger's lock is released (hand over hand,
+/// `bus/delivery.rs`): a tap that is slow, or a thread that reads the ledger
+/// while a tap runs, never holds up the ledger's next decision. Seen failing
+/// on the old code, which called taps under the ledger's mutex: every
+/// `try_lock` from inside the tap found it held.
+#[test]
+fn taps_run_outside_the_ledger_lock_in_seq_order() {
+    let bus = SessionBus::new(SessionId::new("s"), 16);
+    let inner = Arc::downgrade(&bus.inner);
+    let seen: Arc<Mutex<Vec<(u64, bool)>>> = Arc::default();
+    let sink = seen.clone();
+    let tap = bus.add_tap(
+        |k| matches!(k, EventKind::Token(_) | EventKind::TurnFinished { .. }),
+        move |ev| {
+            let inner = inner.upgrade().expect("the bus is alive");
+            let ledger_free = inner.ledger.try_lock().is_ok();
+            sink.lock().unwrap().push((ev.seq, ledger_free));
+        },
+    );
+    let t = begin(&bus, 0);
+    for _ in 0..50 {
+        bus.publish_agent(t, token("x")).unwrap();
+    }
+    assert!(
+        seen.lock().unwrap().iter().all(|(_, free)| *free),
+        "a tap ran under the ledger lock"
+    );
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let bus = bus.clone();
+            std::thread::spawn(move || {
+                for _ in 0..50 {
+                    let _ = bus.publish_agent(t, token("x"));
+                }
+            })
+        })
+        .collect();
+    for th in threads {
+        th.join().unwrap();
+    }
+    bus.cut(Some(t), TurnEnd::Cancelled);
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 251, "250 tokens and the turn's end reach the tap");
+    assert!(
+        seen.windows(2).all(|w| w[0].0 < w[1].0),
+        "delivered in seq order"
+    );
+    // With the publishers gone, the cut's own delivery finds the ledger free.
+    assert!(seen.last().unwrap().1, "the cut's tap ran under the ledger lock");
+    bus.remove_tap(tap);
+}
