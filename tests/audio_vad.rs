@@ -32,10 +32,7 @@ fn check(rate: u32, frame_ms: u32) {
     let level = 100; // −50 dBFS
     let (a0, a1) = speech::sound_bounds(&a, level);
     let (b0, b1) = speech::sound_bounds(&b, level);
-    let truth = [
-        (a_at + a0, a_at + a1),
-        (b_at + b0, b_at + b1),
-    ];
+    let truth = [(a_at + a0, a_at + a1), (b_at + b0, b_at + b1)];
 
     let config = VadConfig::default();
     let mut vad = VoiceActivity::new(rate, config).unwrap();
@@ -43,10 +40,18 @@ fn check(rate: u32, frame_ms: u32) {
     for f in speech::frames(&audio, rate, frame_ms) {
         vad.push_into(&f, &mut events).unwrap();
     }
-    assert_eq!(events.len(), 4, "{rate} Hz: two utterances, started and ended: {events:?}");
+    assert_eq!(
+        events.len(),
+        4,
+        "{rate} Hz: two utterances, started and ended: {events:?}"
+    );
     for (i, (start, end)) in truth.iter().enumerate() {
         let (start, end) = (*start as i64, *end as i64);
-        let VadEvent::SpeechStarted { position, decided_at } = events[2 * i] else {
+        let VadEvent::SpeechStarted {
+            position,
+            decided_at,
+        } = events[2 * i]
+        else {
             panic!("{rate} Hz: expected a start, got {:?}", events[2 * i]);
         };
         let (position, decided_at) = (position as i64, decided_at as i64);
@@ -61,7 +66,11 @@ fn check(rate: u32, frame_ms: u32) {
             decision <= config.min_speech.as_millis() as i64 + 80 + i64::from(frame_ms),
             "{rate} Hz utterance {i}: decided {decision} ms after the onset"
         );
-        let VadEvent::SpeechEnded { position, decided_at } = events[2 * i + 1] else {
+        let VadEvent::SpeechEnded {
+            position,
+            decided_at,
+        } = events[2 * i + 1]
+        else {
             panic!("{rate} Hz: expected an end, got {:?}", events[2 * i + 1]);
         };
         let (position, decided_at) = (position as i64, decided_at as i64);
@@ -71,7 +80,8 @@ fn check(rate: u32, frame_ms: u32) {
             "{rate} Hz utterance {i}: ended {late} ms after the last sound"
         );
         assert!(
-            ms(decided_at - end, rate) <= config.min_silence.as_millis() as i64 + 200 + i64::from(frame_ms),
+            ms(decided_at - end, rate)
+                <= config.min_silence.as_millis() as i64 + 200 + i64::from(frame_ms),
             "{rate} Hz utterance {i}: end decided late"
         );
     }

@@ -15,8 +15,8 @@
 //! order the critical sections decided it (`bus/delivery.rs`: hand over hand,
 //! after the ledger's lock is released), so "TurnFinished(Cancelled), then
 //! nothing of that turn" holds for every subscriber and tap, without trusting
-//! the publishers to be fast — and no tap or wake-up runs inside the ledger's
-//! critical section. The ledger also owns the turn's life (begin, rounds,
+//! the publishers to be fast — and no tap, broadcast send or subscriber
+//! wake-up runs inside the ledger's critical section. The ledger also owns the turn's life (begin, rounds,
 //! cut, finish) and keeps what each round published until the LLM actor commits
 //! it; those controls are crate-private. Embedders publish their own events —
 //! user speech and transcripts, tool results, playback — and subscribe.
@@ -46,7 +46,7 @@ pub use subscriber::{BusReceiver, BusRecvError};
 use std::sync::{Arc, Mutex};
 
 use crate::ids::{SessionId, TurnId};
-use delivery::{Delivery, LedgerGuard};
+use delivery::{Delivery, LedgerGuard, Pending};
 use ledger::{Cut, Ledger, Signal, TapFilter};
 
 use crate::task::AbortOnDrop;
@@ -101,6 +101,8 @@ struct Inner {
     /// The taps and the broadcast, fed from the ledger's outbox outside its
     /// lock (`bus/delivery.rs`).
     delivery: Mutex<Delivery>,
+    /// Batches the ledger decided, waiting for delivery.
+    pending: Mutex<Pending>,
     hooks: Mutex<Vec<(u64, HookKind, Hook)>>,
     next_hook: std::sync::atomic::AtomicU64,
     /// Wakes the turn-taking timer when a deadline may have changed.
@@ -140,10 +142,12 @@ impl SessionBus {
     /// turn's answer for its commit (a longer answer is committed cut and
     /// marked `truncated`).
     pub fn with_text_cap(session: SessionId, capacity: usize, max_turn_text: usize) -> Self {
+        let ledger = Ledger::new(session.clone(), max_turn_text);
         Self {
             inner: Arc::new(Inner {
-                ledger: Mutex::new(Ledger::new(session.clone(), max_turn_text)),
-                delivery: Mutex::new(Delivery::new(capacity)),
+                delivery: Mutex::new(Delivery::new(capacity, ledger.speaking_state())),
+                ledger: Mutex::new(ledger),
+                pending: Mutex::new(Pending::default()),
                 session,
                 hooks: Mutex::new(Vec::new()),
                 next_hook: std::sync::atomic::AtomicU64::new(1),
@@ -213,7 +217,11 @@ impl SessionBus {
     /// the guard drops, after the ledger's lock is released
     /// (`bus/delivery.rs`).
     fn lock(&self) -> LedgerGuard<'_> {
-        LedgerGuard::lock(&self.inner.ledger, &self.inner.delivery)
+        LedgerGuard::lock(
+            &self.inner.ledger,
+            &self.inner.pending,
+            &self.inner.delivery,
+        )
     }
 
     /// Publishes a user-side event (speech started or ended, a transcript);

@@ -57,10 +57,13 @@
 //! [`SessionHandle::speech_played`]: crate::SessionHandle::speech_played
 //! [`SessionHandle::stt`]: crate::SessionHandle::stt
 
+pub mod audio;
+mod listener;
 mod output;
 mod speaker;
 
 // The typed STT input lives with the bus's events, which it maps onto.
 pub use crate::bus::event::SttEvent;
+pub use listener::{Listener, ListenerConfig};
 pub use output::{PacedTextOutput, PlayEnd, Segment, SpeechOutput};
 pub use speaker::{Speaker, SpeakerStatus};

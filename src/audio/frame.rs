@@ -122,6 +122,9 @@ mod tests {
         assert_eq!(duration_to_samples(Duration::from_millis(20), 16000), 320);
         assert_eq!(convert_position(8000, 8000, 16000), 16000);
         assert_eq!(convert_position(22050, 22050, 8000), 8000);
-        assert_eq!(format!("{f:?}"), "AudioFrame { samples: 160, sample_rate: 8000, position: 800 }");
+        assert_eq!(
+            format!("{f:?}"),
+            "AudioFrame { samples: 160, sample_rate: 8000, position: 800 }"
+        );
     }
 }

@@ -177,7 +177,10 @@ mod tests {
     fn sine(freq: f64, rate: u32, secs: f64, amp: f64) -> Vec<i16> {
         let n = (f64::from(rate) * secs) as usize;
         (0..n)
-            .map(|i| (amp * (2.0 * std::f64::consts::PI * freq * i as f64 / f64::from(rate)).sin()) as i16)
+            .map(|i| {
+                (amp * (2.0 * std::f64::consts::PI * freq * i as f64 / f64::from(rate)).sin())
+                    as i16
+            })
             .collect()
     }
 

@@ -64,7 +64,10 @@ impl Alignment {
     /// The sample where the first `chars` characters end: the first mark that
     /// covers them (`None` when no mark does yet).
     pub fn sample_of(&self, chars: usize) -> Option<u64> {
-        self.marks.iter().find(|(_, c)| *c >= chars).map(|(s, _)| *s)
+        self.marks
+            .iter()
+            .find(|(_, c)| *c >= chars)
+            .map(|(s, _)| *s)
     }
 
     /// Whether the marks are an estimate rather than the engine's report.

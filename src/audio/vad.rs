@@ -161,7 +161,11 @@ impl VoiceActivity {
 
     /// Scores `frame` (at the input rate) and appends what it decided to
     /// `events`. Frames must follow each other in the stream.
-    pub fn push_into(&mut self, frame: &AudioFrame, events: &mut Vec<VadEvent>) -> Result<(), AudioError> {
+    pub fn push_into(
+        &mut self,
+        frame: &AudioFrame,
+        events: &mut Vec<VadEvent>,
+    ) -> Result<(), AudioError> {
         if frame.sample_rate() != self.input_rate {
             return Err(AudioError::UnsupportedRate(frame.sample_rate()));
         }
@@ -176,7 +180,9 @@ impl VoiceActivity {
         }
         let mut start = 0;
         while self.pending.len() - start >= FRAME {
-            let score = self.detector.predict_i16(&self.pending[start..start + FRAME]);
+            let score = self
+                .detector
+                .predict_i16(&self.pending[start..start + FRAME]);
             start += FRAME;
             self.score(score, events);
         }
@@ -211,16 +217,26 @@ impl VoiceActivity {
         } else {
             self.run_len = 0;
         }
-        let needed = if self.speaking { self.min_silence } else { self.min_speech };
+        let needed = if self.speaking {
+            self.min_silence
+        } else {
+            self.min_speech
+        };
         if self.run_len >= needed {
             let position = self.to_input(self.run_start);
             let decided_at = self.to_input(self.scored);
             self.speaking = !self.speaking;
             self.run_len = 0;
             events.push(if self.speaking {
-                VadEvent::SpeechStarted { position, decided_at }
+                VadEvent::SpeechStarted {
+                    position,
+                    decided_at,
+                }
             } else {
-                VadEvent::SpeechEnded { position, decided_at }
+                VadEvent::SpeechEnded {
+                    position,
+                    decided_at,
+                }
             });
         }
     }
@@ -272,8 +288,16 @@ mod tests {
         for div in [8, 16, 32] {
             for seed in [0x1234_5678, 0xdead_beef, 42] {
                 let noise = white_noise(seed, div);
-                assert_eq!(run(&noise, 8_000), vec![], "noise/{div} seed {seed:#x} at 8 kHz");
-                assert_eq!(run(&noise, 16_000), vec![], "noise/{div} seed {seed:#x} at 16 kHz");
+                assert_eq!(
+                    run(&noise, 8_000),
+                    vec![],
+                    "noise/{div} seed {seed:#x} at 8 kHz"
+                );
+                assert_eq!(
+                    run(&noise, 16_000),
+                    vec![],
+                    "noise/{div} seed {seed:#x} at 16 kHz"
+                );
             }
         }
     }
@@ -281,7 +305,9 @@ mod tests {
     #[test]
     fn a_wrong_rate_is_a_typed_error() {
         let mut vad = VoiceActivity::new(8_000, VadConfig::default()).unwrap();
-        let err = vad.push(&AudioFrame::new(vec![0; 320], 16_000, 0)).unwrap_err();
+        let err = vad
+            .push(&AudioFrame::new(vec![0; 320], 16_000, 0))
+            .unwrap_err();
         assert_eq!(err, AudioError::UnsupportedRate(16_000));
         assert!(VoiceActivity::new(11_025, VadConfig::default()).is_err());
     }

@@ -102,7 +102,11 @@ mod tests {
         let back = read(std::io::Cursor::new(bytes)).unwrap();
         assert_eq!(back.len(), 1000);
         assert_eq!(back.samples()[10], 0, "a and -a mix down to silence");
-        assert_eq!(back.samples()[600], a[600] / 2, "the padded channel is silent");
+        assert_eq!(
+            back.samples()[600],
+            a[600] / 2,
+            "the padded channel is silent"
+        );
     }
 
     #[test]

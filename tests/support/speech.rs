@@ -35,8 +35,14 @@ pub fn speech_at(text: &str, voice: &str, rate: u32) -> Vec<i16> {
 
 /// The first and last sample louder than `level`: where the sound is.
 pub fn sound_bounds(samples: &[i16], level: i16) -> (usize, usize) {
-    let first = samples.iter().position(|s| s.abs() > level).expect("some sound");
-    let last = samples.iter().rposition(|s| s.abs() > level).expect("some sound");
+    let first = samples
+        .iter()
+        .position(|s| s.abs() > level)
+        .expect("some sound");
+    let last = samples
+        .iter()
+        .rposition(|s| s.abs() > level)
+        .expect("some sound");
     (first, last + 1)
 }
 

@@ -65,9 +65,11 @@ impl SessionBus {
     /// Cuts `target` (default: the current turn) in one critical section: a
     /// turn still generating is closed with `end` (stream aborted, usage
     /// reported, `TurnFinished` published); the speech of a finished turn is
-    /// interrupted (`Interrupted` published). Cut hooks run before this returns.
+    /// interrupted (`Interrupted` published). Cut hooks run before this returns,
+    /// and the cut's events are delivered — also when another party cut first
+    /// and this call decided nothing.
     pub(crate) fn cut(&self, target: Option<TurnId>, end: TurnEnd) -> Option<Cut> {
-        let cut = self.lock().cut(target, end)?;
+        let cut = self.lock().synced().cut(target, end)?;
         self.after_cut(cut);
         Some(cut)
     }

@@ -81,6 +81,8 @@ pub(super) enum Outgoing {
     Event(BusEvent),
     AddTap(Tap),
     RemoveTap(u64),
+    /// The agent's generating-or-speaking flag, after this transition.
+    Speaking(bool),
     /// The session stopped: no more events, the taps dropped.
     Close,
 }
@@ -145,14 +147,25 @@ impl Ledger {
         }
     }
 
-    /// Whether the agent is generating or speaking, readable without the lock.
+    /// Whether the agent is generating or speaking, readable without the lock
+    /// (set in delivery, in the order of the events).
     pub(crate) fn speaking(&self) -> super::Speaking {
         super::Speaking(self.speaking.clone())
     }
 
+    /// The flag [`Ledger::speaking`] reads, for delivery to set.
+    pub(super) fn speaking_state(&self) -> Arc<super::speaking::SpeakingState> {
+        self.speaking.clone()
+    }
+
     /// Brings the speaking watch up to date after a transition.
-    fn refresh_speaking(&self) {
-        self.speaking.set(self.agent_active());
+    fn refresh_speaking(&mut self) {
+        let now = self.agent_active();
+        if !self.closed {
+            self.outbox.push(Outgoing::Speaking(now));
+        } else {
+            self.speaking.set(now);
+        }
     }
 
     pub(crate) fn turn(&self) -> TurnId {

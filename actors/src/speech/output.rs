@@ -55,6 +55,16 @@ pub trait SpeechOutput: Send + Sync + 'static {
     /// Synthesizes and plays one segment; see the trait docs.
     fn play(&self, segment: Segment) -> impl Future<Output = PlayEnd> + Send;
 
+    /// A segment was queued behind the one playing: an output that
+    /// synthesizes ahead starts on it now, so playback runs from one segment
+    /// into the next with no gap. Called in order, from the speaker's task,
+    /// before that segment's `play`, and never after a `stop` that ended its
+    /// turn; it must not block. A `stop` ends what was prepared too. The
+    /// default does nothing (the segment is synthesized when played).
+    fn prepare(&self, segment: &Segment) {
+        let _ = segment;
+    }
+
     /// Freezes the segment being played now.
     fn pause(&self);
 

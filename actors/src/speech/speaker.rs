@@ -150,7 +150,8 @@ impl Speaker {
                 // A stopped session: no events will come, the task ends at once.
                 let tx = open.then_some(tx);
                 move |ev: &BusEvent| {
-                    // Runs under the bus lock: record the decision, hand off.
+                    // Runs in the bus's delivery, in ledger order: record
+                    // the decision, hand off.
                     match &ev.kind {
                         EventKind::PlaybackPaused { .. } => control
                             .paused_turn
@@ -276,11 +277,12 @@ struct SpeakerTask<O> {
     status: watch::Sender<SpeakerStatus>,
     /// The turn being spoken.
     turn: TurnId,
-    /// Its segments not yet started: text, last.
-    queue: VecDeque<(std::sync::Arc<str>, bool)>,
-    /// Characters of the turn before the next segment.
+    /// Its segments not yet started, already announced to the output with
+    /// [`SpeechOutput::prepare`].
+    queue: VecDeque<Segment>,
+    /// Characters of the turn before the next segment queued.
     offset: usize,
-    /// Index of the next segment.
+    /// Index of the next segment queued.
     index: usize,
     /// A start was refused because playback is paused: wait for a wake.
     held: bool,
@@ -341,9 +343,7 @@ impl<O: SpeechOutput> SpeakerTask<O> {
                     self.switch(ev.turn, playing);
                     drop_playing = playing;
                 }
-                if self.cut_through() < self.turn {
-                    self.queue.push_back((text, last));
-                }
+                self.enqueue(text, last);
                 return drop_playing;
             }
             EventKind::TurnFinished(end) if end.is_abort() && ev.turn >= self.turn => {
@@ -358,6 +358,34 @@ impl<O: SpeechOutput> SpeakerTask<O> {
             _ => {}
         }
         false
+    }
+
+    /// Queues a segment of the current turn and announces it to the output,
+    /// under the gate lock: a cut decided concurrently either comes first
+    /// (nothing is queued) or reaches the output after it (its `stop` clears
+    /// what `prepare` started). Offsets count every segment, so a stopped
+    /// segment's rest is lost and the offsets stay aligned with the turn's
+    /// text.
+    fn enqueue(&mut self, text: std::sync::Arc<str>, last: bool) {
+        let gate = lock(&self.control.gate);
+        if gate.cut_through >= self.turn || gate.turn != self.turn {
+            return;
+        }
+        let segment = Segment::new(
+            self.bus.clone(),
+            self.turn,
+            self.index,
+            self.offset,
+            text,
+            last,
+        );
+        self.offset += segment.chars();
+        self.index += 1;
+        if !segment.text().is_empty() {
+            self.output.prepare(&segment);
+        }
+        drop(gate);
+        self.queue.push_back(segment);
     }
 
     fn cut(&mut self, turn: TurnId, playing: bool) -> bool {
@@ -375,31 +403,23 @@ impl<O: SpeechOutput> SpeakerTask<O> {
         let output = self.output.clone();
         // The segment playing: its future, and what to requeue if it is held.
         let mut playing = None;
-        let mut current: Option<(Segment, std::sync::Arc<str>, bool)> = None;
+        let mut current: Option<Segment> = None;
         loop {
             if playing.is_none() && !self.held {
-                while let Some((text, last)) = self.queue.pop_front() {
-                    if text.is_empty() {
-                        if last {
+                while let Some(segment) = self.queue.pop_front() {
+                    if segment.text().is_empty() {
+                        if segment.is_last() {
                             self.set_status(true);
                         }
                         continue;
                     }
-                    let segment = Segment::new(
-                        self.bus.clone(),
-                        self.turn,
-                        self.index,
-                        self.offset,
-                        text.clone(),
-                        last,
-                    );
                     playing = Some(Gated {
                         inner: Box::pin(output.play(segment.clone())),
                         control: self.control.clone(),
                         turn: self.turn,
                         started: false,
                     });
-                    current = Some((segment, text, last));
+                    current = Some(segment);
                     break;
                 }
             }
@@ -436,12 +456,12 @@ impl<O: SpeechOutput> SpeakerTask<O> {
                 Step::Wake => self.held = false,
                 Step::Played(outcome) => {
                     playing = None;
-                    let Some((segment, text, last)) = current.take() else {
+                    let Some(segment) = current.take() else {
                         continue;
                     };
                     match outcome {
                         Outcome::Held => {
-                            self.queue.push_front((text, last));
+                            self.queue.push_front(segment);
                             self.held = true;
                         }
                         Outcome::Cut => self.queue.clear(),
@@ -452,11 +472,7 @@ impl<O: SpeechOutput> SpeakerTask<O> {
                             if self.cut_through() >= self.turn {
                                 continue;
                             }
-                            // A stopped segment's rest is lost; the offsets stay
-                            // aligned with the turn's text.
-                            self.offset += segment.chars();
-                            self.index += 1;
-                            if last {
+                            if segment.is_last() {
                                 self.set_status(true);
                             }
                         }
