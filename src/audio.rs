@@ -15,8 +15,14 @@
 //!   offline engines (espeak-ng, PocketSphinx) are behind cargo features.
 
 mod error;
+#[cfg(feature = "espeak")]
+#[cfg_attr(docsrs, doc(cfg(feature = "espeak")))]
+pub mod espeak;
 mod frame;
 pub mod mulaw;
+#[cfg(feature = "pocketsphinx")]
+#[cfg_attr(docsrs, doc(cfg(feature = "pocketsphinx")))]
+pub mod pocketsphinx;
 pub mod resample;
 mod synthesizer;
 mod transcriber;

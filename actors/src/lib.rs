@@ -45,6 +45,8 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod bus;
+#[cfg(feature = "calls")]
+pub mod calls;
 #[cfg(feature = "nats")]
 #[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
 pub mod cluster;

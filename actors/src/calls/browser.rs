@@ -1,0 +1,165 @@
+//! Browser calls: the page at `/` captures the microphone with an
+//! AudioWorklet and streams it as PCM16 over `/ws`; the agent's audio comes
+//! back as PCM16 frames that a second worklet plays, reporting every frame
+//! it finished playing — the browser's playout clock.
+//!
+//! The protocol (all integers little-endian):
+//! - page → server, text: `{"type":"hello","sample_rate":R}` first (the
+//!   AudioContext's rate, 8000–48000 of the supported rates); then
+//!   `{"type":"played","position":P,"epoch":E}` — every sample before `P` on
+//!   the agent's timeline was played, reported after the `clear` numbered
+//!   `E` (reports of an older epoch are void: that audio was cleared).
+//! - page → server, binary: caller audio, PCM16 mono at `R`.
+//! - server → page, binary: agent audio, 8-byte position then PCM16 mono at
+//!   `R`.
+//! - server → page, text: `{"type":"clear","epoch":E}` (drop everything
+//!   queued, and the frame playing: frames that arrived before it are never
+//!   reported), and the call's events for the page to show:
+//!   `speech_started`, `speech_ended`, `user` (`text`, `final`), `turn`,
+//!   `agent` (a segment's `text`), `heard` (`chars` of the turn heard),
+//!   `paused`, `resumed`, `cut` (`heard_chars` after a finished reply's
+//!   speech was cut, or `end: "cancelled"` for a reply cut while
+//!   generating), `turn_finished` (`end`: the turn's end label) and
+//!   `error` (`message`). The page measures each turn's latency itself:
+//!   the last `speech_ended` to the first played report of the turn.
+//!
+//! A played report the page sent just before a `clear` reached it arrives
+//! with the old epoch and is dropped: after a pause, at most one frame
+//! (20 ms) already heard is sent again, and the heard text never runs ahead
+//! of the audio.
+
+mod page;
+mod sink;
+
+pub use page::{PAGE, page};
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::response::Response;
+use colloquy::audio::AudioFrame;
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use tokio::sync::mpsc;
+
+use super::call::{Call, CallError, CallInfo, CallServices};
+use crate::speech::audio::PlayoutClock;
+use sink::{BrowserSink, Outbound};
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+enum FromPage {
+    Hello {
+        sample_rate: u32,
+    },
+    Played {
+        position: u64,
+        epoch: u64,
+    },
+    #[serde(other)]
+    Unknown,
+}
+
+/// `GET /ws`: the page's WebSocket.
+pub async fn upgrade(State(services): State<CallServices>, ws: WebSocketUpgrade) -> Response {
+    ws.max_message_size(super::MAX_MESSAGE_BYTES)
+        .max_frame_size(super::MAX_MESSAGE_BYTES)
+        .on_upgrade(move |socket| run(services, socket))
+}
+
+async fn run(services: CallServices, socket: WebSocket) {
+    let (mut ws_tx, mut ws_rx) = socket.split();
+    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Outbound>();
+    let writer = tokio::spawn(async move {
+        while let Some(out) = out_rx.recv().await {
+            let msg = match out {
+                Outbound::Text(t) => Message::Text(t.into()),
+                Outbound::Binary(b) => Message::Binary(b.into()),
+            };
+            if ws_tx.send(msg).await.is_err() {
+                return;
+            }
+        }
+        let _ = ws_tx.close().await;
+    });
+    let mut call: Option<(Call, Arc<BrowserSink>, u32)> = None;
+    let mut position = 0u64;
+    let mut events = None;
+    let error = loop {
+        let msg = match ws_rx.next().await {
+            None => {
+                break call
+                    .is_some()
+                    .then(|| CallError::Connection("the socket closed".into()));
+            }
+            Some(Err(e)) => break Some(CallError::Connection(e.to_string())),
+            Some(Ok(m)) => m,
+        };
+        match msg {
+            Message::Text(text) => match serde_json::from_str::<FromPage>(&text) {
+                Err(e) => break Some(CallError::Protocol(format!("bad message: {e}"))),
+                Ok(FromPage::Hello { sample_rate }) => {
+                    if call.is_some() {
+                        break Some(CallError::Protocol("a second hello".into()));
+                    }
+                    let info = CallInfo {
+                        id: format!("web-{}", services.next_id()),
+                        transport: "browser",
+                    };
+                    let clock = PlayoutClock::new();
+                    let sink =
+                        Arc::new(BrowserSink::new(sample_rate, out_tx.clone(), clock.clone()));
+                    match Call::start(&services, info, sink.clone(), clock, sample_rate).await {
+                        Ok(c) => {
+                            events = Some(sink::forward_events(c.session(), out_tx.clone()));
+                            call = Some((c, sink, sample_rate));
+                        }
+                        Err(e) => break Some(e),
+                    }
+                }
+                Ok(FromPage::Played { position, epoch }) => {
+                    if let Some((_, sink, _)) = &call {
+                        sink.on_played(position, epoch);
+                    }
+                }
+                Ok(FromPage::Unknown) => {}
+            },
+            Message::Binary(bytes) => {
+                let Some((call, _, rate)) = call.as_mut() else {
+                    break Some(CallError::Protocol("audio before hello".into()));
+                };
+                if bytes.len() % 2 != 0 {
+                    break Some(CallError::Protocol("odd-length PCM16 frame".into()));
+                }
+                let samples: Vec<i16> = bytes
+                    .chunks_exact(2)
+                    .map(|b| i16::from_le_bytes([b[0], b[1]]))
+                    .collect();
+                let frame = AudioFrame::new(samples, *rate, position);
+                position += frame.len() as u64;
+                if let Err(e) = call.hear(&frame) {
+                    break Some(e);
+                }
+            }
+            Message::Close(_) => {
+                break call
+                    .is_some()
+                    .then(|| CallError::Connection("closed by the page".into()));
+            }
+            _ => {}
+        }
+    };
+    if let Some(e) = &error {
+        tracing::info!(error = %e, "browser: the call ended");
+        let _ = out_tx.send(Outbound::Text(
+            serde_json::json!({"type": "error", "message": e.to_string()}).to_string(),
+        ));
+    }
+    drop(events);
+    if let Some((call, _, _)) = call {
+        call.end(error).await;
+    }
+    drop(out_tx);
+    let _ = writer.await;
+}

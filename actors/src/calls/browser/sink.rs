@@ -1,0 +1,123 @@
+//! The browser's speaker: agent audio to the page's playback worklet, and
+//! its played reports back; plus the call's events for the page to show.
+
+use std::sync::Mutex;
+
+use colloquy::audio::AudioFrame;
+use tokio::sync::mpsc;
+
+use crate::bus::{BusRecvError, EventKind, TurnEnd};
+use crate::session::SessionHandle;
+use crate::speech::audio::{AudioSink, PlayoutClock};
+use crate::task::AbortOnDrop;
+
+/// A message to the page.
+pub(crate) enum Outbound {
+    Text(String),
+    Binary(Vec<u8>),
+}
+
+/// The page's playback, as the server sees it.
+pub(crate) struct BrowserSink {
+    rate: u32,
+    out: mpsc::UnboundedSender<Outbound>,
+    clock: PlayoutClock,
+    /// The current clear's number: reports of an older one are void.
+    epoch: Mutex<u64>,
+}
+
+impl BrowserSink {
+    pub(crate) fn new(
+        rate: u32,
+        out: mpsc::UnboundedSender<Outbound>,
+        clock: PlayoutClock,
+    ) -> Self {
+        Self {
+            rate,
+            out,
+            clock,
+            epoch: Mutex::new(0),
+        }
+    }
+
+    /// The page played every sample before `position`, after clear `epoch`.
+    pub(crate) fn on_played(&self, position: u64, epoch: u64) {
+        let current = *self.epoch.lock().unwrap_or_else(|e| e.into_inner());
+        if epoch == current {
+            self.clock.played_through(position);
+        }
+    }
+}
+
+impl AudioSink for BrowserSink {
+    fn sample_rate(&self) -> u32 {
+        self.rate
+    }
+
+    fn write(&self, frame: AudioFrame) {
+        let mut bytes = Vec::with_capacity(8 + frame.len() * 2);
+        bytes.extend_from_slice(&frame.position().to_le_bytes());
+        for s in frame.samples() {
+            bytes.extend_from_slice(&s.to_le_bytes());
+        }
+        let _ = self.out.send(Outbound::Binary(bytes));
+    }
+
+    fn clear(&self) {
+        let mut epoch = self.epoch.lock().unwrap_or_else(|e| e.into_inner());
+        *epoch += 1;
+        let msg = serde_json::json!({"type": "clear", "epoch": *epoch}).to_string();
+        let _ = self.out.send(Outbound::Text(msg));
+    }
+}
+
+/// Sends the session's events the page shows, as JSON text messages.
+pub(crate) fn forward_events(
+    session: &SessionHandle,
+    out: mpsc::UnboundedSender<Outbound>,
+) -> AbortOnDrop {
+    let mut rx = session.subscribe();
+    AbortOnDrop(tokio::spawn(async move {
+        loop {
+            let ev = match rx.recv().await {
+                Ok(ev) => ev,
+                Err(BusRecvError::Lagged { .. }) => continue,
+                Err(_) => return,
+            };
+            let turn = ev.turn.0;
+            let msg = match &ev.kind {
+                EventKind::UserSpeechStarted => serde_json::json!({"type": "speech_started"}),
+                EventKind::UserSpeechEnded => serde_json::json!({"type": "speech_ended"}),
+                EventKind::UserTranscript { text, is_final } => {
+                    serde_json::json!({"type": "user", "text": &**text, "final": is_final})
+                }
+                EventKind::TurnStarted => serde_json::json!({"type": "turn", "turn": turn}),
+                EventKind::Speakable { text, .. } => {
+                    serde_json::json!({"type": "agent", "turn": turn, "text": &**text})
+                }
+                EventKind::SpeechPlayed { chars } => {
+                    serde_json::json!({"type": "heard", "turn": turn, "chars": chars})
+                }
+                EventKind::PlaybackPaused { heard_chars } => {
+                    serde_json::json!({"type": "paused", "turn": turn, "heard_chars": heard_chars})
+                }
+                EventKind::PlaybackResumed { heard_chars } => {
+                    serde_json::json!({"type": "resumed", "turn": turn, "heard_chars": heard_chars})
+                }
+                EventKind::Interrupted { heard_chars } => {
+                    serde_json::json!({"type": "cut", "turn": turn, "heard_chars": heard_chars})
+                }
+                EventKind::TurnFinished(TurnEnd::Cancelled) => {
+                    serde_json::json!({"type": "cut", "turn": turn, "end": "cancelled"})
+                }
+                EventKind::TurnFinished(end) => {
+                    serde_json::json!({"type": "turn_finished", "turn": turn, "end": end.label()})
+                }
+                _ => continue,
+            };
+            if out.send(Outbound::Text(msg.to_string())).is_err() {
+                return;
+            }
+        }
+    }))
+}

@@ -1,0 +1,235 @@
+//! One call: its session, its listener and its speaker, started together
+//! and ended together.
+
+use std::sync::Arc;
+
+use colloquy::audio::{AudioError, AudioFrame, Synthesizer, Transcriber};
+use colloquy::context::ChatContext;
+
+use crate::ids::SessionId;
+use crate::session::SessionHandle;
+use crate::speech::audio::{AudioOutput, AudioOutputConfig, AudioSink, PlayoutClock};
+use crate::speech::{Listener, ListenerConfig, Speaker};
+use crate::supervisor::{SessionConfig, Supervisor};
+
+/// Why a call ended other than by its own `stop`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CallError {
+    /// The far end broke the protocol (a malformed or out-of-order message).
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// Audio in a format this call does not take.
+    #[error("unsupported audio: {0}")]
+    Audio(#[from] AudioError),
+    /// The call's session could not be started.
+    #[error("the call's session could not start: {0}")]
+    Session(String),
+    /// The socket failed or closed before the call's end.
+    #[error("the connection ended: {0}")]
+    Connection(String),
+}
+
+/// What is known about a call when it starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallInfo {
+    /// The call's name (the session's id): `twilio-<callSid>`, `web-<n>`.
+    pub id: String,
+    /// Which transport: `twilio` or `browser`.
+    pub transport: &'static str,
+}
+
+/// A call started or ended, for the embedder (logs, `--json`).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum CallNotice {
+    /// The call's session is running; subscribe to its bus for its events.
+    Started {
+        /// The call.
+        info: CallInfo,
+        /// Its session.
+        session: SessionHandle,
+    },
+    /// The call ended: its history as committed, and why it ended (`None`:
+    /// its own `stop` or the caller hanging up).
+    Ended {
+        /// The call.
+        info: CallInfo,
+        /// The conversation as committed (what the caller heard).
+        history: ChatContext,
+        /// Why, if not a normal end.
+        error: Option<CallError>,
+    },
+}
+
+type ConfigFn = dyn Fn(&CallInfo) -> SessionConfig + Send + Sync;
+type NoticeFn = dyn Fn(CallNotice) + Send + Sync;
+
+/// What every call of a server shares: where sessions run, how each call's
+/// session is configured, the speech engines.
+#[derive(Clone)]
+pub struct CallServices {
+    pub(crate) supervisor: Supervisor,
+    pub(crate) session_config: Arc<ConfigFn>,
+    pub(crate) synthesizer: Arc<dyn Synthesizer>,
+    pub(crate) transcriber: Option<Arc<dyn Transcriber>>,
+    pub(crate) listener: ListenerConfig,
+    pub(crate) output: AudioOutputConfig,
+    pub(crate) notice: Option<Arc<NoticeFn>>,
+    pub(crate) next_call: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl std::fmt::Debug for CallServices {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallServices")
+            .field("sessions", &self.supervisor.session_count())
+            .field("listener", &self.listener)
+            .field("output", &self.output)
+            .finish()
+    }
+}
+
+impl CallServices {
+    /// Calls whose sessions run on `supervisor`, configured by
+    /// `session_config` per call, speaking with `synthesizer`.
+    pub fn new(
+        supervisor: Supervisor,
+        session_config: impl Fn(&CallInfo) -> SessionConfig + Send + Sync + 'static,
+        synthesizer: Arc<dyn Synthesizer>,
+    ) -> Self {
+        Self {
+            supervisor,
+            session_config: Arc::new(session_config),
+            synthesizer,
+            transcriber: None,
+            listener: ListenerConfig::default(),
+            output: AudioOutputConfig::default(),
+            notice: None,
+            next_call: Arc::default(),
+        }
+    }
+
+    /// Transcribes callers with `transcriber` (without one, calls hear voice
+    /// activity only).
+    pub fn with_transcriber(mut self, transcriber: Arc<dyn Transcriber>) -> Self {
+        self.transcriber = Some(transcriber);
+        self
+    }
+
+    /// How callers are heard.
+    pub fn with_listener(mut self, config: ListenerConfig) -> Self {
+        self.listener = config;
+        self
+    }
+
+    /// How replies are paced into the call.
+    pub fn with_output(mut self, config: AudioOutputConfig) -> Self {
+        self.output = config;
+        self
+    }
+
+    /// Calls `notice` when a call starts and when it ends.
+    pub fn on_call(mut self, notice: impl Fn(CallNotice) + Send + Sync + 'static) -> Self {
+        self.notice = Some(Arc::new(notice));
+        self
+    }
+
+    pub(crate) fn next_id(&self) -> u64 {
+        self.next_call
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1
+    }
+
+    fn notify(&self, notice: CallNotice) {
+        if let Some(n) = &self.notice {
+            n(notice);
+        }
+    }
+}
+
+/// A running call: feed it the caller's audio; end it once.
+pub(crate) struct Call {
+    services: CallServices,
+    info: CallInfo,
+    session: SessionHandle,
+    listener: Listener,
+    speaker: Option<Speaker>,
+}
+
+impl Call {
+    /// Starts the call's session, its speaker into `sink` and its listener
+    /// for audio at `input_rate`.
+    pub(crate) async fn start(
+        services: &CallServices,
+        info: CallInfo,
+        sink: Arc<dyn AudioSink>,
+        clock: PlayoutClock,
+        input_rate: u32,
+    ) -> Result<Self, CallError> {
+        let mut config = (services.session_config)(&info);
+        config.speech_output = true;
+        let session = services
+            .supervisor
+            .start_session(SessionId::new(info.id.clone()), config)
+            .await
+            .map_err(|e| CallError::Session(e.to_string()))?;
+        let output = AudioOutput::new(services.synthesizer.clone(), sink, clock, services.output);
+        let speaker = Speaker::spawn(&session, output);
+        let listener = match Listener::new(
+            &session,
+            input_rate,
+            services.transcriber.as_deref(),
+            services.listener,
+        ) {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = services.supervisor.stop_session(session.id()).await;
+                return Err(e.into());
+            }
+        };
+        services.notify(CallNotice::Started {
+            info: info.clone(),
+            session: session.clone(),
+        });
+        Ok(Self {
+            services: services.clone(),
+            info,
+            session,
+            listener,
+            speaker: Some(speaker),
+        })
+    }
+
+    /// The call's session.
+    pub(crate) fn session(&self) -> &SessionHandle {
+        &self.session
+    }
+
+    /// Hears the next frame of the caller.
+    pub(crate) fn hear(&mut self, frame: &AudioFrame) -> Result<(), CallError> {
+        self.listener.push(frame)?;
+        Ok(())
+    }
+
+    /// Ends the call: the speaker stopped, the history taken, the session
+    /// stopped, the end reported.
+    pub(crate) async fn end(mut self, error: Option<CallError>) -> ChatContext {
+        // Silence first: nothing more is spoken into a call that ended.
+        drop(self.speaker.take());
+        let history = match self.session.context().await {
+            Ok(h) => h,
+            Err(_) => (*self.session.checkpoint()).clone(),
+        };
+        let _ = self
+            .services
+            .supervisor
+            .stop_session(self.session.id())
+            .await;
+        self.services.notify(CallNotice::Ended {
+            info: self.info.clone(),
+            history: history.clone(),
+            error,
+        });
+        history
+    }
+}

@@ -1,0 +1,143 @@
+//! Phone calls over Twilio Media Streams (bidirectional): Twilio connects a
+//! WebSocket, sends `connected`, `start` (the stream's format: µ-law, 8 kHz,
+//! mono), 20 ms `media` chunks of the caller, `mark` echoes, `dtmf` and
+//! `stop`; the server answers with `media`, `mark` and `clear`. Telnyx,
+//! Plivo, Exotel and Vonage speak close variants.
+//!
+//! The phone's playout clock is the mark echo: every frame sent is followed
+//! by a mark, and its echo is what counts as played ([`sink`]). The call ends
+//! on `stop`, on a dropped socket, or on a protocol error (a malformed
+//! message, `media` before `start`, a format other than µ-law 8 kHz mono, a
+//! message over [`MAX_MESSAGE_BYTES`](super::MAX_MESSAGE_BYTES)) — each
+//! ending only this call, with its history kept.
+
+mod phone;
+mod sink;
+pub mod wire;
+
+pub use phone::{PhoneLog, PlayedChunk, SimulatedPhone};
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::response::Response;
+use colloquy::audio::{AudioFrame, mulaw};
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+
+use super::call::{Call, CallError, CallInfo, CallServices};
+use crate::speech::audio::PlayoutClock;
+use sink::TwilioSink;
+use wire::Inbound;
+
+/// `GET /twilio`: the WebSocket Twilio's `<Stream>` connects to.
+pub async fn upgrade(State(services): State<CallServices>, ws: WebSocketUpgrade) -> Response {
+    ws.max_message_size(super::MAX_MESSAGE_BYTES)
+        .max_frame_size(super::MAX_MESSAGE_BYTES)
+        .on_upgrade(move |socket| run(services, socket))
+}
+
+async fn run(services: CallServices, socket: WebSocket) {
+    let (mut ws_tx, mut ws_rx) = socket.split();
+    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<String>();
+    let writer = tokio::spawn(async move {
+        while let Some(text) = out_rx.recv().await {
+            if ws_tx.send(Message::Text(text.into())).await.is_err() {
+                return;
+            }
+        }
+        let _ = ws_tx.close().await;
+    });
+    let mut call: Option<(Call, Arc<TwilioSink>)> = None;
+    let mut position = 0u64;
+    let error = loop {
+        let msg = match ws_rx.next().await {
+            None => {
+                break call
+                    .is_some()
+                    .then(|| CallError::Connection("the socket closed".into()));
+            }
+            Some(Err(e)) => break Some(CallError::Connection(e.to_string())),
+            Some(Ok(m)) => m,
+        };
+        let text = match msg {
+            Message::Text(t) => t,
+            Message::Close(_) => {
+                break call
+                    .is_some()
+                    .then(|| CallError::Connection("closed by the peer".into()));
+            }
+            Message::Binary(_) => break Some(CallError::Protocol("binary message".into())),
+            _ => continue,
+        };
+        let inbound = match Inbound::parse(&text) {
+            Ok(m) => m,
+            Err(e) => break Some(e),
+        };
+        match inbound {
+            Inbound::Connected {} => {}
+            Inbound::Start { start } => {
+                if call.is_some() {
+                    break Some(CallError::Protocol("a second start".into()));
+                }
+                if let Err(e) = start.media_format.check() {
+                    break Some(e);
+                }
+                let id = match &start.call_sid {
+                    Some(sid) if !sid.is_empty() => format!("twilio-{sid}"),
+                    _ => format!("twilio-{}", services.next_id()),
+                };
+                let info = CallInfo {
+                    id,
+                    transport: "twilio",
+                };
+                let clock = PlayoutClock::new();
+                let sink = Arc::new(TwilioSink::new(
+                    start.stream_sid.clone(),
+                    out_tx.clone(),
+                    clock.clone(),
+                ));
+                match Call::start(&services, info, sink.clone(), clock, 8_000).await {
+                    Ok(c) => call = Some((c, sink)),
+                    Err(e) => break Some(e),
+                }
+            }
+            Inbound::Media { media } => {
+                let Some((call, _)) = call.as_mut() else {
+                    break Some(CallError::Protocol("media before start".into()));
+                };
+                if media.track.as_deref().is_some_and(|t| t != "inbound") {
+                    continue;
+                }
+                let bytes = match wire::decode_payload(&media.payload) {
+                    Ok(b) => b,
+                    Err(e) => break Some(e),
+                };
+                let frame = AudioFrame::new(mulaw::decode(&bytes), 8_000, position);
+                position += bytes.len() as u64;
+                if let Err(e) = call.hear(&frame) {
+                    break Some(e);
+                }
+            }
+            Inbound::Mark { mark } => {
+                if let Some((_, sink)) = &call {
+                    sink.on_mark(&mark.name);
+                }
+            }
+            Inbound::Dtmf { dtmf } => {
+                tracing::debug!(digit = %dtmf.digit, "twilio: dtmf");
+            }
+            Inbound::Stop {} => break None,
+            Inbound::Unknown => {}
+        }
+    };
+    if let Some(e) = &error {
+        tracing::info!(error = %e, "twilio: the call ended");
+    }
+    if let Some((call, _)) = call {
+        call.end(error).await;
+    }
+    drop(out_tx);
+    let _ = writer.await;
+}

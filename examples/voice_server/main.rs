@@ -1,0 +1,125 @@
+//! The agent on the phone and in the browser: a voice server.
+//!
+//! ```text
+//! cargo run --release --all-features --example voice_server             # 127.0.0.1:8080, offline
+//! cargo run --release --all-features --example voice_server -- --json   # one JSON object per line
+//! cargo run --release --all-features --example voice_server -- --base-url http://127.0.0.1:11434/v1 --model llama3.2
+//! ```
+//!
+//! Serves `GET /` (a page that talks to the agent through the microphone),
+//! `/ws` (the page's audio) and `/twilio` (Twilio Media Streams: point a
+//! `<Connect><Stream url="wss://…/twilio"/></Connect>` at it). Offline by
+//! default: PocketSphinx hears, espeak-ng speaks, the offline demo model
+//! answers (scripted replies, 300 ms to the first token); `--base-url` /
+//! `--api-key` / `OPENAI_API_KEY` choose a real model as in `voice_agent`.
+//! Needs the system packages `espeak-ng`, `libespeak-ng-dev`,
+//! `libpocketsphinx-dev` and `pocketsphinx-en-us`.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use colloquy::audio::espeak::{Espeak, EspeakConfig};
+use colloquy::audio::pocketsphinx::{PocketSphinx, PocketSphinxConfig};
+use colloquy::llm::LlmOptions;
+use colloquy_actors::calls::{CallNotice, CallServices};
+use colloquy_actors::turn_taking::{InterruptionMode, InterruptionPolicy};
+use colloquy_actors::{AgentSettings, SessionConfig, Supervisor, SupervisorConfig};
+
+#[path = "../common/mod.rs"]
+mod common;
+#[path = "../voice_agent/model.rs"]
+mod model;
+mod report;
+
+use common::ProviderFlags;
+use model::{choose_model, weather_tool};
+
+/// A voice server: phone calls (Twilio Media Streams) and browser calls,
+/// heard by PocketSphinx and spoken by espeak-ng.
+///
+/// The model: as in voice_agent (--base-url, --api-key, Azure flags, the
+/// environment), else an offline demo model on 127.0.0.1.
+#[derive(clap::Parser, Debug)]
+#[command(
+    name = "voice_server",
+    after_help = "Exit codes: 0 after Ctrl-C; 1 a failure at start (the address is taken, an engine is missing); 2 a usage error."
+)]
+struct Args {
+    /// Where to listen
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// One JSON object per line on stdout: each with `call`, `t_ms` and `type`
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    provider: ProviderFlags,
+    /// The model (default: $COLLOQUY_MODEL, else gpt-4o-mini)
+    #[arg(long, value_name = "M")]
+    model: Option<String>,
+    /// How the caller's voice interrupts the agent: immediate (cut on speech)
+    /// or confirmed (pause on speech, cut on words, resume on silence)
+    #[arg(long, value_name = "MODE", default_value = "confirmed")]
+    interruptions: String,
+    /// espeak-ng's voice for the agent
+    #[arg(long, value_name = "VOICE", default_value = "en-us")]
+    voice: String,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let (args, _) = common::parse::<Args>();
+    let mode = match args.interruptions.as_str() {
+        "immediate" => InterruptionMode::Immediate,
+        "confirmed" => InterruptionMode::Confirmed,
+        other => common::usage_error::<Args>(format!(
+            "--interruptions must be immediate or confirmed, not {other:?}"
+        )),
+    };
+    match run(args, mode).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => common::fail(e),
+    }
+}
+
+async fn run(args: Args, mode: InterruptionMode) -> Result<(), Box<dyn std::error::Error>> {
+    let model = choose_model(&args.provider, args.model.clone()).await?;
+    let synth = Espeak::new(EspeakConfig {
+        voice: args.voice.clone(),
+        ..EspeakConfig::default()
+    })?;
+    let ears = PocketSphinx::new(PocketSphinxConfig::default())?;
+    let supervisor = Supervisor::start(SupervisorConfig::default()).await?;
+    let mut settings = AgentSettings::new(LlmOptions::new(model.model.clone()));
+    settings.instructions = Some(
+        "You are a friendly voice assistant on a phone call. Answer in one or two short spoken sentences."
+            .into(),
+    );
+    settings.interruption = InterruptionPolicy {
+        mode,
+        ..InterruptionPolicy::default()
+    };
+    let client = model.client.clone();
+    let start = Instant::now();
+    let printer = report::Printer::new(args.json, start);
+    let on_call = printer.clone();
+    let services = CallServices::new(
+        supervisor.clone(),
+        move |_| SessionConfig::new(client.clone(), settings.clone()).with_tools(weather_tool()),
+        Arc::new(synth),
+    )
+    .with_transcriber(Arc::new(ears))
+    .on_call(move |notice: CallNotice| on_call.notice(notice));
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    let addr = listener.local_addr()?;
+    printer.ready(addr, &model.label);
+    let app = colloquy_actors::calls::router(services);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    supervisor.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,155 @@
+//! What the server prints: a line per call event, or with `--json` one JSON
+//! object per line with `call`, `t_ms` and `type` — the scenario runner's
+//! types (`user`, `paused`, `resumed`, `cut`, `turn_started`, `speakable`,
+//! `turn_finished`, `usage`) plus `call_started`, `call_ended` and a
+//! `history` line per call when it ends (see docs/audio.md).
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use colloquy_actors::bus::{BusRecvError, EventKind};
+use colloquy_actors::calls::CallNotice;
+use serde_json::{Value, json};
+
+#[derive(Clone)]
+pub(crate) struct Printer {
+    json: bool,
+    start: Instant,
+}
+
+impl Printer {
+    pub(crate) fn new(json: bool, start: Instant) -> Arc<Self> {
+        Arc::new(Self { json, start })
+    }
+
+    fn emit(&self, call: &str, kind: &str, mut fields: Value, human: String) {
+        let t_ms = self.start.elapsed().as_millis() as u64;
+        let mut out = std::io::stdout().lock();
+        if self.json {
+            let obj = fields.as_object_mut().expect("an object");
+            obj.insert("call".into(), json!(call));
+            obj.insert("t_ms".into(), json!(t_ms));
+            obj.insert("type".into(), json!(kind));
+            let _ = writeln!(out, "{fields}");
+        } else {
+            let _ = writeln!(out, "{:>7.3}s [{call}] {human}", t_ms as f64 / 1000.0);
+        }
+    }
+
+    pub(crate) fn ready(&self, addr: SocketAddr, model: &str) {
+        if self.json {
+            self.emit(
+                "-",
+                "listening",
+                json!({"addr": addr.to_string(), "model": model}),
+                String::new(),
+            );
+        } else {
+            println!("colloquy voice server — model: {model}");
+            println!(
+                "open http://{addr}/ in a browser, or point Twilio Media Streams at ws://{addr}/twilio"
+            );
+        }
+    }
+
+    pub(crate) fn notice(self: &Arc<Self>, notice: CallNotice) {
+        match notice {
+            CallNotice::Started { info, session } => {
+                self.emit(
+                    &info.id,
+                    "call_started",
+                    json!({"transport": info.transport}),
+                    format!("call started ({})", info.transport),
+                );
+                let me = self.clone();
+                let mut rx = session.subscribe();
+                let call = info.id.clone();
+                tokio::spawn(async move {
+                    loop {
+                        match rx.recv().await {
+                            Ok(ev) => me.event(&call, ev.turn.0, &ev.kind),
+                            Err(BusRecvError::Lagged { .. }) => continue,
+                            Err(_) => return,
+                        }
+                    }
+                });
+            }
+            CallNotice::Ended {
+                info,
+                history,
+                error,
+            } => {
+                let why = error.as_ref().map(|e| e.to_string());
+                self.emit(
+                    &info.id,
+                    "call_ended",
+                    json!({"error": why}),
+                    format!(
+                        "call ended{}",
+                        why.as_ref().map_or(String::new(), |w| format!(": {w}"))
+                    ),
+                );
+                let messages = serde_json::to_value(&history).unwrap_or(Value::Null);
+                self.emit(
+                    &info.id,
+                    "history",
+                    json!({"messages": messages}),
+                    format!("history: {} messages", history.len()),
+                );
+            }
+            _ => {}
+        }
+    }
+
+    fn event(&self, call: &str, turn: u64, kind: &EventKind) {
+        let (t, fields, human) = match kind {
+            EventKind::UserTranscript { text, is_final } => (
+                "user",
+                json!({"text": &**text, "final": is_final}),
+                format!("user{}: {text}", if *is_final { "" } else { " (interim)" }),
+            ),
+            EventKind::TurnStarted => (
+                "turn_started",
+                json!({"turn": turn}),
+                format!("turn {turn} started"),
+            ),
+            EventKind::Speakable { text, .. } if !text.is_empty() => (
+                "speakable",
+                json!({"turn": turn, "text": &**text}),
+                format!("agent: {text}"),
+            ),
+            EventKind::PlaybackPaused { heard_chars } => (
+                "paused",
+                json!({"turn": turn, "heard_chars": heard_chars}),
+                format!("PAUSED at character {heard_chars}"),
+            ),
+            EventKind::PlaybackResumed { heard_chars } => (
+                "resumed",
+                json!({"turn": turn, "heard_chars": heard_chars}),
+                format!("RESUMED from character {heard_chars}"),
+            ),
+            EventKind::Interrupted { heard_chars } => (
+                "cut",
+                json!({"turn": turn, "heard_chars": heard_chars}),
+                format!("CUT: the caller heard {heard_chars} characters"),
+            ),
+            EventKind::Usage(u) => (
+                "usage",
+                json!({"turn": turn, "prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens}),
+                format!(
+                    "usage: prompt {}, completion {}",
+                    u.prompt_tokens, u.completion_tokens
+                ),
+            ),
+            EventKind::TurnFinished(end) => (
+                "turn_finished",
+                json!({"turn": turn, "reason": end.label()}),
+                format!("turn {turn} finished: {}", end.label()),
+            ),
+            _ => return,
+        };
+        self.emit(call, t, fields, human);
+    }
+}

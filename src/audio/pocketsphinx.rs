@@ -1,0 +1,186 @@
+//! Offline speech-to-text with PocketSphinx (the classic `ps_*` C API of
+//! pocketsphinx 5prealpha, with sphinxbase).
+//!
+//! # Decoders and their pool
+//!
+//! A decoder (`ps_decoder_t`) holds its own copy of everything it loads — the
+//! acoustic model, the 27 MB trigram language model and the 134 000-word
+//! dictionary, about 70 MB of heap in all — and takes about half a second to
+//! load. 5prealpha has no public way for decoders to share a model (there is
+//! no `acmod_copy`, and the language model, though it can be handed to
+//! several decoders with `ps_set_lm`, keeps a mutable history cache inside
+//! `lm_trie` that scoring writes to, so it cannot be used from two threads
+//! at once).
+//!
+//! So a [`PocketSphinx`] keeps a pool of decoders, loaded once each and
+//! reused: a recognition checks one out when speech starts and gives it back
+//! when the utterance's final transcript is out, so a hundred calls need only
+//! as many decoders as there are people talking at the same moment. The pool
+//! never holds more than [`PocketSphinxConfig::max_decoders`]; an utterance
+//! that starts when all are busy keeps reading (and buffering) its audio,
+//! so its sender is never held up, and is decoded as soon as one is free.
+//!
+//! # One recognition
+//!
+//! [`Transcriber::open`] starts a std thread for the stream, fed by a bounded
+//! channel of [`RecognizerInput`]: frames before `SpeechStarted` (and after
+//! `SpeechEnded`) are ignored; between them the audio is decoded as it comes,
+//! with an interim transcript every [`PocketSphinxConfig::interim_every`] of
+//! audio when the best hypothesis has changed, and `SpeechEnded` brings the
+//! final one (its text possibly empty). Interims are dropped when the
+//! transcript channel is full; finals wait for room. The thread ends when the
+//! input channel closes (after the final of an utterance still open, which
+//! ends with the last frame), or at the next input after the transcripts'
+//! receiver is dropped (an open utterance's decoder goes back to the pool).
+//! A `SpeechStarted` while an utterance is open ends that one (its final
+//! ends with its last frame) and starts another. A frame at a rate other
+//! than 16 kHz is skipped, and the first one reported as
+//! [`AudioError::UnsupportedRate`].
+//!
+//! Logging: sphinxbase logs to stderr through process-global state; it is
+//! switched off once (`err_set_logfp(NULL)`) rather than with `-logfn`,
+//! which reopens that global log file at every decoder's creation.
+
+mod worker;
+use worker::*;
+mod pool;
+use pool::*;
+mod decoder;
+use decoder::*;
+mod ffi;
+#[cfg(test)]
+mod tests;
+
+use std::ffi::{CStr, CString, c_char, c_int, c_void};
+use std::path::{Path, PathBuf};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once, OnceLock};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::{AudioError, AudioFrame, Recognition, RecognizerInput, Transcriber, Transcript};
+
+/// The engine's name in errors.
+const ENGINE: &str = "pocketsphinx";
+
+/// The sample rate of the en-us model.
+const SAMPLE_RATE: u32 = 16_000;
+
+/// Where Debian's `pocketsphinx-en-us` puts its model.
+pub const DEFAULT_MODEL_DIR: &str = "/usr/share/pocketsphinx/model/en-us";
+
+/// Capacity of a recognition's input channel (frames and events).
+pub const INPUT_CAPACITY: usize = 256;
+
+/// Capacity of a recognition's transcript channel.
+const TRANSCRIPT_CAPACITY: usize = 64;
+
+/// How PocketSphinx is set up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PocketSphinxConfig {
+    /// The acoustic model directory (`-hmm`).
+    pub hmm: PathBuf,
+    /// The language model (`-lm`).
+    pub lm: PathBuf,
+    /// The pronunciation dictionary (`-dict`).
+    pub dict: PathBuf,
+    /// More decoder options, as `("-name", "value")` pairs (`-beam`,
+    /// `-maxhmmpf`, …); an unknown name fails [`PocketSphinx::new`].
+    pub extra_args: Vec<(String, String)>,
+    /// How much audio between interim transcripts (`None`: finals only).
+    pub interim_every: Option<Duration>,
+    /// The most decoders the pool loads (at least 1).
+    pub max_decoders: usize,
+}
+
+impl PocketSphinxConfig {
+    /// The model in `dir`, laid out as `pocketsphinx-en-us` lays it:
+    /// `en-us/` (acoustic model), `en-us.lm.bin`, `cmudict-en-us.dict`.
+    pub fn with_model_dir(dir: impl AsRef<Path>) -> Self {
+        let dir = dir.as_ref();
+        Self {
+            hmm: dir.join("en-us"),
+            lm: dir.join("en-us.lm.bin"),
+            dict: dir.join("cmudict-en-us.dict"),
+            extra_args: Vec::new(),
+            interim_every: Some(Duration::from_millis(250)),
+            max_decoders: 4,
+        }
+    }
+}
+
+impl Default for PocketSphinxConfig {
+    fn default() -> Self {
+        Self::with_model_dir(DEFAULT_MODEL_DIR)
+    }
+}
+
+/// PocketSphinx as a [`Transcriber`]: 16 kHz, one decoder pool shared by all
+/// its recognitions.
+#[derive(Debug, Clone)]
+pub struct PocketSphinx {
+    pool: Arc<Pool>,
+}
+
+impl PocketSphinx {
+    /// Loads the model (one decoder, kept in the pool), so a missing or
+    /// broken model fails here rather than at the first utterance.
+    pub fn new(config: PocketSphinxConfig) -> Result<Self, AudioError> {
+        let pool = Arc::new(Pool::new(config));
+        let first = pool
+            .try_checkout(0)?
+            .ok_or_else(|| AudioError::engine(ENGINE, "max_decoders is 0"))?;
+        pool.checkin(first);
+        Ok(Self { pool })
+    }
+
+    /// The model in [`DEFAULT_MODEL_DIR`].
+    pub fn en_us() -> Result<Self, AudioError> {
+        Self::new(PocketSphinxConfig::default())
+    }
+
+    /// Decoders loaded, and how many of them are idle.
+    pub fn decoders(&self) -> (usize, usize) {
+        let state = self.pool.lock();
+        (state.live, state.idle.len())
+    }
+}
+
+impl Transcriber for PocketSphinx {
+    fn sample_rate(&self) -> u32 {
+        SAMPLE_RATE
+    }
+
+    fn open(&self) -> Result<Recognition, AudioError> {
+        let (input, input_rx) = mpsc::channel(INPUT_CAPACITY);
+        let (transcripts_tx, transcripts) = mpsc::channel(TRANSCRIPT_CAPACITY);
+        let interim_every = self
+            .pool
+            .config
+            .interim_every
+            .map(|every| super::duration_to_samples(every, SAMPLE_RATE).max(1));
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        let worker = Worker {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            cmn: None,
+            pool: self.pool.clone(),
+            input: input_rx,
+            out: transcripts_tx,
+            interim_every,
+            utterance: None,
+            told_bad_rate: false,
+        };
+        std::thread::Builder::new()
+            .name("pocketsphinx".to_owned())
+            .spawn(move || worker.run())
+            .map_err(|e| {
+                AudioError::engine(ENGINE, format!("cannot start a recognition thread: {e}"))
+            })?;
+        Ok(Recognition { input, transcripts })
+    }
+}
+
+// ---------------------------------------------------------------------------
+// One recognition stream.
