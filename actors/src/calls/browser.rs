@@ -157,7 +157,9 @@ async fn run(services: CallServices, socket: WebSocket) {
         ));
     }
     drop(events);
-    if let Some((call, _, _)) = call {
+    if let Some((call, sink, _)) = call {
+        // The sink's sender must go before the writer is awaited.
+        drop(sink);
         call.end(error).await;
     }
     drop(out_tx);

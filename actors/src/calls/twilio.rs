@@ -135,7 +135,9 @@ async fn run(services: CallServices, socket: WebSocket) {
     if let Some(e) = &error {
         tracing::info!(error = %e, "twilio: the call ended");
     }
-    if let Some((call, _)) = call {
+    if let Some((call, sink)) = call {
+        // The sink's sender must go before the writer is awaited.
+        drop(sink);
         call.end(error).await;
     }
     drop(out_tx);
