@@ -189,6 +189,10 @@ impl CallServer {
         }
     }
 
+    pub fn page_url(&self) -> String {
+        format!("http://{}/?autostart=1", self.addr)
+    }
+
     pub fn twilio_url(&self) -> String {
         format!("ws://{}/twilio", self.addr)
     }

@@ -78,13 +78,18 @@ impl Chromium {
         let wav = fake_mic_wav
             .canonicalize()
             .map_err(|e| format!("fake microphone file {}: {e}", fake_mic_wav.display()))?;
-        let wav = wav.to_str().ok_or("the fake microphone path is not UTF-8")?;
+        let wav = wav
+            .to_str()
+            .ok_or("the fake microphone path is not UTF-8")?;
         if wav.contains('%') {
-            return Err(format!("the fake microphone path must not contain '%': {wav}"));
+            return Err(format!(
+                "the fake microphone path must not contain '%': {wav}"
+            ));
         }
         let profile = fresh_profile_dir()?;
         let log_path = profile.join("chromium.log");
-        let log = std::fs::File::create(&log_path).map_err(|e| format!("creating {}: {e}", log_path.display()))?;
+        let log = std::fs::File::create(&log_path)
+            .map_err(|e| format!("creating {}: {e}", log_path.display()))?;
 
         let mut command = Command::new(&binary);
         command
@@ -119,14 +124,20 @@ impl Chromium {
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&profile);
                 return Err(if e.kind() == std::io::ErrorKind::NotFound {
-                    format!("chromium not found: apt-get install chromium ({}: {e})", binary.display())
+                    format!(
+                        "chromium not found: apt-get install chromium ({}: {e})",
+                        binary.display()
+                    )
                 } else {
                     format!("cannot start {}: {e}", binary.display())
                 });
             }
         };
         // From here on, Drop cleans up whatever fails.
-        let mut browser = Starting { child: Some(child), profile: profile.clone() };
+        let mut browser = Starting {
+            child: Some(child),
+            profile: profile.clone(),
+        };
 
         let port = browser.devtools_port().await?;
         let ws_url = browser.page_target(port).await?;
@@ -205,8 +216,13 @@ impl Chromium {
 
     /// Saves a PNG screenshot of the page to `path` (creating its folder).
     pub async fn screenshot(&self, path: &Path) -> Result<(), String> {
-        let r = self.call("Page.captureScreenshot", json!({ "format": "png" })).await?;
-        let data = r.get("data").and_then(Value::as_str).ok_or("the screenshot has no data")?;
+        let r = self
+            .call("Page.captureScreenshot", json!({ "format": "png" }))
+            .await?;
+        let data = r
+            .get("data")
+            .and_then(Value::as_str)
+            .ok_or("the screenshot has no data")?;
         let png = base64::engine::general_purpose::STANDARD
             .decode(data)
             .map_err(|e| format!("the screenshot is not base64: {e}"))?;
@@ -218,14 +234,20 @@ impl Chromium {
 
     /// The page's console messages and uncaught exceptions so far.
     pub fn console_messages(&self) -> Vec<String> {
-        self.console.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.console
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Sends one DevTools command to the page and returns its result.
     pub async fn call(&self, method: &str, params: Value) -> Result<Value, String> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        self.pending.lock().unwrap_or_else(|e| e.into_inner()).insert(id, tx);
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, tx);
         let msg = json!({ "id": id, "method": method, "params": params }).to_string();
         if self.out.send(Message::Text(msg.into())).is_err() {
             return Err(format!("{method}: the DevTools connection is closed"));
@@ -234,7 +256,10 @@ impl Chromium {
             Ok(Ok(r)) => r.map_err(|e| format!("{method}: {e}")),
             Ok(Err(_)) => Err(format!("{method}: the DevTools connection is closed")),
             Err(_) => {
-                self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+                self.pending
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&id);
                 Err(format!("{method}: no answer within {CALL_TIMEOUT:?}"))
             }
         }
@@ -268,10 +293,16 @@ impl Starting {
             }
             let child = self.child.as_mut().expect("the child is still owned");
             if let Ok(Some(status)) = child.try_wait() {
-                return Err(format!("chromium exited at start ({status}): {}", self.log_tail()));
+                return Err(format!(
+                    "chromium exited at start ({status}): {}",
+                    self.log_tail()
+                ));
             }
             if Instant::now() >= deadline {
-                return Err(format!("chromium opened no DevTools port within {START_TIMEOUT:?}: {}", self.log_tail()));
+                return Err(format!(
+                    "chromium opened no DevTools port within {START_TIMEOUT:?}: {}",
+                    self.log_tail()
+                ));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -360,8 +391,12 @@ async fn http_get(port: u16, path: &str) -> Result<String, String> {
     let mut stream = TcpStream::connect(("127.0.0.1", port))
         .await
         .map_err(|e| format!("connecting to 127.0.0.1:{port}: {e}"))?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
     let mut raw = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(10), async {
         let mut buf = [0u8; 8192];
@@ -380,7 +415,9 @@ async fn http_get(port: u16, path: &str) -> Result<String, String> {
         .map_err(|_| format!("GET {path}: no answer"))?
         .map_err(|e| format!("GET {path}: {e}"))?;
     let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text.split_once("\r\n\r\n").ok_or(format!("GET {path}: malformed answer"))?;
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or(format!("GET {path}: malformed answer"))?;
     if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
         return Err(format!("GET {path}: {}", head.lines().next().unwrap_or("")));
     }
@@ -393,7 +430,8 @@ fn complete_body(raw: &[u8]) -> Option<&[u8]> {
     let head = std::str::from_utf8(&raw[..end]).ok()?;
     let len: usize = head.lines().find_map(|l| {
         let (k, v) = l.split_once(':')?;
-        k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse().ok())?
+        k.eq_ignore_ascii_case("content-length")
+            .then(|| v.trim().parse().ok())?
     })?;
     (raw.len() >= end + len).then(|| &raw[end..end + len])
 }
@@ -451,9 +489,16 @@ fn console_line(event: &Value) -> Option<String> {
                     None => a["description"].as_str().unwrap_or("?").to_string(),
                 })
                 .collect();
-            Some(format!("console.{}: {}", params["type"].as_str().unwrap_or("log"), args.join(" ")))
+            Some(format!(
+                "console.{}: {}",
+                params["type"].as_str().unwrap_or("log"),
+                args.join(" ")
+            ))
         }
-        "Runtime.exceptionThrown" => Some(format!("uncaught: {}", describe_exception(&params["exceptionDetails"]))),
+        "Runtime.exceptionThrown" => Some(format!(
+            "uncaught: {}",
+            describe_exception(&params["exceptionDetails"])
+        )),
         _ => None,
     }
 }

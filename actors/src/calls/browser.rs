@@ -138,7 +138,7 @@ async fn run(services: CallServices, socket: WebSocket) {
                     .collect();
                 let frame = AudioFrame::new(samples, *rate, position);
                 position += frame.len() as u64;
-                if let Err(e) = call.hear(&frame) {
+                if let Err(e) = call.hear(frame) {
                     break Some(e);
                 }
             }

@@ -6,11 +6,14 @@ use std::sync::Arc;
 use colloquy::audio::{AudioError, AudioFrame, Synthesizer, Transcriber};
 use colloquy::context::ChatContext;
 
+use tokio::sync::mpsc;
+
 use crate::ids::SessionId;
 use crate::session::SessionHandle;
 use crate::speech::audio::{AudioOutput, AudioOutputConfig, AudioSink, PlayoutClock};
 use crate::speech::{Listener, ListenerConfig, Speaker};
 use crate::supervisor::{SessionConfig, Supervisor};
+use crate::task::AbortOnDrop;
 
 /// Why a call ended other than by its own `stop`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -147,12 +150,24 @@ impl CallServices {
     }
 }
 
+/// Caller audio queued for the hearing task (20 ms frames: 2 s).
+const HEARING_QUEUE: usize = 100;
+
 /// A running call: feed it the caller's audio; end it once.
+///
+/// The caller's audio is heard in a task of its own, fed through a bounded
+/// queue: the transport's read loop never waits for voice activity
+/// detection, so playout reports (marks, the page's positions) that arrive
+/// on the same socket are applied at once, not behind audio. A queue full
+/// (the hearing task 2 s behind) drops frames, counted and logged.
 pub(crate) struct Call {
     services: CallServices,
     info: CallInfo,
     session: SessionHandle,
-    listener: Listener,
+    hearing: mpsc::Sender<AudioFrame>,
+    hearing_failed: Arc<std::sync::Mutex<Option<AudioError>>>,
+    dropped: u64,
+    _hearing: AbortOnDrop,
     speaker: Option<Speaker>,
 }
 
@@ -191,11 +206,26 @@ impl Call {
             info: info.clone(),
             session: session.clone(),
         });
+        let (hearing, mut frames) = mpsc::channel::<AudioFrame>(HEARING_QUEUE);
+        let hearing_failed = Arc::new(std::sync::Mutex::new(None));
+        let failed = hearing_failed.clone();
+        let mut listener = listener;
+        let task = tokio::spawn(async move {
+            while let Some(frame) = frames.recv().await {
+                if let Err(e) = listener.push(&frame) {
+                    *failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+                    return;
+                }
+            }
+        });
         Ok(Self {
             services: services.clone(),
             info,
             session,
-            listener,
+            hearing,
+            hearing_failed,
+            dropped: 0,
+            _hearing: AbortOnDrop(task),
             speaker: Some(speaker),
         })
     }
@@ -205,10 +235,31 @@ impl Call {
         &self.session
     }
 
-    /// Hears the next frame of the caller.
-    pub(crate) fn hear(&mut self, frame: &AudioFrame) -> Result<(), CallError> {
-        self.listener.push(frame)?;
-        Ok(())
+    /// Queues the next frame of the caller for hearing; an error once the
+    /// hearing task refused the audio (a wrong rate).
+    pub(crate) fn hear(&mut self, frame: AudioFrame) -> Result<(), CallError> {
+        match self.hearing.try_send(frame) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if self.dropped == 0 {
+                    tracing::warn!(call = %self.info.id, "call: hearing is behind; caller audio is dropped");
+                }
+                self.dropped += 1;
+                metrics::counter!("colloquy_call_dropped_frames_total").increment(1);
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                let failed = self
+                    .hearing_failed
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take();
+                Err(failed.map_or_else(
+                    || CallError::Connection("hearing stopped".into()),
+                    CallError::Audio,
+                ))
+            }
+        }
     }
 
     /// Ends the call: the speaker stopped, the history taken, the session

@@ -116,7 +116,7 @@ async fn run(services: CallServices, socket: WebSocket) {
                 };
                 let frame = AudioFrame::new(mulaw::decode(&bytes), 8_000, position);
                 position += bytes.len() as u64;
-                if let Err(e) = call.hear(&frame) {
+                if let Err(e) = call.hear(frame) {
                     break Some(e);
                 }
             }

@@ -181,8 +181,14 @@ impl SpeechOutput for AudioOutput {
     fn pause(&self) {
         let mut st = lock(&self.shared.state);
         if !st.paused {
-            st.pause();
+            // Clear first, then take the clock: every frame the sink
+            // confirmed before its clear counts, none after — so the resume
+            // sends again exactly from the last played sample.
             self.shared.sink.clear();
+            for (segment, chars) in st.played_through(self.shared.clock.played()) {
+                segment.played(chars);
+            }
+            st.pause();
         }
         drop(st);
         self.shared.wake.notify_one();

@@ -42,8 +42,10 @@ impl BrowserSink {
 
     /// The page played every sample before `position`, after clear `epoch`.
     pub(crate) fn on_played(&self, position: u64, epoch: u64) {
-        let current = *self.epoch.lock().unwrap_or_else(|e| e.into_inner());
-        if epoch == current {
+        // Under the epoch's lock: a clear after this finds the position on
+        // the clock (a pause reads it after its clear).
+        let current = self.epoch.lock().unwrap_or_else(|e| e.into_inner());
+        if epoch == *current {
             self.clock.played_through(position);
         }
     }

@@ -320,11 +320,19 @@ async fn play(player: Arc<Shared>, out: mpsc::UnboundedSender<Message>, sid: Str
             p.log.cleared_samples += samples.len();
             continue;
         }
-        // The mark right after this chunk names where it ends.
+        // The mark right after this chunk names where it ends, and is echoed
+        // now, in the same critical section as the chunk's end: as Twilio
+        // sends it once playback passes it (a clear arriving now finds it
+        // already answered, not pending).
         let end = match p.queue.front() {
             Some(Queued::Mark(name)) => name.rsplit('_').next().and_then(|e| e.parse().ok()),
             _ => None,
         };
+        if end.is_some()
+            && let Some(Queued::Mark(name)) = p.queue.pop_front()
+        {
+            echo(&out, &sid, &name);
+        }
         p.log.played.push(PlayedChunk { at, samples, end });
         drop(p);
         player.changed.notify_waiters();

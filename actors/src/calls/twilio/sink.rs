@@ -70,10 +70,13 @@ impl TwilioSink {
             marks.outstanding.pop_front();
             played = Some(end);
         }
-        drop(marks);
+        // On the clock before the marks' lock is released: a clear after this
+        // finds the position reported (a pause reads the clock after its
+        // clear), a clear before it voided the mark.
         if let Some(end) = played {
             self.clock.played_through(end);
         }
+        drop(marks);
     }
 }
 

@@ -29,7 +29,9 @@ pub trait AudioSink: Send + Sync + 'static {
 
     /// Drops every frame queued and not yet played, now. Frames dropped this
     /// way must never be reported as played (a Twilio `clear` echoes every
-    /// pending mark at once: those were not played).
+    /// pending mark at once: those were not played), and every report that
+    /// came before the clear must be on the clock when `clear` returns (a
+    /// pause reads the clock right after it, and resumes from there).
     fn clear(&self);
 }
 
