@@ -47,6 +47,17 @@ pub use llm::{ChatClient, ChatStream, LlmError, LlmOptions, StreamEvent};
 pub use secret::Secret;
 pub use tools::ToolDefinition;
 
+/// `docs/audio.md`, compiled as doctests (its call server needs the engines
+/// and the call transports: `--all-features`).
+#[cfg(all(
+    doctest,
+    feature = "calls",
+    feature = "espeak",
+    feature = "pocketsphinx"
+))]
+#[doc = include_str!("../docs/audio.md")]
+struct AudioDoctests;
+
 /// `docs/providers.md`, compiled as doctests.
 #[cfg(doctest)]
 #[doc = include_str!("../docs/providers.md")]
