@@ -233,12 +233,12 @@ async fn a_cough_pauses_and_the_resume_continues_from_the_last_confirmed_sample(
         let resumed = events
             .iter()
             .any(|e| matches!(e.kind, EventKind::PlaybackResumed { .. }));
-        let log = phone.log();
-        let quiet = log
-            .played
-            .last()
-            .is_some_and(|c| c.at + Duration::from_millis(600) < Instant::now());
-        if resumed && quiet {
+        // The whole reply confirmed played: a signal, not a quiet spell.
+        let total = REPLY.chars().count();
+        let played_all = events.iter().any(|e| {
+            e.turn.0 == 1 && matches!(e.kind, EventKind::SpeechPlayed { chars } if chars == total)
+        });
+        if resumed && played_all {
             break;
         }
         if Instant::now() > deadline {

@@ -144,6 +144,14 @@ struct Args {
     /// (examples/worker.rs; needs --features nats) instead of in-process
     #[arg(long, value_name = "URL")]
     pub(crate) nats: Option<String>,
+    /// Phone calls instead of sessions: simulated phones calling this voice
+    /// server's Media Streams endpoint (ws://HOST:PORT/twilio), or `self` for
+    /// one in this process (needs --features calls,espeak,pocketsphinx)
+    #[arg(long, value_name = "URL")]
+    pub(crate) twilio: Option<String>,
+    /// Concurrent phone calls (with --twilio)
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub(crate) calls: usize,
     /// Pause between a session's turns (milliseconds)
     #[arg(long, value_name = "MS", default_value_t = 0)]
     pub(crate) turn_gap_ms: u64,
@@ -220,10 +228,46 @@ async fn run_cluster(_nats: String, _a: &Args) -> ExitCode {
     )
 }
 
+#[cfg(all(feature = "calls", feature = "espeak", feature = "pocketsphinx"))]
+mod twilio;
+
+/// Phone calls (`--twilio`).
+#[cfg(all(feature = "calls", feature = "espeak", feature = "pocketsphinx"))]
+async fn run_twilio(url: String, a: &Args) -> ExitCode {
+    match twilio::run(url, a.calls).await {
+        Ok(summary) => {
+            if a.json {
+                println!("{summary}");
+            } else {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&summary).unwrap_or_default()
+                );
+            }
+            if summary["errors"].as_u64() == Some(0) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => common::fail(e),
+    }
+}
+
+#[cfg(not(all(feature = "calls", feature = "espeak", feature = "pocketsphinx")))]
+async fn run_twilio(_url: String, _a: &Args) -> ExitCode {
+    common::usage_error::<Args>(
+        "--twilio needs the calls and the engines: build with --features calls,espeak,pocketsphinx (or --all-features)",
+    )
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     driver::epoch();
     let (args, matches) = common::parse::<Args>();
+    if let Some(url) = args.twilio.clone() {
+        return run_twilio(url, &args).await;
+    }
     let fallbacks = args.chain.fallbacks::<Args>(&matches);
     if let Some(url) = args.nats.clone() {
         return run_cluster(url, &args).await;
