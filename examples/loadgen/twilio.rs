@@ -36,10 +36,13 @@ use crate::stats::{cpu_seconds, latency_json, peak_rss_mb, rss_mb};
 
 const REPLY: &str = "here. The weather in Paris is mild today, with a light breeze from the west and a few clouds over the river, and it should stay dry until the evening.";
 
+/// One synthesis: its text, audio (22,050 Hz) and marks.
+type Made = (String, Vec<i16>, Vec<(usize, u64)>);
+
 /// What the in-process server made and kept, per call.
 #[derive(Default)]
 struct Kept {
-    synth: Vec<(String, Vec<i16>, Vec<(usize, u64)>)>,
+    synth: Vec<Made>,
     histories: Vec<(String, ChatContext)>,
 }
 
