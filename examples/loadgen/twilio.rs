@@ -22,7 +22,7 @@ use colloquy::audio::pocketsphinx::{PocketSphinx, PocketSphinxConfig};
 use colloquy::audio::{Alignment, AudioError, SynthEvent, Synthesizer, convert_position, resample};
 use colloquy::context::{ChatContext, ChatItem, Role};
 use colloquy::llm::{ChatClient, LlmOptions, OpenAiConfig};
-use colloquy::mock::{MockResponse, MockServer};
+use colloquy::mock::{MockResponse, MockServer, sse_chunk};
 use colloquy_actors::calls::twilio::SimulatedPhone;
 use colloquy_actors::calls::{CallNotice, CallServices};
 use colloquy_actors::turn_taking::{InterruptionMode, InterruptionPolicy};
@@ -36,8 +36,9 @@ use crate::stats::{cpu_seconds, latency_json, peak_rss_mb, rss_mb};
 
 const REPLY: &str = "here. The weather in Paris is mild today, with a light breeze from the west and a few clouds over the river, and it should stay dry until the evening.";
 
-/// One synthesis: its text, audio (22,050 Hz) and marks.
-type Made = (String, Vec<i16>, Vec<(usize, u64)>);
+/// One synthesis: the task that asked for it (each call's audio output
+/// synthesizes in a task of its own), its text, audio (22,050 Hz) and marks.
+type Made = (Option<tokio::task::Id>, String, Vec<i16>, Vec<(usize, u64)>);
 
 /// What the in-process server made and kept, per call.
 #[derive(Default)]
@@ -59,7 +60,12 @@ impl Synthesizer for Recording {
         let kept = self.kept.clone();
         let i = {
             let mut k = kept.lock().unwrap();
-            k.synth.push((text.to_string(), Vec::new(), Vec::new()));
+            k.synth.push((
+                tokio::task::try_id(),
+                text.to_string(),
+                Vec::new(),
+                Vec::new(),
+            ));
             k.synth.len() - 1
         };
         self.inner
@@ -68,8 +74,8 @@ impl Synthesizer for Recording {
                 if let Ok(e) = &ev {
                     let mut k = kept.lock().unwrap();
                     match e {
-                        SynthEvent::Audio(a) => k.synth[i].1.extend(a),
-                        SynthEvent::Mark { chars, sample } => k.synth[i].2.push((*chars, *sample)),
+                        SynthEvent::Audio(a) => k.synth[i].2.extend(a),
+                        SynthEvent::Mark { chars, sample } => k.synth[i].3.push((*chars, *sample)),
                         _ => {}
                     }
                 }
@@ -90,11 +96,22 @@ async fn serve_self(
             .unwrap_or("")
             .to_string();
         let text = format!("{call} {REPLY}");
-        let words: Vec<String> = text.split_inclusive(' ').map(str::to_string).collect();
-        let words: Vec<&str> = words.iter().map(String::as_str).collect();
-        MockResponse::text_paced(&words, Duration::from_millis(30))
+        // 300 ms to the first token, then a word every 30 ms.
+        let mut r = MockResponse::event_stream()
             .delay(Duration::from_millis(300))
-            .finish("stop", 60, words.len() as u64)
+            .event(&sse_chunk(
+                json!({"role": "assistant", "content": ""}),
+                None,
+            ));
+        let mut n = 0;
+        for (i, word) in text.split_inclusive(' ').enumerate() {
+            if i > 0 {
+                r = r.delay(Duration::from_millis(30));
+            }
+            r = r.event(&sse_chunk(json!({"content": word}), None));
+            n += 1;
+        }
+        r.finish("stop", 60, n)
     })
     .await?;
     let client = ChatClient::new(OpenAiConfig::compatible(model.base_url()))?;
@@ -118,10 +135,33 @@ async fn serve_self(
         Arc::new(synth),
     )
     .with_transcriber(Arc::new(ears))
-    .on_call(move |notice| {
-        if let CallNotice::Ended { info, history, .. } = notice {
+    .on_call(move |notice| match notice {
+        CallNotice::Ended { info, history, .. } => {
             kept.lock().unwrap().histories.push((info.id, history));
         }
+        CallNotice::Started { info, session }
+            if std::env::var_os("COLLOQUY_LOADGEN_EVENTS").is_some() =>
+        {
+            let mut rx = session.subscribe();
+            let t0 = Instant::now();
+            tokio::spawn(async move {
+                while let Ok(ev) = rx.recv().await {
+                    if !matches!(
+                        ev.kind,
+                        colloquy_actors::bus::EventKind::Token(_)
+                            | colloquy_actors::bus::EventKind::SpeechPlayed { .. }
+                    ) {
+                        eprintln!(
+                            "{} {:>6} ms {:?}",
+                            info.id,
+                            t0.elapsed().as_millis(),
+                            ev.kind
+                        );
+                    }
+                }
+            });
+        }
+        _ => {}
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("ws://{}/twilio", listener.local_addr()?);
@@ -256,15 +296,9 @@ fn mismatch(kept: &Kept, o: &Outcome) -> Option<(usize, usize)> {
     let mut alignment = Alignment::new(false);
     let mut chars_before = 0;
     let mut text = String::new();
-    let mut seen_first = false;
-    for (t, audio, marks) in &kept.synth {
-        if !seen_first && !t.starts_with(&tag) {
-            continue;
-        }
-        if seen_first && t.starts_with("Call ") {
-            break;
-        }
-        seen_first = true;
+    // The call's first segment names it; its audio output's task made the rest.
+    let task = kept.synth.iter().find(|m| m.1.starts_with(&tag))?.0?;
+    for (_, t, audio, marks) in kept.synth.iter().filter(|m| m.0 == Some(task)) {
         for (c, s) in marks {
             alignment.push(
                 chars_before + c,
@@ -338,6 +372,11 @@ pub(crate) async fn run(
             "played_not_committed": per.iter().map(|p| p.1).sum::<usize>(),
         })
     });
+    if std::env::var_os("COLLOQUY_LOADGEN_HISTORY").is_some() {
+        for (id, h) in &kept.lock().unwrap().histories {
+            eprintln!("{id}: {}", serde_json::to_string(h).unwrap_or_default());
+        }
+    }
     if let Some(s) = supervisor {
         s.shutdown().await;
     }
