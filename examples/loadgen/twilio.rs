@@ -139,28 +139,6 @@ async fn serve_self(
         CallNotice::Ended { info, history, .. } => {
             kept.lock().unwrap().histories.push((info.id, history));
         }
-        CallNotice::Started { info, session }
-            if std::env::var_os("COLLOQUY_LOADGEN_EVENTS").is_some() =>
-        {
-            let mut rx = session.subscribe();
-            let t0 = Instant::now();
-            tokio::spawn(async move {
-                while let Ok(ev) = rx.recv().await {
-                    if !matches!(
-                        ev.kind,
-                        colloquy_actors::bus::EventKind::Token(_)
-                            | colloquy_actors::bus::EventKind::SpeechPlayed { .. }
-                    ) {
-                        eprintln!(
-                            "{} {:>6} ms {:?}",
-                            info.id,
-                            t0.elapsed().as_millis(),
-                            ev.kind
-                        );
-                    }
-                }
-            });
-        }
         _ => {}
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -372,11 +350,6 @@ pub(crate) async fn run(
             "played_not_committed": per.iter().map(|p| p.1).sum::<usize>(),
         })
     });
-    if std::env::var_os("COLLOQUY_LOADGEN_HISTORY").is_some() {
-        for (id, h) in &kept.lock().unwrap().histories {
-            eprintln!("{id}: {}", serde_json::to_string(h).unwrap_or_default());
-        }
-    }
     if let Some(s) = supervisor {
         s.shutdown().await;
     }
