@@ -135,11 +135,10 @@ async fn serve_self(
         Arc::new(synth),
     )
     .with_transcriber(Arc::new(ears))
-    .on_call(move |notice| match notice {
-        CallNotice::Ended { info, history, .. } => {
+    .on_call(move |notice| {
+        if let CallNotice::Ended { info, history, .. } = notice {
             kept.lock().unwrap().histories.push((info.id, history));
         }
-        _ => {}
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("ws://{}/twilio", listener.local_addr()?);
