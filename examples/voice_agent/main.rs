@@ -34,6 +34,8 @@ use colloquy_actors::{
 };
 use tokio::sync::{oneshot, watch};
 
+#[cfg(all(feature = "espeak", feature = "pocketsphinx"))]
+mod audio;
 #[path = "../common/mod.rs"]
 mod common;
 mod model;
@@ -78,6 +80,12 @@ struct Args {
     /// One JSON object per line on stdout instead of the timeline
     #[arg(long)]
     json: bool,
+    /// Play the scenario as sound: the user's lines spoken by espeak-ng and
+    /// heard through voice activity detection and PocketSphinx, the agent
+    /// speaking too; writes what a caller heard to FILE (stereo WAV: caller
+    /// left, agent right). Needs --features espeak,pocketsphinx
+    #[arg(long, value_name = "FILE")]
+    audio: Option<PathBuf>,
     #[command(flatten)]
     provider: ProviderFlags,
     /// The model (default: $COLLOQUY_MODEL, else gpt-4o-mini)
@@ -155,6 +163,14 @@ async fn run(
     );
     settings.interruption = scenario.policy.clone();
     settings.preemptive = scenario.preemptive.then(Preemptive::default);
+    if let Some(path) = args.audio.clone() {
+        return run_audio(
+            path,
+            scenario,
+            SessionConfig::new(model.client.clone(), settings),
+        )
+        .await;
+    }
     let supervisor = Supervisor::start(SupervisorConfig::default()).await?;
     let mut config = SessionConfig::new(model.client.clone(), settings)
         .with_tools(weather_tool())
@@ -233,4 +249,22 @@ async fn run(
     }
     supervisor.shutdown().await;
     Ok(problems)
+}
+
+#[cfg(all(feature = "espeak", feature = "pocketsphinx"))]
+async fn run_audio(
+    path: PathBuf,
+    scenario: Scenario,
+    config: SessionConfig,
+) -> Result<Vec<String>, Box<dyn std::error::Error>> {
+    audio::run(path, scenario, config).await
+}
+
+#[cfg(not(all(feature = "espeak", feature = "pocketsphinx")))]
+async fn run_audio(
+    _path: PathBuf,
+    _scenario: Scenario,
+    _config: SessionConfig,
+) -> Result<Vec<String>, Box<dyn std::error::Error>> {
+    Err("--audio needs the speech engines: build with --features espeak,pocketsphinx (and their system packages; see docs/audio.md)".into())
 }
