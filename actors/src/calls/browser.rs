@@ -103,6 +103,11 @@ async fn run(services: CallServices, socket: WebSocket) {
                     if call.is_some() {
                         break Some(CallError::Protocol("a second hello".into()));
                     }
+                    if !colloquy::audio::resample::SUPPORTED_RATES.contains(&sample_rate) {
+                        break Some(CallError::Audio(
+                            colloquy::audio::AudioError::UnsupportedRate(sample_rate),
+                        ));
+                    }
                     let info = CallInfo {
                         id: format!("web-{}", services.next_id()),
                         transport: "browser",

@@ -68,6 +68,9 @@ impl Default for AudioOutputConfig {
     }
 }
 
+/// How far synthesis may run ahead of the audio sent.
+const AHEAD: Duration = Duration::from_secs(10);
+
 struct Shared {
     synth: Arc<dyn Synthesizer>,
     sink: Arc<dyn AudioSink>,
@@ -121,6 +124,17 @@ impl AudioOutput {
             progress: Notify::new(),
             jobs,
             config,
+        });
+        // Reports become characters in the reporting thread when the state
+        // is free (the driver catches up otherwise): a barge-in decided just
+        // after a report finds it already counted.
+        let weak = Arc::downgrade(&shared);
+        shared.clock.on_report(move || {
+            if let Some(s) = weak.upgrade()
+                && let Ok(mut st) = s.state.try_lock()
+            {
+                apply_reports(&s, &mut st);
+            }
         });
         let driver = AbortOnDrop(tokio::spawn(drive(shared.clone())));
         let synth = AbortOnDrop(tokio::spawn(synthesize(Arc::downgrade(&shared), jobs_rx)));
@@ -249,16 +263,35 @@ async fn synthesize(
         let mut buf = Vec::new();
         let mut failed = false;
         while let Some(event) = stream.next().await {
+            if let Ok(SynthEvent::Audio(pcm)) = &event {
+                // Resampled before the lock: a pause or a cut never waits
+                // for it.
+                buf.clear();
+                resampler.process_into(pcm, &mut buf);
+            }
+            // Synthesis runs at most `AHEAD` ahead of what was sent: a long
+            // reply is not held whole in memory, nor synthesized for nothing
+            // before a barge-in.
+            loop {
+                let notified = s.progress.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                {
+                    let st = lock(&s.state);
+                    if st.generation != generation
+                        || st.end.saturating_sub(st.sent) < duration_to_samples(AHEAD, st.rate)
+                    {
+                        break;
+                    }
+                }
+                notified.await;
+            }
             let mut st = lock(&s.state);
             if st.generation != generation {
                 break;
             }
             match event {
-                Ok(SynthEvent::Audio(pcm)) => {
-                    buf.clear();
-                    resampler.process_into(&pcm, &mut buf);
-                    st.append(segment.index(), &buf);
-                }
+                Ok(SynthEvent::Audio(_)) => st.append(segment.index(), &buf),
                 Ok(SynthEvent::Mark { chars, sample }) => {
                     st.mark(
                         segment.index(),
@@ -307,8 +340,9 @@ fn fail(s: &Shared, generation: u64, index: usize) {
 async fn drive(s: Arc<Shared>) {
     let rate = lock(&s.state).rate;
     let lead = duration_to_samples(s.config.lead, rate);
-    // The current run of sending: when it began, and from which position.
-    let mut run: Option<(Instant, u64)> = None;
+    // The current run of sending: when it began, from which position, and
+    // the playout's run number it belongs to.
+    let mut run: Option<(Instant, u64, u64)> = None;
     let mut frames: Vec<AudioFrame> = Vec::new();
     let mut last_progress = (Instant::now(), 0u64);
     loop {
@@ -316,40 +350,45 @@ async fn drive(s: Arc<Shared>) {
         let mut next: Option<Instant> = None;
         {
             let mut st = lock(&s.state);
-            let played = s.clock.played();
-            for (segment, chars) in st.played_through(played) {
-                segment.played(chars);
-            }
+            apply_reports(&s, &mut st);
             if st.played != last_progress.1 || st.in_flight() == 0 || st.paused {
                 last_progress = (now, st.played);
-            } else if now.duration_since(last_progress.0) >= s.config.stall_timeout {
+            } else if now.saturating_duration_since(last_progress.0) >= s.config.stall_timeout {
                 tracing::warn!(
                     in_flight = st.in_flight(),
-                    "audio output: the sink confirmed no playback for {:?}; its segment ends as stopped",
+                    "audio output: the sink confirmed no playback for {:?}; the turn's speech ends as stopped",
                     s.config.stall_timeout
                 );
-                st.stop();
+                st.give_up();
                 s.sink.clear();
                 s.progress.notify_waiters();
                 last_progress = (now, st.played);
             }
+            if run.is_some_and(|r| r.2 != st.runs) {
+                run = None;
+            }
             if st.paused || st.sent >= st.end {
                 run = None;
             } else {
-                let (t0, p0) = *run.get_or_insert((now, st.sent));
-                let elapsed = duration_to_samples(now.duration_since(t0), rate);
+                let (t0, p0, _) = *run.get_or_insert((now, st.sent, st.runs));
+                let elapsed = duration_to_samples(now.saturating_duration_since(t0), rate);
                 frames.clear();
-                st.take_frames(p0 + elapsed + lead, &mut frames);
+                let starved =
+                    st.take_frames(p0.saturating_add(elapsed).saturating_add(lead), &mut frames);
                 for f in frames.drain(..) {
                     s.sink.write(f);
                 }
-                if st.sent < st.end {
-                    let ahead = (st.sent - p0).saturating_sub(lead);
-                    next = Some(t0 + colloquy::audio::samples_to_duration(ahead, rate));
+                // More to send on time: wake when the next sample is due. A
+                // partial frame waiting for synthesis: wait for its wake.
+                if st.sent < st.end && !starved {
+                    let ahead = (st.sent - p0).saturating_sub(lead) + 1;
+                    next = t0.checked_add(colloquy::audio::samples_to_duration(ahead, rate));
                 }
             }
-            if st.in_flight() > 0 && !st.paused {
-                let stall = last_progress.0 + s.config.stall_timeout;
+            if st.in_flight() > 0
+                && !st.paused
+                && let Some(stall) = last_progress.0.checked_add(s.config.stall_timeout)
+            {
                 next = Some(next.map_or(stall, |n| n.min(stall)));
             }
         }
@@ -364,5 +403,12 @@ async fn drive(s: Arc<Shared>) {
                 }
             } => {}
         }
+    }
+}
+
+/// Turns the sink's latest played report into characters heard.
+fn apply_reports(s: &Shared, st: &mut Playout) {
+    for (segment, chars) in st.played_through(s.clock.played()) {
+        segment.played(chars);
     }
 }

@@ -172,7 +172,11 @@ impl Listener {
                         r.send(RecognizerInput::SpeechStarted { position: at });
                         let pre_roll: Vec<_> = r.pre_roll.drain(..).collect();
                         for f in pre_roll {
-                            r.send(RecognizerInput::Frame(f));
+                            if r.input.capacity() > CONTROL_ROOM {
+                                r.send(RecognizerInput::Frame(f));
+                            } else {
+                                r.dropped_frame();
+                            }
                         }
                     }
                 }
@@ -189,7 +193,13 @@ impl Listener {
         }
         if let (Some(r), Some(f)) = (&mut self.recognizer, rec_frame) {
             if self.speaking {
-                r.send(RecognizerInput::Frame(f));
+                // Frames leave room for the utterance's start and end: those
+                // are never the ones dropped.
+                if r.input.capacity() > CONTROL_ROOM {
+                    r.send(RecognizerInput::Frame(f));
+                } else {
+                    r.dropped_frame();
+                }
             } else {
                 r.pre_roll.push_back(f);
                 let mut held: u64 = r.pre_roll.iter().map(|f| f.len() as u64).sum();
@@ -207,14 +217,21 @@ impl Listener {
     }
 }
 
+/// Slots of the recognizer's queue kept for `SpeechStarted`/`SpeechEnded`.
+const CONTROL_ROOM: usize = 4;
+
 impl Recognizer {
     fn send(&mut self, input: RecognizerInput) {
         if self.input.try_send(input).is_err() {
-            if self.dropped == 0 {
-                tracing::warn!("listener: the recognizer is behind; frames are dropped for it");
-            }
-            self.dropped += 1;
-            metrics::counter!("colloquy_listener_dropped_frames_total").increment(1);
+            self.dropped_frame();
         }
+    }
+
+    fn dropped_frame(&mut self) {
+        if self.dropped == 0 {
+            tracing::warn!("listener: the recognizer is behind; frames are dropped for it");
+        }
+        self.dropped += 1;
+        metrics::counter!("colloquy_listener_dropped_frames_total").increment(1);
     }
 }

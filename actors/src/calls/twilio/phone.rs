@@ -280,6 +280,8 @@ fn echo(out: &mpsc::UnboundedSender<Message>, sid: &str, name: &str) {
 
 /// The phone's speaker: one chunk at a time, in real time.
 async fn play(player: Arc<Shared>, out: mpsc::UnboundedSender<Message>, sid: String) {
+    // When the chunk playing ends: the next one starts there.
+    let mut clock: Option<Instant> = None;
     loop {
         let next = {
             let mut p = lock(&player.state);
@@ -300,11 +302,17 @@ async fn play(player: Arc<Shared>, out: mpsc::UnboundedSender<Message>, sid: Str
             }
         };
         let Some((samples, epoch)) = next else {
+            clock = None;
             player.wake.notified().await;
             continue;
         };
-        let at = Instant::now();
+        // Back to back from the previous chunk's end (not from when the
+        // timer fired): the phone keeps real time over a long reply.
+        let at = clock
+            .filter(|&c| c > Instant::now() - Duration::from_millis(40))
+            .unwrap_or_else(Instant::now);
         let done = at + Duration::from_micros(samples.len() as u64 * 125);
+        clock = Some(done);
         loop {
             tokio::select! {
                 () = tokio::time::sleep_until(done) => break,
@@ -318,6 +326,7 @@ async fn play(player: Arc<Shared>, out: mpsc::UnboundedSender<Message>, sid: Str
         let mut p = lock(&player.state);
         if p.epoch != epoch {
             p.log.cleared_samples += samples.len();
+            clock = None;
             continue;
         }
         // The mark right after this chunk names where it ends, and is echoed

@@ -56,6 +56,12 @@ pub(super) struct Playout {
     /// Every sample before this was played (the sink's report).
     pub(super) played: u64,
     pub(super) paused: bool,
+    /// Bumped whenever sending restarts from a new place (a pause, a stop, a
+    /// new timeline): the driver's pacing starts afresh.
+    pub(super) runs: u64,
+    /// The sink stopped confirming playback for this turn: its segments end
+    /// as stopped at once, none is sent.
+    dead: Option<TurnId>,
     /// Frame size for sending, in samples.
     frame: usize,
 }
@@ -73,7 +79,9 @@ impl Playout {
             sent: 0,
             played: 0,
             paused: false,
-            frame: (rate * frame_ms / 1000).max(1) as usize,
+            runs: 0,
+            dead: None,
+            frame: (u64::from(rate) * u64::from(frame_ms) / 1000).max(1) as usize,
         }
     }
 
@@ -84,6 +92,7 @@ impl Playout {
         if self.turn != Some(segment.turn()) {
             self.reset_timeline();
             self.turn = Some(segment.turn());
+            self.paused = false;
         }
         if self
             .spans
@@ -92,14 +101,36 @@ impl Playout {
         {
             return false;
         }
+        let dead = self.dead == Some(segment.turn());
+        let end = self.end;
         self.spans.push_back(Span {
             segment: segment.clone(),
-            start: None,
-            end: None,
+            start: dead.then_some(end),
+            end: dead.then_some(end),
             alignment: Alignment::new(false),
-            failed: false,
+            failed: dead,
         });
-        true
+        !dead
+    }
+
+    /// The sink is gone for this turn: every segment of it ends as stopped
+    /// (heard where the last confirmation put it), and so do the ones
+    /// registered after, at once.
+    pub(super) fn give_up(&mut self) {
+        self.dead = self.turn;
+        let end = self.end;
+        for span in &mut self.spans {
+            if span.end.is_none() || !span.failed {
+                span.start.get_or_insert(end);
+                span.end = Some(span.end.unwrap_or(end));
+                span.failed = true;
+            }
+        }
+        self.samples.clear();
+        self.sent = self.end;
+        self.played = self.end;
+        self.kept_from = self.end;
+        self.runs += 1;
     }
 
     /// Appends synthesized audio of the span `index` (which must be the first
@@ -155,16 +186,18 @@ impl Playout {
 
     /// The frames to send now: from `sent` up to `limit` (a position), whole
     /// frames only unless the audio is complete (the last frame may be short).
-    pub(super) fn take_frames(&mut self, limit: u64, out: &mut Vec<AudioFrame>) {
+    /// Returns `true` when it stopped for want of audio (a partial frame
+    /// waiting for more synthesis), not for want of time.
+    pub(super) fn take_frames(&mut self, limit: u64, out: &mut Vec<AudioFrame>) -> bool {
         if self.paused {
-            return;
+            return false;
         }
         let complete = self.spans.back().is_none_or(|s| s.end.is_some());
         let frame = self.frame as u64;
         while self.sent < self.end && self.sent < limit {
             let n = (self.end - self.sent).min(frame);
             if n < frame && !complete {
-                break;
+                return true;
             }
             let from = (self.sent - self.kept_from) as usize;
             let chunk: Vec<i16> = self
@@ -175,6 +208,7 @@ impl Playout {
             out.push(AudioFrame::new(chunk, self.rate, self.sent));
             self.sent += n;
         }
+        false
     }
 
     /// The sink reports every sample before `position` played: returns the
@@ -227,6 +261,7 @@ impl Playout {
     pub(super) fn pause(&mut self) {
         self.paused = true;
         self.sent = self.played;
+        self.runs += 1;
     }
 
     pub(super) fn resume(&mut self) {
@@ -240,6 +275,7 @@ impl Playout {
         self.generation += 1;
         self.reset_timeline();
         self.turn = None;
+        self.dead = None;
         self.paused = false;
     }
 
@@ -251,10 +287,118 @@ impl Playout {
         self.sent = fresh;
         self.played = fresh;
         self.kept_from = fresh;
+        self.runs += 1;
     }
 
     /// Samples sent and not yet confirmed played.
     pub(super) fn in_flight(&self) -> u64 {
         self.sent - self.played
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::SessionBus;
+    use crate::ids::SessionId;
+
+    fn segment(turn: u64, index: usize, text: &str) -> Segment {
+        let bus = SessionBus::new(SessionId::new("t"), 16);
+        Segment::new(
+            bus,
+            TurnId(turn),
+            index,
+            0,
+            std::sync::Arc::from(text),
+            false,
+        )
+    }
+
+    fn frames(p: &mut Playout, limit: u64) -> (Vec<AudioFrame>, bool) {
+        let mut out = Vec::new();
+        let starved = p.take_frames(limit, &mut out);
+        (out, starved)
+    }
+
+    #[test]
+    fn a_partial_frame_waits_for_audio_not_for_time() {
+        let mut p = Playout::new(8_000, 20);
+        assert!(p.register(&segment(1, 0, "hello")));
+        p.append(0, &[1; 250]);
+        let (out, starved) = frames(&mut p, u64::MAX);
+        assert_eq!(out.len(), 1, "one whole frame of 160");
+        assert!(starved, "the 90 left wait for synthesis, not for the clock");
+        p.finish_span(0);
+        let (out, starved) = frames(&mut p, u64::MAX);
+        assert_eq!(
+            (out.len(), out[0].len(), starved),
+            (1, 90, false),
+            "the tail goes once complete"
+        );
+    }
+
+    #[test]
+    fn a_pause_resends_from_the_played_sample_and_a_stop_voids_late_reports() {
+        let mut p = Playout::new(8_000, 20);
+        p.register(&segment(1, 0, "hello world"));
+        p.append(0, &[7; 1600]);
+        p.mark(0, 5, 800, false);
+        p.finish_span(0);
+        let (out, _) = frames(&mut p, 960);
+        assert_eq!(out.len(), 6);
+        let heard = p.played_through(800);
+        assert_eq!(heard.iter().map(|h| h.1).collect::<Vec<_>>(), vec![5]);
+        let runs = p.runs;
+        p.pause();
+        assert_eq!(
+            (p.sent, p.runs),
+            (800, runs + 1),
+            "rewound to the played sample, a new run"
+        );
+        assert!(
+            frames(&mut p, u64::MAX).0.is_empty(),
+            "nothing sent while paused"
+        );
+        p.resume();
+        let (out, _) = frames(&mut p, u64::MAX);
+        assert_eq!(
+            out[0].position(),
+            800,
+            "resumed from exactly the played sample"
+        );
+        // A report beyond what was sent is clamped; after a stop, old
+        // positions count for nothing.
+        p.stop();
+        assert!(p.played_through(1600).is_empty());
+        assert!(p.register(&segment(2, 0, "next")));
+        p.append(0, &[1; 160]);
+        let (out, _) = frames(&mut p, u64::MAX);
+        assert_eq!(
+            out[0].position(),
+            1600,
+            "the next turn starts on a fresh stretch"
+        );
+    }
+
+    #[test]
+    fn a_gone_sink_ends_the_turns_segments_now_and_later() {
+        let mut p = Playout::new(8_000, 20);
+        p.register(&segment(1, 0, "one"));
+        p.register(&segment(1, 1, "two"));
+        p.append(0, &[1; 320]);
+        let _ = frames(&mut p, u64::MAX);
+        p.give_up();
+        assert_eq!(p.span_done(0), Some(SpanState::Failed));
+        assert_eq!(p.span_done(1), Some(SpanState::Failed));
+        assert!(
+            !p.register(&segment(1, 2, "three")),
+            "no synthesis for a dead turn"
+        );
+        assert_eq!(p.span_done(2), Some(SpanState::Failed));
+        assert!(
+            p.register(&segment(2, 0, "new turn")),
+            "a new turn speaks again"
+        );
+        assert_eq!(p.span_done(0), Some(SpanState::Pending));
     }
 }

@@ -152,7 +152,9 @@ async fn play(inner: Arc<Inner>) {
         }
         let end = frame.end();
         st.played.push(PlayedFrame { at, frame });
-        drop(st);
+        // On the clock before the lock is released: a clear after this finds
+        // it reported (the `AudioSink::clear` contract).
         inner.clock.played_through(end);
+        drop(st);
     }
 }

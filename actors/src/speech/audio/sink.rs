@@ -43,10 +43,23 @@ pub struct PlayoutClock {
     inner: Arc<ClockInner>,
 }
 
-#[derive(Debug, Default)]
+type OnReport = Box<dyn Fn() + Send + Sync>;
+
+#[derive(Default)]
 struct ClockInner {
     played: AtomicU64,
     changed: Notify,
+    /// The output's hook: turns a report into characters at once when it can
+    /// (it never waits for a lock: a sink may report under its own).
+    on_report: std::sync::OnceLock<OnReport>,
+}
+
+impl std::fmt::Debug for ClockInner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PlayoutClock")
+            .field("played", &self.played.load(Ordering::SeqCst))
+            .finish()
+    }
 }
 
 impl PlayoutClock {
@@ -60,7 +73,15 @@ impl PlayoutClock {
     pub fn played_through(&self, position: u64) {
         if self.inner.played.fetch_max(position, Ordering::SeqCst) < position {
             self.inner.changed.notify_one();
+            if let Some(f) = self.inner.on_report.get() {
+                f();
+            }
         }
+    }
+
+    /// Sets the hook a report runs (the audio output's; once).
+    pub(crate) fn on_report(&self, f: impl Fn() + Send + Sync + 'static) {
+        let _ = self.inner.on_report.set(Box::new(f));
     }
 
     /// The latest played position reported.
