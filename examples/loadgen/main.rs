@@ -234,7 +234,11 @@ mod twilio;
 /// Phone calls (`--twilio`).
 #[cfg(all(feature = "calls", feature = "espeak", feature = "pocketsphinx"))]
 async fn run_twilio(url: String, a: &Args) -> ExitCode {
-    match twilio::run(url, a.calls).await {
+    let mode = match a.interrupt {
+        Interrupt::Immediate => colloquy_actors::turn_taking::InterruptionMode::Immediate,
+        Interrupt::Confirmed => colloquy_actors::turn_taking::InterruptionMode::Confirmed,
+    };
+    match twilio::run(url, a.calls, mode).await {
         Ok(summary) => {
             if a.json {
                 println!("{summary}");

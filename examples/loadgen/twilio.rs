@@ -89,6 +89,7 @@ impl Synthesizer for Recording {
 /// its synthesis is told apart from the others'.
 async fn serve_self(
     kept: Arc<Mutex<Kept>>,
+    mode: InterruptionMode,
 ) -> Result<(String, MockServer, Supervisor), Box<dyn std::error::Error>> {
     let model = MockServer::start(|req| {
         let call = req.json()["messages"][0]["content"]
@@ -127,7 +128,7 @@ async fn serve_self(
             let mut settings = AgentSettings::new(LlmOptions::new("loadgen"));
             settings.instructions = Some(format!("Call {}", info.id));
             settings.interruption = InterruptionPolicy {
-                mode: InterruptionMode::Immediate,
+                mode,
                 ..InterruptionPolicy::default()
             };
             SessionConfig::new(client.clone(), settings)
@@ -296,11 +297,12 @@ fn mismatch(kept: &Kept, o: &Outcome) -> Option<(usize, usize)> {
 pub(crate) async fn run(
     url: String,
     calls: usize,
+    mode: InterruptionMode,
 ) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
     let kept: Arc<Mutex<Kept>> = Arc::default();
     let own = url == "self";
     let (url, _model, supervisor) = if own {
-        let (u, m, s) = serve_self(kept.clone()).await?;
+        let (u, m, s) = serve_self(kept.clone(), mode).await?;
         (u, Some(m), Some(s))
     } else {
         (url, None, None)
@@ -357,6 +359,7 @@ pub(crate) async fn run(
     }
     Ok(json!({
         "mode": "twilio",
+        "interruptions": if mode == InterruptionMode::Immediate { "immediate (the clear is the cut)" } else { "confirmed (the first clear is the pause, min_pause 200 ms after the detector's start)" },
         "server": if own { "self (in-process: PocketSphinx, espeak-ng, scripted model 300 ms to first token)" } else { url.as_str() },
         "calls": calls,
         "calls_ok": outcomes.len(),
