@@ -269,7 +269,8 @@ fn mismatch(kept: &Kept, o: &Outcome) -> Option<(usize, usize)> {
         ChatItem::Message(m) if m.role == Role::Assistant => Some(m.text_content()),
         _ => None,
     })?;
-    let tag = format!("Call {}", o.id);
+    // "Call twilio-LOAD1 here." — the space after the id keeps LOAD1 from LOAD10.
+    let tag = format!("Call {} ", o.id);
     let mut audio_len = 0u64;
     let mut alignment = Alignment::new(false);
     let mut chars_before = 0;
