@@ -279,3 +279,44 @@ async fn a_missing_key_is_a_runtime_error_without_a_debug_print() {
         "error: missing API key: pass one or set OPENAI_API_KEY"
     );
 }
+
+/// `voice_server` (built with the call transports and the engines): its
+/// usage, every flag described, a bad flag value a usage error.
+#[cfg(all(feature = "calls", feature = "espeak", feature = "pocketsphinx"))]
+#[tokio::test]
+async fn voice_server_describes_its_flags_and_refuses_bad_ones() {
+    let (stdout, stderr, code) = run("voice_server", &["--help"]).await;
+    assert_eq!(code, Some(0), "{stdout} {stderr}");
+    assert!(stdout.contains("Usage: voice_server"), "{stdout}");
+    for flag in [
+        "--listen",
+        "--json",
+        "--base-url",
+        "--model",
+        "--interruptions",
+        "--voice",
+    ] {
+        assert!(
+            stdout.contains(flag),
+            "voice_server --help lists {flag}: {stdout}"
+        );
+    }
+    assert_usage_error(
+        "voice_server --interruptions sometimes",
+        &run("voice_server", &["--interruptions", "sometimes"]).await,
+    );
+    assert_usage_error(
+        "voice_server --listen nowhere",
+        &run("voice_server", &["--listen", "nowhere"]).await,
+    );
+    let (stdout, _, _) = run("voice_agent", &["--help"]).await;
+    assert!(
+        stdout.contains("--audio"),
+        "voice_agent --help lists --audio: {stdout}"
+    );
+    let (stdout, _, _) = run("loadgen", &["--help"]).await;
+    assert!(
+        stdout.contains("--twilio") && stdout.contains("--calls"),
+        "{stdout}"
+    );
+}
