@@ -183,6 +183,9 @@ impl Call {
     ) -> Result<Self, CallError> {
         let mut config = (services.session_config)(&info);
         config.speech_output = true;
+        // The page and `--json` follow a call's bus while its tokens stream:
+        // room enough that they do not lag behind a reply.
+        config.bus_capacity = config.bus_capacity.max(1024);
         let session = services
             .supervisor
             .start_session(SessionId::new(info.id.clone()), config)
