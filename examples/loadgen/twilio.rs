@@ -45,6 +45,9 @@ type Made = (Option<tokio::task::Id>, String, Vec<i16>, Vec<(usize, u64)>);
 struct Kept {
     synth: Vec<Made>,
     histories: Vec<(String, ChatContext)>,
+    /// When each call's first cut (or pause) was decided: its hooks ran, in
+    /// the deciding thread, right after the ledger's decision.
+    decided: Vec<(String, Instant)>,
 }
 
 struct Recording {
@@ -136,10 +139,23 @@ async fn serve_self(
         Arc::new(synth),
     )
     .with_transcriber(Arc::new(ears))
-    .on_call(move |notice| {
-        if let CallNotice::Ended { info, history, .. } = notice {
+    .on_call(move |notice| match notice {
+        CallNotice::Ended { info, history, .. } => {
             kept.lock().unwrap().histories.push((info.id, history));
         }
+        CallNotice::Started { info, session } => {
+            let record = |kept: &Arc<Mutex<Kept>>, id: &str| {
+                let mut k = kept.lock().unwrap();
+                if !k.decided.iter().any(|(i, _)| i == id) {
+                    k.decided.push((id.to_string(), Instant::now()));
+                }
+            };
+            let (k, id) = (kept.clone(), info.id.clone());
+            session.bus().on_cut(move |_| record(&k, &id));
+            let (k, id) = (kept.clone(), info.id.clone());
+            session.bus().on_pause(move |_| record(&k, &id));
+        }
+        _ => {}
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("ws://{}/twilio", listener.local_addr()?);
@@ -187,6 +203,8 @@ struct Outcome {
     id: String,
     voice_to_voice: Duration,
     to_silence: Duration,
+    /// When the first `clear` reached the phone.
+    cleared_at: Instant,
     /// Samples of the first reply the phone played before the clear.
     played: u64,
 }
@@ -257,6 +275,7 @@ async fn one_call(
         id: format!("twilio-{id}"),
         voice_to_voice,
         to_silence: clear.saturating_duration_since(onset_at),
+        cleared_at: clear,
         played,
     })
 }
@@ -343,6 +362,19 @@ pub(crate) async fn run(
         .collect();
     v2v.sort_unstable();
     silence.sort_unstable();
+    // With the server in this process: the decision (the cut's or pause's
+    // hooks) → the clear at the phone, on one clock.
+    let mut decision_to_clear: Vec<u64> = {
+        let k = kept.lock().unwrap();
+        outcomes
+            .iter()
+            .filter_map(|o| {
+                let (_, at) = k.decided.iter().find(|(id, _)| *id == o.id)?;
+                Some(o.cleared_at.saturating_duration_since(*at).as_micros() as u64)
+            })
+            .collect()
+    };
+    decision_to_clear.sort_unstable();
     let heard = own.then(|| {
         let k = kept.lock().unwrap();
         let per: Vec<_> = outcomes.iter().filter_map(|o| mismatch(&k, o)).collect();
@@ -367,6 +399,7 @@ pub(crate) async fn run(
         "errors": errors.len(),
         "time_to_silence_ms": latency_json(&silence),
         "voice_to_voice_ms": latency_json(&v2v),
+        "decision_to_clear_us": own.then(|| latency_json(&decision_to_clear)),
         "heard_mismatch_words": heard,
         "cpu_s_per_call": if calls > 0 { cpu / calls as f64 } else { 0.0 },
         "rss_mb_per_call": if calls > 0 { (peak - rss0).max(0.0) / calls as f64 } else { 0.0 },
