@@ -174,11 +174,30 @@ impl Transcriber for PocketSphinx {
         };
         std::thread::Builder::new()
             .name("pocketsphinx".to_owned())
-            .spawn(move || worker.run())
+            .spawn(move || {
+                yield_to_the_call_path();
+                worker.run()
+            })
             .map_err(|e| {
                 AudioError::engine(ENGINE, format!("cannot start a recognition thread: {e}"))
             })?;
         Ok(Recognition { input, transcripts })
+    }
+}
+
+/// Decoding is the heaviest work of a call, and the least urgent: a barge-in's
+/// `clear`, the playout clock and the frame pacing must never wait behind it
+/// for a core. Recognition threads run at a lower scheduling priority (nice
+/// +10) than the runtime's; on a machine with cores to spare this changes
+/// nothing. (Linux: `nice` applies to the calling thread.)
+fn yield_to_the_call_path() {
+    unsafe extern "C" {
+        fn nice(inc: std::ffi::c_int) -> std::ffi::c_int;
+    }
+    // SAFETY: `nice` only changes this thread's scheduling priority; its
+    // result (the new niceness, or -1 with errno) is not needed.
+    unsafe {
+        nice(10);
     }
 }
 
