@@ -30,6 +30,9 @@
 //! not call back into its bus (it would wait for the delivery it runs in);
 //! debug builds catch that with a clear panic instead of a deadlock.
 
+#[cfg(test)]
+mod tests;
+
 use std::cell::Cell;
 use std::ops::{Deref, DerefMut};
 use std::sync::{Mutex, MutexGuard};

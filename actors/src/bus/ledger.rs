@@ -42,7 +42,7 @@ mod publish;
 mod record;
 mod speculation;
 #[cfg(test)]
-mod tests;
+pub(in crate::bus) mod tests;
 
 pub(crate) use record::{Closed, Cut, LedgerError, RoundRecord, Signal, TurnRecord};
 
