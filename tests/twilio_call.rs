@@ -113,6 +113,22 @@ fn assistant_texts(history: &colloquy::context::ChatContext) -> Vec<(String, boo
         .collect()
 }
 
+/// Calls the server as `call_sid` and asks the question, in real time.
+async fn call_and_ask(server: &CallServer, call_sid: &str) -> SimulatedPhone {
+    let mut phone = SimulatedPhone::call(&server.twilio_url(), call_sid)
+        .await
+        .unwrap();
+    phone.silence(Duration::from_millis(400)).await;
+    phone
+        .speak(&speech::speech_at(
+            "What is the weather like in Paris today",
+            "en-gb+f3",
+            8_000,
+        ))
+        .await;
+    phone
+}
+
 /// Streams silence until `check` holds, as a phone line keeps sending audio.
 async fn silence_until(phone: &mut SimulatedPhone, check: impl Fn(&PhoneLog) -> bool) {
     let deadline = Instant::now() + GUARD;
@@ -133,17 +149,7 @@ async fn a_barge_in_clears_the_phone_and_the_history_ends_at_the_last_played_wor
         ..InterruptionPolicy::default()
     };
     let server = CallServer::start(policy, vec![REPLY.into(), "Sure.".into()]).await;
-    let mut phone = SimulatedPhone::call(&server.twilio_url(), "CA1")
-        .await
-        .unwrap();
-    phone.silence(Duration::from_millis(400)).await;
-    phone
-        .speak(&speech::speech_at(
-            "What is the weather like in Paris today",
-            "en-gb+f3",
-            8_000,
-        ))
-        .await;
+    let mut phone = call_and_ask(&server, "CA1").await;
     // The agent answers: let the phone play a second and a half of it.
     silence_until(&mut phone, |l| played_samples(l) >= 12_000).await;
     let barge_in = speech::speech_at("wait, stop please", "en-gb+f3", 8_000);
@@ -208,17 +214,7 @@ async fn a_cough_pauses_and_the_resume_continues_from_the_last_confirmed_sample(
         ..InterruptionPolicy::default()
     };
     let server = CallServer::start(policy, vec![REPLY.into()]).await;
-    let mut phone = SimulatedPhone::call(&server.twilio_url(), "CA2")
-        .await
-        .unwrap();
-    phone.silence(Duration::from_millis(400)).await;
-    phone
-        .speak(&speech::speech_at(
-            "What is the weather like in Paris today",
-            "en-gb+f3",
-            8_000,
-        ))
-        .await;
+    let mut phone = call_and_ask(&server, "CA2").await;
     silence_until(&mut phone, |l| played_samples(l) >= 8_000).await;
     // A cough: a short vowel, longer than the pause's 200 ms, no words.
     phone

@@ -23,7 +23,14 @@ pub mod twilio;
 pub use call::{CallError, CallInfo, CallNotice, CallServices};
 
 use axum::Router;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::routing::get;
+use futures_util::stream::SplitStream;
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use call::Call;
 
 /// Largest WebSocket message a call accepts (a 20 ms Twilio frame is about
 /// 300 bytes; a browser frame a few KiB): larger ones end the call.
@@ -37,4 +44,49 @@ pub fn router(services: CallServices) -> Router {
         .route("/ws", get(browser::upgrade))
         .route("/twilio", get(twilio::upgrade))
         .with_state(services)
+}
+
+/// A call's WebSocket, with the size limit every call has.
+fn limited(ws: WebSocketUpgrade) -> WebSocketUpgrade {
+    ws.max_message_size(MAX_MESSAGE_BYTES)
+        .max_frame_size(MAX_MESSAGE_BYTES)
+}
+
+/// Splits a call's socket: what it reads, where the call queues what it
+/// sends (its sinks, its events), and the writer task that sends it — and
+/// closes the socket once every sender is gone.
+fn split(
+    socket: WebSocket,
+) -> (
+    SplitStream<WebSocket>,
+    mpsc::UnboundedSender<Message>,
+    JoinHandle<()>,
+) {
+    let (mut ws_tx, ws_rx) = socket.split();
+    let (out, mut queued) = mpsc::unbounded_channel::<Message>();
+    let writer = tokio::spawn(async move {
+        while let Some(msg) = queued.recv().await {
+            if ws_tx.send(msg).await.is_err() {
+                return;
+            }
+        }
+        let _ = ws_tx.close().await;
+    });
+    (ws_rx, out, writer)
+}
+
+/// Ends a call's socket: the call (if it started) ended with `error`, then
+/// the writer drained and the socket closed. The call's sinks (which hold
+/// senders) must be dropped before, or the writer never ends.
+async fn finish(
+    call: Option<Call>,
+    error: Option<CallError>,
+    out: mpsc::UnboundedSender<Message>,
+    writer: JoinHandle<()>,
+) {
+    if let Some(call) = call {
+        call.end(error).await;
+    }
+    drop(out);
+    let _ = writer.await;
 }

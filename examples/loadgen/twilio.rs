@@ -165,28 +165,18 @@ async fn serve_self(
     Ok((url, model, supervisor))
 }
 
-fn speech(text: &str) -> Result<Vec<i16>, Box<dyn std::error::Error>> {
+async fn speech(text: &str) -> Result<Vec<i16>, Box<dyn std::error::Error>> {
     let synth = Espeak::new(EspeakConfig {
         voice: "en-gb+f3".into(),
         ..EspeakConfig::default()
     })?;
-    let rt = tokio::runtime::Handle::current();
-    let audio = std::thread::scope(|s| {
-        s.spawn(|| {
-            rt.block_on(async {
-                let mut out = Vec::new();
-                let mut stream = synth.synthesize(text);
-                while let Some(ev) = stream.next().await {
-                    if let Ok(SynthEvent::Audio(a)) = ev {
-                        out.extend(a);
-                    }
-                }
-                out
-            })
-        })
-        .join()
-        .unwrap_or_default()
-    });
+    let mut audio = Vec::new();
+    let mut stream = synth.synthesize(text);
+    while let Some(ev) = stream.next().await {
+        if let SynthEvent::Audio(a) = ev? {
+            audio.extend(a);
+        }
+    }
     Ok(resample::resample(&audio, synth.sample_rate(), 8_000)?)
 }
 
@@ -327,8 +317,8 @@ pub(crate) async fn run(
     } else {
         (url, None, None)
     };
-    let question = Arc::new(speech("What is the weather like in Paris today")?);
-    let barge = Arc::new(speech("wait, stop please")?);
+    let question = Arc::new(speech("What is the weather like in Paris today").await?);
+    let barge = Arc::new(speech("wait, stop please").await?);
     let rss0 = rss_mb();
     let cpu0 = cpu_seconds();
     let tasks: Vec<_> = (0..calls)

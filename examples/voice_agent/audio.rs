@@ -63,12 +63,9 @@ async fn caller_track(scenario: &Scenario) -> Result<Vec<i16>, Box<dyn std::erro
                         hm
                     }
                 };
+                // At its time in the script, or right after the one before.
                 let offset = (from * u64::from(RATE) / 1000) as usize;
-                if track.len() < offset {
-                    track.resize(offset, 0);
-                }
-                let start = track.len().max(offset);
-                track.resize(start, 0);
+                track.resize(track.len().max(offset), 0);
                 track.extend(audio);
             }
             _ => {}

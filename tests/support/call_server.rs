@@ -224,12 +224,13 @@ impl CallServer {
         let mut audio = Vec::new();
         let mut alignment = Alignment::new(false);
         let mut chars_before = 0;
+        // espeak-ng's rate, the same for every voice.
+        let from = Espeak::new(EspeakConfig::default()).unwrap().sample_rate();
         for text in texts {
             let s = log
                 .iter()
                 .find(|s| &s.text == text)
                 .unwrap_or_else(|| panic!("never synthesized: {text:?}"));
-            let from = Espeak::new(EspeakConfig::default()).unwrap().sample_rate();
             let start = audio.len() as u64;
             for (chars, sample) in &s.marks {
                 alignment.push(

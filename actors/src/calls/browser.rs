@@ -39,13 +39,12 @@ use axum::extract::State;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
 use colloquy::audio::AudioFrame;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use serde::Deserialize;
-use tokio::sync::mpsc;
 
 use super::call::{Call, CallError, CallInfo, CallServices};
 use crate::speech::audio::PlayoutClock;
-use sink::{BrowserSink, Outbound};
+use sink::BrowserSink;
 
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
@@ -63,26 +62,11 @@ enum FromPage {
 
 /// `GET /ws`: the page's WebSocket.
 pub async fn upgrade(State(services): State<CallServices>, ws: WebSocketUpgrade) -> Response {
-    ws.max_message_size(super::MAX_MESSAGE_BYTES)
-        .max_frame_size(super::MAX_MESSAGE_BYTES)
-        .on_upgrade(move |socket| run(services, socket))
+    super::limited(ws).on_upgrade(move |socket| run(services, socket))
 }
 
 async fn run(services: CallServices, socket: WebSocket) {
-    let (mut ws_tx, mut ws_rx) = socket.split();
-    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Outbound>();
-    let writer = tokio::spawn(async move {
-        while let Some(out) = out_rx.recv().await {
-            let msg = match out {
-                Outbound::Text(t) => Message::Text(t.into()),
-                Outbound::Binary(b) => Message::Binary(b.into()),
-            };
-            if ws_tx.send(msg).await.is_err() {
-                return;
-            }
-        }
-        let _ = ws_tx.close().await;
-    });
+    let (mut ws_rx, out_tx, writer) = super::split(socket);
     let mut call: Option<(Call, Arc<BrowserSink>, u32)> = None;
     let mut position = 0u64;
     let mut events = None;
@@ -157,16 +141,14 @@ async fn run(services: CallServices, socket: WebSocket) {
     };
     if let Some(e) = &error {
         tracing::info!(error = %e, "browser: the call ended");
-        let _ = out_tx.send(Outbound::Text(
-            serde_json::json!({"type": "error", "message": e.to_string()}).to_string(),
+        let _ = out_tx.send(Message::Text(
+            serde_json::json!({"type": "error", "message": e.to_string()})
+                .to_string()
+                .into(),
         ));
     }
     drop(events);
-    if let Some((call, sink, _)) = call {
-        // The sink's sender must go before the writer is awaited.
-        drop(sink);
-        call.end(error).await;
-    }
-    drop(out_tx);
-    let _ = writer.await;
+    // The sink's sender goes with it, before the writer is awaited.
+    let call = call.map(|(call, _sink, _)| call);
+    super::finish(call, error, out_tx, writer).await;
 }

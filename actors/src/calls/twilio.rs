@@ -23,8 +23,7 @@ use axum::extract::State;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
 use colloquy::audio::{AudioFrame, mulaw};
-use futures_util::{SinkExt, StreamExt};
-use tokio::sync::mpsc;
+use futures_util::StreamExt;
 
 use super::call::{Call, CallError, CallInfo, CallServices};
 use crate::speech::audio::PlayoutClock;
@@ -33,22 +32,11 @@ use wire::Inbound;
 
 /// `GET /twilio`: the WebSocket Twilio's `<Stream>` connects to.
 pub async fn upgrade(State(services): State<CallServices>, ws: WebSocketUpgrade) -> Response {
-    ws.max_message_size(super::MAX_MESSAGE_BYTES)
-        .max_frame_size(super::MAX_MESSAGE_BYTES)
-        .on_upgrade(move |socket| run(services, socket))
+    super::limited(ws).on_upgrade(move |socket| run(services, socket))
 }
 
 async fn run(services: CallServices, socket: WebSocket) {
-    let (mut ws_tx, mut ws_rx) = socket.split();
-    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<String>();
-    let writer = tokio::spawn(async move {
-        while let Some(text) = out_rx.recv().await {
-            if ws_tx.send(Message::Text(text.into())).await.is_err() {
-                return;
-            }
-        }
-        let _ = ws_tx.close().await;
-    });
+    let (mut ws_rx, out_tx, writer) = super::split(socket);
     let mut call: Option<(Call, Arc<TwilioSink>)> = None;
     let mut position = 0u64;
     let error = loop {
@@ -135,11 +123,7 @@ async fn run(services: CallServices, socket: WebSocket) {
     if let Some(e) = &error {
         tracing::info!(error = %e, "twilio: the call ended");
     }
-    if let Some((call, sink)) = call {
-        // The sink's sender must go before the writer is awaited.
-        drop(sink);
-        call.end(error).await;
-    }
-    drop(out_tx);
-    let _ = writer.await;
+    // The sink's sender goes with it, before the writer is awaited.
+    let call = call.map(|(call, _sink)| call);
+    super::finish(call, error, out_tx, writer).await;
 }

@@ -148,30 +148,29 @@ impl AudioOutput {
     pub fn played(&self) -> u64 {
         lock(&self.shared.state).played
     }
+}
 
-    /// Registers `segment` and queues its synthesis (once).
-    fn register(&self, segment: &Segment) -> u64 {
-        let mut st = lock(&self.shared.state);
-        if st.register(segment) {
-            let _ = self.shared.jobs.send((st.generation, segment.clone()));
-        }
-        st.generation
+/// Registers `segment` and queues its synthesis (once); the generation it
+/// belongs to.
+fn register(shared: &Shared, segment: &Segment) -> u64 {
+    let mut st = lock(&shared.state);
+    if st.register(segment) {
+        let _ = shared.jobs.send((st.generation, segment.clone()));
     }
+    st.generation
 }
 
 impl SpeechOutput for AudioOutput {
     fn prepare(&self, segment: &Segment) {
-        self.register(segment);
+        register(&self.shared, segment);
     }
 
     fn play(&self, segment: Segment) -> impl Future<Output = PlayEnd> + Send {
         // Registered at the first poll, which the speaker makes under its
         // gate: a stop after it ends this play.
         let shared = self.shared.clone();
-        let generation = std::sync::OnceLock::new();
-        let this = self.register_later();
         async move {
-            let generation = *generation.get_or_init(|| this(&segment));
+            let generation = register(&shared, &segment);
             loop {
                 let notified = shared.progress.notified();
                 tokio::pin!(notified);
@@ -220,19 +219,6 @@ impl SpeechOutput for AudioOutput {
         drop(st);
         self.shared.wake.notify_one();
         self.shared.progress.notify_waiters();
-    }
-}
-
-impl AudioOutput {
-    fn register_later(&self) -> impl Fn(&Segment) -> u64 + Send + 'static {
-        let shared = self.shared.clone();
-        move |segment| {
-            let mut st = lock(&shared.state);
-            if st.register(segment) {
-                let _ = shared.jobs.send((st.generation, segment.clone()));
-            }
-            st.generation
-        }
     }
 }
 

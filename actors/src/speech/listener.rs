@@ -66,7 +66,6 @@ pub struct Listener {
     rate: u32,
     recognizer: Option<Recognizer>,
     speaking: bool,
-    events: Vec<VadEvent>,
 }
 
 impl std::fmt::Debug for Listener {
@@ -130,7 +129,6 @@ impl Listener {
             rate,
             recognizer,
             speaking: false,
-            events: Vec::new(),
         })
     }
 
@@ -148,8 +146,7 @@ impl Listener {
     /// before this returns (the decisions are returned too, for timing); the
     /// frame handed to the recognizer.
     pub fn push(&mut self, frame: &AudioFrame) -> Result<Vec<VadEvent>, AudioError> {
-        self.events.clear();
-        let mut events = std::mem::take(&mut self.events);
+        let mut events = Vec::new();
         self.vad.push_into(frame, &mut events)?;
         let rec_frame = match &mut self.recognizer {
             Some(r) => Some(match &mut r.resampler {
@@ -211,9 +208,7 @@ impl Listener {
                 }
             }
         }
-        let out = events.clone();
-        self.events = events;
-        Ok(out)
+        Ok(events)
     }
 }
 

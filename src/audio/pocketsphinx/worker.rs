@@ -38,6 +38,21 @@ pub(super) struct Utterance {
 pub(super) struct Hangup;
 
 impl Worker {
+    /// Ends the utterance still open (at its last frame) and decodes it to
+    /// its final, waiting for a decoder if all are busy.
+    pub(super) fn finish_open(&mut self) -> Result<(), Hangup> {
+        if let Some(u) = &mut self.utterance {
+            u.ended.get_or_insert(u.end);
+        }
+        while self.utterance.is_some() {
+            self.activate()?;
+            if self.utterance.is_some() {
+                self.pool.wait(Duration::from_millis(100));
+            }
+        }
+        Ok(())
+    }
+
     pub(super) fn run(mut self) {
         let _ = self.serve();
         if let Some(utterance) = self.utterance.take()
@@ -74,28 +89,12 @@ impl Worker {
             match message {
                 None => {
                     // The caller closed the stream: finish what was said.
-                    if let Some(u) = &mut self.utterance {
-                        u.ended.get_or_insert(u.end);
-                    }
-                    while self.utterance.is_some() {
-                        self.activate()?;
-                        if self.utterance.is_some() {
-                            self.pool.wait(Duration::from_millis(100));
-                        }
-                    }
+                    self.finish_open()?;
                     return Ok(());
                 }
                 Some(RecognizerInput::SpeechStarted { position }) => {
-                    if let Some(u) = &mut self.utterance {
-                        // A new start without an end: the open one ends here.
-                        u.ended.get_or_insert(u.end);
-                        while self.utterance.is_some() {
-                            self.activate()?;
-                            if self.utterance.is_some() {
-                                self.pool.wait(Duration::from_millis(100));
-                            }
-                        }
-                    }
+                    // A new start without an end: the open one ends here.
+                    self.finish_open()?;
                     self.utterance = Some(Utterance {
                         start: position,
                         end: position,

@@ -3,6 +3,7 @@
 
 use std::sync::Mutex;
 
+use axum::extract::ws::Message;
 use colloquy::audio::AudioFrame;
 use tokio::sync::mpsc;
 
@@ -11,27 +12,17 @@ use crate::session::SessionHandle;
 use crate::speech::audio::{AudioSink, PlayoutClock};
 use crate::task::AbortOnDrop;
 
-/// A message to the page.
-pub(crate) enum Outbound {
-    Text(String),
-    Binary(Vec<u8>),
-}
-
 /// The page's playback, as the server sees it.
 pub(crate) struct BrowserSink {
     rate: u32,
-    out: mpsc::UnboundedSender<Outbound>,
+    out: mpsc::UnboundedSender<Message>,
     clock: PlayoutClock,
     /// The current clear's number: reports of an older one are void.
     epoch: Mutex<u64>,
 }
 
 impl BrowserSink {
-    pub(crate) fn new(
-        rate: u32,
-        out: mpsc::UnboundedSender<Outbound>,
-        clock: PlayoutClock,
-    ) -> Self {
+    pub(crate) fn new(rate: u32, out: mpsc::UnboundedSender<Message>, clock: PlayoutClock) -> Self {
         Self {
             rate,
             out,
@@ -62,21 +53,21 @@ impl AudioSink for BrowserSink {
         for s in frame.samples() {
             bytes.extend_from_slice(&s.to_le_bytes());
         }
-        let _ = self.out.send(Outbound::Binary(bytes));
+        let _ = self.out.send(Message::Binary(bytes.into()));
     }
 
     fn clear(&self) {
         let mut epoch = self.epoch.lock().unwrap_or_else(|e| e.into_inner());
         *epoch += 1;
         let msg = serde_json::json!({"type": "clear", "epoch": *epoch}).to_string();
-        let _ = self.out.send(Outbound::Text(msg));
+        let _ = self.out.send(Message::Text(msg.into()));
     }
 }
 
 /// Sends the session's events the page shows, as JSON text messages.
 pub(crate) fn forward_events(
     session: &SessionHandle,
-    out: mpsc::UnboundedSender<Outbound>,
+    out: mpsc::UnboundedSender<Message>,
 ) -> AbortOnDrop {
     let mut rx = session.subscribe();
     AbortOnDrop(tokio::spawn(async move {
@@ -117,7 +108,7 @@ pub(crate) fn forward_events(
                 }
                 _ => continue,
             };
-            if out.send(Outbound::Text(msg.to_string())).is_err() {
+            if out.send(Message::Text(msg.to_string().into())).is_err() {
                 return;
             }
         }

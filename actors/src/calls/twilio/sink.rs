@@ -7,6 +7,7 @@
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
+use axum::extract::ws::Message;
 use colloquy::audio::{AudioFrame, mulaw};
 use tokio::sync::mpsc;
 
@@ -20,16 +21,16 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[derive(Default)]
 struct Marks {
     next: u64,
-    /// Marks sent and not yet echoed: name number, end position.
+    /// Marks sent and not yet echoed: name number, end position. A clear
+    /// empties it, so the echoes of the marks it held (numbered below every
+    /// mark sent after it) find nothing to count.
     outstanding: VecDeque<(u64, u64)>,
-    /// Marks outstanding when a clear was sent: their echoes are void.
-    cleared: std::collections::HashSet<u64>,
 }
 
 /// A Twilio call's outbound audio and its mark clock.
 pub(crate) struct TwilioSink {
     stream_sid: String,
-    out: mpsc::UnboundedSender<String>,
+    out: mpsc::UnboundedSender<Message>,
     clock: PlayoutClock,
     marks: Mutex<Marks>,
 }
@@ -37,7 +38,7 @@ pub(crate) struct TwilioSink {
 impl TwilioSink {
     pub(crate) fn new(
         stream_sid: String,
-        out: mpsc::UnboundedSender<String>,
+        out: mpsc::UnboundedSender<Message>,
         clock: PlayoutClock,
     ) -> Self {
         Self {
@@ -58,9 +59,6 @@ impl TwilioSink {
             return; // not ours
         };
         let mut marks = lock(&self.marks);
-        if marks.cleared.remove(&n) {
-            return;
-        }
         // Marks come back in order; one echoed means those before it too.
         let mut played = None;
         while let Some(&(m, end)) = marks.outstanding.front() {
@@ -91,19 +89,20 @@ impl AudioSink for TwilioSink {
         marks.next += 1;
         let n = marks.next;
         marks.outstanding.push_back((n, frame.end()));
-        let _ = self.out.send(wire::media(&self.stream_sid, &bytes));
+        let _ = self
+            .out
+            .send(Message::Text(wire::media(&self.stream_sid, &bytes).into()));
         let name = format!("m{n}_{}", frame.end());
-        let _ = self.out.send(wire::mark(&self.stream_sid, &name));
+        let _ = self
+            .out
+            .send(Message::Text(wire::mark(&self.stream_sid, &name).into()));
     }
 
     fn clear(&self) {
         let mut marks = lock(&self.marks);
-        let pending: Vec<u64> = marks.outstanding.drain(..).map(|(n, _)| n).collect();
-        // A peer that never echoes cleared marks cannot grow this for good.
-        if marks.cleared.len() > 4096 {
-            marks.cleared.clear();
-        }
-        marks.cleared.extend(pending);
-        let _ = self.out.send(wire::clear(&self.stream_sid));
+        marks.outstanding.clear();
+        let _ = self
+            .out
+            .send(Message::Text(wire::clear(&self.stream_sid).into()));
     }
 }
