@@ -20,6 +20,7 @@ mod error;
 pub mod espeak;
 mod frame;
 pub mod mulaw;
+pub mod openai;
 #[cfg(feature = "pocketsphinx")]
 #[cfg_attr(docsrs, doc(cfg(feature = "pocketsphinx")))]
 pub mod pocketsphinx;
@@ -29,7 +30,7 @@ mod transcriber;
 pub mod vad;
 pub mod wav;
 
-pub use error::AudioError;
+pub use error::{AudioError, SpeechFailure};
 pub use frame::{AudioFrame, convert_position, duration_to_samples, samples_to_duration};
 pub use synthesizer::{Alignment, SynthEvent, Synthesizer};
 pub use transcriber::{Recognition, RecognizerInput, Transcriber, Transcript};

@@ -32,7 +32,12 @@ use futures_util::stream::BoxStream;
 use serde_json::json;
 use tokio::time::Instant;
 
+use crate::Recognizer;
 use crate::stats::{cpu_seconds, latency_json, peak_rss_mb, rss_mb};
+
+/// What each phone says: the question, then the barge-in.
+const QUESTION: &str = "What is the weather like in Paris today";
+const BARGE_IN: &str = "wait, stop please";
 
 const REPLY: &str = "here. The weather in Paris is mild today, with a light breeze from the west and a few clouds over the river, and it should stay dry until the evening.";
 
@@ -93,6 +98,7 @@ impl Synthesizer for Recording {
 async fn serve_self(
     kept: Arc<Mutex<Kept>>,
     mode: InterruptionMode,
+    recognizer: Recognizer,
 ) -> Result<(String, MockServer, Supervisor), Box<dyn std::error::Error>> {
     let model = MockServer::start(|req| {
         let call = req.json()["messages"][0]["content"]
@@ -124,7 +130,18 @@ async fn serve_self(
         inner: Espeak::new(EspeakConfig::default())?,
         kept: kept.clone(),
     };
-    let ears = PocketSphinx::new(PocketSphinxConfig::default())?;
+    let ears = PocketSphinx::new(match recognizer {
+        Recognizer::Dictation => PocketSphinxConfig::default(),
+        // A vocabulary decoder is small (the acoustic model and a few
+        // words): enough of them that no caller waits for one.
+        Recognizer::Vocabulary => PocketSphinxConfig {
+            max_decoders: 32,
+            ..PocketSphinxConfig::default().with_vocabulary(
+                &[QUESTION, BARGE_IN],
+                std::env::temp_dir().join(format!("colloquy-loadgen-{}", std::process::id())),
+            )?
+        },
+    })?;
     let services = CallServices::new(
         supervisor.clone(),
         move |info| {
@@ -308,17 +325,18 @@ pub(crate) async fn run(
     url: String,
     calls: usize,
     mode: InterruptionMode,
+    recognizer: Recognizer,
 ) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
     let kept: Arc<Mutex<Kept>> = Arc::default();
     let own = url == "self";
     let (url, _model, supervisor) = if own {
-        let (u, m, s) = serve_self(kept.clone(), mode).await?;
+        let (u, m, s) = serve_self(kept.clone(), mode, recognizer).await?;
         (u, Some(m), Some(s))
     } else {
         (url, None, None)
     };
-    let question = Arc::new(speech("What is the weather like in Paris today").await?);
-    let barge = Arc::new(speech("wait, stop please").await?);
+    let question = Arc::new(speech(QUESTION).await?);
+    let barge = Arc::new(speech(BARGE_IN).await?);
     let rss0 = rss_mb();
     let cpu0 = cpu_seconds();
     let tasks: Vec<_> = (0..calls)
@@ -384,6 +402,10 @@ pub(crate) async fn run(
         "mode": "twilio",
         "interruptions": if mode == InterruptionMode::Immediate { "immediate (the clear is the cut)" } else { "confirmed (the first clear is the pause, min_pause 200 ms after the detector's start)" },
         "server": if own { "self (in-process: PocketSphinx, espeak-ng, scripted model 300 ms to first token)" } else { url.as_str() },
+        "recognizer": own.then_some(match recognizer {
+            Recognizer::Dictation => "pocketsphinx en-us dictation",
+            Recognizer::Vocabulary => "pocketsphinx, the callers' vocabulary (JSGF word loop)",
+        }),
         "calls": calls,
         "calls_ok": outcomes.len(),
         "errors": errors.len(),

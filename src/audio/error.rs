@@ -2,6 +2,8 @@
 //! engine that fails. Typed, so a transport can end one call cleanly and
 //! leave every other call alone.
 
+use std::time::Duration;
+
 /// An error of the audio layer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -31,6 +33,91 @@ pub enum AudioError {
     /// The stream this stage fed or read from has ended.
     #[error("the audio stream is closed")]
     Closed,
+    /// A hosted speech provider failed, in a way a fallback chain or a
+    /// caller can act on (see [`SpeechFailure::is_retryable`]).
+    #[error("{provider}: {failure}")]
+    Provider {
+        /// Which provider (`openai-speech`, `deepgram`, …).
+        provider: &'static str,
+        /// What went wrong.
+        failure: SpeechFailure,
+    },
+}
+
+/// How a hosted speech provider failed. Messages never hold credentials:
+/// a provider that echoes the key has it replaced by `***`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SpeechFailure {
+    /// The key was refused (HTTP 401 or 403, or the socket's equivalent).
+    #[error("unauthorized (HTTP {status}): {message}")]
+    Unauthorized {
+        /// 401 or 403.
+        status: u16,
+        /// What the provider said.
+        message: String,
+    },
+    /// Too many requests (HTTP 429).
+    #[error("rate limited (retry after {retry_after:?}): {message}")]
+    RateLimited {
+        /// The `Retry-After` the provider asked for.
+        retry_after: Option<Duration>,
+        /// What the provider said.
+        message: String,
+    },
+    /// Any other non-success status.
+    #[error("HTTP {status}: {message}")]
+    Status {
+        /// The status code.
+        status: u16,
+        /// What the provider said.
+        message: String,
+    },
+    /// The connection could not be made, or broke.
+    #[error("connection failed: {0}")]
+    Connection(String),
+    /// The provider sent something its protocol does not allow.
+    #[error("malformed reply: {0}")]
+    Malformed(String),
+    /// No useful output (audio, a transcript) within the first-output
+    /// deadline; keep-alives do not count.
+    #[error("no output within {0:?}")]
+    FirstOutputTimeout(Duration),
+    /// Useful output stopped for longer than the gap deadline.
+    #[error("no output for {0:?} after the last")]
+    OutputGapTimeout(Duration),
+    /// The provider closed the stream before the utterance was complete.
+    #[error("the stream ended before the utterance was complete")]
+    Dropped,
+    /// A reply exceeded a size cap.
+    #[error("reply exceeds {limit} bytes")]
+    TooLarge {
+        /// The cap.
+        limit: usize,
+    },
+}
+
+impl SpeechFailure {
+    /// Whether trying again (or the next provider) may help: everything but
+    /// a refused key and a malformed reply.
+    pub fn is_retryable(&self) -> bool {
+        !matches!(self, Self::Unauthorized { .. } | Self::Malformed(_))
+    }
+
+    /// A short stable name for metrics labels and JSON output.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Unauthorized { .. } => "unauthorized",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::Status { .. } => "status",
+            Self::Connection(_) => "connection",
+            Self::Malformed(_) => "malformed",
+            Self::FirstOutputTimeout(_) => "first_output_timeout",
+            Self::OutputGapTimeout(_) => "output_gap_timeout",
+            Self::Dropped => "dropped",
+            Self::TooLarge { .. } => "too_large",
+        }
+    }
 }
 
 impl AudioError {
@@ -40,5 +127,10 @@ impl AudioError {
             engine,
             reason: reason.into(),
         }
+    }
+
+    /// A hosted provider's failure.
+    pub fn provider(provider: &'static str, failure: SpeechFailure) -> Self {
+        Self::Provider { provider, failure }
     }
 }

@@ -42,9 +42,9 @@ impl Decoder {
         // sphinxbase exits the process on some unreadable model files, so
         // what can be checked is checked first.
         for (path, what, is_dir) in [
-            (&config.hmm, "acoustic model", true),
-            (&config.lm, "language model", false),
-            (&config.dict, "dictionary", false),
+            (config.hmm.as_path(), "acoustic model", true),
+            (config.language.path(), "language model", false),
+            (config.dict.as_path(), "dictionary", false),
         ] {
             let ok = if is_dir {
                 path.is_dir()
@@ -67,7 +67,11 @@ impl Decoder {
             }
         }
         let hmm = c_path(&config.hmm, "acoustic model")?;
-        let lm = c_path(&config.lm, "language model")?;
+        let lm = c_path(config.language.path(), "language model")?;
+        let lm_flag = match config.language {
+            LanguageModel::Ngram(_) => c"-lm",
+            LanguageModel::Grammar(_) => c"-jsgf",
+        };
         let dict = c_path(&config.dict, "dictionary")?;
         let extra = config
             .extra_args
@@ -86,7 +90,7 @@ impl Decoder {
                 1,
                 c"-hmm".as_ptr(),
                 hmm.as_ptr(),
-                c"-lm".as_ptr(),
+                lm_flag.as_ptr(),
                 lm.as_ptr(),
                 c"-dict".as_ptr(),
                 dict.as_ptr(),
