@@ -271,17 +271,34 @@ impl Transcriber for PocketSphinx {
 
 /// Decoding is the heaviest work of a call, and the least urgent: a barge-in's
 /// `clear`, the playout clock and the frame pacing must never wait behind it
-/// for a core. Recognition threads run at a lower scheduling priority (nice
-/// +10) than the runtime's; on a machine with cores to spare this changes
-/// nothing. (Linux: `nice` applies to the calling thread.)
+/// for a core. Recognition threads run under `SCHED_IDLE` (Linux: they get a
+/// core only when the runtime's threads leave it idle; unprivileged, applies
+/// to the calling thread), falling back to nice +10 where that is refused.
+/// Nice alone was not enough at scale: a hundred decoder threads at nice +10
+/// weigh more together than two runtime workers at nice 0. On a machine with
+/// cores to spare this changes nothing.
 fn yield_to_the_call_path() {
+    #[repr(C)]
+    struct SchedParam {
+        sched_priority: std::ffi::c_int,
+    }
+    const SCHED_IDLE: std::ffi::c_int = 5;
     unsafe extern "C" {
+        fn sched_setscheduler(
+            pid: std::ffi::c_int,
+            policy: std::ffi::c_int,
+            param: *const SchedParam,
+        ) -> std::ffi::c_int;
         fn nice(inc: std::ffi::c_int) -> std::ffi::c_int;
     }
-    // SAFETY: `nice` only changes this thread's scheduling priority; its
-    // result (the new niceness, or -1 with errno) is not needed.
+    let param = SchedParam { sched_priority: 0 };
+    // SAFETY: both calls only change this thread's scheduling (pid 0 is the
+    // calling thread); `param` outlives the call; the results are checked or
+    // not needed.
     unsafe {
-        nice(10);
+        if sched_setscheduler(0, SCHED_IDLE, &param) != 0 {
+            nice(10);
+        }
     }
 }
 

@@ -101,6 +101,16 @@ impl MockResponse {
         }
     }
 
+    /// An empty `200` chunked response of `content_type` to build on (a
+    /// binary body: PCM, WAV), sent part by part as [`MockResponse::bytes`]
+    /// appends them.
+    pub fn streamed(content_type: &str) -> Self {
+        Self {
+            headers: vec![("content-type".into(), content_type.into())],
+            ..Self::event_stream()
+        }
+    }
+
     /// A complete streamed answer: role chunk, one chunk per token, finish `stop`,
     /// usage, `[DONE]`.
     pub fn text(tokens: &[&str]) -> Self {

@@ -24,7 +24,7 @@ use eventsource_stream::Eventsource;
 use futures_util::stream::{self, BoxStream, StreamExt};
 use tokio::sync::mpsc;
 
-use super::{OpenAiAudioEndpoint, connection_failure, failure_of};
+use super::{OpenAiAudioEndpoint, connection_failure, failure_of, redact};
 use crate::audio::{
     AudioError, AudioFrame, Recognition, RecognizerInput, SpeechFailure, Transcriber, Transcript,
     duration_to_samples, wav,
@@ -243,6 +243,7 @@ fn replies(r: reqwest::Response, c: &OpenAiTranscriptionConfig, start: u64, end:
         start,
         end,
     };
+    let key = c.endpoint.key().map(str::to_string);
     let mut seen = 0usize;
     let body = r.bytes_stream().map(move |chunk| {
         let chunk = chunk.map_err(|e| e.without_url().to_string())?;
@@ -290,56 +291,59 @@ fn replies(r: reqwest::Response, c: &OpenAiTranscriptionConfig, start: u64, end:
     // An event stream: deltas accumulate into interims, `done` is the final.
     let events = body.eventsource();
     let state = (Box::pin(events), String::new(), false, false);
-    stream::unfold(state, move |(mut events, mut text, got, done)| async move {
-        if done {
-            return None;
-        }
-        let deadline = if got { gap } else { first };
-        let outcome = loop {
-            let next = match tokio::time::timeout(deadline, events.next()).await {
-                Err(_) if got => break Err(SpeechFailure::OutputGapTimeout(deadline)),
-                Err(_) => break Err(SpeechFailure::FirstOutputTimeout(deadline)),
-                Ok(None) => break Err(SpeechFailure::Dropped),
-                Ok(Some(Err(e))) => {
-                    let e = e.to_string();
-                    break Err(if e.contains("too large") {
-                        SpeechFailure::TooLarge {
-                            limit: MAX_REPLY_BYTES,
-                        }
-                    } else {
-                        SpeechFailure::Connection(e)
-                    });
-                }
-                Ok(Some(Ok(ev))) => ev,
-            };
-            let v: serde_json::Value = match serde_json::from_str(&next.data) {
-                Ok(v) => v,
-                Err(_) if next.data.trim() == "[DONE]" => continue,
-                Err(e) => break Err(SpeechFailure::Malformed(e.to_string())),
-            };
-            match v["type"].as_str() {
-                Some("transcript.text.delta") => {
-                    text.push_str(v["delta"].as_str().unwrap_or(""));
-                    break Ok(transcript(text.clone(), false));
-                }
-                Some("transcript.text.done") => {
-                    let done_text = v["text"].as_str().map_or(text.clone(), str::to_string);
-                    break Ok(transcript(done_text, true));
-                }
-                Some("error") => {
-                    let message = v["error"]["message"].as_str().unwrap_or("error event");
-                    break Err(SpeechFailure::Status {
-                        status: 0,
-                        message: message.to_string(),
-                    });
-                }
-                // Other events (logprobs, usage-only) carry no words.
-                _ => continue,
+    stream::unfold(state, move |(mut events, mut text, got, done)| {
+        let key = key.clone();
+        async move {
+            if done {
+                return None;
             }
-        };
-        let ends = !matches!(&outcome, Ok(t) if !t.is_final);
-        let item = outcome.map_err(|f| AudioError::provider(PROVIDER, f));
-        Some((item, (events, text, true, ends)))
+            let deadline = if got { gap } else { first };
+            let outcome = loop {
+                let next = match tokio::time::timeout(deadline, events.next()).await {
+                    Err(_) if got => break Err(SpeechFailure::OutputGapTimeout(deadline)),
+                    Err(_) => break Err(SpeechFailure::FirstOutputTimeout(deadline)),
+                    Ok(None) => break Err(SpeechFailure::Dropped),
+                    Ok(Some(Err(e))) => {
+                        let e = e.to_string();
+                        break Err(if e.contains("too large") {
+                            SpeechFailure::TooLarge {
+                                limit: MAX_REPLY_BYTES,
+                            }
+                        } else {
+                            SpeechFailure::Connection(e)
+                        });
+                    }
+                    Ok(Some(Ok(ev))) => ev,
+                };
+                let v: serde_json::Value = match serde_json::from_str(&next.data) {
+                    Ok(v) => v,
+                    Err(_) if next.data.trim() == "[DONE]" => continue,
+                    Err(e) => break Err(SpeechFailure::Malformed(e.to_string())),
+                };
+                match v["type"].as_str() {
+                    Some("transcript.text.delta") => {
+                        text.push_str(v["delta"].as_str().unwrap_or(""));
+                        break Ok(transcript(text.clone(), false));
+                    }
+                    Some("transcript.text.done") => {
+                        let done_text = v["text"].as_str().map_or(text.clone(), str::to_string);
+                        break Ok(transcript(done_text, true));
+                    }
+                    Some("error") => {
+                        let message = v["error"]["message"].as_str().unwrap_or("error event");
+                        break Err(SpeechFailure::Status {
+                            status: 0,
+                            message: redact(message, key.as_deref()),
+                        });
+                    }
+                    // Other events (logprobs, usage-only) carry no words.
+                    _ => continue,
+                }
+            };
+            let ends = !matches!(&outcome, Ok(t) if !t.is_final);
+            let item = outcome.map_err(|f| AudioError::provider(PROVIDER, f));
+            Some((item, (events, text, true, ends)))
+        }
     })
     .boxed()
 }
