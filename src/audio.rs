@@ -13,7 +13,10 @@
 //!   ended, with their positions.
 //! - [`Transcriber`] and [`Synthesizer`]: the speech engines' traits; the
 //!   offline engines (espeak-ng, PocketSphinx) are behind cargo features.
+//! - [`openai`]: OpenAI-compatible hosted speech and transcription.
+//! - [`chain`]: fallback across engines, with a breaker per engine.
 
+pub mod chain;
 mod error;
 #[cfg(feature = "espeak")]
 #[cfg_attr(docsrs, doc(cfg(feature = "espeak")))]

@@ -24,7 +24,7 @@
 //! property barge-in is built on.
 
 mod attempt;
-mod chain;
+pub(crate) mod chain;
 mod chunk;
 mod client;
 mod config;

@@ -450,3 +450,112 @@ async fn transcription_failures_are_typed_and_the_stream_goes_on() {
     let last = next(&mut r).await.unwrap();
     assert_eq!((last.text.as_str(), last.start), ("still here", 60_000));
 }
+
+// ---------------------------------------------------------------------------
+// Fallback chains over the hosted engines.
+
+use colloquy::audio::chain::{SynthesizerChain, TranscriberChain};
+
+#[tokio::test]
+async fn a_stalled_speech_provider_falls_back_and_its_request_is_closed() {
+    let stalled = MockServer::scripted(vec![
+        MockResponse::streamed("application/octet-stream").stall(),
+    ])
+    .await
+    .unwrap();
+    let samples = ramp(4800);
+    let backup = MockServer::scripted(vec![
+        MockResponse::streamed("application/octet-stream").bytes(pcm_bytes(&samples)),
+    ])
+    .await
+    .unwrap();
+    let mut first = OpenAiSpeechConfig::new(endpoint(&stalled), "tts-1", "alloy");
+    first.endpoint = first
+        .endpoint
+        .with_deadlines(Duration::from_millis(200), Duration::from_secs(1));
+    let chain = SynthesizerChain::new(OpenAiSpeech::new(first).unwrap()).then(speech(&backup));
+    let mut disconnects = stalled.disconnects();
+    let (pcm, marks, error) = collect(chain.synthesize("Hello there.")).await;
+    assert_eq!(error, None);
+    assert_eq!(pcm, samples, "all of it from the backup");
+    assert_eq!(marks.last(), Some(&(12, samples.len() as u64)));
+    assert_eq!(backup.requests()[0].json()["input"], "Hello there.");
+    disconnects.wait_for(|n| *n == 1).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_speech_provider_dropping_mid_segment_is_continued_from_the_last_word() {
+    // 2 000 samples a character (24 kHz, 12 characters a second): 12 000
+    // samples mark "Sunny" (5 characters) and hold " a" until the hang-up.
+    let first_part = ramp(12_000);
+    let dropping = MockServer::scripted(vec![
+        MockResponse::streamed("application/octet-stream")
+            .bytes(pcm_bytes(&first_part))
+            .hang_up(),
+    ])
+    .await
+    .unwrap();
+    let rest = ramp(30_000);
+    let backup = MockServer::scripted(vec![
+        MockResponse::streamed("application/octet-stream").bytes(pcm_bytes(&rest)),
+    ])
+    .await
+    .unwrap();
+    let plain = |server: &MockServer| {
+        OpenAiSpeech::new(OpenAiSpeechConfig::new(endpoint(server), "tts-1", "alloy")).unwrap()
+    };
+    let chain = SynthesizerChain::new(plain(&dropping)).then(plain(&backup));
+    let text = "Sunny and mild in Paris today.";
+    let (pcm, marks, error) = collect(chain.synthesize(text)).await;
+    assert_eq!(error, None);
+    assert_eq!(
+        backup.requests()[0].json()["input"],
+        "and mild in Paris today.",
+        "from the first word not spoken"
+    );
+    // "Sunny" as the first engine said it, then the backup: no sample of
+    // the held " a" in between.
+    assert_eq!(&pcm[..10_000], &first_part[..10_000]);
+    assert_eq!(&pcm[10_000..], &rest[..]);
+    assert_eq!(marks[0], (5, 10_000));
+    assert_eq!(marks.last(), Some(&(30, 40_000)));
+}
+
+#[tokio::test]
+async fn a_stalled_transcription_behind_keep_alives_hands_the_utterance_on() {
+    let stalled = MockServer::scripted(vec![
+        MockResponse::event_stream().stall_with_keep_alives(Duration::from_millis(20)),
+    ])
+    .await
+    .unwrap();
+    let backup = MockServer::scripted(vec![MockResponse::raw(
+        200,
+        "application/json",
+        r#"{"text":"what is the weather"}"#,
+    )])
+    .await
+    .unwrap();
+    let mut first = OpenAiTranscriptionConfig::new(endpoint(&stalled), "gpt-4o-mini-transcribe");
+    first.stream = true;
+    first.endpoint = first
+        .endpoint
+        .with_deadlines(Duration::from_millis(300), Duration::from_millis(300));
+    let second = OpenAiTranscriptionConfig::new(endpoint(&backup), "whisper-1");
+    let chain = TranscriberChain::new(OpenAiTranscription::new(first).unwrap())
+        .then(OpenAiTranscription::new(second).unwrap());
+    let mut r = chain.open().unwrap();
+    let sent = utterance(&r, 3_200, 12).await;
+    let t = next(&mut r).await.unwrap();
+    assert_eq!(
+        t,
+        Transcript {
+            text: "what is the weather".into(),
+            is_final: true,
+            start: 3_200,
+            end: 3_200 + 12 * 320
+        }
+    );
+    let parts = form_parts(&backup.requests()[0]);
+    let file = wav::read(std::io::Cursor::new(part(&parts, "file").unwrap())).unwrap();
+    assert_eq!(file.samples(), &sent[..], "the whole utterance, handed on");
+}

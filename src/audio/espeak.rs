@@ -173,6 +173,10 @@ impl Espeak {
 }
 
 impl Synthesizer for Espeak {
+    fn name(&self) -> &'static str {
+        ENGINE
+    }
+
     fn sample_rate(&self) -> u32 {
         self.sample_rate
     }

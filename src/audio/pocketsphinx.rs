@@ -233,6 +233,10 @@ impl PocketSphinx {
 }
 
 impl Transcriber for PocketSphinx {
+    fn name(&self) -> &'static str {
+        ENGINE
+    }
+
     fn sample_rate(&self) -> u32 {
         SAMPLE_RATE
     }

@@ -87,6 +87,12 @@ pub trait Synthesizer: Send + Sync + 'static {
     /// The rate of the PCM it produces.
     fn sample_rate(&self) -> u32;
 
+    /// The engine's name in logs, metrics and a chain's status
+    /// (`espeak-ng`, `openai-speech`, …).
+    fn name(&self) -> &'static str {
+        "synthesizer"
+    }
+
     /// Whether its marks are estimates (no timestamps from the engine).
     fn alignment_is_estimated(&self) -> bool {
         false

@@ -57,6 +57,12 @@ pub trait Transcriber: Send + Sync + 'static {
     /// The sample rate of the audio it wants.
     fn sample_rate(&self) -> u32;
 
+    /// The engine's name in logs, metrics and a chain's status
+    /// (`pocketsphinx`, `openai-transcription`, …).
+    fn name(&self) -> &'static str {
+        "transcriber"
+    }
+
     /// Starts recognizing one stream of audio (a call's caller side).
     fn open(&self) -> Result<Recognition, AudioError>;
 }

@@ -33,7 +33,7 @@
 //! asking another provider to continue, and a hedge race is decided before
 //! any output is published.
 
-mod breaker;
+pub(crate) mod breaker;
 mod continuation;
 mod driver;
 mod hedge;

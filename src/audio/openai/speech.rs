@@ -91,6 +91,10 @@ impl OpenAiSpeech {
 }
 
 impl Synthesizer for OpenAiSpeech {
+    fn name(&self) -> &'static str {
+        PROVIDER
+    }
+
     fn sample_rate(&self) -> u32 {
         self.config.sample_rate
     }

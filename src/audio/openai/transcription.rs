@@ -90,6 +90,10 @@ impl OpenAiTranscription {
 }
 
 impl Transcriber for OpenAiTranscription {
+    fn name(&self) -> &'static str {
+        PROVIDER
+    }
+
     fn sample_rate(&self) -> u32 {
         self.config.sample_rate
     }

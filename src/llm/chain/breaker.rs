@@ -102,17 +102,29 @@ struct Inner {
 pub(crate) struct Breaker {
     config: BreakerConfig,
     label: Arc<str>,
+    /// The gauge its state is published on.
+    gauge: &'static str,
     inner: Mutex<Inner>,
 }
 
 impl Breaker {
     pub(crate) fn new(config: BreakerConfig, label: Arc<str>) -> Arc<Self> {
+        Self::with_gauge(config, label, "colloquy_llm_breaker_state")
+    }
+
+    /// A breaker publishing its state on `gauge` (a speech chain's).
+    pub(crate) fn with_gauge(
+        config: BreakerConfig,
+        label: Arc<str>,
+        gauge: &'static str,
+    ) -> Arc<Self> {
         let b = Arc::new(Self {
             config: BreakerConfig {
                 failure_threshold: config.failure_threshold.max(1),
                 ..config
             },
             label,
+            gauge,
             inner: Mutex::new(Inner {
                 state: State::Closed(0),
                 next_probe: 1,
@@ -127,7 +139,7 @@ impl Breaker {
     }
 
     fn publish(&self, state: State) {
-        metrics::gauge!("colloquy_llm_breaker_state", "provider" => self.label.to_string())
+        metrics::gauge!(self.gauge, "provider" => self.label.to_string())
             .set(view(state, Instant::now()).gauge());
     }
 
