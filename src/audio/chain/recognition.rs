@@ -289,10 +289,11 @@ impl Run {
                 t.end = convert_position(t.end, c.rate, self.rate);
             }
         }
-        if t.is_final && !(self.in_speech && self.kept.len() == 1) {
-            if let Some(u) = self.kept.pop_front() {
-                self.kept_samples -= frames_len(&u);
-            }
+        if t.is_final
+            && !(self.in_speech && self.kept.len() == 1)
+            && let Some(u) = self.kept.pop_front()
+        {
+            self.kept_samples -= frames_len(&u);
         }
         t
     }
