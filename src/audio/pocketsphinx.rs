@@ -93,6 +93,13 @@ pub struct PocketSphinxConfig {
     pub interim_every: Option<Duration>,
     /// The most decoders the pool loads (at least 1).
     pub max_decoders: usize,
+    /// Take a decoder only once the utterance has ended, and decode its
+    /// audio then, at once (no interims). A decoder then serves many calls
+    /// in turn instead of one caller at the speed of speech — the way to
+    /// run hundreds of calls on a few decoders — and the final costs the
+    /// decode of the whole utterance: here about 2 % of its length with a
+    /// small vocabulary, about half of it with the dictation model.
+    pub decode_at_end: bool,
 }
 
 impl PocketSphinxConfig {
@@ -107,6 +114,7 @@ impl PocketSphinxConfig {
             extra_args: Vec::new(),
             interim_every: Some(Duration::from_millis(250)),
             max_decoders: 4,
+            decode_at_end: false,
         }
     }
 }
@@ -244,10 +252,10 @@ impl Transcriber for PocketSphinx {
     fn open(&self) -> Result<Recognition, AudioError> {
         let (input, input_rx) = mpsc::channel(INPUT_CAPACITY);
         let (transcripts_tx, transcripts) = mpsc::channel(TRANSCRIPT_CAPACITY);
-        let interim_every = self
-            .pool
-            .config
-            .interim_every
+        let config = &self.pool.config;
+        let interim_every = (!config.decode_at_end)
+            .then_some(config.interim_every)
+            .flatten()
             .map(|every| super::duration_to_samples(every, SAMPLE_RATE).max(1));
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         let worker = Worker {
@@ -257,6 +265,7 @@ impl Transcriber for PocketSphinx {
             input: input_rx,
             out: transcripts_tx,
             interim_every,
+            decode_at_end: self.pool.config.decode_at_end,
             utterance: None,
             told_bad_rate: false,
         };
@@ -275,34 +284,17 @@ impl Transcriber for PocketSphinx {
 
 /// Decoding is the heaviest work of a call, and the least urgent: a barge-in's
 /// `clear`, the playout clock and the frame pacing must never wait behind it
-/// for a core. Recognition threads run under `SCHED_IDLE` (Linux: they get a
-/// core only when the runtime's threads leave it idle; unprivileged, applies
-/// to the calling thread), falling back to nice +10 where that is refused.
-/// Nice alone was not enough at scale: a hundred decoder threads at nice +10
-/// weigh more together than two runtime workers at nice 0. On a machine with
-/// cores to spare this changes nothing.
+/// for a core. Recognition threads run at a lower scheduling priority (nice
+/// +10) than the runtime's; on a machine with cores to spare this changes
+/// nothing. (Linux: `nice` applies to the calling thread.)
 fn yield_to_the_call_path() {
-    #[repr(C)]
-    struct SchedParam {
-        sched_priority: std::ffi::c_int,
-    }
-    const SCHED_IDLE: std::ffi::c_int = 5;
     unsafe extern "C" {
-        fn sched_setscheduler(
-            pid: std::ffi::c_int,
-            policy: std::ffi::c_int,
-            param: *const SchedParam,
-        ) -> std::ffi::c_int;
         fn nice(inc: std::ffi::c_int) -> std::ffi::c_int;
     }
-    let param = SchedParam { sched_priority: 0 };
-    // SAFETY: both calls only change this thread's scheduling (pid 0 is the
-    // calling thread); `param` outlives the call; the results are checked or
-    // not needed.
+    // SAFETY: `nice` only changes this thread's scheduling priority; its
+    // result (the new niceness, or -1 with errno) is not needed.
     unsafe {
-        if sched_setscheduler(0, SCHED_IDLE, &param) != 0 {
-            nice(10);
-        }
+        nice(10);
     }
 }
 

@@ -371,3 +371,60 @@ fn feat_and_cmn_layouts_match_the_headers() {
         .collect();
     assert_eq!(&mean[..init.len()], &init[..]);
 }
+
+#[cfg(feature = "espeak")] // speech to recognize
+#[tokio::test]
+async fn a_vocabulary_decoded_at_the_end_hears_its_words_on_one_decoder() {
+    let question = "what is the weather like in paris today";
+    let barge_in = "wait stop please";
+    let dir = std::env::temp_dir().join(format!("colloquy-vocab-test-{}", std::process::id()));
+    let config = PocketSphinxConfig {
+        max_decoders: 1,
+        decode_at_end: true,
+        ..PocketSphinxConfig::default()
+            .with_vocabulary(&[question, barge_in], &dir)
+            .unwrap()
+    };
+    assert!(matches!(config.language, LanguageModel::Grammar(_)));
+    let engine = PocketSphinx::new(config).unwrap();
+    // Two callers speak at once; the one decoder serves both in turn.
+    let audio = speech(question).await;
+    let mut a = engine.open().unwrap();
+    let mut b = engine.open().unwrap();
+    for r in [&a, &b] {
+        r.input
+            .send(RecognizerInput::SpeechStarted { position: 0 })
+            .await
+            .unwrap();
+        let end = feed(&r.input, &audio, 0).await;
+        r.input
+            .send(RecognizerInput::SpeechEnded { position: end })
+            .await
+            .unwrap();
+    }
+    for r in [&mut a, &mut b] {
+        let (interims, last) = until_final(&mut r.transcripts).await;
+        assert!(interims.is_empty(), "decoded at the end: no interims");
+        assert_eq!((last.start, last.end), (0, audio.len() as u64));
+        assert!(
+            words_heard(&last.text, question) >= 4,
+            "heard {:?}",
+            last.text
+        );
+        let vocabulary = format!("{question} {barge_in}");
+        assert!(
+            last.text
+                .split_whitespace()
+                .all(|w| vocabulary.split_whitespace().any(|v| v == w)),
+            "only the vocabulary's words: {:?}",
+            last.text
+        );
+    }
+    // A word missing from the dictionary is a typed error.
+    let missing = PocketSphinxConfig::default().with_vocabulary(&["zxqvbnm"], &dir);
+    assert!(
+        matches!(missing, Err(AudioError::Engine { .. })),
+        "{missing:?}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// The most audio an utterance waiting for a decoder keeps (60 s).
+const MAX_PENDING: usize = 60 * SAMPLE_RATE as usize;
+
 pub(super) struct Worker {
     /// This recognition, as decoders know it.
     pub(super) id: u64,
@@ -13,6 +16,8 @@ pub(super) struct Worker {
     pub(super) input: mpsc::Receiver<RecognizerInput>,
     pub(super) out: mpsc::Sender<Result<Transcript, AudioError>>,
     pub(super) interim_every: Option<u64>,
+    /// Take a decoder only once the utterance ended.
+    pub(super) decode_at_end: bool,
     pub(super) utterance: Option<Utterance>,
     pub(super) told_bad_rate: bool,
 }
@@ -70,10 +75,9 @@ impl Worker {
                 return Err(Hangup);
             }
             self.activate()?;
-            let waiting = self
-                .utterance
-                .as_ref()
-                .is_some_and(|u| u.decoder.is_none() && !u.failed);
+            let waiting = self.utterance.as_ref().is_some_and(|u| {
+                u.decoder.is_none() && !u.failed && (!self.decode_at_end || u.ended.is_some())
+            });
             let message = if waiting {
                 match self.input.try_recv() {
                     Ok(message) => Some(message),
@@ -124,7 +128,7 @@ impl Worker {
         let Some(u) = &self.utterance else {
             return Ok(());
         };
-        if u.decoder.is_none() && !u.failed {
+        if u.decoder.is_none() && !u.failed && (!self.decode_at_end || u.ended.is_some()) {
             match self.pool.try_checkout(self.id) {
                 Ok(None) => return Ok(()),
                 Ok(Some(mut decoder)) => match self.prepare(&mut decoder) {
@@ -176,7 +180,10 @@ impl Worker {
         }
         u.end = u.end.max(frame.end());
         if u.decoder.is_none() {
-            u.pending.extend_from_slice(frame.samples());
+            // Bounded: an utterance longer than a minute keeps its first.
+            let room = MAX_PENDING.saturating_sub(u.pending.len());
+            let take = frame.len().min(room);
+            u.pending.extend_from_slice(&frame.samples()[..take]);
             return Ok(());
         }
         self.feed(frame.samples())
