@@ -170,7 +170,6 @@ struct Current {
     label: Arc<str>,
     rate: u32,
     resampler: Option<Resampler>,
-    answered: bool,
     /// Inputs converted for it, waiting for room in its queue.
     outbox: VecDeque<RecognizerInput>,
 }
@@ -209,8 +208,14 @@ impl Run {
             tokio::select! {
                 next = input.recv(), if input_open => match next {
                     Some(i) => self.take(i),
-                    None => input_open = false,
+                    None => {
+                        // The engines end an open utterance with the input:
+                        // its final is the last one owed.
+                        input_open = false;
+                        self.in_speech = false;
+                    }
                 },
+                () = out.closed() => return,
                 slot = async { engine_input.as_ref()?.reserve().await.ok() }, if engine_input.is_some() => match slot {
                     Some(slot) => {
                         if let Some(i) = self.current.as_mut().and_then(|c| c.outbox.pop_front()) {
@@ -280,22 +285,35 @@ impl Run {
     /// final; positions back at the chain's rate.
     fn answered(&mut self, mut t: Transcript) -> Transcript {
         if let Some(c) = &mut self.current {
-            if !c.answered {
-                c.answered = true;
-                c.permit.success();
-            }
+            c.permit.success();
             if c.rate != self.rate {
                 t.start = convert_position(t.start, c.rate, self.rate);
                 t.end = convert_position(t.end, c.rate, self.rate);
             }
         }
-        if t.is_final
-            && !(self.in_speech && self.kept.len() == 1)
-            && let Some(u) = self.kept.pop_front()
-        {
-            self.kept_samples -= frames_len(&u);
+        if t.is_final {
+            self.release(Some(t.start));
         }
         t
+    }
+
+    /// An utterance is transcribed (or failed on the last engine): it is no
+    /// longer kept. The one that started at `start` when there is one, else
+    /// the oldest — never the one still being spoken.
+    fn release(&mut self, start: Option<u64>) {
+        let open = usize::from(self.in_speech);
+        let done = self.kept.len().saturating_sub(open);
+        let at = start
+            .and_then(|s| {
+                self.kept
+                    .iter()
+                    .take(done)
+                    .position(|u| matches!(u.first(), Some(RecognizerInput::SpeechStarted { position }) if *position == s))
+            })
+            .or((done > 0).then_some(0));
+        if let Some(u) = at.and_then(|i| self.kept.remove(i)) {
+            self.kept_samples -= frames_len(&u);
+        }
     }
 
     /// The engine failed: the next one takes the kept audio, or (none left)
@@ -322,6 +340,8 @@ impl Run {
             }
         }
         tracing::warn!(engine = %label, %error, "recognition failed; no engine left");
+        // Passed on: that utterance has its answer.
+        self.release(None);
         let still_open = match &mut self.current {
             Some(c) => {
                 if c.input.as_ref().is_some_and(|i| i.is_closed()) {
@@ -344,16 +364,22 @@ impl Run {
     /// utterances to it.
     fn switch(&mut self) -> Result<(), AudioError> {
         let mut last_error = AudioError::engine(NAME, "no engine left to listen");
-        while self.next_engine < self.inner.engines.len() {
-            let i = self.next_engine;
-            self.next_engine += 1;
-            let e = &self.inner.engines[i];
-            let permit = match e.breaker.acquire() {
-                Some(p) => p,
-                // Every engine left is open: the last one is tried anyway.
-                None if self.next_engine == self.inner.engines.len() => e.breaker.force(),
-                None => continue,
-            };
+        let inner = self.inner.clone();
+        while self.next_engine < inner.engines.len() {
+            let mut chosen = None;
+            for (i, e) in inner.engines.iter().enumerate().skip(self.next_engine) {
+                if let Some(p) = e.breaker.acquire() {
+                    chosen = Some((i, p));
+                    break;
+                }
+            }
+            // Every engine left is open: the first of them is tried anyway.
+            let (i, permit) = chosen.unwrap_or_else(|| {
+                let i = self.next_engine;
+                (i, inner.engines[i].breaker.force())
+            });
+            self.next_engine = i + 1;
+            let e = &inner.engines[i];
             let rate = e.stt.sample_rate();
             let opened = e.stt.open().and_then(|r| {
                 let resampler = if rate == self.rate {
@@ -379,7 +405,6 @@ impl Run {
                 label: e.label.clone(),
                 rate,
                 resampler,
-                answered: false,
                 outbox: VecDeque::new(),
             };
             for u in &self.kept {

@@ -21,7 +21,7 @@ use futures_util::stream::{self, BoxStream, StreamExt};
 
 use super::{BREAKER_GAUGE, BreakerConfig, EngineStatus, Synthesizer, labels};
 use crate::audio::resample::Resampler;
-use crate::audio::{AudioError, SynthEvent, convert_position, duration_to_samples};
+use crate::audio::{AudioError, SynthEvent, duration_to_samples};
 use crate::llm::chain::breaker::{Breaker, Permit};
 
 const NAME: &str = "synthesizer-chain";
@@ -249,7 +249,12 @@ impl Run {
                         self.error = Some(e);
                     }
                 }
-                None => self.finish_attempt(),
+                None => {
+                    if let Err(e) = self.finish_attempt() {
+                        self.done = true;
+                        self.error = Some(e);
+                    }
+                }
             }
         }
     }
@@ -266,34 +271,44 @@ impl Run {
             self.end_segment();
             return Ok(());
         }
-        let engines = &self.inner.engines;
-        let mut chosen = None;
-        for (i, e) in engines.iter().enumerate().skip(self.next_engine) {
-            if let Some(p) = e.breaker.acquire() {
-                chosen = Some((i, p));
-                break;
+        let inner = self.inner.clone();
+        let engines = &inner.engines;
+        let (i, permit, resampler) = loop {
+            let mut chosen = None;
+            for (i, e) in engines.iter().enumerate().skip(self.next_engine) {
+                if let Some(p) = e.breaker.acquire() {
+                    chosen = Some((i, p));
+                    break;
+                }
             }
-        }
-        let (i, permit) = match chosen {
-            Some(c) => c,
-            // Every engine left is open: try the first of them anyway.
-            None if self.next_engine < engines.len() => {
-                let i = self.next_engine;
-                (i, engines[i].breaker.force())
+            let (i, mut permit) = match chosen {
+                Some(c) => c,
+                // Every engine left is open: try the first of them anyway.
+                None if self.next_engine < engines.len() => {
+                    let i = self.next_engine;
+                    (i, engines[i].breaker.force())
+                }
+                None => {
+                    return Err(AudioError::engine(NAME, "no engine left to speak"));
+                }
+            };
+            self.next_engine = i + 1;
+            let engine_rate = engines[i].synth.sample_rate();
+            if engine_rate == self.rate {
+                break (i, permit, None);
             }
-            None => {
-                return Err(AudioError::engine(NAME, "no engine left to speak"));
+            match Resampler::new(engine_rate, self.rate) {
+                Ok(r) => break (i, permit, Some(r)),
+                // A rate no resampler serves: that engine cannot take part.
+                Err(error) => {
+                    permit.failure();
+                    tracing::warn!(engine = %engines[i].label, %error, "synthesis engine skipped");
+                }
             }
         };
-        self.next_engine = i + 1;
         let e = &engines[i];
         let text: String = self.chars[base_chars..].iter().collect();
         let engine_rate = e.synth.sample_rate();
-        let resampler = if engine_rate == self.rate {
-            None
-        } else {
-            Some(Resampler::new(engine_rate, self.rate)?)
-        };
         self.current = Some(Attempt {
             events: e.synth.synthesize(&text),
             permit,
@@ -330,14 +345,24 @@ impl Run {
     /// on once the audio it covers is here (a resampler holds a little back).
     fn mark(&mut self, chars: usize, sample: u64) {
         let Some(a) = &self.current else { return };
-        let chars = (a.base_chars + chars).min(self.chars.len());
-        let at = a.base_samples + convert_position(sample, a.engine_rate, self.rate);
+        let chars = a.base_chars.saturating_add(chars).min(self.chars.len());
+        // Rounded up: a mark never lands before the audio it covers.
+        let scaled =
+            (u128::from(sample) * u128::from(self.rate)).div_ceil(u128::from(a.engine_rate.max(1)));
+        let at = a
+            .base_samples
+            .saturating_add(u64::try_from(scaled).unwrap_or(u64::MAX));
         self.marks.push_back((chars, at.max(self.samples_done)));
         self.pass_marks();
     }
 
     /// Passes on the audio up to each mark whose audio is here, then the mark.
     fn pass_marks(&mut self) {
+        // No mark of an engine that has not spoken yet: a mark is a claim
+        // about audio, and there is none.
+        if self.current.as_ref().is_some_and(|a| !a.got_audio) {
+            return;
+        }
         while let Some(&(chars, at)) = self.marks.front() {
             let available = self.samples_done + self.held.len() as u64;
             if at > available {
@@ -368,35 +393,40 @@ impl Run {
         self.ready.push_back(SynthEvent::Audio(out));
     }
 
-    /// The engine ended its stream: its tail passed on, the segment closed.
-    fn finish_attempt(&mut self) {
-        if let Some(mut a) = self.current.take() {
-            if let Some(r) = &mut a.resampler {
-                let tail = r.flush();
-                self.held.extend(tail);
-            }
+    /// The engine ended its stream: its tail passed on and the segment
+    /// closed — or, when it ended short of the text (no audio, or its marks
+    /// stop before the end), a failure like any other.
+    fn finish_attempt(&mut self) -> Result<(), AudioError> {
+        let Some(mut a) = self.current.take() else {
+            self.end_segment();
+            return Ok(());
+        };
+        if let Some(r) = &mut a.resampler {
+            let tail = r.flush();
+            self.held.extend(tail);
+        }
+        if a.got_audio {
             // Marks at the very end may round past the audio: they are due.
             let end = self.samples_done + self.held.len() as u64;
             for m in &mut self.marks {
                 m.1 = m.1.min(end);
             }
             self.pass_marks();
-            if !a.got_audio {
-                // An answer without audio is no answer; the next engine may
-                // have one, but an empty text legitimately has none.
-                if self.chars[a.base_chars..]
-                    .iter()
-                    .any(|c| !c.is_whitespace())
-                {
-                    a.permit.failure();
-                    self.current = None;
-                    if self.next_engine < self.inner.engines.len() {
-                        return;
-                    }
-                }
-            }
+        } else {
+            self.marks.clear();
         }
-        self.end_segment();
+        let said = self.chars[self.chars_done..]
+            .iter()
+            .all(|c| c.is_whitespace());
+        if said {
+            self.end_segment();
+            return Ok(());
+        }
+        self.current = Some(a);
+        self.fail(AudioError::engine(
+            NAME,
+            "the engine ended before the end of its text",
+        ))
     }
 
     fn end_segment(&mut self) {

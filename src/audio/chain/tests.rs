@@ -22,6 +22,8 @@ enum Ending {
     /// Fails after speaking this many characters (mid-word, say).
     FailsAfter(usize),
     FailsFirst,
+    /// Ends at once with a mark for the whole text and no audio.
+    MarksOnly,
 }
 
 struct FakeSynth {
@@ -70,7 +72,7 @@ impl Synthesizer for FakeSynth {
         let limit = match self.ending {
             Ending::Completes => chars.len(),
             Ending::FailsAfter(n) => n.min(chars.len()),
-            Ending::FailsFirst => 0,
+            Ending::FailsFirst | Ending::MarksOnly => 0,
         };
         let mut events: Vec<Result<SynthEvent, AudioError>> = Vec::new();
         for (i, c) in chars.iter().enumerate().take(limit) {
@@ -84,6 +86,10 @@ impl Synthesizer for FakeSynth {
             }
         }
         match self.ending {
+            Ending::MarksOnly => events.push(Ok(SynthEvent::Mark {
+                chars: chars.len(),
+                sample: 0,
+            })),
             Ending::Completes => events.push(Ok(SynthEvent::Mark {
                 chars: chars.len(),
                 sample: (chars.len() * PER_CHAR) as u64,
@@ -231,11 +237,13 @@ impl Transcriber for FakeStt {
         let (out, transcripts) = mpsc::channel(8);
         let (name, fail_at, seen) = (self.name, self.fail_at, self.inputs.clone());
         tokio::spawn(async move {
-            let (mut frames, mut start, mut total) = (0, 0, 0);
+            let (mut frames, mut start, mut total, mut open) = (0, 0, 0, false);
             while let Some(i) = rx.recv().await {
                 seen.lock().unwrap().push(i.clone());
                 match i {
-                    RecognizerInput::SpeechStarted { position } => (frames, start) = (0, position),
+                    RecognizerInput::SpeechStarted { position } => {
+                        (frames, start, open) = (0, position, true)
+                    }
                     RecognizerInput::Frame(_) => {
                         frames += 1;
                         total += 1;
@@ -245,6 +253,7 @@ impl Transcriber for FakeStt {
                         }
                     }
                     RecognizerInput::SpeechEnded { position } => {
+                        open = false;
                         let t = Transcript {
                             text: format!("{name}:{frames}"),
                             is_final: true,
@@ -256,6 +265,18 @@ impl Transcriber for FakeStt {
                         }
                     }
                 }
+            }
+            // The input closed mid-utterance: as the real engines do, its
+            // final closes it.
+            if open {
+                let text = format!("{name}:{frames}");
+                let t = Transcript {
+                    text,
+                    is_final: true,
+                    start,
+                    end: start,
+                };
+                let _ = out.send(Ok(t)).await;
             }
         });
         Ok(Recognition { input, transcripts })
@@ -339,4 +360,47 @@ async fn the_last_engines_failure_is_passed_on() {
     let e = r.transcripts.recv().await.unwrap();
     assert!(matches!(e, Err(AudioError::Provider { .. })), "{e:?}");
     assert!(r.transcripts.recv().await.is_none());
+}
+
+#[tokio::test]
+async fn an_engine_with_marks_and_no_audio_claims_nothing() {
+    let (a, _) = FakeSynth::new("a", Ending::MarksOnly);
+    let (b, b_texts) = FakeSynth::new("b", Ending::Completes);
+    let chain = SynthesizerChain::new(a).then(b);
+    let (pcm, marks, error) = run(&chain, "Hi there.").await;
+    assert_eq!(error, None);
+    assert_eq!(
+        heard(&pcm),
+        "Hi there.",
+        "all of it from the engine that spoke"
+    );
+    assert_eq!(*b_texts.lock().unwrap(), vec!["Hi there.".to_string()]);
+    assert_eq!(marks, vec![(2, 20), (9, 90)]);
+}
+
+#[tokio::test]
+async fn a_hang_up_mid_utterance_gives_one_final_and_charges_no_engine() {
+    let (a, _) = fake_stt("a", None);
+    let (b, b_inputs) = fake_stt("b", None);
+    let chain = TranscriberChain::new(a).then(b);
+    let mut r = chain.open().unwrap();
+    r.input
+        .send(RecognizerInput::SpeechStarted { position: 0 })
+        .await
+        .unwrap();
+    for i in 0..3 {
+        let f = AudioFrame::new(vec![0; 320], 16_000, i * 320);
+        r.input.send(RecognizerInput::Frame(f)).await.unwrap();
+    }
+    drop(r.input);
+    let last = r.transcripts.recv().await.unwrap().unwrap();
+    assert_eq!((last.text.as_str(), last.is_final), ("a:3", true));
+    assert!(r.transcripts.recv().await.is_none());
+    assert!(b_inputs.lock().unwrap().is_empty(), "no fallback");
+    assert_eq!(
+        chain.providers()[0].breaker,
+        BreakerState::Closed {
+            consecutive_failures: 0
+        }
+    );
 }
