@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use colloquy::audio::espeak::{Espeak, EspeakConfig};
-use colloquy::audio::pocketsphinx::{PocketSphinx, PocketSphinxConfig};
+use colloquy::audio::pocketsphinx::PocketSphinxConfig;
 use colloquy::audio::{AudioFrame, SynthEvent, Synthesizer, resample, wav};
 use colloquy_actors::bus::{BusRecvError, EventKind};
 use colloquy_actors::speech::audio::{AudioOutput, AudioOutputConfig, PlayoutClock, RecordingSink};
@@ -79,10 +79,11 @@ pub(crate) async fn run(
     path: std::path::PathBuf,
     scenario: Scenario,
     config: SessionConfig,
+    speech: &crate::speech::SpeechFlags,
 ) -> Result<Vec<String>, Box<dyn std::error::Error>> {
     let caller = caller_track(&scenario).await?;
-    let agent = Espeak::new(EspeakConfig::default())?;
-    let ears = PocketSphinx::new(PocketSphinxConfig::default())?;
+    let engines = speech.build("en-us", PocketSphinxConfig::default())?;
+    eprintln!("voice_agent --audio: {}", engines.summary);
     let supervisor = Supervisor::start(SupervisorConfig::default()).await?;
     let session = supervisor
         .start_session("audio-call", config.with_tools(weather_tool()))
@@ -90,13 +91,18 @@ pub(crate) async fn run(
     let clock = PlayoutClock::new();
     let sink = RecordingSink::new(RATE, clock.clone());
     let output = AudioOutput::new(
-        Arc::new(agent),
+        engines.voice,
         Arc::new(sink.clone()),
         clock,
         AudioOutputConfig::default(),
     );
     let speaker = Speaker::spawn(&session, output);
-    let mut listener = Listener::new(&session, RATE, Some(&ears), ListenerConfig::default())?;
+    let mut listener = Listener::new(
+        &session,
+        RATE,
+        Some(engines.ears.as_ref()),
+        ListenerConfig::default(),
+    )?;
     let mut events = session.subscribe();
     let start = Instant::now();
     let printer = tokio::spawn(async move {

@@ -42,6 +42,9 @@ mod model;
 mod observer;
 mod output;
 mod scenario;
+#[cfg(all(feature = "espeak", feature = "pocketsphinx"))]
+#[path = "../common/speech.rs"]
+mod speech;
 
 use common::ProviderFlags;
 use model::{choose_model, weather_tool};
@@ -86,6 +89,9 @@ struct Args {
     /// left, agent right). Needs --features espeak,pocketsphinx
     #[arg(long, value_name = "FILE")]
     audio: Option<PathBuf>,
+    #[cfg(all(feature = "espeak", feature = "pocketsphinx"))]
+    #[command(flatten)]
+    speech: speech::SpeechFlags,
     #[command(flatten)]
     provider: ProviderFlags,
     /// The model (default: $COLLOQUY_MODEL, else gpt-4o-mini)
@@ -131,7 +137,7 @@ async fn run(
     name: &str,
     scenario: Scenario,
 ) -> Result<Vec<String>, Box<dyn std::error::Error>> {
-    let model = choose_model(&args.provider, args.model).await?;
+    let model = choose_model(&args.provider, args.model.clone()).await?;
     let out = Arc::new(Out {
         json: args.json,
         start: Instant::now(),
@@ -165,6 +171,7 @@ async fn run(
     settings.preemptive = scenario.preemptive.then(Preemptive::default);
     if let Some(path) = args.audio.clone() {
         return run_audio(
+            &args,
             path,
             scenario,
             SessionConfig::new(model.client.clone(), settings),
@@ -253,15 +260,17 @@ async fn run(
 
 #[cfg(all(feature = "espeak", feature = "pocketsphinx"))]
 async fn run_audio(
+    args: &Args,
     path: PathBuf,
     scenario: Scenario,
     config: SessionConfig,
 ) -> Result<Vec<String>, Box<dyn std::error::Error>> {
-    audio::run(path, scenario, config).await
+    audio::run(path, scenario, config, &args.speech).await
 }
 
 #[cfg(not(all(feature = "espeak", feature = "pocketsphinx")))]
 async fn run_audio(
+    _args: &Args,
     _path: PathBuf,
     _scenario: Scenario,
     _config: SessionConfig,

@@ -11,17 +11,20 @@
 //! `<Connect><Stream url="wss://…/twilio"/></Connect>` at it). Offline by
 //! default: PocketSphinx hears, espeak-ng speaks, the offline demo model
 //! answers (scripted replies, 300 ms to the first token); `--base-url` /
-//! `--api-key` / `OPENAI_API_KEY` choose a real model as in `voice_agent`.
+//! `--api-key` / `OPENAI_API_KEY` choose a real model as in `voice_agent`;
+//! `--stt` / `--tts` (default `auto`: hosted when its key is in the
+//! environment — `DEEPGRAM_API_KEY`, `ELEVENLABS_API_KEY` with
+//! `ELEVENLABS_VOICE_ID`, `OPENAI_API_KEY` — else offline) choose the speech
+//! engines, each hosted one backed by the offline one; the choice is printed
+//! on stderr.
 //! Needs the system packages `espeak-ng`, `libespeak-ng-dev`,
 //! `libpocketsphinx-dev` and `pocketsphinx-en-us`.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Instant;
 
-use colloquy::audio::espeak::{Espeak, EspeakConfig};
-use colloquy::audio::pocketsphinx::{PocketSphinx, PocketSphinxConfig};
+use colloquy::audio::pocketsphinx::PocketSphinxConfig;
 use colloquy::llm::LlmOptions;
 use colloquy_actors::calls::{CallNotice, CallServices};
 use colloquy_actors::turn_taking::{InterruptionMode, InterruptionPolicy};
@@ -32,6 +35,8 @@ mod common;
 #[path = "../voice_agent/model.rs"]
 mod model;
 mod report;
+#[path = "../common/speech.rs"]
+mod speech;
 
 use common::ProviderFlags;
 use model::{choose_model, weather_tool};
@@ -65,6 +70,8 @@ struct Args {
     /// espeak-ng's voice for the agent
     #[arg(long, value_name = "VOICE", default_value = "en-us")]
     voice: String,
+    #[command(flatten)]
+    speech: speech::SpeechFlags,
 }
 
 #[tokio::main]
@@ -85,11 +92,10 @@ async fn main() -> ExitCode {
 
 async fn run(args: Args, mode: InterruptionMode) -> Result<(), Box<dyn std::error::Error>> {
     let model = choose_model(&args.provider, args.model.clone()).await?;
-    let synth = Espeak::new(EspeakConfig {
-        voice: args.voice.clone(),
-        ..EspeakConfig::default()
-    })?;
-    let ears = PocketSphinx::new(PocketSphinxConfig::default())?;
+    let engines = args
+        .speech
+        .build(&args.voice, PocketSphinxConfig::default())?;
+    eprintln!("voice_server: {}", engines.summary);
     let supervisor = Supervisor::start(SupervisorConfig::default()).await?;
     let mut settings = AgentSettings::new(LlmOptions::new(model.model.clone()));
     settings.instructions = Some(
@@ -107,9 +113,9 @@ async fn run(args: Args, mode: InterruptionMode) -> Result<(), Box<dyn std::erro
     let services = CallServices::new(
         supervisor.clone(),
         move |_| SessionConfig::new(client.clone(), settings.clone()).with_tools(weather_tool()),
-        Arc::new(synth),
+        engines.voice,
     )
-    .with_transcriber(Arc::new(ears))
+    .with_transcriber(engines.ears)
     .on_call(move |notice: CallNotice| on_call.notice(notice));
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let addr = listener.local_addr()?;
