@@ -13,7 +13,12 @@
 //!   ended, with their positions.
 //! - [`Transcriber`] and [`Synthesizer`]: the speech engines' traits; the
 //!   offline engines (espeak-ng, PocketSphinx) are behind cargo features.
+//! - `elevenlabs` (feature `elevenlabs`): ElevenLabs' streaming socket as a
+//!   [`Synthesizer`] whose alignment is the provider's own timestamps.
 
+#[cfg(feature = "elevenlabs")]
+#[cfg_attr(docsrs, doc(cfg(feature = "elevenlabs")))]
+pub mod elevenlabs;
 mod error;
 #[cfg(feature = "espeak")]
 #[cfg_attr(docsrs, doc(cfg(feature = "espeak")))]
