@@ -165,7 +165,7 @@ impl Session {
         Ok(Box::new(ws))
     }
 
-    fn on_message(&mut self, message: Message) -> Result<(), SpeechFailure> {
+    pub(crate) fn on_message(&mut self, message: Message) -> Result<(), SpeechFailure> {
         let text = match message {
             Message::Text(t) => t,
             Message::Binary(_) => {
