@@ -108,7 +108,10 @@ impl ElevenLabsSpeech {
     /// A synthesizer for `config` (no connection is made yet). Fails when the
     /// voice or model id would not stay a plain path or query part.
     pub fn new(config: ElevenLabsConfig) -> Result<Self, AudioError> {
-        for (what, id) in [("voice id", &config.voice_id), ("model id", &config.model_id)] {
+        for (what, id) in [
+            ("voice id", &config.voice_id),
+            ("model id", &config.model_id),
+        ] {
             if !config::is_plain_id(id) {
                 return Err(AudioError::engine(
                     PROVIDER,

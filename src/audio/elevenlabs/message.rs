@@ -210,7 +210,10 @@ mod tests {
         c.chunk_length_schedule = Some(vec![50, 120]);
         let v: Value = serde_json::from_str(&initial(&c)).unwrap();
         assert_eq!(v["voice_settings"], json!({"stability": 0.5, "speed": 1.0}));
-        assert_eq!(v["generation_config"]["chunk_length_schedule"], json!([50, 120]));
+        assert_eq!(
+            v["generation_config"]["chunk_length_schedule"],
+            json!([50, 120])
+        );
         assert_eq!(text("Hi."), r#"{"text":"Hi. ","flush":true}"#);
         assert_eq!(end(), r#"{"text":""}"#);
     }

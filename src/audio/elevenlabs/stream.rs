@@ -73,7 +73,11 @@ impl Session {
     fn fail(&mut self, failure: SpeechFailure) -> Option<Result<SynthEvent, AudioError>> {
         self.phase = Phase::Done;
         self.ready.clear();
-        tracing::debug!(provider = PROVIDER, kind = failure.kind(), "synthesis failed");
+        tracing::debug!(
+            provider = PROVIDER,
+            kind = failure.kind(),
+            "synthesis failed"
+        );
         Some(Err(AudioError::provider(PROVIDER, failure)))
     }
 
@@ -95,8 +99,9 @@ impl Session {
                 },
                 Phase::Closing(mut ws) => {
                     // Best effort: the audio is complete whatever the close does.
-                    let _ = tokio::time::timeout(Duration::from_millis(500), ws.as_mut().close(None))
-                        .await;
+                    let _ =
+                        tokio::time::timeout(Duration::from_millis(500), ws.as_mut().close(None))
+                            .await;
                     return None;
                 }
                 Phase::Open(mut ws) => {
@@ -104,9 +109,8 @@ impl Session {
                     self.phase = Phase::Open(ws);
                     let message = match read {
                         Err(_) if self.got_audio => {
-                            return self.fail(SpeechFailure::OutputGapTimeout(
-                                self.config.gap_timeout,
-                            ));
+                            return self
+                                .fail(SpeechFailure::OutputGapTimeout(self.config.gap_timeout));
                         }
                         Err(_) => {
                             return self.fail(SpeechFailure::FirstOutputTimeout(
@@ -157,7 +161,11 @@ impl Session {
             ws.flush().await
         };
         match tokio::time::timeout(timeout, send).await {
-            Err(_) => return Err(SpeechFailure::Connection("sending the text timed out".into())),
+            Err(_) => {
+                return Err(SpeechFailure::Connection(
+                    "sending the text timed out".into(),
+                ));
+            }
             Ok(Err(e)) => return Err(read_failure(e, self.key())),
             Ok(Ok(())) => {}
         }
@@ -299,7 +307,11 @@ fn close_failure(frame: Option<CloseFrame>, key: Option<&str>) -> SpeechFailure 
         None => SpeechFailure::Dropped,
         Some(f) if f.code == CloseCode::Normal => SpeechFailure::Dropped,
         Some(f) => SpeechFailure::Connection(redact(
-            &format!("closed by the provider ({}): {}", u16::from(f.code), f.reason),
+            &format!(
+                "closed by the provider ({}): {}",
+                u16::from(f.code),
+                f.reason
+            ),
             key,
         )),
     }

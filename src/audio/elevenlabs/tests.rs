@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use super::stream::Session;
 use super::*;
@@ -47,7 +47,9 @@ async fn run(speech: &ElevenLabsSpeech, text: &str) -> Outcome {
             }
         }
     };
-    tokio::time::timeout(GUARD, collect).await.expect("synthesis hung");
+    tokio::time::timeout(GUARD, collect)
+        .await
+        .expect("synthesis hung");
     out
 }
 
@@ -114,9 +116,7 @@ async fn audio_is_exact_through_odd_chunks_and_marks_are_the_providers_word_ends
         assert!(out.error.is_none(), "{rate:?}: {:?}", out.error);
         // The socket's buffer is the opening " " and the text with a
         // trailing space: the text's character i is the buffer's i + 1.
-        let expected = server
-            .script()
-            .render(&format!(" {text} "), rate.hz(), 0);
+        let expected = server.script().render(&format!(" {text} "), rate.hz(), 0);
         assert_eq!(out.pcm, expected.samples, "{rate:?} chunk {chunk}");
         let chars: Vec<char> = text.chars().collect();
         let mut want: Vec<(usize, u64)> = (0..chars.len())
@@ -129,7 +129,10 @@ async fn audio_is_exact_through_odd_chunks_and_marks_are_the_providers_word_ends
         let got: Vec<(usize, u64)> = out.marks.iter().map(|&(c, s, _)| (c, s)).collect();
         assert_eq!(got, want, "{rate:?}");
         for &(chars, sample, received) in &out.marks {
-            assert!(sample <= received, "mark {chars}@{sample} before its audio ({received})");
+            assert!(
+                sample <= received,
+                "mark {chars}@{sample} before its audio ({received})"
+            );
         }
         // A cut in the middle of "dich," hears "Grüß" and no more.
         let mut alignment = Alignment::new(speech.alignment_is_estimated());
@@ -190,7 +193,10 @@ async fn deadlines_count_audio_not_pings() {
     let elapsed = started.elapsed();
     assert_eq!(failure(&out), SpeechFailure::OutputGapTimeout(gap));
     assert_eq!(out.pcm.len(), 100);
-    assert!(elapsed >= gap && elapsed < gap + Duration::from_secs(5), "{elapsed:?}");
+    assert!(
+        elapsed >= gap && elapsed < gap + Duration::from_secs(5),
+        "{elapsed:?}"
+    );
     tokio::time::timeout(GUARD, server.early_closes().wait_for(|n| *n == 1))
         .await
         .unwrap()
@@ -206,7 +212,9 @@ async fn deadlines_count_audio_not_pings() {
         ElevenLabsScript::new(KEY).delays(Duration::from_secs(20), Duration::ZERO),
     ] {
         let server = mock(script).await;
-        let config = server.config("v").with_deadlines(first, Duration::from_secs(10));
+        let config = server
+            .config("v")
+            .with_deadlines(first, Duration::from_secs(10));
         let out = run(&ElevenLabsSpeech::new(config).unwrap(), "Hi.").await;
         assert_eq!(failure(&out), SpeechFailure::FirstOutputTimeout(first));
         assert!(out.pcm.is_empty());
@@ -221,14 +229,19 @@ async fn failures_are_typed_and_never_show_the_key() {
         retry_after: retry_after.map(str::to_string),
         message: leak.clone(),
     };
-    let cases: Vec<(ElevenLabsFault, fn(&SpeechFailure) -> bool)> = vec![
-        (reject(403, None), |f| {
-            matches!(f, SpeechFailure::Unauthorized { status: 403, message } if message.contains("***"))
+    type Expect = fn(&SpeechFailure) -> bool;
+    let cases: Vec<(ElevenLabsFault, Expect)> = vec![
+        (
+            reject(403, None),
+            |f| matches!(f, SpeechFailure::Unauthorized { status: 403, message } if message.contains("***")),
+        ),
+        (
+            reject(429, Some("7")),
+            |f| matches!(f, SpeechFailure::RateLimited { retry_after: Some(d), .. } if *d == Duration::from_secs(7)),
+        ),
+        (reject(503, None), |f| {
+            matches!(f, SpeechFailure::Status { status: 503, .. })
         }),
-        (reject(429, Some("7")), |f| {
-            matches!(f, SpeechFailure::RateLimited { retry_after: Some(d), .. } if *d == Duration::from_secs(7))
-        }),
-        (reject(503, None), |f| matches!(f, SpeechFailure::Status { status: 503, .. })),
         (
             ElevenLabsFault::ErrorMessage {
                 after_chunks: 1,
@@ -269,11 +282,17 @@ async fn failures_are_typed_and_never_show_the_key() {
         (ElevenLabsFault::BadBase64 { after_chunks: 0 }, |f| {
             matches!(f, SpeechFailure::Malformed(_))
         }),
-        (ElevenLabsFault::Drop { after_chunks: 1 }, |f| *f == SpeechFailure::Dropped),
+        (ElevenLabsFault::Drop { after_chunks: 1 }, |f| {
+            *f == SpeechFailure::Dropped
+        }),
     ];
     for (fault, expected) in cases {
         let server = mock(ElevenLabsScript::new(KEY).fault(fault.clone())).await;
-        let out = run(&ElevenLabsSpeech::new(server.config("v")).unwrap(), "Hello world.").await;
+        let out = run(
+            &ElevenLabsSpeech::new(server.config("v")).unwrap(),
+            "Hello world.",
+        )
+        .await;
         let f = failure(&out);
         assert!(expected(&f), "{fault:?} gave {f:?}");
         let error = out.error.unwrap();
@@ -288,7 +307,10 @@ async fn failures_are_typed_and_never_show_the_key() {
     let speech = ElevenLabsSpeech::new(wrong).unwrap();
     assert!(!format!("{speech:?}").contains("xi-WRONG-key-31337"));
     let out = run(&speech, "Hello.").await;
-    assert!(matches!(failure(&out), SpeechFailure::Unauthorized { status: 401, .. }));
+    assert!(matches!(
+        failure(&out),
+        SpeechFailure::Unauthorized { status: 401, .. }
+    ));
     assert!(!format!("{:?}", out.error).contains("xi-WRONG-key-31337"));
     assert!(!server.sessions()[0].key_ok);
 
@@ -297,7 +319,11 @@ async fn failures_are_typed_and_never_show_the_key() {
     drop(server);
     let gone = ElevenLabsConfig::new("v", KEY).with_base_url(format!("ws://{addr}/v1"));
     let out = run(&ElevenLabsSpeech::new(gone).unwrap(), "Hello.").await;
-    assert!(matches!(failure(&out), SpeechFailure::Connection(_)), "{:?}", out.error);
+    assert!(
+        matches!(failure(&out), SpeechFailure::Connection(_)),
+        "{:?}",
+        out.error
+    );
 }
 
 #[tokio::test]
@@ -312,6 +338,12 @@ async fn pcm_ending_mid_sample_is_malformed_and_blank_text_needs_no_socket() {
 
     let speech = ElevenLabsSpeech::new((*config).clone()).unwrap();
     let events: Vec<_> = speech.synthesize("  ").collect().await;
-    assert_eq!(events, vec![Ok(SynthEvent::Mark { chars: 2, sample: 0 })]);
+    assert_eq!(
+        events,
+        vec![Ok(SynthEvent::Mark {
+            chars: 2,
+            sample: 0
+        })]
+    );
     assert!(ElevenLabsSpeech::new(ElevenLabsConfig::new("a/b", KEY)).is_err());
 }

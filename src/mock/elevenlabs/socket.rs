@@ -40,6 +40,8 @@ enum Outcome {
     Hangup,
 }
 
+// tungstenite's upgrade callback returns its `ErrorResponse` unboxed.
+#[allow(clippy::result_large_err)]
 pub(crate) async fn serve(socket: TcpStream, shared: Arc<Shared>) {
     let script = shared.script().clone();
     let mut session = RecordedSession::default();
@@ -58,7 +60,14 @@ pub(crate) async fn serve(socket: TcpStream, shared: Arc<Shared>) {
     let done = Arc::new(AtomicBool::new(false));
     let (closed_tx, closed) = watch::channel(false);
     let (in_tx, incoming) = mpsc::unbounded_channel();
-    let reader = tokio::spawn(read(rx, shared.clone(), index, done.clone(), closed_tx, in_tx));
+    let reader = tokio::spawn(read(
+        rx,
+        shared.clone(),
+        index,
+        done.clone(),
+        closed_tx,
+        in_tx,
+    ));
     let mut writer = Writer {
         tx,
         shared,
@@ -85,13 +94,17 @@ pub(crate) async fn serve(socket: TcpStream, shared: Arc<Shared>) {
 
 /// The upgrade's checks: the path, the query (its rate), the key, and a
 /// scripted refusal.
+#[allow(clippy::result_large_err)]
 fn check(
     req: &Request,
     script: &ElevenLabsScript,
     session: &mut RecordedSession,
 ) -> Result<u32, ErrorResponse> {
     session.target = req.uri().to_string();
-    session.key_ok = req.headers().get("xi-api-key").and_then(|v| v.to_str().ok())
+    session.key_ok = req
+        .headers()
+        .get("xi-api-key")
+        .and_then(|v| v.to_str().ok())
         == Some(script.key.as_str());
     let parts: Vec<&str> = req.uri().path().split('/').collect();
     let refuse = |session: &mut RecordedSession, status, retry: Option<&str>, message: &str| {
@@ -118,7 +131,12 @@ fn check(
         .and_then(|r| r.parse::<u32>().ok())
         .filter(|r| [16_000, 22_050, 24_000, 44_100].contains(r));
     let (Some(rate), Some(_)) = (rate, param("model_id")) else {
-        return Err(refuse(session, 400, None, "model_id and output_format=pcm_<rate>"));
+        return Err(refuse(
+            session,
+            400,
+            None,
+            "model_id and output_format=pcm_<rate>",
+        ));
     };
     if let Some(ElevenLabsFault::Reject {
         status,
@@ -347,7 +365,11 @@ impl Writer {
             ElevenLabsFault::Stall { ping_every, .. } => loop {
                 let tick = tokio::time::sleep(ping_every.max(Duration::from_millis(1)));
                 if unless_closed(&mut self.closed, tick).await.is_none()
-                    || self.tx.send(Message::Ping(Vec::new().into())).await.is_err()
+                    || self
+                        .tx
+                        .send(Message::Ping(Vec::new().into()))
+                        .await
+                        .is_err()
                 {
                     return Outcome::Closed;
                 }
