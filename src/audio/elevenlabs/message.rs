@@ -91,10 +91,12 @@ pub(crate) struct ChunkAlignment {
 /// What a server message means.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum ServerMessage {
-    /// PCM bytes (possibly none) and the alignment sent with them.
+    /// PCM bytes (possibly none) and the alignment sent with them; `last`
+    /// when the message also says `isFinal: true`.
     Audio {
         pcm: Vec<u8>,
         alignment: Option<ChunkAlignment>,
+        last: bool,
     },
     /// The synthesis is complete.
     Final,
@@ -155,10 +157,15 @@ pub(crate) fn parse(frame: &str) -> Result<ServerMessage, String> {
             })
         }
     };
-    if wire.is_final == Some(true) && pcm.is_empty() {
+    let last = wire.is_final == Some(true);
+    if last && pcm.is_empty() && alignment.is_none() {
         return Ok(ServerMessage::Final);
     }
-    Ok(ServerMessage::Audio { pcm, alignment })
+    Ok(ServerMessage::Audio {
+        pcm,
+        alignment,
+        last,
+    })
 }
 
 #[cfg(test)]
@@ -172,7 +179,12 @@ mod tests {
                 "alignment":{"chars":["H","i"],"charStartTimesMs":[0,30],"charDurationsMs":[30,25]}}"#,
         )
         .unwrap();
-        let ServerMessage::Audio { pcm, alignment } = m else {
+        let ServerMessage::Audio {
+            pcm,
+            alignment,
+            last: false,
+        } = m
+        else {
             panic!("{m:?}")
         };
         assert_eq!(pcm, vec![1, 2, 3]);

@@ -189,20 +189,12 @@ impl Session {
                 message,
                 code,
             }) => Err(error_failure(&kind, &message, code, self.key())),
-            Ok(ServerMessage::Final) => {
-                if self.carry.is_some() {
-                    return Err(SpeechFailure::Malformed(
-                        "PCM ended in the middle of a sample".into(),
-                    ));
-                }
-                let total = self.bytes / 2;
-                self.ready.extend(self.aligner.finish(total));
-                if let Phase::Open(ws) = std::mem::replace(&mut self.phase, Phase::Done) {
-                    self.phase = Phase::Closing(ws);
-                }
-                Ok(())
-            }
-            Ok(ServerMessage::Audio { pcm, alignment }) => {
+            Ok(ServerMessage::Final) => self.finish(),
+            Ok(ServerMessage::Audio {
+                pcm,
+                alignment,
+                last,
+            }) => {
                 // Times are relative to the audio received before this
                 // message, in whole samples (see the module's docs).
                 if let Some(a) = alignment {
@@ -215,9 +207,24 @@ impl Session {
                 }
                 let received = self.bytes / 2;
                 self.ready.extend(self.aligner.release(received));
-                Ok(())
+                if last { self.finish() } else { Ok(()) }
             }
         }
+    }
+
+    /// `isFinal`: the marks left and the whole text's, then the close.
+    fn finish(&mut self) -> Result<(), SpeechFailure> {
+        if self.carry.is_some() {
+            return Err(SpeechFailure::Malformed(
+                "PCM ended in the middle of a sample".into(),
+            ));
+        }
+        let total = self.bytes / 2;
+        self.ready.extend(self.aligner.finish(total));
+        if let Phase::Open(ws) = std::mem::replace(&mut self.phase, Phase::Done) {
+            self.phase = Phase::Closing(ws);
+        }
+        Ok(())
     }
 
     /// PCM bytes in: whole samples out, the odd byte carried.
