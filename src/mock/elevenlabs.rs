@@ -19,6 +19,8 @@
 
 mod script;
 mod socket;
+#[cfg(test)]
+mod tests;
 
 pub use script::{ElevenLabsFault, ElevenLabsScript, MockChar, MockSpeech};
 
