@@ -14,9 +14,14 @@
 //! - [`Transcriber`] and [`Synthesizer`]: the speech engines' traits; the
 //!   offline engines (espeak-ng, PocketSphinx) are behind cargo features.
 //! - [`openai`]: OpenAI-compatible hosted speech and transcription.
+//! - `elevenlabs` (feature `elevenlabs`): ElevenLabs' streaming socket as a
+//!   [`Synthesizer`] whose alignment is the provider's own timestamps.
 //! - [`chain`]: fallback across engines, with a breaker per engine.
 
 pub mod chain;
+#[cfg(feature = "elevenlabs")]
+#[cfg_attr(docsrs, doc(cfg(feature = "elevenlabs")))]
+pub mod elevenlabs;
 mod error;
 #[cfg(feature = "espeak")]
 #[cfg_attr(docsrs, doc(cfg(feature = "espeak")))]

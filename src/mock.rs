@@ -14,6 +14,9 @@
 //! # }
 //! ```
 
+#[cfg(feature = "elevenlabs")]
+#[cfg_attr(docsrs, doc(cfg(feature = "elevenlabs")))]
+pub mod elevenlabs;
 mod http;
 mod response;
 
