@@ -13,7 +13,12 @@
 //!   ended, with their positions.
 //! - [`Transcriber`] and [`Synthesizer`]: the speech engines' traits; the
 //!   offline engines (espeak-ng, PocketSphinx) are behind cargo features.
+//! - `deepgram` (feature `deepgram`): Deepgram's live streaming recognizer
+//!   as a [`Transcriber`], one WebSocket per call.
 
+#[cfg(feature = "deepgram")]
+#[cfg_attr(docsrs, doc(cfg(feature = "deepgram")))]
+pub mod deepgram;
 mod error;
 #[cfg(feature = "espeak")]
 #[cfg_attr(docsrs, doc(cfg(feature = "espeak")))]
