@@ -230,7 +230,10 @@ mod tests {
             ..DeepgramConfig::default().with_audio(DeepgramEncoding::Mulaw, 8000)
         }
         .with_model("a&b");
-        assert!(c.url().contains("model=a%26b&encoding=mulaw&sample_rate=8000"));
+        assert!(
+            c.url()
+                .contains("model=a%26b&encoding=mulaw&sample_rate=8000")
+        );
         assert!(c.url().contains("endpointing=false&vad_events"));
         assert!(!format!("{:?}", DeepgramConfig::new("sk-distinct")).contains("sk-distinct"));
     }

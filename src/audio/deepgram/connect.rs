@@ -112,7 +112,10 @@ pub(crate) fn failure_of(e: WsError, key: Option<&str>) -> SpeechFailure {
 }
 
 /// A close frame's code and reason, for the log (redacted).
-pub(crate) fn describe_close(frame: Option<&tungstenite::protocol::CloseFrame>, key: Option<&str>) -> String {
+pub(crate) fn describe_close(
+    frame: Option<&tungstenite::protocol::CloseFrame>,
+    key: Option<&str>,
+) -> String {
     match frame {
         Some(f) => redact(&format!("{} {}", u16::from(f.code), f.reason), key),
         None => "no close frame".into(),

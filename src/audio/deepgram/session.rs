@@ -152,7 +152,10 @@ impl Session {
             return;
         }
         tracing::debug!(failure = %failure, "deepgram: the stream fails");
-        let _ = self.out.send(Err(AudioError::provider(PROVIDER, failure))).await;
+        let _ = self
+            .out
+            .send(Err(AudioError::provider(PROVIDER, failure)))
+            .await;
     }
 
     async fn emit(&mut self, transcripts: Vec<Transcript>) -> Flow {
@@ -208,13 +211,17 @@ impl Session {
             }
             ServerMessage::UtteranceEnd { last_word_end } => {
                 tracing::debug!(last_word_end, "deepgram: UtteranceEnd");
-                let silence = Duration::from_millis(self.config.utterance_end_ms.unwrap_or(0).into());
+                let silence =
+                    Duration::from_millis(self.config.utterance_end_ms.unwrap_or(0).into());
                 let out = self.utterances.on_utterance_end(last_word_end, silence);
                 self.emit(out).await
             }
             ServerMessage::SpeechStarted { timestamp } => {
                 // The local detector already decided (see the module docs).
-                tracing::debug!(timestamp, "deepgram: SpeechStarted (not used for turn-taking)");
+                tracing::debug!(
+                    timestamp,
+                    "deepgram: SpeechStarted (not used for turn-taking)"
+                );
                 Flow::Continue
             }
             ServerMessage::Metadata { request_id } => {
@@ -232,7 +239,8 @@ impl Session {
                     .collect::<Vec<_>>()
                     .join(": ");
                 let message = redact(&said, self.key());
-                self.fail(SpeechFailure::Status { status: 0, message }).await;
+                self.fail(SpeechFailure::Status { status: 0, message })
+                    .await;
                 Flow::End
             }
             ServerMessage::Other => {
@@ -293,7 +301,10 @@ impl Session {
                 f.sample_rate(),
                 self.config.sample_rate
             );
-            let _ = self.out.send(Err(AudioError::engine(PROVIDER, reason))).await;
+            let _ = self
+                .out
+                .send(Err(AudioError::engine(PROVIDER, reason)))
+                .await;
             return Flow::End;
         }
         if f.is_empty() {

@@ -136,7 +136,9 @@ impl Utterances {
 
     /// Whether any utterance with audio awaits its final.
     pub(crate) fn in_progress(&self) -> bool {
-        self.queue.iter().any(|u| u.has_audio() || !u.frames.is_empty())
+        self.queue
+            .iter()
+            .any(|u| u.has_audio() || !u.frames.is_empty())
     }
 
     /// The earliest deadline of a final.
@@ -263,7 +265,9 @@ impl Utterances {
         if heard_to < end {
             return Vec::new();
         }
-        tracing::debug!("deepgram: UtteranceEnd closes an utterance whose Finalize went unanswered");
+        tracing::debug!(
+            "deepgram: UtteranceEnd closes an utterance whose Finalize went unanswered"
+        );
         self.close(idx)
     }
 

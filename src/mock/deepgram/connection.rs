@@ -43,7 +43,11 @@ pub(super) async fn serve(socket: TcpStream, shared: Arc<Shared>) {
                 .query("sample_rate")
                 .and_then(|r| r.parse().ok())
                 .unwrap_or(16_000),
-            bytes_per_sample: if record.query("encoding") == Some("mulaw") { 1 } else { 2 },
+            bytes_per_sample: if record.query("encoding") == Some("mulaw") {
+                1
+            } else {
+                2
+            },
             interim: record.query("interim_results") == Some("true"),
         });
         shared
@@ -173,7 +177,9 @@ async fn run(ws: &mut Ws, shared: &Shared, stream: &Stream) {
                 }
                 if script.malformed && !answered_any {
                     answered_any = true;
-                    let _ = ws.send(Message::Text("{\"type\":\"Results\",".into())).await;
+                    let _ = ws
+                        .send(Message::Text("{\"type\":\"Results\",".into()))
+                        .await;
                     continue;
                 }
                 let samples = received / stream.bytes_per_sample;
@@ -182,7 +188,14 @@ async fn run(ws: &mut Ws, shared: &Shared, stream: &Stream) {
                 let complete = complete.min(words.len());
                 if stream.interim && complete > h.interim_words {
                     h.interim_words = complete;
-                    let r = results(&words[..complete], h.start, samples, span, stream, Kind::Interim);
+                    let r = results(
+                        &words[..complete],
+                        h.start,
+                        samples,
+                        span,
+                        stream,
+                        Kind::Interim,
+                    );
                     if !send(ws, shared, r).await {
                         return;
                     }
@@ -234,7 +247,12 @@ fn words_of(shared: &Shared) -> Vec<String> {
         .next_utterance
         .lock()
         .unwrap_or_else(|e| e.into_inner());
-    shared.script.utterances.get(next).cloned().unwrap_or_default()
+    shared
+        .script
+        .utterances
+        .get(next)
+        .cloned()
+        .unwrap_or_default()
 }
 
 /// The finals of the utterance in progress (on `Finalize`, or on
