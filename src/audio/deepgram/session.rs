@@ -25,6 +25,8 @@ use super::{DeepgramConfig, DeepgramEncoding, PROVIDER};
 use crate::audio::openai::redact;
 use crate::audio::{AudioError, AudioFrame, RecognizerInput, SpeechFailure, Transcript, mulaw};
 
+mod resend;
+
 /// Whether the task goes on.
 enum Flow {
     Continue,
@@ -102,8 +104,10 @@ impl Session {
                         None => std::future::pending().await,
                     }
                 } => {
-                    let failure = deadline.map_or(SpeechFailure::Dropped, |d| d.1);
-                    self.fail(failure).await;
+                    match deadline.map(|d| d.1) {
+                        Some(Some(failure)) => self.fail(failure).await,
+                        _ => self.on_close_due().await,
+                    }
                     Flow::End
                 }
                 next = self.input.recv(), if self.input_open => self.on_input(next).await,
@@ -120,37 +124,37 @@ impl Session {
         }
     }
 
-    /// The earliest deadline and the failure it stands for.
-    fn deadline(&self) -> Option<(Instant, SpeechFailure)> {
-        let mut due = self.result_due.clone();
+    /// The earliest deadline and the failure it stands for (`None`: the
+    /// close after `CloseStream`).
+    fn deadline(&self) -> Option<(Instant, Option<SpeechFailure>)> {
+        let mut due = self.result_due.clone().map(|(at, f)| (at, Some(f)));
         let first = self.config.first_result_timeout;
         if let Some(at) = self.utterances.final_due()
             && due.as_ref().is_none_or(|d| at < d.0)
         {
-            due = Some((at, SpeechFailure::FirstOutputTimeout(first)));
+            due = Some((at, Some(SpeechFailure::FirstOutputTimeout(first))));
         }
         if let Some(at) = self.close_due
             && due.as_ref().is_none_or(|d| at < d.0)
         {
-            // The server did not close after `CloseStream`: what came is
-            // all there is (see `on_close_due`).
-            due = Some((at, SpeechFailure::Dropped));
+            due = Some((at, None));
         }
         due
     }
 
-    async fn fail(&mut self, failure: SpeechFailure) {
-        if matches!(failure, SpeechFailure::Dropped) && self.close_due.is_some() {
-            // The close deadline: a server that never closes is not worth
-            // an error once the input is over; deliver what came.
-            if self.utterances.in_progress() {
-                tracing::warn!("deepgram: no close after CloseStream; ending the stream");
-            }
-            for t in self.utterances.finish_all() {
-                let _ = self.out.send(Ok(t)).await;
-            }
-            return;
+    /// The server did not close after `CloseStream`: a server that never
+    /// closes is not worth an error once the input is over; what came is
+    /// all there is.
+    async fn on_close_due(&mut self) {
+        if self.utterances.in_progress() {
+            tracing::warn!("deepgram: no close after CloseStream; ending the stream");
         }
+        for t in self.utterances.finish_all() {
+            let _ = self.out.send(Ok(t)).await;
+        }
+    }
+
+    async fn fail(&mut self, failure: SpeechFailure) {
         tracing::debug!(failure = %failure, "deepgram: the stream fails");
         let _ = self
             .out
@@ -417,82 +421,6 @@ impl Session {
                 false
             }
         }
-    }
-
-    /// Opens a new socket and sends again what the unfinished utterances
-    /// said (and their `Finalize`, and `CloseStream` when the input is
-    /// over), with backoff between attempts.
-    async fn reconnect(&mut self) -> Flow {
-        let mut last = SpeechFailure::Dropped;
-        let mut backoff = self.config.reconnect_backoff;
-        for attempt in 0..self.config.reconnect_attempts {
-            if attempt > 0 {
-                tokio::time::sleep(backoff).await;
-                backoff = backoff.saturating_mul(2);
-            }
-            if self.out.is_closed() {
-                return Flow::End;
-            }
-            match connect(&self.config).await {
-                Ok(s) => self.socket = Some(s),
-                Err(f) => {
-                    tracing::debug!(failure = %f, attempt, "deepgram: reconnect failed");
-                    let stop = !f.is_retryable() || matches!(f, SpeechFailure::RateLimited { .. });
-                    last = f;
-                    if stop {
-                        break;
-                    }
-                    continue;
-                }
-            }
-            tracing::debug!(attempt, "deepgram: reconnected");
-            if self.resend().await {
-                return Flow::Continue;
-            }
-            last = SpeechFailure::Dropped;
-        }
-        self.fail(last).await;
-        Flow::End
-    }
-
-    /// On a fresh socket: the unfinished utterances' audio again.
-    async fn resend(&mut self) -> bool {
-        self.timeline.reset();
-        self.result_due = None;
-        self.close_due = None;
-        let now = Instant::now();
-        self.keep_alive_at = now + self.config.keep_alive;
-        let first = self.config.first_result_timeout;
-        let mut messages = Vec::new();
-        for u in self.utterances.iter_mut() {
-            u.reset_connection();
-            for f in &u.frames {
-                u.conn_start.get_or_insert(self.timeline.sent());
-                self.timeline.push(f.position(), f.len() as u64);
-                messages.push(Message::Binary(encode(self.config.encoding, f).into()));
-            }
-            if u.ended && u.has_audio() {
-                u.conn_end = Some(self.timeline.sent());
-                u.final_due = Some(now + first);
-                if self.input_open {
-                    messages.push(control("Finalize"));
-                }
-            }
-        }
-        if messages.iter().any(|m| m.is_binary()) {
-            self.result_due = Some((now + first, SpeechFailure::FirstOutputTimeout(first)));
-        }
-        let input_over = !self.input_open;
-        for m in messages {
-            if !self.send(m).await {
-                return false;
-            }
-        }
-        if input_over {
-            self.close_due = Some(now + self.config.close_timeout);
-            return self.send(control("CloseStream")).await;
-        }
-        true
     }
 }
 

@@ -430,3 +430,31 @@ async fn a_frame_at_the_wrong_rate_is_an_error() {
         }))
     ));
 }
+
+#[tokio::test]
+async fn mulaw_goes_out_at_one_byte_a_sample() {
+    let server = MockDeepgram::start(script(&[&["phone", "call"]]))
+        .await
+        .unwrap();
+    let mut r = open(config(&server).with_audio(super::DeepgramEncoding::Mulaw, 8000));
+    let _ = r
+        .input
+        .send(RecognizerInput::SpeechStarted { position: 800 })
+        .await;
+    for i in 0..25u64 {
+        let f = AudioFrame::new(vec![1000; 160], 8000, 800 + i * 160);
+        let _ = r.input.send(RecognizerInput::Frame(f)).await;
+    }
+    let _ = r
+        .input
+        .send(RecognizerInput::SpeechEnded { position: 4800 })
+        .await;
+    let (_, t) = until_final(&mut r.transcripts).await;
+    assert_eq!((t.text.as_str(), t.start, t.end), ("phone call", 800, 4800));
+    let c = &server.connections()[0];
+    assert_eq!(
+        (c.query("encoding"), c.query("sample_rate")),
+        (Some("mulaw"), Some("8000"))
+    );
+    assert_eq!(server.stats().borrow().audio_bytes, 4000);
+}

@@ -35,6 +35,8 @@ struct Heard {
 
 pub(super) async fn serve(socket: TcpStream, shared: Arc<Shared>) {
     let mut asked = None;
+    // The callback's type is tungstenite's: its error is the refusal.
+    #[allow(clippy::result_large_err)]
     let check = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
         let record = record(req);
         let refusal = refusal(&shared, &record);
