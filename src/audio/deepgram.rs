@@ -41,14 +41,20 @@
 //!
 //! # Errors
 //!
-//! A refused upgrade is [`SpeechFailure::Unauthorized`] (401/403),
-//! [`SpeechFailure::RateLimited`] (429, with `Retry-After`) or
-//! [`SpeechFailure::Status`]; a frame that is not the protocol's JSON is
-//! [`SpeechFailure::Malformed`]; a socket lost mid-utterance that no
-//! reconnect could replace is the reconnect's failure (or
-//! [`SpeechFailure::Dropped`]). The key never appears in an error, a log
-//! line or a `Debug`: it is a [`Secret`](crate::Secret), and whatever the
-//! server says is redacted before it is kept.
+//! A refused upgrade is [`Unauthorized`] (401/403), [`RateLimited`] (429,
+//! with `Retry-After`) or [`Status`]; a frame that is not the protocol's
+//! JSON is [`Malformed`]; a socket lost mid-utterance that no reconnect
+//! could replace is the reconnect's failure (or [`Dropped`]). The key never
+//! appears in an error, a log line or a `Debug`: it is a
+//! [`Secret`](crate::Secret), and whatever the server says is redacted
+//! before it is kept.
+//!
+//! [`SpeechFailure`]: super::SpeechFailure
+//! [`Unauthorized`]: super::SpeechFailure::Unauthorized
+//! [`RateLimited`]: super::SpeechFailure::RateLimited
+//! [`Status`]: super::SpeechFailure::Status
+//! [`Malformed`]: super::SpeechFailure::Malformed
+//! [`Dropped`]: super::SpeechFailure::Dropped
 //!
 //! ```no_run
 //! use colloquy::audio::deepgram::{DeepgramConfig, DeepgramTranscriber};
