@@ -53,6 +53,9 @@ pub struct MockDeepgramScript {
     pub drop_after_bytes: Option<u64>,
     /// Accept audio and control messages, never answer.
     pub stall: bool,
+    /// Stop answering (as [`stall`](Self::stall)) once a connection was
+    /// sent this many `Results`.
+    pub stall_after_results: Option<u64>,
     /// Close a socket that receives nothing for this long (Deepgram: ~10 s).
     pub idle_timeout: Option<Duration>,
     /// On `Finalize`, a `speech_final` result with the words and then an
@@ -74,6 +77,7 @@ impl MockDeepgramScript {
             malformed: false,
             drop_after_bytes: None,
             stall: false,
+            stall_after_results: None,
             idle_timeout: None,
             both_finals: false,
         }

@@ -458,3 +458,32 @@ async fn mulaw_goes_out_at_one_byte_a_sample() {
     );
     assert_eq!(server.stats().borrow().audio_bytes, 4000);
 }
+
+#[tokio::test(start_paused = true)]
+async fn results_that_stop_while_audio_flows_miss_the_gap_deadline() {
+    let server = MockDeepgram::start(MockDeepgramScript {
+        stall_after_results: Some(1),
+        ..script(&[&["one", "two", "three", "four"]])
+    })
+    .await
+    .unwrap();
+    let gap = Duration::from_secs(1);
+    let mut r = open(config(&server).with_deadlines(Duration::from_secs(4), gap));
+    let _ = r
+        .input
+        .send(RecognizerInput::SpeechStarted { position: 0 })
+        .await;
+    // 0.3 s of audio: the first word's interim.
+    speak(&r.input, 0, 15).await;
+    let t = next(&mut r.transcripts).await;
+    assert!(
+        matches!(&t, Some(Ok(t)) if t.text == "one" && !t.is_final),
+        "{t:?}"
+    );
+    // Audio keeps flowing, results do not.
+    speak(&r.input, 4800, 15).await;
+    assert_eq!(
+        failure(&mut r.transcripts).await,
+        SpeechFailure::OutputGapTimeout(gap)
+    );
+}

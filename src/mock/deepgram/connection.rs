@@ -137,6 +137,8 @@ async fn run(ws: &mut Ws, shared: &Shared, stream: &Stream) {
     let mut received: u64 = 0;
     let mut heard: Option<Heard> = None;
     let mut answered_any = false;
+    // `Results` sent on this connection.
+    let mut answered: u64 = 0;
     loop {
         let next = match script.idle_timeout {
             Some(idle) => match tokio::time::timeout(idle, ws.next()).await {
@@ -174,7 +176,7 @@ async fn run(ws: &mut Ws, shared: &Shared, stream: &Stream) {
                         return;
                     }
                 }
-                if script.stall {
+                if stalled(script, answered) {
                     continue;
                 }
                 if script.malformed && !answered_any {
@@ -198,6 +200,7 @@ async fn run(ws: &mut Ws, shared: &Shared, stream: &Stream) {
                         stream,
                         Kind::Interim,
                     );
+                    answered += 1;
                     if !send(ws, shared, r).await {
                         return;
                     }
@@ -211,17 +214,18 @@ async fn run(ws: &mut Ws, shared: &Shared, stream: &Stream) {
                     Some("KeepAlive") => shared.count(|s| s.keep_alives += 1),
                     Some("Finalize") => {
                         shared.count(|s| s.finalizes += 1);
-                        if script.stall {
+                        if stalled(script, answered) {
                             continue;
                         }
                         let samples = received / stream.bytes_per_sample;
+                        answered += 1;
                         if !finish(ws, shared, stream, heard.take(), samples, span, false).await {
                             return;
                         }
                     }
                     Some("CloseStream") => {
                         shared.count(|s| s.close_streams += 1);
-                        if script.stall {
+                        if stalled(script, answered) {
                             continue;
                         }
                         let samples = received / stream.bytes_per_sample;
@@ -241,6 +245,11 @@ async fn run(ws: &mut Ws, shared: &Shared, stream: &Stream) {
             _ => {}
         }
     }
+}
+
+/// Whether the script says to stop answering now.
+fn stalled(script: &super::MockDeepgramScript, answered: u64) -> bool {
+    script.stall || script.stall_after_results.is_some_and(|n| answered >= n)
 }
 
 /// The words of the utterance in progress.
