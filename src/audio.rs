@@ -14,11 +14,16 @@
 //! - [`Transcriber`] and [`Synthesizer`]: the speech engines' traits; the
 //!   offline engines (espeak-ng, PocketSphinx) are behind cargo features.
 //! - [`openai`]: OpenAI-compatible hosted speech and transcription.
+//! - `deepgram` (feature `deepgram`): Deepgram's live streaming recognizer
+//!   as a [`Transcriber`], one WebSocket per call.
 //! - `elevenlabs` (feature `elevenlabs`): ElevenLabs' streaming socket as a
 //!   [`Synthesizer`] whose alignment is the provider's own timestamps.
 //! - [`chain`]: fallback across engines, with a breaker per engine.
 
 pub mod chain;
+#[cfg(feature = "deepgram")]
+#[cfg_attr(docsrs, doc(cfg(feature = "deepgram")))]
+pub mod deepgram;
 #[cfg(feature = "elevenlabs")]
 #[cfg_attr(docsrs, doc(cfg(feature = "elevenlabs")))]
 pub mod elevenlabs;

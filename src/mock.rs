@@ -14,6 +14,9 @@
 //! # }
 //! ```
 
+#[cfg(feature = "deepgram")]
+#[cfg_attr(docsrs, doc(cfg(feature = "deepgram")))]
+pub mod deepgram;
 #[cfg(feature = "elevenlabs")]
 #[cfg_attr(docsrs, doc(cfg(feature = "elevenlabs")))]
 pub mod elevenlabs;

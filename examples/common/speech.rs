@@ -160,6 +160,25 @@ impl SpeechFlags {
     }
 }
 
+#[cfg(feature = "deepgram")]
+fn deepgram(local: PocketSphinx) -> Result<(Arc<dyn Transcriber>, String), AudioError> {
+    use colloquy::audio::deepgram::{DeepgramConfig, DeepgramTranscriber};
+    let config = DeepgramConfig::from_env();
+    if config.key.is_none() {
+        return Err(AudioError::engine(
+            "speech flags",
+            "DEEPGRAM_API_KEY is not set",
+        ));
+    }
+    let model = config.model.clone();
+    let chain = TranscriberChain::new(DeepgramTranscriber::new(config)?).then(local);
+    Ok((
+        Arc::new(chain),
+        format!("deepgram {model} (live, interims; fallback pocketsphinx)"),
+    ))
+}
+
+#[cfg(not(feature = "deepgram"))]
 fn deepgram(_local: PocketSphinx) -> Result<(Arc<dyn Transcriber>, String), AudioError> {
     Err(AudioError::engine(
         "speech flags",
@@ -167,6 +186,31 @@ fn deepgram(_local: PocketSphinx) -> Result<(Arc<dyn Transcriber>, String), Audi
     ))
 }
 
+#[cfg(feature = "elevenlabs")]
+fn elevenlabs(
+    voice: Option<String>,
+    local: Espeak,
+) -> Result<(Arc<dyn Synthesizer>, String), AudioError> {
+    use colloquy::audio::elevenlabs::{ElevenLabsConfig, ElevenLabsSpeech};
+    let voice = voice
+        .or_else(|| std::env::var("ELEVENLABS_VOICE_ID").ok())
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| {
+            AudioError::engine(
+                "speech flags",
+                "elevenlabs needs a voice: --tts-voice or ELEVENLABS_VOICE_ID",
+            )
+        })?;
+    let config = ElevenLabsConfig::from_env(voice.clone())
+        .ok_or_else(|| AudioError::engine("speech flags", "ELEVENLABS_API_KEY is not set"))?;
+    let chain = SynthesizerChain::new(ElevenLabsSpeech::new(config)?).then(local);
+    Ok((
+        Arc::new(chain),
+        format!("elevenlabs {voice} (provider timestamps; fallback espeak-ng)"),
+    ))
+}
+
+#[cfg(not(feature = "elevenlabs"))]
 fn elevenlabs(
     _voice: Option<String>,
     _local: Espeak,

@@ -1,0 +1,299 @@
+//! The utterances the local detector opened, and which of Deepgram's results
+//! belong to which.
+//!
+//! Deepgram's results carry no utterance: they carry times on the
+//! connection's clock. Each utterance knows the span of that clock its audio
+//! took (from its first frame sent to its `Finalize`), so a result belongs
+//! to the oldest unfinished utterance whose span it starts in. An utterance
+//! closes — its one final is emitted — when a final result that answers its
+//! end arrives: `from_finalize` or `speech_final`, reaching (within
+//! [`TOLERANCE`]) the end of its audio. A later result for the same span
+//! (Deepgram may send both) finds it gone and is dropped, so no empty
+//! duplicate final goes out. `UtteranceEnd` closes an utterance only when
+//! the silence it reports reaches past the utterance's `Finalize`: the
+//! server has read past that point, so the answer went missing.
+//!
+//! Each utterance keeps its audio until it closes, for a resend after a
+//! reconnect, within one cap for all of them.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::message::Results;
+use super::timeline::{Timeline, seconds_to_samples};
+use crate::audio::{AudioFrame, Transcript, duration_to_samples};
+
+/// How far short of an utterance's end a closing result may stop, for the
+/// rounding of the server's times (100 ms).
+const TOLERANCE: Duration = Duration::from_millis(100);
+
+/// One utterance of the call.
+#[derive(Debug)]
+pub(crate) struct Utterance {
+    /// Where the detector said it began (input).
+    speech_start: u64,
+    /// Its audio, for a resend.
+    pub(crate) frames: VecDeque<AudioFrame>,
+    /// On this connection: where its audio begins, once a frame was sent.
+    pub(crate) conn_start: Option<u64>,
+    /// On this connection: where its audio ends, once its end was sent.
+    pub(crate) conn_end: Option<u64>,
+    /// Whether its end (`SpeechEnded`, the end of the input) was seen.
+    pub(crate) ended: bool,
+    /// The finalized transcripts so far.
+    finalized: Vec<String>,
+    /// Input position of its first word.
+    first_word: Option<u64>,
+    /// Input position where the audio its results cover ends.
+    covered: u64,
+    /// Whether a result arrived for it on this connection.
+    pub(crate) got_result: bool,
+    /// When its final is due (from its `Finalize`).
+    pub(crate) final_due: Option<Instant>,
+    last_interim: Option<String>,
+}
+
+impl Utterance {
+    /// Whether audio of it was sent on this connection.
+    pub(crate) fn has_audio(&self) -> bool {
+        self.conn_start.is_some()
+    }
+
+    /// A new connection: nothing of it sent, nothing heard.
+    pub(crate) fn reset_connection(&mut self) {
+        self.conn_start = None;
+        self.conn_end = None;
+        self.finalized.clear();
+        self.first_word = None;
+        self.got_result = false;
+        self.final_due = None;
+        self.last_interim = None;
+    }
+
+    fn transcript(&self, text: String, is_final: bool) -> Transcript {
+        let start = self.first_word.unwrap_or(self.speech_start);
+        Transcript {
+            text,
+            is_final,
+            start,
+            end: self.covered.max(start),
+        }
+    }
+}
+
+/// The unfinished utterances, oldest first; the newest may still be open.
+#[derive(Debug)]
+pub(crate) struct Utterances {
+    queue: VecDeque<Utterance>,
+    rate: u32,
+    tolerance: u64,
+    cap: u64,
+    buffered: u64,
+    warned: bool,
+}
+
+impl Utterances {
+    /// Utterances at `rate`, keeping at most `max_buffered` of audio.
+    pub(crate) fn new(rate: u32, max_buffered: Duration) -> Self {
+        Self {
+            queue: VecDeque::new(),
+            rate,
+            tolerance: duration_to_samples(TOLERANCE, rate),
+            cap: duration_to_samples(max_buffered, rate).max(1),
+            buffered: 0,
+            warned: false,
+        }
+    }
+
+    /// Opens an utterance at input `position`.
+    pub(crate) fn start(&mut self, position: u64) {
+        self.queue.push_back(Utterance {
+            speech_start: position,
+            frames: VecDeque::new(),
+            conn_start: None,
+            conn_end: None,
+            ended: false,
+            finalized: Vec::new(),
+            first_word: None,
+            covered: position,
+            got_result: false,
+            final_due: None,
+            last_interim: None,
+        });
+    }
+
+    /// The utterance still receiving audio.
+    pub(crate) fn open(&mut self) -> Option<&mut Utterance> {
+        self.queue.back_mut().filter(|u| !u.ended)
+    }
+
+    /// Every unfinished utterance, oldest first.
+    pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = &mut Utterance> {
+        self.queue.iter_mut()
+    }
+
+    /// Whether any utterance with audio awaits its final.
+    pub(crate) fn in_progress(&self) -> bool {
+        self.queue
+            .iter()
+            .any(|u| u.has_audio() || !u.frames.is_empty())
+    }
+
+    /// The earliest deadline of a final.
+    pub(crate) fn final_due(&self) -> Option<Instant> {
+        self.queue.iter().filter_map(|u| u.final_due).min()
+    }
+
+    /// Where the oldest unfinished utterance begins on the connection.
+    pub(crate) fn oldest_conn_start(&self) -> Option<u64> {
+        self.queue.iter().find_map(|u| u.conn_start)
+    }
+
+    /// Keeps `frame` for a resend (the open utterance's), dropping the
+    /// oldest audio beyond the cap.
+    pub(crate) fn keep(&mut self, frame: AudioFrame) {
+        let Some(u) = self.queue.back_mut().filter(|u| !u.ended) else {
+            return;
+        };
+        self.buffered += frame.len() as u64;
+        u.frames.push_back(frame);
+        while self.buffered > self.cap {
+            let Some(old) = self.queue.iter_mut().find_map(|u| u.frames.pop_front()) else {
+                break;
+            };
+            self.buffered -= old.len() as u64;
+            if !self.warned {
+                self.warned = true;
+                tracing::warn!(
+                    "deepgram: more than the buffer cap of unfinished speech; the oldest audio is \
+                     dropped and a reconnect will not resend it"
+                );
+            }
+        }
+    }
+
+    /// Drops the open utterance if none of its audio came (nothing to
+    /// finalize); otherwise marks it ended and says so.
+    pub(crate) fn end_open(&mut self) -> bool {
+        match self.queue.back_mut() {
+            Some(u) if !u.ended && u.frames.is_empty() && !u.has_audio() => {
+                self.queue.pop_back();
+                false
+            }
+            Some(u) if !u.ended => {
+                u.ended = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// What a `Results` message means for the utterances: the transcripts
+    /// to emit (interims, or the one final that closes an utterance).
+    pub(crate) fn on_results(&mut self, r: &Results, timeline: &Timeline) -> Vec<Transcript> {
+        let (rs, re) = (
+            seconds_to_samples(r.start, self.rate),
+            seconds_to_samples(r.end(), self.rate),
+        );
+        let answers_end = r.is_final && (r.from_finalize || r.speech_final);
+        let tol = self.tolerance;
+        let idx = self.queue.iter().position(|u| {
+            u.has_audio()
+                && match u.conn_end {
+                    None => true,
+                    Some(end) => rs + tol < end || (answers_end && re + tol >= end),
+                }
+        });
+        let Some(idx) = idx else {
+            tracing::debug!("deepgram: a result for no unfinished utterance is dropped");
+            return Vec::new();
+        };
+        let u = &mut self.queue[idx];
+        u.got_result = true;
+        let best = r.best();
+        let text = best.map_or("", |a| a.transcript.trim());
+        if u.first_word.is_none() {
+            u.first_word = best
+                .and_then(|a| a.words.first())
+                .map(|w| timeline.to_input(seconds_to_samples(w.start, self.rate), false));
+        }
+        let covered = timeline.to_input(re, true);
+        if r.is_final && !text.is_empty() {
+            u.finalized.push(text.to_string());
+        }
+        if r.is_final || !text.is_empty() {
+            u.covered = u.covered.max(covered);
+        }
+        let closes = answers_end && u.conn_end.is_some_and(|end| re + tol >= end);
+        if closes {
+            return self.close(idx);
+        }
+        let mut words = u.finalized.join(" ");
+        if !r.is_final && !text.is_empty() {
+            if !words.is_empty() {
+                words.push(' ');
+            }
+            words.push_str(text);
+        }
+        if words.is_empty() || u.last_interim.as_deref() == Some(words.as_str()) {
+            return Vec::new();
+        }
+        u.last_interim = Some(words.clone());
+        vec![u.transcript(words, false)]
+    }
+
+    /// `UtteranceEnd`: closes the oldest utterance awaiting its final when
+    /// the silence reported reaches past its end.
+    pub(crate) fn on_utterance_end(
+        &mut self,
+        last_word_end: f64,
+        silence: Duration,
+    ) -> Vec<Transcript> {
+        let heard_to = seconds_to_samples(last_word_end, self.rate)
+            + duration_to_samples(silence, self.rate)
+            + self.tolerance;
+        let Some((idx, end)) = self
+            .queue
+            .iter()
+            .enumerate()
+            .find_map(|(i, u)| u.conn_end.map(|end| (i, end)))
+        else {
+            return Vec::new();
+        };
+        if heard_to < end {
+            return Vec::new();
+        }
+        tracing::debug!(
+            "deepgram: UtteranceEnd closes an utterance whose Finalize went unanswered"
+        );
+        self.close(idx)
+    }
+
+    /// The finals of every utterance with audio: the server closed after
+    /// `CloseStream`, so what it sent is all there is.
+    pub(crate) fn finish_all(&mut self) -> Vec<Transcript> {
+        match self.queue.len() {
+            0 => Vec::new(),
+            n => self.close(n - 1),
+        }
+    }
+
+    /// Removes utterance `idx` and any older one (which can no longer get
+    /// results), with the final of each that had audio.
+    fn close(&mut self, idx: usize) -> Vec<Transcript> {
+        let mut out = Vec::new();
+        for _ in 0..=idx {
+            let Some(u) = self.queue.pop_front() else {
+                break;
+            };
+            let held: u64 = u.frames.iter().map(|f| f.len() as u64).sum();
+            self.buffered = self.buffered.saturating_sub(held);
+            if u.has_audio() || !u.frames.is_empty() {
+                out.push(u.transcript(u.finalized.join(" "), true));
+            }
+        }
+        out
+    }
+}
