@@ -58,6 +58,17 @@ pub use tools::ToolDefinition;
 #[doc = include_str!("../docs/audio.md")]
 struct AudioDoctests;
 
+/// `docs/speech-providers.md`, compiled as doctests (the hosted engines
+/// with the offline ones behind them: `--all-features`).
+#[cfg(all(
+    doctest,
+    feature = "deepgram",
+    feature = "espeak",
+    feature = "pocketsphinx"
+))]
+#[doc = include_str!("../docs/speech-providers.md")]
+struct SpeechProvidersDoctests;
+
 /// `docs/providers.md`, compiled as doctests.
 #[cfg(doctest)]
 #[doc = include_str!("../docs/providers.md")]

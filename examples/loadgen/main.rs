@@ -158,6 +158,14 @@ struct Args {
     /// still decoded from its audio, about 25 times cheaper)
     #[arg(long, value_name = "R", value_enum, default_value_t = Recognizer::Dictation)]
     pub(crate) recognizer: Recognizer,
+    /// PocketSphinx decoders of `--twilio self` (default 4 for dictation, 32
+    /// for the vocabulary)
+    #[arg(long, value_name = "N")]
+    pub(crate) decoders: Option<usize>,
+    /// `--twilio self`: take a decoder only once an utterance has ended and
+    /// decode it then (no interims; see PocketSphinxConfig::decode_at_end)
+    #[arg(long)]
+    pub(crate) decode_at_end: bool,
     /// Pause between a session's turns (milliseconds)
     #[arg(long, value_name = "MS", default_value_t = 0)]
     pub(crate) turn_gap_ms: u64,
@@ -253,7 +261,18 @@ async fn run_twilio(url: String, a: &Args) -> ExitCode {
         Interrupt::Immediate => colloquy_actors::turn_taking::InterruptionMode::Immediate,
         Interrupt::Confirmed => colloquy_actors::turn_taking::InterruptionMode::Confirmed,
     };
-    match twilio::run(url, a.calls, mode, a.recognizer).await {
+    match twilio::run(
+        url,
+        a.calls,
+        mode,
+        twilio::Ears {
+            recognizer: a.recognizer,
+            decoders: a.decoders,
+            decode_at_end: a.decode_at_end,
+        },
+    )
+    .await
+    {
         Ok(summary) => {
             if a.json {
                 println!("{summary}");

@@ -98,7 +98,7 @@ impl Synthesizer for Recording {
 async fn serve_self(
     kept: Arc<Mutex<Kept>>,
     mode: InterruptionMode,
-    recognizer: Recognizer,
+    ears: Ears,
 ) -> Result<(String, MockServer, Supervisor), Box<dyn std::error::Error>> {
     let model = MockServer::start(|req| {
         let call = req.json()["messages"][0]["content"]
@@ -130,19 +130,24 @@ async fn serve_self(
         inner: Espeak::new(EspeakConfig::default())?,
         kept: kept.clone(),
     };
-    let ears = PocketSphinx::new(match recognizer {
-        Recognizer::Dictation => PocketSphinxConfig::default(),
-        // A vocabulary decoder decodes 2 s of speech in about 40 ms: two of
-        // them, taken only when an utterance has ended, serve every call in
-        // turn, and never outweigh the call path for the two cores.
+    let config = match ears.recognizer {
+        Recognizer::Dictation => PocketSphinxConfig {
+            max_decoders: ears.decoders.unwrap_or(4),
+            ..PocketSphinxConfig::default()
+        },
+        // A vocabulary decoder is small (the acoustic model and a few
+        // words): enough of them that few callers wait for one.
         Recognizer::Vocabulary => PocketSphinxConfig {
-            max_decoders: 2,
-            decode_at_end: true,
+            max_decoders: ears.decoders.unwrap_or(32),
             ..PocketSphinxConfig::default().with_vocabulary(
                 &[QUESTION, BARGE_IN],
                 std::env::temp_dir().join(format!("colloquy-loadgen-{}", std::process::id())),
             )?
         },
+    };
+    let ears = PocketSphinx::new(PocketSphinxConfig {
+        decode_at_end: ears.decode_at_end,
+        ..config
     })?;
     let services = CallServices::new(
         supervisor.clone(),
@@ -323,16 +328,27 @@ fn mismatch(kept: &Kept, o: &Outcome) -> Option<(usize, usize)> {
     Some((c.saturating_sub(h), h.saturating_sub(c)))
 }
 
+/// The recognizer of `--twilio self`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Ears {
+    /// Dictation or the callers' vocabulary.
+    pub(crate) recognizer: Recognizer,
+    /// Decoders in the pool (`None`: the recognizer's default).
+    pub(crate) decoders: Option<usize>,
+    /// Decode each utterance once it ended.
+    pub(crate) decode_at_end: bool,
+}
+
 pub(crate) async fn run(
     url: String,
     calls: usize,
     mode: InterruptionMode,
-    recognizer: Recognizer,
+    ears: Ears,
 ) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
     let kept: Arc<Mutex<Kept>> = Arc::default();
     let own = url == "self";
     let (url, _model, supervisor) = if own {
-        let (u, m, s) = serve_self(kept.clone(), mode, recognizer).await?;
+        let (u, m, s) = serve_self(kept.clone(), mode, ears).await?;
         (u, Some(m), Some(s))
     } else {
         (url, None, None)
@@ -404,10 +420,14 @@ pub(crate) async fn run(
         "mode": "twilio",
         "interruptions": if mode == InterruptionMode::Immediate { "immediate (the clear is the cut)" } else { "confirmed (the first clear is the pause, min_pause 200 ms after the detector's start)" },
         "server": if own { "self (in-process: PocketSphinx, espeak-ng, scripted model 300 ms to first token)" } else { url.as_str() },
-        "recognizer": own.then_some(match recognizer {
-            Recognizer::Dictation => "pocketsphinx en-us dictation",
-            Recognizer::Vocabulary => "pocketsphinx, the callers' vocabulary (JSGF word loop)",
-        }),
+        "recognizer": own.then(|| json!({
+            "model": match ears.recognizer {
+                Recognizer::Dictation => "pocketsphinx en-us dictation",
+                Recognizer::Vocabulary => "pocketsphinx, the callers' vocabulary (JSGF word loop)",
+            },
+            "decoders": ears.decoders,
+            "decode_at_end": ears.decode_at_end,
+        })),
         "calls": calls,
         "calls_ok": outcomes.len(),
         "errors": errors.len(),
