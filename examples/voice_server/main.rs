@@ -108,7 +108,7 @@ async fn run(args: Args, mode: InterruptionMode) -> Result<(), Box<dyn std::erro
     };
     let client = model.client.clone();
     let start = Instant::now();
-    let printer = report::Printer::new(args.json, start);
+    let printer = report::Printer::new(args.json, start, engines.voice.alignment_is_estimated());
     let on_call = printer.clone();
     let services = CallServices::new(
         supervisor.clone(),

@@ -17,11 +17,31 @@ use serde_json::{Value, json};
 pub(crate) struct Printer {
     json: bool,
     start: Instant,
+    /// The synthesizer's alignment is an estimate (no timestamps): every
+    /// heard position is reported as estimated.
+    heard_estimated: bool,
 }
 
 impl Printer {
-    pub(crate) fn new(json: bool, start: Instant) -> Arc<Self> {
-        Arc::new(Self { json, start })
+    pub(crate) fn new(json: bool, start: Instant, heard_estimated: bool) -> Arc<Self> {
+        Arc::new(Self {
+            json,
+            start,
+            heard_estimated,
+        })
+    }
+
+    /// `heard_chars` and, from an estimated alignment, `heard_estimated`.
+    fn heard(&self, turn: impl serde::Serialize, heard_chars: usize) -> Value {
+        let mut v = json!({"turn": turn, "heard_chars": heard_chars});
+        if self.heard_estimated {
+            v["heard_estimated"] = json!(true);
+        }
+        v
+    }
+
+    fn estimate_note(&self) -> &'static str {
+        if self.heard_estimated { " (estimated)" } else { "" }
     }
 
     fn emit(&self, call: &str, kind: &str, mut fields: Value, human: String) {
@@ -122,18 +142,21 @@ impl Printer {
             ),
             EventKind::PlaybackPaused { heard_chars } => (
                 "paused",
-                json!({"turn": turn, "heard_chars": heard_chars}),
-                format!("PAUSED at character {heard_chars}"),
+                self.heard(turn, *heard_chars),
+                format!("PAUSED at character {heard_chars}{}", self.estimate_note()),
             ),
             EventKind::PlaybackResumed { heard_chars } => (
                 "resumed",
-                json!({"turn": turn, "heard_chars": heard_chars}),
-                format!("RESUMED from character {heard_chars}"),
+                self.heard(turn, *heard_chars),
+                format!("RESUMED from character {heard_chars}{}", self.estimate_note()),
             ),
             EventKind::Interrupted { heard_chars } => (
                 "cut",
-                json!({"turn": turn, "heard_chars": heard_chars}),
-                format!("CUT: the caller heard {heard_chars} characters"),
+                self.heard(turn, *heard_chars),
+                format!(
+                    "CUT: the caller heard {heard_chars} characters{}",
+                    self.estimate_note()
+                ),
             ),
             EventKind::Usage(u) => (
                 "usage",
