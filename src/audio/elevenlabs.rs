@@ -40,20 +40,27 @@
 //! whitespace, or the end of the text) at the sample where that character's
 //! audio ends, released once that much audio was received; at `isFinal` the
 //! words never reported get their mark at the end, then the mark for the
-//! whole text at the last sample.
+//! whole text at the last sample. A message whose `alignment` restarts from
+//! the first character (pipecat#4316) moves no mark with its repeat.
 //!
 //! # Failures
 //!
 //! Typed [`SpeechFailure`]s under the provider name `elevenlabs`: an upgrade
 //! refused with 401/403 is `Unauthorized`, 429 `RateLimited` (with
 //! `Retry-After`), any other status `Status`; an error message from the
-//! socket is `Status` (an HTTP-like `code`) or `Connection` with the
-//! provider's words; an abnormal close frame `Connection`; malformed JSON,
-//! bad base64 or PCM ending mid-sample `Malformed`; the socket closing
-//! before `isFinal` `Dropped`; no audio within the deadlines
-//! `FirstOutputTimeout` / `OutputGapTimeout`; a message over 4 MiB
-//! `TooLarge`. The key is sent only in the header and replaced by `***` in
-//! anything the provider echoes.
+//! socket is `Unauthorized` (code 401/403, or an `error` kind such as
+//! `invalid_api_key` / `unauthorized`, whatever the code — the socket sends
+//! them with 1008), `RateLimited` (code 429, or a kind such as
+//! `quota_exceeded` / `rate_limit_exceeded`), `Status` (any other HTTP-like
+//! `code`) or `Connection` with the provider's words; an abnormal close
+//! frame `Connection`; malformed JSON or bad base64 `Malformed`; the socket
+//! closing before `isFinal` `Dropped`; no audio within the deadlines
+//! `FirstOutputTimeout` / `OutputGapTimeout` (the gap counts the provider's
+//! silence, not a consumer that reads late); a message over 4 MiB
+//! `TooLarge`. PCM ending mid-sample at `isFinal` is not a failure: the odd
+//! last byte is dropped with a warning and the audio and marks before it
+//! are delivered. The key is sent only in the header and replaced by `***`
+//! in anything the provider echoes.
 //!
 //! ```no_run
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {

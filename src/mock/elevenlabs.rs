@@ -4,7 +4,9 @@
 //! rules — audio only once the text is flushed or the input ended, a final
 //! `isFinal`, the timestamps' convention documented in
 //! [`crate::audio::elevenlabs`] — so a client that forgets a message gets
-//! nothing, as from the real service; that fails on demand; and that
+//! nothing, as from the real service; that fails on demand (and can repeat
+//! an alignment pass from the first character, as the real service was
+//! seen to, with [`ElevenLabsScript::restart_alignment_at`]); and that
 //! reports what it saw without a test sleeping: the messages each socket
 //! received, and the moment a client closed a socket before `isFinal`
 //! (which is how the cancel tests prove a dropped stream really stopped).

@@ -14,9 +14,21 @@
 //!   (or the provider's) and is skipped; whitespace the provider left out
 //!   is skipped in the text;
 //! - anything else (a provider that rewrote a character) is resynchronised
-//!   on the next equal character within a few, or ignored. Nothing here can
-//!   panic, and no mark counts more characters than the text has: a text
-//!   the provider does not echo at all just gets its marks at the end.
+//!   on the next equal character *inside the current word* (never past
+//!   whitespace: after the provider's own space, only the first character
+//!   of the text's next word), or ignored;
+//! - a pass that restarts from the text's first character (pipecat#4316:
+//!   a message whose `alignment` agrees longer with the start of the text
+//!   than with where the walk is) has its repeat of the text already passed
+//!   ignored, so it moves no mark; the walk goes on with its characters past
+//!   that point.
+//!
+//! The invariant: a mark never claims characters whose audio has not been
+//! received *and* matched in order; a word whose characters the provider
+//! garbled is claimed late (with the next word that matches) or at the end,
+//! never early. Nothing here can panic, and no mark counts more characters
+//! than the text has: a text the provider does not echo at all just gets
+//! its marks at the end.
 //!
 //! A word ends at its last character before whitespace (or at the end of
 //! the text); its mark is at the sample where that character's audio ends,
@@ -28,9 +40,19 @@ use std::collections::VecDeque;
 use super::message::ChunkAlignment;
 use crate::audio::SynthEvent;
 
-/// How far ahead in the text an unmatched provider character is looked
-/// for.
+/// How far ahead in the current word an unmatched provider character is
+/// looked for.
 const RESYNC_WINDOW: usize = 8;
+
+/// A provider character against the text, equal characters only.
+enum Strict {
+    /// Whitespace one side lacks: passed over.
+    Skip,
+    /// The text's character at this index.
+    Match(usize),
+    /// They disagree (or the text is over).
+    Miss,
+}
 
 /// Word-end marks of one text from the provider's character times.
 #[derive(Debug)]
@@ -46,6 +68,12 @@ pub(crate) struct Aligner {
     /// Marks found, waiting for their audio: `(chars, sample)`.
     pending: VecDeque<(usize, u64)>,
     last_sample: u64,
+    /// While a restarted pass repeats text already passed: the next
+    /// character of the text it should repeat.
+    replay: Option<usize>,
+    /// The provider's last character was whitespace where the text had
+    /// none.
+    gap: bool,
 }
 
 impl Aligner {
@@ -65,6 +93,8 @@ impl Aligner {
             queued: 0,
             pending: VecDeque::new(),
             last_sample: 0,
+            replay: None,
+            gap: false,
         }
     }
 
@@ -73,12 +103,100 @@ impl Aligner {
     pub(crate) fn take(&mut self, offset: u64, a: &ChunkAlignment) {
         let per_ms = self.rate as f64 / 1000.0;
         let times = a.starts_ms.iter().zip(&a.durations_ms);
-        for (chars, (start, duration)) in a.chars.iter().zip(times) {
-            let end = offset.saturating_add(((start + duration) * per_ms).round() as u64);
-            for c in chars.chars() {
+        let chars: Vec<(char, u64)> = a
+            .chars
+            .iter()
+            .zip(times)
+            .flat_map(|(chars, (start, duration))| {
+                let end = offset.saturating_add(((start + duration) * per_ms).round() as u64);
+                chars.chars().map(move |c| (c, end))
+            })
+            .collect();
+        // A pass that restarts from the text's first character (pipecat
+        // #4316): it agrees longer with the text's start than with where
+        // the walk is.
+        if self.pos > 0 {
+            let from = self.replay.unwrap_or(self.pos);
+            let provider = chars.iter().map(|&(c, _)| c);
+            if self.agreement(0, provider.clone()) > self.agreement(from, provider) {
+                self.replay = Some(0);
+            }
+        }
+        for (c, end) in chars {
+            if !self.replayed(c) {
                 self.step(c, end);
             }
         }
+    }
+
+    /// How many of the provider's letters (whitespace aside) follow the
+    /// text in order from its character `from`, up to the first that does
+    /// not.
+    fn agreement(&self, mut from: usize, provider: impl Iterator<Item = char>) -> usize {
+        let mut n = 0;
+        for c in provider {
+            match self.strict(from, c) {
+                Strict::Skip => {}
+                Strict::Match(i) => {
+                    from = i + 1;
+                    n += 1;
+                }
+                Strict::Miss => break,
+            }
+        }
+        n
+    }
+
+    /// The text from `i` against provider character `c`, equal characters
+    /// only: whitespace on either side that the other lacks is passed over.
+    fn strict(&self, i: usize, c: char) -> Strict {
+        let Some(&t) = self.text.get(i) else {
+            return Strict::Miss;
+        };
+        if same(t, c) {
+            return if c.is_whitespace() {
+                Strict::Skip
+            } else {
+                Strict::Match(i)
+            };
+        }
+        if c.is_whitespace() {
+            return Strict::Skip;
+        }
+        let j = self.word_start(i);
+        match self.text.get(j) {
+            Some(&t) if t == c => Strict::Match(j),
+            _ => Strict::Miss,
+        }
+    }
+
+    /// Whether `c` belongs to a restarted pass and repeats text already
+    /// passed (so it moves nothing); ends the replay when it catches up with
+    /// the walk or leaves the text.
+    fn replayed(&mut self, c: char) -> bool {
+        let Some(r) = self.replay else {
+            return false;
+        };
+        match self.strict(r, c) {
+            Strict::Skip => true,
+            Strict::Match(i) if i < self.pos => {
+                let next = i + 1;
+                self.replay = (next < self.pos).then_some(next);
+                true
+            }
+            Strict::Match(_) | Strict::Miss => {
+                self.replay = None;
+                false
+            }
+        }
+    }
+
+    /// The first non-whitespace character at or after `i`.
+    fn word_start(&self, mut i: usize) -> usize {
+        while self.text.get(i).is_some_and(|t| t.is_whitespace()) {
+            i += 1;
+        }
+        i
     }
 
     /// One provider character, whose audio ends at sample `end`.
@@ -87,19 +205,41 @@ impl Aligner {
             return; // past the text: the trailing space the client added
         };
         if same(t, c) {
+            self.gap = false;
             return self.matched(self.pos, end);
         }
         if c.is_whitespace() {
-            return; // a space the text does not have here
+            // A space the text does not have here, or the provider's word
+            // ended before the text's: its next word may start the text's.
+            self.gap = true;
+            return;
         }
+        let gap = std::mem::replace(&mut self.gap, false);
         if t.is_whitespace() {
-            while self.text.get(self.pos).is_some_and(|t| t.is_whitespace()) {
-                self.pos += 1;
+            // A space the provider left out: only the next word's first
+            // character, never further.
+            let j = self.word_start(self.pos);
+            if self.text.get(j) == Some(&c) {
+                self.matched(j, end);
             }
+            return;
         }
-        let window = &self.text[self.pos..(self.pos + RESYNC_WINDOW).min(self.text.len())];
-        if let Some(k) = window.iter().position(|&t| same(t, c)) {
-            self.matched(self.pos + k, end);
+        // A rewritten character: resynchronised inside the current word
+        // only, never past its end.
+        let word = self.text[self.pos..]
+            .iter()
+            .take(RESYNC_WINDOW)
+            .take_while(|t| !t.is_whitespace());
+        if let Some(k) = word.clone().position(|&t| t == c) {
+            return self.matched(self.pos + k, end);
+        }
+        if gap {
+            // After the provider's space, the text's next word.
+            let next = self.pos + word.count();
+            let j = self.word_start(next);
+            if j > next && self.text.get(j) == Some(&c) {
+                self.matched(j, end);
+            }
         }
     }
 
@@ -212,6 +352,44 @@ mod tests {
         let mut e = Aligner::new("", 1000);
         e.take(0, &chunk(" a ", 10.0));
         assert_eq!(marks(e.finish(0)), vec![(0, 0)]);
+    }
+
+    #[test]
+    fn a_rewritten_character_resyncs_only_inside_its_word() {
+        // The provider's "hoe" for "how": its 'e' must not claim "are".
+        let mut a = Aligner::new("how are you", 1000);
+        a.take(0, &chunk("hoe are", 10.0));
+        // "how" is claimed only once the provider's "are" starts matching
+        // (late, never early); "are" where its own 'e' ends.
+        assert_eq!(marks(a.release(u64::MAX)), vec![(3, 50), (7, 70)]);
+    }
+
+    #[test]
+    fn a_pass_restarting_from_the_first_character_claims_nothing_new() {
+        // pipecat#4316: a second `alignment` pass re-sends the text from
+        // character 0 with the new characters after it.
+        let text = "Hello there, how are you?";
+        let mut a = Aligner::new(text, 1000);
+        a.take(0, &chunk(" Hello there, h", 10.0));
+        assert_eq!(marks(a.release(150)), vec![(5, 60), (12, 130)]);
+        a.take(150, &chunk("Hello there, how are you? ", 10.0));
+        // Its "Hello"'s 'e' (ending at 170) is not the 'e' of "are".
+        assert_eq!(marks(a.release(300)), vec![]);
+        assert_eq!(
+            marks(a.release(u64::MAX)),
+            vec![(16, 310), (20, 350), (25, 400)]
+        );
+        // A pass that repeats it all again moves nothing.
+        a.take(410, &chunk(" Hello there, how are you? ", 10.0));
+        assert_eq!(marks(a.release(u64::MAX)), vec![]);
+        assert_eq!(marks(a.finish(700)), vec![(25, 700)]);
+        // A partial restart, continued in the next message.
+        let mut b = Aligner::new(text, 1000);
+        b.take(0, &chunk("Hello there, ho", 10.0));
+        assert_eq!(marks(b.release(u64::MAX)), vec![(5, 50), (12, 120)]);
+        b.take(150, &chunk("Hello th", 10.0));
+        b.take(230, &chunk("ere, how are", 10.0));
+        assert_eq!(marks(b.release(u64::MAX)), vec![(16, 310), (20, 350)]);
     }
 
     #[test]

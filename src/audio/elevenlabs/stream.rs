@@ -7,7 +7,11 @@
 //! is spawned, so dropping the stream drops the socket, which closes the TCP
 //! connection at once and the server stops generating. Deadlines are
 //! instants, moved only by audio: pings (answered by tungstenite on the next
-//! read) and messages without audio pass without buying time.
+//! read) and messages without audio pass without buying time. The gap
+//! deadline counts only the provider's silence: it is the later of the last
+//! audio plus the gap and the start of the consumer's read plus the gap, so
+//! a consumer that polls late (with a frame half arrived) is not failed for
+//! its own delay.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -87,6 +91,10 @@ impl Session {
 
     /// The next event; `None` once the stream is over.
     pub(crate) async fn next(&mut self) -> Option<Result<SynthEvent, AudioError>> {
+        // The gap is the provider's silence: counted from the last audio or
+        // from this read, whichever is later, so a consumer that comes back
+        // late does not fail on a frame still arriving.
+        let gap_floor = Instant::now() + self.config.gap_timeout;
         loop {
             if let Some(e) = self.ready.pop_front() {
                 return Some(Ok(e));
@@ -105,7 +113,12 @@ impl Session {
                     return None;
                 }
                 Phase::Open(mut ws) => {
-                    let read = tokio::time::timeout_at(self.deadline, ws.next()).await;
+                    let deadline = if self.got_audio {
+                        self.deadline.max(gap_floor)
+                    } else {
+                        self.deadline
+                    };
+                    let read = tokio::time::timeout_at(deadline, ws.next()).await;
                     self.phase = Phase::Open(ws);
                     let message = match read {
                         Err(_) if self.got_audio => {
@@ -212,12 +225,15 @@ impl Session {
         }
     }
 
-    /// `isFinal`: the marks left and the whole text's, then the close.
+    /// `isFinal`: the marks left and the whole text's, then the close. A
+    /// last odd byte (half a sample) is dropped with a warning: the audio
+    /// before it is whole and already queued.
     fn finish(&mut self) -> Result<(), SpeechFailure> {
-        if self.carry.is_some() {
-            return Err(SpeechFailure::Malformed(
-                "PCM ended in the middle of a sample".into(),
-            ));
+        if self.carry.take().is_some() {
+            tracing::warn!(
+                provider = PROVIDER,
+                "PCM ended in the middle of a sample; its last byte is dropped"
+            );
         }
         let total = self.bytes / 2;
         self.ready.extend(self.aligner.finish(total));
@@ -285,9 +301,12 @@ fn connect_failure(e: WsError, key: Option<&str>) -> SpeechFailure {
     }
 }
 
-/// An error JSON message: an HTTP-like `code` keeps its meaning; any other
-/// (the socket's 1008 policy violation, none) is a broken connection with the
-/// provider's words.
+/// An error JSON message: a 401/403/429 `code`, or an `error` kind that
+/// names a refused key (`invalid_api_key`, `unauthorized`, `auth…`) or a
+/// spent quota or rate (`quota_exceeded`, `rate_limit…`), is
+/// `Unauthorized` / `RateLimited` whatever the code (the socket sends them
+/// with its 1008 policy violation); any other HTTP-like `code` keeps its
+/// meaning; the rest is a broken connection with the provider's words.
 fn error_failure(kind: &str, message: &str, code: Option<u16>, key: Option<&str>) -> SpeechFailure {
     let text = match (kind.is_empty(), message.is_empty()) {
         (false, false) => format!("{kind}: {message}"),
@@ -295,9 +314,21 @@ fn error_failure(kind: &str, message: &str, code: Option<u16>, key: Option<&str>
         (false, true) => kind.to_string(),
     };
     let message = redact(&text, key);
+    let kind = kind.to_ascii_lowercase();
+    let auth = ["api_key", "unauthori", "auth", "forbidden", "permission"];
+    let rate = ["quota", "rate_limit", "rate-limit", "too_many", "concurren"];
+    let named = |words: &[&str]| words.iter().any(|w| kind.contains(w));
     match code {
         Some(status @ (401 | 403)) => SpeechFailure::Unauthorized { status, message },
         Some(429) => SpeechFailure::RateLimited {
+            retry_after: None,
+            message,
+        },
+        _ if named(&auth) => SpeechFailure::Unauthorized {
+            status: 401,
+            message,
+        },
+        _ if named(&rate) => SpeechFailure::RateLimited {
             retry_after: None,
             message,
         },

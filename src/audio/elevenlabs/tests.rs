@@ -1,7 +1,9 @@
 //! [`ElevenLabsSpeech`] against [`MockElevenLabs`] on 127.0.0.1: the
 //! protocol's three messages, exact audio through odd chunk sizes, marks at
-//! the provider's timestamps, a dropped stream closing its socket, the
-//! deadlines, and typed failures that never show the key. Every wait is on
+//! the provider's timestamps (a restarted alignment pass moving none), a
+//! dropped stream closing its socket, the deadlines (a late consumer not
+//! counted as the provider's gap, on paused time), a trailing odd byte
+//! dropped, and typed failures that never show the key. Every wait is on
 //! the mock's watches or the stream itself, bounded by [`GUARD`].
 
 use std::time::Duration;
@@ -15,7 +17,9 @@ use super::stream::Session;
 use super::*;
 use crate::audio::Alignment;
 use crate::mock::MockGate;
-use crate::mock::elevenlabs::{ElevenLabsFault, ElevenLabsScript, MockElevenLabs, RecordedText};
+use crate::mock::elevenlabs::{
+    ElevenLabsFault, ElevenLabsScript, MockElevenLabs, MockSpeech, RecordedText,
+};
 
 const KEY: &str = "xi-KEY-7f3a9c-do-not-leak";
 const GUARD: Duration = Duration::from_secs(30);
@@ -118,14 +122,7 @@ async fn audio_is_exact_through_odd_chunks_and_marks_are_the_providers_word_ends
         // trailing space: the text's character i is the buffer's i + 1.
         let expected = server.script().render(&format!(" {text} "), rate.hz(), 0);
         assert_eq!(out.pcm, expected.samples, "{rate:?} chunk {chunk}");
-        let chars: Vec<char> = text.chars().collect();
-        let mut want: Vec<(usize, u64)> = (0..chars.len())
-            .filter(|&i| {
-                !chars[i].is_whitespace() && chars.get(i + 1).is_none_or(|c| c.is_whitespace())
-            })
-            .map(|i| (i + 1, expected.chars[i + 1].end))
-            .collect();
-        want.push((chars.len(), expected.samples.len() as u64));
+        let want = word_marks(text, &expected);
         let got: Vec<(usize, u64)> = out.marks.iter().map(|&(c, s, _)| (c, s)).collect();
         assert_eq!(got, want, "{rate:?}");
         for &(chars, sample, received) in &out.marks {
@@ -142,6 +139,39 @@ async fn audio_is_exact_through_odd_chunks_and_marks_are_the_providers_word_ends
         let mid_dich = (expected.chars[7].start + expected.chars[7].end) / 2;
         assert_eq!(alignment.chars_at(mid_dich), 4);
         assert_eq!(alignment.chars_at(expected.chars[10].end), 10);
+    }
+}
+
+/// The marks a text's speech should give: each word's end at its last
+/// character's end, then the whole text at the last sample (the socket's
+/// buffer is the opening " " and the text with a trailing space: the text's
+/// character i is the buffer's i + 1).
+fn word_marks(text: &str, expected: &MockSpeech) -> Vec<(usize, u64)> {
+    let chars: Vec<char> = text.chars().collect();
+    let mut want: Vec<(usize, u64)> = (0..chars.len())
+        .filter(|&i| {
+            !chars[i].is_whitespace() && chars.get(i + 1).is_none_or(|c| c.is_whitespace())
+        })
+        .map(|i| (i + 1, expected.chars[i + 1].end))
+        .collect();
+    want.push((chars.len(), expected.samples.len() as u64));
+    want
+}
+
+#[tokio::test]
+async fn an_alignment_pass_restarting_from_the_start_claims_nothing_early() {
+    let text = "Hello there, how are you?";
+    for restart in [1, 2, 3] {
+        let server = mock(ElevenLabsScript::new(KEY).restart_alignment_at(restart)).await;
+        let speech = ElevenLabsSpeech::new(server.config("v")).unwrap();
+        let out = run(&speech, text).await;
+        assert!(out.error.is_none(), "{:?}", out.error);
+        let expected = server.script().render(&format!(" {text} "), 24_000, 0);
+        assert_eq!(out.pcm, expected.samples);
+        // The repeated characters move no mark: every word is heard where
+        // its own audio ends, not where its repeat says.
+        let got: Vec<(usize, u64)> = out.marks.iter().map(|&(c, s, _)| (c, s)).collect();
+        assert_eq!(got, word_marks(text, &expected), "restart at {restart}");
     }
 }
 
@@ -249,7 +279,7 @@ async fn failures_are_typed_and_never_show_the_key() {
                 message: leak.clone(),
                 code: Some(1008),
             },
-            |f| matches!(f, SpeechFailure::Connection(m) if m.contains("quota_exceeded") && m.contains("***")),
+            |f| matches!(f, SpeechFailure::RateLimited { retry_after: None, message } if message.contains("quota_exceeded") && message.contains("***")),
         ),
         (
             ElevenLabsFault::ErrorMessage {
@@ -327,14 +357,34 @@ async fn failures_are_typed_and_never_show_the_key() {
 }
 
 #[tokio::test]
-async fn pcm_ending_mid_sample_is_malformed_and_blank_text_needs_no_socket() {
+async fn a_trailing_odd_byte_is_dropped_and_blank_text_needs_no_socket() {
     let config = Arc::new(ElevenLabsConfig::new("v", KEY));
     let request = "ws://127.0.0.1:9/v1".into_client_request().unwrap();
     let mut s = Session::new(config.clone(), request, "Hi");
     let odd = serde_json::json!({"audio": "AQID"}).to_string(); // 3 bytes
     s.on_message(Message::text(odd)).unwrap();
+    // The odd byte at `isFinal` is dropped: the whole sample and the marks
+    // still come, and nothing fails.
     let end = s.on_message(Message::text(r#"{"isFinal":true}"#));
-    assert!(matches!(end, Err(SpeechFailure::Malformed(_))), "{end:?}");
+    assert!(end.is_ok(), "{end:?}");
+    let mut events = Vec::new();
+    for _ in 0..3 {
+        events.push(s.next().await.unwrap().unwrap());
+    }
+    assert_eq!(
+        events,
+        vec![
+            SynthEvent::Audio(vec![i16::from_le_bytes([1, 2])]),
+            SynthEvent::Mark {
+                chars: 2,
+                sample: 1
+            },
+            SynthEvent::Mark {
+                chars: 2,
+                sample: 1
+            },
+        ]
+    );
 
     let speech = ElevenLabsSpeech::new((*config).clone()).unwrap();
     let events: Vec<_> = speech.synthesize("  ").collect().await;
@@ -346,4 +396,109 @@ async fn pcm_ending_mid_sample_is_malformed_and_blank_text_needs_no_socket() {
         })]
     );
     assert!(ElevenLabsSpeech::new(ElevenLabsConfig::new("a/b", KEY)).is_err());
+}
+
+/// Holds tokio's paused clock still while sockets do their work: while a
+/// blocking task runs, a current-thread runtime does not auto-advance, so
+/// only [`tokio::time::advance`] moves time (an idle moment waiting on the
+/// loopback cannot fire a deadline).
+struct HoldClock(Option<std::sync::mpsc::Sender<()>>);
+
+impl HoldClock {
+    fn new() -> Self {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        drop(tokio::task::spawn_blocking(move || rx.recv()));
+        Self(Some(tx))
+    }
+}
+
+impl Drop for HoldClock {
+    fn drop(&mut self) {
+        self.0.take();
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_consumer_is_not_a_gap_in_the_providers_audio() {
+    let _clock = HoldClock::new();
+    let gate = MockGate::new();
+    let server = mock(ElevenLabsScript::new(KEY).hold_after(1, &gate)).await;
+    let gap = Duration::from_millis(500);
+    let config = server
+        .config("v")
+        .with_deadlines(Duration::from_secs(10), gap);
+    let speech = ElevenLabsSpeech::new(config).unwrap();
+    let text = "Hello there.";
+    let mut events = speech.synthesize(text);
+    let mut pcm = Vec::new();
+    while pcm.is_empty() {
+        match events.next().await {
+            Some(Ok(SynthEvent::Audio(a))) => pcm.extend(a),
+            Some(Ok(_)) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    // The consumer is busy for three gaps; the provider then sends at once.
+    tokio::time::advance(gap * 3).await;
+    gate.open();
+    while let Some(e) = events.next().await {
+        match e {
+            Ok(SynthEvent::Audio(a)) => pcm.extend(a),
+            Ok(_) => {}
+            Err(e) => panic!("the consumer's delay counted as the provider's: {e}"),
+        }
+    }
+    let expected = server.script().render(&format!(" {text} "), 24_000, 0);
+    assert_eq!(pcm, expected.samples);
+}
+
+#[tokio::test]
+async fn in_band_auth_and_quota_errors_keep_their_kind() {
+    type Expect = fn(&SpeechFailure) -> bool;
+    let cases: [(&str, Option<u16>, Expect); 5] = [
+        (
+            "invalid_api_key",
+            Some(1008),
+            |f| matches!(f, SpeechFailure::Unauthorized { status: 401, message } if message.contains("invalid_api_key")),
+        ),
+        ("unauthorized", None, |f| {
+            matches!(f, SpeechFailure::Unauthorized { status: 401, .. })
+        }),
+        (
+            "quota_exceeded",
+            Some(1008),
+            |f| matches!(f, SpeechFailure::RateLimited { retry_after: None, message } if message.contains("quota_exceeded")),
+        ),
+        ("rate_limit_exceeded", Some(1008), |f| {
+            matches!(
+                f,
+                SpeechFailure::RateLimited {
+                    retry_after: None,
+                    ..
+                }
+            )
+        }),
+        (
+            "input_timeout_exceeded",
+            Some(1008),
+            |f| matches!(f, SpeechFailure::Connection(m) if m.contains("1008")),
+        ),
+    ];
+    for (kind, code, expected) in cases {
+        let fault = ElevenLabsFault::ErrorMessage {
+            after_chunks: 0,
+            error: kind.into(),
+            message: "refused".into(),
+            code,
+        };
+        let server = mock(ElevenLabsScript::new(KEY).fault(fault)).await;
+        let out = run(&ElevenLabsSpeech::new(server.config("v")).unwrap(), "Hi.").await;
+        let f = failure(&out);
+        assert!(expected(&f), "{kind} ({code:?}) gave {f:?}");
+        assert_eq!(
+            f.is_retryable(),
+            !matches!(f, SpeechFailure::Unauthorized { .. }),
+            "{f:?}"
+        );
+    }
 }

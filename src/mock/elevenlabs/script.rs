@@ -103,6 +103,12 @@ pub struct ElevenLabsScript {
     pub hold: Option<(usize, MockGate)>,
     /// A failure to act out.
     pub fault: Option<ElevenLabsFault>,
+    /// The audio message (counted from 0 in each generated buffer) whose
+    /// `alignment` restarts from the buffer's first character, as
+    /// pipecat#4316 reports of the real service: the characters of the
+    /// earlier messages again, timed from 0 (as if spoken in this message's
+    /// audio), then its own characters at their true times.
+    pub restart_alignment: Option<usize>,
 }
 
 impl ElevenLabsScript {
@@ -118,6 +124,7 @@ impl ElevenLabsScript {
             chunk_delay: Duration::ZERO,
             hold: None,
             fault: None,
+            restart_alignment: None,
         }
     }
 
@@ -144,6 +151,14 @@ impl ElevenLabsScript {
     /// The same, holding the audio after `chunks` chunks until `gate` opens.
     pub fn hold_after(mut self, chunks: usize, gate: &MockGate) -> Self {
         self.hold = Some((chunks, gate.clone()));
+        self
+    }
+
+    /// The same, the `alignment` of audio message `message` restarting
+    /// from the first character (see
+    /// [`restart_alignment`](Self::restart_alignment)).
+    pub fn restart_alignment_at(mut self, message: usize) -> Self {
+        self.restart_alignment = Some(message);
         self
     }
 
@@ -224,8 +239,15 @@ impl MockSpeech {
     /// bytes, with times relative to the sample its first byte falls in;
     /// characters past the audio go with the last message.
     /// `normalizedAlignment` is upper-cased and shifted by 1 ms, so a client
-    /// that read it would be caught.
-    pub(crate) fn messages(&self, rate: u32, chunk_bytes: usize) -> Vec<String> {
+    /// that read it would be caught. Message `restart` (if any) has its
+    /// `alignment` restart from the first character (see
+    /// [`ElevenLabsScript::restart_alignment`]).
+    pub(crate) fn messages(
+        &self,
+        rate: u32,
+        chunk_bytes: usize,
+        restart: Option<usize>,
+    ) -> Vec<String> {
         let pcm: Vec<u8> = self.samples.iter().flat_map(|s| s.to_le_bytes()).collect();
         let base = self.start * 2;
         let n = pcm.len().div_ceil(chunk_bytes.max(1));
@@ -241,16 +263,23 @@ impl MockSpeech {
                     .iter()
                     .filter(|c| 2 * c.start >= abs0 && (2 * c.start < abs1 || last))
                     .collect();
+                // (character, start in ms from the message's first sample)
+                let mut timed: Vec<(&MockChar, f64)> = Vec::new();
+                if restart == Some(k) {
+                    let before = self.chars.iter().filter(|c| 2 * c.start < abs0);
+                    timed.extend(before.map(|c| (c, ms(c.start - self.start))));
+                }
+                timed.extend(here.iter().map(|&c| (c, ms(c.start - reference))));
                 let alignment = |upper: bool, shift: f64| {
                     json!({
-                        "chars": here.iter().map(|c| if upper {
+                        "chars": timed.iter().map(|(c, _)| if upper {
                             c.ch.to_uppercase().collect::<String>()
                         } else {
                             c.ch.to_string()
                         }).collect::<Vec<_>>(),
-                        "charStartTimesMs": here.iter()
-                            .map(|c| ms(c.start - reference) + shift).collect::<Vec<_>>(),
-                        "charDurationsMs": here.iter().map(|c| ms(c.end - c.start)).collect::<Vec<_>>(),
+                        "charStartTimesMs": timed.iter()
+                            .map(|(_, t)| t + shift).collect::<Vec<_>>(),
+                        "charDurationsMs": timed.iter().map(|(c, _)| ms(c.end - c.start)).collect::<Vec<_>>(),
                     })
                 };
                 json!({

@@ -293,7 +293,11 @@ impl Writer {
             .update(self.index, |s| s.generated.push(text.clone()));
         let speech = self.script.render(&text, self.rate, self.samples);
         self.samples += speech.samples.len() as u64;
-        for message in speech.messages(self.rate, self.script.chunk_bytes) {
+        for message in speech.messages(
+            self.rate,
+            self.script.chunk_bytes,
+            self.script.restart_alignment,
+        ) {
             let fault_now = self.script.fault.as_ref().and_then(|f| f.after_chunks());
             if !self.fault_done && fault_now == Some(self.chunks) {
                 return Err(self.act_fault().await);
