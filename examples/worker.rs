@@ -25,6 +25,9 @@ use colloquy_actors::cluster::{Worker, WorkerConfig, connect, redact_url};
 use colloquy_actors::{Tool, ToolRegistry};
 use serde_json::json;
 
+#[path = "common/prometheus.rs"]
+mod prometheus;
+
 /// A colloquy cluster worker: takes sessions from NATS while it has room,
 /// resumes the sessions of workers that died, hands its own over on SIGTERM
 /// or Ctrl-C.
@@ -71,6 +74,9 @@ struct Args {
     /// How long a drain lets turns in flight finish (milliseconds).
     #[arg(long, value_name = "MS", default_value_t = 10_000)]
     drain_timeout_ms: u64,
+    /// Serve the metrics for Prometheus at http://ADDR/metrics (port 0: any).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
 }
 
 fn provider(a: &Args) -> Result<Provider, Box<dyn std::error::Error>> {
@@ -127,6 +133,10 @@ async fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+    if let Some(addr) = a.metrics {
+        let bound = prometheus::serve(addr).await?;
+        println!("metrics: http://{bound}/metrics");
+    }
     let client_config = ClientConfig {
         pool_max_idle_per_host: max_sessions.max(16),
         ..ClientConfig::default()

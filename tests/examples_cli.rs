@@ -295,6 +295,10 @@ async fn voice_server_describes_its_flags_and_refuses_bad_ones() {
         "--model",
         "--interruptions",
         "--voice",
+        "--stt",
+        "--tts",
+        "--speech-base-url",
+        "--metrics",
     ] {
         assert!(
             stdout.contains(flag),

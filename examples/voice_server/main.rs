@@ -34,6 +34,8 @@ use colloquy_actors::{AgentSettings, SessionConfig, Supervisor, SupervisorConfig
 mod common;
 #[path = "../voice_agent/model.rs"]
 mod model;
+#[path = "../common/prometheus.rs"]
+mod prometheus;
 mod report;
 #[path = "../common/speech.rs"]
 mod speech;
@@ -72,6 +74,9 @@ struct Args {
     voice: String,
     #[command(flatten)]
     speech: speech::SpeechFlags,
+    /// Serve the metrics for Prometheus at http://ADDR/metrics (port 0: any)
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
 }
 
 #[tokio::main]
@@ -91,6 +96,11 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args, mode: InterruptionMode) -> Result<(), Box<dyn std::error::Error>> {
+    // First: the recorder must be installed before anything records.
+    let metrics = match args.metrics {
+        Some(addr) => Some(prometheus::serve(addr).await?),
+        None => None,
+    };
     let model = choose_model(&args.provider, args.model.clone()).await?;
     let engines = args
         .speech
@@ -119,7 +129,7 @@ async fn run(args: Args, mode: InterruptionMode) -> Result<(), Box<dyn std::erro
     .on_call(move |notice: CallNotice| on_call.notice(notice));
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let addr = listener.local_addr()?;
-    printer.ready(addr, &model.label);
+    printer.ready(addr, &model.label, metrics);
     let app = colloquy_actors::calls::router(services);
     axum::serve(listener, app)
         .with_graceful_shutdown(async {

@@ -41,7 +41,11 @@ impl Printer {
     }
 
     fn estimate_note(&self) -> &'static str {
-        if self.heard_estimated { " (estimated)" } else { "" }
+        if self.heard_estimated {
+            " (estimated)"
+        } else {
+            ""
+        }
     }
 
     fn emit(&self, call: &str, kind: &str, mut fields: Value, human: String) {
@@ -58,19 +62,21 @@ impl Printer {
         }
     }
 
-    pub(crate) fn ready(&self, addr: SocketAddr, model: &str) {
+    pub(crate) fn ready(&self, addr: SocketAddr, model: &str, metrics: Option<SocketAddr>) {
         if self.json {
-            self.emit(
-                "-",
-                "listening",
-                json!({"addr": addr.to_string(), "model": model}),
-                String::new(),
-            );
+            let mut fields = json!({"addr": addr.to_string(), "model": model});
+            if let Some(m) = metrics {
+                fields["metrics"] = json!(format!("http://{m}/metrics"));
+            }
+            self.emit("-", "listening", fields, String::new());
         } else {
             println!("colloquy voice server — model: {model}");
             println!(
                 "open http://{addr}/ in a browser, or point Twilio Media Streams at ws://{addr}/twilio"
             );
+            if let Some(m) = metrics {
+                println!("metrics for Prometheus: http://{m}/metrics");
+            }
         }
     }
 
@@ -148,7 +154,10 @@ impl Printer {
             EventKind::PlaybackResumed { heard_chars } => (
                 "resumed",
                 self.heard(turn, *heard_chars),
-                format!("RESUMED from character {heard_chars}{}", self.estimate_note()),
+                format!(
+                    "RESUMED from character {heard_chars}{}",
+                    self.estimate_note()
+                ),
             ),
             EventKind::Interrupted { heard_chars } => (
                 "cut",
