@@ -294,7 +294,7 @@ fn yield_to_the_call_path() {
     // SAFETY: `nice` only changes this thread's scheduling priority; its
     // result (the new niceness, or -1 with errno) is not needed.
     unsafe {
-        nice(19);
+        nice(10);
     }
 }
 
