@@ -14,7 +14,9 @@
 //!   the phone played — computed from the phone's played samples and the
 //!   synthesizer's own marks, not from anything the server reported;
 //! - a cough pauses the agent and the resume continues from the exact sample;
-//! - `stop` ends the session with its history.
+//! - `stop` ends the session with its history;
+//! - with ElevenLabs speaking (its mock; feature `elevenlabs`), the cut's
+//!   heard text comes from the provider's timestamps, to the word.
 
 #[path = "support/call_server.rs"]
 mod call_server;
@@ -149,7 +151,42 @@ async fn a_barge_in_clears_the_phone_and_the_history_ends_at_the_last_played_wor
         ..InterruptionPolicy::default()
     };
     let server = CallServer::start(policy, vec![REPLY.into(), "Sure.".into()]).await;
-    let mut phone = call_and_ask(&server, "CA1").await;
+    barge_in_commits_what_the_phone_played(&server).await;
+}
+
+/// The same with ElevenLabs speaking (its `stream-input` mock on 127.0.0.1):
+/// the heard text of the cut comes from the provider's own timestamps.
+#[cfg(feature = "elevenlabs")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_elevenlabs_speaking_the_history_ends_at_the_last_word_its_timestamps_say_was_played()
+{
+    use colloquy::audio::Synthesizer;
+    use colloquy::audio::elevenlabs::ElevenLabsSpeech;
+    use colloquy::mock::elevenlabs::{ElevenLabsScript, MockElevenLabs};
+    let mock = MockElevenLabs::start(ElevenLabsScript::new("xi-key").pace(60, 30))
+        .await
+        .unwrap();
+    let tts = ElevenLabsSpeech::new(mock.config("voice")).unwrap();
+    assert!(!tts.alignment_is_estimated());
+    let policy = InterruptionPolicy {
+        mode: InterruptionMode::Immediate,
+        ..InterruptionPolicy::default()
+    };
+    let server = CallServer::start_with(
+        policy,
+        vec![REPLY.into(), "Sure.".into()],
+        std::sync::Arc::new(tts),
+    )
+    .await;
+    barge_in_commits_what_the_phone_played(&server).await;
+    assert!(!mock.sessions().is_empty(), "ElevenLabs spoke");
+}
+
+/// Asks, lets the answer play 1.5 s, barges in: the clear comes, and the
+/// committed reply is exactly the words whose audio the phone played, by
+/// the synthesizer's own marks.
+async fn barge_in_commits_what_the_phone_played(server: &CallServer) {
+    let mut phone = call_and_ask(server, "CA1").await;
     // The agent answers: let the phone play a second and a half of it.
     silence_until(&mut phone, |l| played_samples(l) >= 12_000).await;
     let barge_in = speech::speech_at("wait, stop please", "en-gb+f3", 8_000);

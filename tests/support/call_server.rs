@@ -31,13 +31,19 @@ pub struct Synthesis {
 
 /// A synthesizer that records what it made (the server's exact audio).
 pub struct Recorded {
-    inner: Espeak,
+    inner: Arc<dyn Synthesizer>,
     pub log: Arc<Mutex<Vec<Synthesis>>>,
 }
 
 impl Synthesizer for Recorded {
     fn sample_rate(&self) -> u32 {
         self.inner.sample_rate()
+    }
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    fn alignment_is_estimated(&self) -> bool {
+        self.inner.alignment_is_estimated()
     }
     fn synthesize(&self, text: &str) -> BoxStream<'static, Result<SynthEvent, AudioError>> {
         let log = self.log.clone();
@@ -82,6 +88,8 @@ pub struct CallServer {
     pub calls: Arc<Mutex<HashMap<String, CallRecord>>>,
     pub changed: Arc<tokio::sync::Notify>,
     pub synth: Arc<Mutex<Vec<Synthesis>>>,
+    /// The synthesizer's rate.
+    pub synth_rate: u32,
     pub model: MockServer,
     _serve: tokio::task::JoinHandle<()>,
 }
@@ -92,6 +100,17 @@ impl CallServer {
     /// A server whose model answers every utterance with `reply` (300 ms to
     /// the first token, a word every 30 ms).
     pub async fn start(policy: InterruptionPolicy, replies: Vec<String>) -> Self {
+        let espeak = Espeak::new(EspeakConfig::default())
+            .expect("espeak-ng is needed: apt-get install espeak-ng libespeak-ng-dev");
+        Self::start_with(policy, replies, Arc::new(espeak)).await
+    }
+
+    /// The same with another synthesizer speaking (its output recorded).
+    pub async fn start_with(
+        policy: InterruptionPolicy,
+        replies: Vec<String>,
+        synthesizer: Arc<dyn Synthesizer>,
+    ) -> Self {
         let turn = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let model = MockServer::start(move |_| {
             let i = turn.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -114,11 +133,10 @@ impl CallServer {
             .unwrap();
         let mut settings = AgentSettings::new(LlmOptions::new("mock"));
         settings.interruption = policy;
-        let espeak = Espeak::new(EspeakConfig::default())
-            .expect("espeak-ng is needed: apt-get install espeak-ng libespeak-ng-dev");
         let log = Arc::new(Mutex::new(Vec::new()));
+        let synth_rate = synthesizer.sample_rate();
         let synth = Recorded {
-            inner: espeak,
+            inner: synthesizer,
             log: log.clone(),
         };
         let ears = PocketSphinx::new(PocketSphinxConfig::default()).expect(
@@ -184,6 +202,7 @@ impl CallServer {
             calls,
             changed,
             synth: log,
+            synth_rate,
             model,
             _serve: serve,
         }
@@ -224,8 +243,7 @@ impl CallServer {
         let mut audio = Vec::new();
         let mut alignment = Alignment::new(false);
         let mut chars_before = 0;
-        // espeak-ng's rate, the same for every voice.
-        let from = Espeak::new(EspeakConfig::default()).unwrap().sample_rate();
+        let from = self.synth_rate;
         for text in texts {
             let s = log
                 .iter()
