@@ -466,11 +466,13 @@ async fn stt_events_map_onto_the_sessions_user_events() {
             EventKind::UserSpeechStarted,
             EventKind::UserTranscript {
                 text: "hel".into(),
-                is_final: false
+                is_final: false,
+                heard: None,
             },
             EventKind::UserTranscript {
                 text: "hello".into(),
-                is_final: true
+                is_final: true,
+                heard: None,
             },
             EventKind::UserSpeechEnded,
         ]

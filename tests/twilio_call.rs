@@ -223,6 +223,25 @@ async fn barge_in_commits_what_the_phone_played(server: &CallServer) {
     let (played, _) = contiguous(&first, &[]);
     assert!(played.len() >= 12_000);
     let events = server.calls.lock().unwrap()["twilio-CA1"].events.clone();
+    // The question's final says where in the call's audio it was heard: the
+    // phone was silent 400 ms, then spoke it (about 2 s) at 8 kHz.
+    let heard = events
+        .iter()
+        .find_map(|e| match &e.kind {
+            EventKind::UserTranscript {
+                is_final: true,
+                heard,
+                ..
+            } => Some(*heard),
+            _ => None,
+        })
+        .expect("the question's final transcript")
+        .expect("a listener's transcript says where it was heard");
+    assert_eq!(heard.sample_rate, 8_000);
+    assert!(
+        (2_000..8_000).contains(&heard.start) && heard.end >= heard.start + 8_000,
+        "{heard:?}"
+    );
     let texts = segments(&events, 1);
     assert!(!texts.is_empty(), "turn 1 spoke nothing");
     let (reference, alignment) = server.reference(&texts, 8_000);

@@ -345,6 +345,7 @@ impl LlmState {
             EventKind::UserTranscript {
                 text,
                 is_final: true,
+                ..
             } => {
                 let (reply, _) = ReplyTx::new();
                 self.user_message(ChatMessage::text(Role::User, text.to_string()), true, reply);
@@ -352,6 +353,7 @@ impl LlmState {
             EventKind::UserTranscript {
                 text,
                 is_final: false,
+                ..
             } => self.interim(text.to_string()),
             EventKind::ToolResult(_) => self.maybe_continue(),
             _ => {}

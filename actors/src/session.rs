@@ -19,7 +19,7 @@ use colloquy::context::{ChatContext, ContentPart};
 use ractor::RpcReplyPort;
 
 use crate::bus::event::SttEvent;
-use crate::bus::{BusReceiver, EventKind, SessionBus, ToolOutput};
+use crate::bus::{BusReceiver, EventKind, HeardSpan, SessionBus, ToolOutput};
 use crate::errors::SessionError;
 use crate::ids::{SessionId, TurnId};
 use crate::llm_actor::{AgentSettings, Input, LlmMsg, SessionCore};
@@ -141,11 +141,28 @@ impl SessionHandle {
     /// a backchannel while the agent speaks, in confirmed mode). Returns the
     /// event's seq (0 once the session stopped).
     pub fn user_transcript(&self, text: impl Into<String>, is_final: bool) -> u64 {
+        self.publish_transcript(text.into(), is_final, None)
+    }
+
+    /// Like [`user_transcript`](Self::user_transcript), with where in the
+    /// caller's audio it was heard (what a [`Listener`](crate::speech::Listener)
+    /// publishes).
+    pub fn user_transcript_heard(
+        &self,
+        text: impl Into<String>,
+        is_final: bool,
+        heard: HeardSpan,
+    ) -> u64 {
+        self.publish_transcript(text.into(), is_final, Some(heard))
+    }
+
+    fn publish_transcript(&self, text: String, is_final: bool, heard: Option<HeardSpan>) -> u64 {
         self.core
             .bus
             .publish_user(EventKind::UserTranscript {
-                text: Arc::from(text.into()),
+                text: Arc::from(text),
                 is_final,
+                heard,
             })
             .unwrap_or(0)
     }

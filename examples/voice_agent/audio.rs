@@ -117,6 +117,7 @@ pub(crate) async fn run(
                 EventKind::UserTranscript {
                     text,
                     is_final: true,
+                    ..
                 } => format!("caller (as PocketSphinx heard it): {text}"),
                 EventKind::Speakable { text, .. } if !text.is_empty() => format!("agent: {text}"),
                 EventKind::PlaybackPaused { heard_chars } => {

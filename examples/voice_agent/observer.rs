@@ -138,7 +138,7 @@ impl Observer {
         match &ev.kind {
             EventKind::UserSpeechStarted => out.line("USER starts speaking…"),
             EventKind::UserSpeechEnded => out.line("USER stops speaking"),
-            EventKind::UserTranscript { text, is_final } => {
+            EventKind::UserTranscript { text, is_final, .. } => {
                 out.json("user", json!({"text": &**text, "final": is_final}));
                 if *is_final {
                     self.seen.last_final = ev.seq;

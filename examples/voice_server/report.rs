@@ -131,9 +131,19 @@ impl Printer {
 
     fn event(&self, call: &str, turn: u64, kind: &EventKind) {
         let (t, fields, human) = match kind {
-            EventKind::UserTranscript { text, is_final } => (
+            EventKind::UserTranscript {
+                text,
+                is_final,
+                heard,
+            } => (
                 "user",
-                json!({"text": &**text, "final": is_final}),
+                match heard {
+                    // Where in the caller's audio, in milliseconds.
+                    Some(h) => json!({"text": &**text, "final": is_final,
+                        "audio_ms": [h.start * 1000 / u64::from(h.sample_rate.max(1)),
+                                     h.end * 1000 / u64::from(h.sample_rate.max(1))]}),
+                    None => json!({"text": &**text, "final": is_final}),
+                },
                 format!("user{}: {text}", if *is_final { "" } else { " (interim)" }),
             ),
             EventKind::TurnStarted => (

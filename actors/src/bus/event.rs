@@ -127,6 +127,9 @@ pub enum EventKind {
         text: Arc<str>,
         /// Final (end of utterance) or partial.
         is_final: bool,
+        /// Where in the caller's audio it was heard, when the recognizer
+        /// said (a [`Listener`](crate::speech::Listener) always does).
+        heard: Option<HeardSpan>,
     },
     /// A piece of the turn's text ready for text-to-speech. The segments of a
     /// turn concatenate to exactly its token text; the segment with `last` set
@@ -303,6 +306,19 @@ pub struct BusEvent {
     pub seq: u64,
     /// The payload.
     pub kind: EventKind,
+}
+
+/// Where in the caller's input audio a transcript was heard: samples at
+/// `sample_rate`, counted from the call's first input sample (the same
+/// timeline as voice activity's positions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeardSpan {
+    /// Where the utterance began.
+    pub start: u64,
+    /// Where the audio the transcript covers ends.
+    pub end: u64,
+    /// The rate of `start` and `end`.
+    pub sample_rate: u32,
 }
 
 /// What a speech recognizer (VAD + STT) reports, as

@@ -33,7 +33,7 @@
 //! | `turn_finished` | `{"end": "stop" \| "length" \| "tool_calls" \| "content_filter" \| "cancelled" \| "failed" \| "other", "message": str (failed and other only)}` |
 //! | `interrupted` | `{"heard_chars": int}` (the user cut the reply's speech) |
 //! | `user_speech_started` | `{}` |
-//! | `user_transcript` | `{"text": str, "is_final": bool}` |
+//! | `user_transcript` | `{"text": str, "is_final": bool, "heard": {"start", "end": int (samples), "sample_rate": int} or absent}` |
 //! | `speakable` | `{"text": str, "last": bool}` |
 //! | `speech_played` | `{"chars": int}` |
 //! | `user_speech_ended` | `{}` |

@@ -26,6 +26,7 @@ use colloquy::audio::{
 };
 use tokio::sync::mpsc;
 
+use crate::bus::HeardSpan;
 use crate::session::SessionHandle;
 use crate::task::AbortOnDrop;
 
@@ -99,12 +100,19 @@ impl Listener {
                     .transpose()?;
                 let forward = session.clone();
                 let mut transcripts = recognition.transcripts;
+                let input_rate = rate;
                 let task = tokio::spawn(async move {
                     while let Some(t) = transcripts.recv().await {
                         match t {
                             Ok(t) if t.text.trim().is_empty() => {}
                             Ok(t) => {
-                                forward.user_transcript(t.text, t.is_final);
+                                // Back on the call's input timeline.
+                                let heard = HeardSpan {
+                                    start: convert_position(t.start, rec_rate, input_rate),
+                                    end: convert_position(t.end, rec_rate, input_rate),
+                                    sample_rate: input_rate,
+                                };
+                                forward.user_transcript_heard(t.text, t.is_final, heard);
                             }
                             Err(e) => {
                                 tracing::warn!(error = %e, "listener: the recognizer failed");

@@ -30,7 +30,7 @@ impl Ledger {
             EventKind::UserSpeechEnded => {
                 self.listening.speech_ended(now, &self.policy, self.paused)
             }
-            EventKind::UserTranscript { text, is_final } => {
+            EventKind::UserTranscript { text, is_final, .. } => {
                 self.listening
                     .transcript(text, *is_final, now, &self.policy, active, self.paused)
             }

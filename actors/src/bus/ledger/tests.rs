@@ -338,6 +338,7 @@ fn a_promoted_speculation_is_spoken_once_after_a_burst() {
         bus.publish_user(EventKind::UserTranscript {
             text: Arc::from(format!("capital of france {}", i % 2).as_str()),
             is_final: false,
+            heard: None,
         })
         .unwrap();
     }

@@ -81,7 +81,7 @@ pub(crate) fn forward_events(
             let msg = match &ev.kind {
                 EventKind::UserSpeechStarted => serde_json::json!({"type": "speech_started"}),
                 EventKind::UserSpeechEnded => serde_json::json!({"type": "speech_ended"}),
-                EventKind::UserTranscript { text, is_final } => {
+                EventKind::UserTranscript { text, is_final, .. } => {
                     serde_json::json!({"type": "user", "text": &**text, "final": is_final})
                 }
                 EventKind::TurnStarted => serde_json::json!({"type": "turn", "turn": turn}),

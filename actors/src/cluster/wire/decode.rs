@@ -161,14 +161,27 @@ fn bus_event(name: EventKindName, p: Value) -> Result<RemoteEventKind, DecodeErr
         EventKindName::UserSpeechStarted => EventKind::UserSpeechStarted,
         EventKindName::UserTranscript => {
             #[derive(Deserialize)]
+            struct Heard {
+                start: u64,
+                end: u64,
+                sample_rate: u32,
+            }
+            #[derive(Deserialize)]
             struct Tr {
                 text: String,
                 is_final: bool,
+                #[serde(default)]
+                heard: Option<Heard>,
             }
             let t: Tr = field(kind, p)?;
             EventKind::UserTranscript {
                 text: Arc::from(t.text),
                 is_final: t.is_final,
+                heard: t.heard.map(|h| crate::bus::HeardSpan {
+                    start: h.start,
+                    end: h.end,
+                    sample_rate: h.sample_rate,
+                }),
             }
         }
         EventKindName::Speakable => {

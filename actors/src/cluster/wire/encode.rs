@@ -93,8 +93,16 @@ fn bus_payload(kind: &EventKind) -> (&'static str, Value) {
         EventKind::Structured(v) => json!({"value": &**v}),
         EventKind::TurnFinished(end) => end_payload(end),
         EventKind::Interrupted { heard_chars } => json!({"heard_chars": heard_chars}),
-        EventKind::UserTranscript { text, is_final } => {
-            json!({"text": &**text, "is_final": is_final})
+        EventKind::UserTranscript {
+            text,
+            is_final,
+            heard,
+        } => {
+            let mut v = json!({"text": &**text, "is_final": is_final});
+            if let Some(h) = heard {
+                v["heard"] = json!({"start": h.start, "end": h.end, "sample_rate": h.sample_rate});
+            }
+            v
         }
         EventKind::Speakable { text, last } => json!({"text": &**text, "last": last}),
         EventKind::SpeechPlayed { chars } => json!({"chars": chars}),

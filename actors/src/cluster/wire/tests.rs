@@ -44,6 +44,16 @@ fn samples() -> Vec<EventKind> {
         EventKind::UserTranscript {
             text: Arc::from("hi"),
             is_final: true,
+            heard: None,
+        },
+        EventKind::UserTranscript {
+            text: Arc::from("what is the weather"),
+            is_final: true,
+            heard: Some(crate::bus::HeardSpan {
+                start: 3_200,
+                end: 19_840,
+                sample_rate: 8_000,
+            }),
         },
         EventKind::Speakable {
             text: Arc::from("Hi."),
