@@ -297,3 +297,6 @@ impl Utterances {
         out
     }
 }
+
+#[cfg(test)]
+mod tests;
