@@ -272,9 +272,9 @@ impl Utterances {
         let best = r.best();
         let text = best.map_or("", |a| a.transcript.trim());
         if u.first_word.is_none() && !text.is_empty() {
-            u.first_word = best
-                .and_then(|a| a.words.first())
-                .map(|w| timeline.to_input(seconds_to_samples(w.start, self.rate).min(sent), false));
+            u.first_word = best.and_then(|a| a.words.first()).map(|w| {
+                timeline.to_input(seconds_to_samples(w.start, self.rate).min(sent), false)
+            });
         }
         let covered = timeline.to_input(re, true);
         if r.is_final {

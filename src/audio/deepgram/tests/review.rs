@@ -3,9 +3,7 @@
 
 use std::time::Duration;
 
-use super::{
-    config, failure, next, open, script, speak, until_final, utterance, wait, Rx, FRAME,
-};
+use super::{FRAME, Rx, config, failure, next, open, script, speak, until_final, utterance, wait};
 use crate::audio::{RecognizerInput, SpeechFailure};
 use crate::mock::deepgram::{MockClose, MockDeepgram, MockDeepgramScript};
 
@@ -58,7 +56,10 @@ async fn a_close_for_the_audio_is_a_typed_error_not_a_resend_loop() {
     let SpeechFailure::Closed { code, message } = &f else {
         panic!("{f:?}")
     };
-    assert_eq!((*code, message.as_str()), (1008, "DATA-0000: cannot decode"));
+    assert_eq!(
+        (*code, message.as_str()),
+        (1008, "DATA-0000: cannot decode")
+    );
     assert!(!f.is_retryable());
     assert!(next(&mut r.transcripts).await.is_none());
     assert_eq!(server.stats().borrow().connections, 1);
@@ -129,7 +130,10 @@ async fn the_next_utterances_speech_final_does_not_close_an_unanswered_one() {
         .await;
     utterance(&r.input, 200_000, 40).await;
     drop(r.input);
-    assert_eq!(finals(&mut r.transcripts).await, ["Hello there", "Second one"]);
+    assert_eq!(
+        finals(&mut r.transcripts).await,
+        ["Hello there", "Second one"]
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -231,8 +235,7 @@ async fn a_slow_close_after_the_input_ends_gives_the_finals() {
     })
     .await
     .unwrap();
-    let mut config =
-        config(&server).with_deadlines(Duration::from_secs(2), Duration::from_secs(1));
+    let mut config = config(&server).with_deadlines(Duration::from_secs(2), Duration::from_secs(1));
     config.close_timeout = Duration::from_secs(2);
     let mut r = open(config);
     let _ = r
