@@ -17,18 +17,31 @@
 //! - **The end of an utterance is the local detector's.** `SpeechEnded`
 //!   sends `Finalize`; the utterance's final is emitted when Deepgram's
 //!   finals for it arrive (`from_finalize`, or a `speech_final` reaching its
-//!   end). Exactly one final per utterance that had audio.
+//!   end), when a result starts past its end (an unanswered `Finalize`),
+//!   or when its deadline passes with its results all final. A result
+//!   belongs to the newest utterance whose span holds its start, so one
+//!   utterance's words never close another. Exactly one final per
+//!   utterance that had audio, even one whose audio the cap dropped.
 //! - **A socket can drop mid-sentence.** Each unfinished utterance keeps its
 //!   audio (up to [`DeepgramConfig::max_buffered`]); a lost socket is
-//!   reopened up to [`DeepgramConfig::reconnect_attempts`] times and the
-//!   audio sent again, with the position map rebuilt. Interims already
-//!   emitted may come again.
+//!   reopened and the audio sent again, with the position map rebuilt.
+//!   [`DeepgramConfig::reconnect_attempts`] is one budget for every
+//!   reconnect until the next final, with backoff after the first, and a
+//!   resend keeps the deadlines already running, so a server that keeps
+//!   closing ends the stream. A close with 1008 (audio it cannot decode) or
+//!   4000–4999 is not retried: [`Closed`]. Interims already emitted may
+//!   come again; finals of audio the cap dropped are kept.
+//! - **A slow consumer does not stall the socket**: transcripts wait in a
+//!   small queue (newer interims replace older, finals are never dropped)
+//!   while the socket is still read and kept alive.
 //! - **Deadlines on useful output**, never on keep-alives or metadata: a
 //!   result within [`DeepgramConfig::first_result_timeout`] of an
 //!   utterance's first audio, then within
 //!   [`DeepgramConfig::result_gap_timeout`] while audio flows, and the final
-//!   within the first deadline of `Finalize`. A missed one ends the stream
-//!   with a typed [`SpeechFailure`] so a fallback above can take over.
+//!   within the first deadline of `Finalize` (which replaces the gap
+//!   deadline). A missed one ends the stream with a typed [`SpeechFailure`]
+//!   so a fallback above can take over; after the input ends, the close
+//!   deadline wins a tie and the finals collected are delivered.
 //!
 //! # Turn-taking: the local detector wins
 //!
@@ -55,6 +68,7 @@
 //! [`Status`]: super::SpeechFailure::Status
 //! [`Malformed`]: super::SpeechFailure::Malformed
 //! [`Dropped`]: super::SpeechFailure::Dropped
+//! [`Closed`]: super::SpeechFailure::Closed
 //!
 //! ```no_run
 //! use colloquy::audio::deepgram::{DeepgramConfig, DeepgramTranscriber};

@@ -89,6 +89,16 @@ pub enum SpeechFailure {
     /// The provider closed the stream before the utterance was complete.
     #[error("the stream ended before the utterance was complete")]
     Dropped,
+    /// The provider closed the stream with a code that says the same
+    /// stream would fail again (Deepgram: 1008, bad audio; 4000–4999): not
+    /// reconnected.
+    #[error("closed by the provider ({code}): {message}")]
+    Closed {
+        /// The WebSocket close code.
+        code: u16,
+        /// The close reason.
+        message: String,
+    },
     /// A reply exceeded a size cap.
     #[error("reply exceeds {limit} bytes")]
     TooLarge {
@@ -99,9 +109,12 @@ pub enum SpeechFailure {
 
 impl SpeechFailure {
     /// Whether trying again (or the next provider) may help: everything but
-    /// a refused key and a malformed reply.
+    /// a refused key, a malformed reply and a close that refuses the stream.
     pub fn is_retryable(&self) -> bool {
-        !matches!(self, Self::Unauthorized { .. } | Self::Malformed(_))
+        !matches!(
+            self,
+            Self::Unauthorized { .. } | Self::Malformed(_) | Self::Closed { .. }
+        )
     }
 
     /// A short stable name for metrics labels and JSON output.
@@ -115,6 +128,7 @@ impl SpeechFailure {
             Self::FirstOutputTimeout(_) => "first_output_timeout",
             Self::OutputGapTimeout(_) => "output_gap_timeout",
             Self::Dropped => "dropped",
+            Self::Closed { .. } => "closed",
             Self::TooLarge { .. } => "too_large",
         }
     }

@@ -61,6 +61,28 @@ pub struct MockDeepgramScript {
     /// On `Finalize`, a `speech_final` result with the words and then an
     /// empty `from_finalize` one (both, as Deepgram may send).
     pub both_finals: bool,
+    /// Close every connection with this code once it has received this
+    /// many audio bytes (as Deepgram closes with 1008 on audio it cannot
+    /// decode).
+    pub close_after_bytes: Option<MockClose>,
+    /// Answer `Finalize` with nothing (Deepgram only "typically" answers
+    /// it, when audio is buffered).
+    pub finalize_unanswered: bool,
+    /// Send a `speech_final` final as soon as an utterance's scripted words
+    /// were all heard (Deepgram's endpointing, ahead of the client's
+    /// `Finalize`); its later audio gets no words.
+    pub early_speech_final: bool,
+}
+
+/// A close the server starts.
+#[derive(Clone, Debug)]
+pub struct MockClose {
+    /// After this many audio bytes on the connection.
+    pub after_bytes: u64,
+    /// The close code.
+    pub code: u16,
+    /// The close reason.
+    pub reason: String,
 }
 
 impl MockDeepgramScript {
@@ -80,6 +102,9 @@ impl MockDeepgramScript {
             stall_after_results: None,
             idle_timeout: None,
             both_finals: false,
+            close_after_bytes: None,
+            finalize_unanswered: false,
+            early_speech_final: false,
         }
     }
 }
@@ -120,6 +145,8 @@ pub struct MockDeepgramStats {
     pub drops: u64,
     /// `Results` messages sent.
     pub results_sent: u64,
+    /// Connections the server closed with [`MockDeepgramScript::close_after_bytes`].
+    pub coded_closes: u64,
 }
 
 /// One accepted or refused upgrade.

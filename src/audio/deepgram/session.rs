@@ -1,14 +1,33 @@
 //! One call's socket task: audio out, results in, and everything a socket
 //! that idles between utterances needs to stay useful.
 //!
-//! The task owns the socket and the utterances' state and waits on five
+//! The task owns the socket and the utterances' state and waits on six
 //! things at once: the transcripts' receiver going away (the call ended:
-//! the socket is closed), the server, the input, the keep-alive timer (reset
-//! by every audio send), and the earliest deadline on useful output. A
-//! socket lost while an utterance is in progress is reopened and the
-//! utterance's audio sent again; one lost between utterances is reopened
-//! when the next audio needs it.
+//! the socket is closed), room in the transcripts' channel (for the next
+//! transcript held), the server, the input, the keep-alive timer (reset by
+//! every audio send), and the earliest deadline on useful output. A socket
+//! lost while an utterance is in progress is reopened and the utterance's
+//! audio sent again; one lost between utterances is reopened when the next
+//! audio needs it.
+//!
+//! What that guarantees:
+//!
+//! - **A slow consumer never stalls the socket.** Transcripts wait in a
+//!   small local queue: a newer transcript replaces the interims held (they
+//!   are superseded), finals are never dropped, and the input is not read
+//!   while [`MAX_PENDING`] are held, so the queue stays bounded while the
+//!   socket is still read and kept alive.
+//! - **Reconnects end.** One budget of
+//!   [`DeepgramConfig::reconnect_attempts`] covers every reconnect until
+//!   the next final; each attempt after the first waits the backoff
+//!   (doubling); a resend keeps the deadlines the utterances already had.
+//!   A close with code 1008 (audio the server cannot decode) or 4000–4999
+//!   is not retried: it is [`SpeechFailure::Closed`].
+//! - **The right deadline.** `Finalize` replaces the gap deadline of the
+//!   audio before it with the final's; at the end of the input the close
+//!   deadline wins a tie, so a slow close yields the finals collected.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +45,20 @@ use crate::audio::openai::redact;
 use crate::audio::{AudioError, AudioFrame, RecognizerInput, SpeechFailure, Transcript, mulaw};
 
 mod resend;
+
+/// The most transcripts held for a consumer that is behind, before the
+/// input waits.
+pub(crate) const MAX_PENDING: usize = 64;
+
+/// What the earliest deadline stands for.
+enum Due {
+    /// The result deadline of the audio in flight.
+    Result(SpeechFailure),
+    /// A final's deadline.
+    Final,
+    /// The close after `CloseStream`.
+    Close,
+}
 
 /// Whether the task goes on.
 enum Flow {
@@ -49,6 +82,10 @@ pub(crate) struct Session {
     /// After `CloseStream`: when the server must have closed.
     close_due: Option<Instant>,
     input_open: bool,
+    /// Transcripts not yet taken by the consumer, oldest first.
+    pending: VecDeque<Result<Transcript, AudioError>>,
+    /// Reconnect attempts since the last final.
+    reconnects: u32,
 }
 
 impl Session {
@@ -69,6 +106,8 @@ impl Session {
             result_due: None,
             close_due: None,
             input_open: true,
+            pending: VecDeque::new(),
+            reconnects: 0,
         }
     }
 
@@ -82,16 +121,32 @@ impl Session {
         // first utterance's latency, and a refused key shows at once.
         match connect(&self.config).await {
             Ok(s) => self.socket = Some(s),
-            Err(f) => return self.fail(f).await,
+            Err(f) => {
+                self.fail(f);
+                return self.finish().await;
+            }
         }
         self.keep_alive_at = Instant::now() + self.config.keep_alive;
         loop {
             let deadline = self.deadline();
             let at = deadline.as_ref().map(|d| d.0);
             let connected = self.socket.is_some();
+            let holding = !self.pending.is_empty();
+            let room = self.pending.len() < MAX_PENDING;
+            // A permit borrows its sender past the branch's future.
+            let out = self.out.clone();
             let flow = tokio::select! {
                 biased;
                 _ = self.out.closed() => Flow::End,
+                permit = out.reserve(), if holding => match permit {
+                    Ok(permit) => {
+                        if let Some(t) = self.pending.pop_front() {
+                            permit.send(t);
+                        }
+                        Flow::Continue
+                    }
+                    Err(_) => Flow::End,
+                },
                 msg = async {
                     match self.socket.as_mut() {
                         Some(s) => s.next().await,
@@ -103,14 +158,18 @@ impl Session {
                         Some(at) => sleep_until(at).await,
                         None => std::future::pending().await,
                     }
-                } => {
-                    match deadline.map(|d| d.1) {
-                        Some(Some(failure)) => self.fail(failure).await,
-                        _ => self.on_close_due().await,
+                } => match deadline.map(|d| d.1) {
+                    Some(Due::Result(failure)) => {
+                        self.fail(failure);
+                        Flow::End
                     }
-                    Flow::End
-                }
-                next = self.input.recv(), if self.input_open => self.on_input(next).await,
+                    Some(Due::Final) => self.on_final_due(),
+                    _ => {
+                        self.on_close_due();
+                        Flow::End
+                    }
+                },
+                next = self.input.recv(), if self.input_open && room => self.on_input(next).await,
                 _ = sleep_until(self.keep_alive_at), if connected && self.close_due.is_none() => {
                     self.keep_alive().await
                 }
@@ -119,56 +178,85 @@ impl Session {
                 break;
             }
         }
+        self.finish().await;
+    }
+
+    /// Closes the socket and hands over what the consumer has not taken
+    /// yet (finals, a failure).
+    async fn finish(mut self) {
         if let Some(mut s) = self.socket.take() {
             let _ = tokio::time::timeout(Duration::from_secs(1), s.close(None)).await;
         }
+        // What the consumer has not taken yet (finals, a failure).
+        while let Some(t) = self.pending.pop_front() {
+            if self.out.send(t).await.is_err() {
+                break;
+            }
+        }
     }
 
-    /// The earliest deadline and the failure it stands for (`None`: the
-    /// close after `CloseStream`).
-    fn deadline(&self) -> Option<(Instant, Option<SpeechFailure>)> {
-        let mut due = self.result_due.clone().map(|(at, f)| (at, Some(f)));
-        let first = self.config.first_result_timeout;
+    /// The earliest deadline and what it stands for. The close after
+    /// `CloseStream` wins a tie: what came by then is all there is.
+    fn deadline(&self) -> Option<(Instant, Due)> {
+        let mut due = self.result_due.clone().map(|(at, f)| (at, Due::Result(f)));
         if let Some(at) = self.utterances.final_due()
             && due.as_ref().is_none_or(|d| at < d.0)
         {
-            due = Some((at, Some(SpeechFailure::FirstOutputTimeout(first))));
+            due = Some((at, Due::Final));
         }
         if let Some(at) = self.close_due
-            && due.as_ref().is_none_or(|d| at < d.0)
+            && due.as_ref().is_none_or(|d| at <= d.0)
         {
-            due = Some((at, None));
+            due = Some((at, Due::Close));
         }
         due
+    }
+
+    /// A final is overdue: the utterances that have all their finals close
+    /// with them; one that would lose words fails the stream.
+    fn on_final_due(&mut self) -> Flow {
+        match self.utterances.expire(Instant::now()) {
+            Some(out) => {
+                self.emit(out);
+                Flow::Continue
+            }
+            None => {
+                let first = self.config.first_result_timeout;
+                self.fail(SpeechFailure::FirstOutputTimeout(first));
+                Flow::End
+            }
+        }
     }
 
     /// The server did not close after `CloseStream`: a server that never
     /// closes is not worth an error once the input is over; what came is
     /// all there is.
-    async fn on_close_due(&mut self) {
+    fn on_close_due(&mut self) {
         if self.utterances.in_progress() {
             tracing::warn!("deepgram: no close after CloseStream; ending the stream");
         }
-        for t in self.utterances.finish_all() {
-            let _ = self.out.send(Ok(t)).await;
-        }
+        let out = self.utterances.finish_all();
+        self.emit(out);
     }
 
-    async fn fail(&mut self, failure: SpeechFailure) {
+    /// Queues the stream's failure (the task then ends).
+    fn fail(&mut self, failure: SpeechFailure) {
         tracing::debug!(failure = %failure, "deepgram: the stream fails");
-        let _ = self
-            .out
-            .send(Err(AudioError::provider(PROVIDER, failure)))
-            .await;
+        self.pending
+            .push_back(Err(AudioError::provider(PROVIDER, failure)));
     }
 
-    async fn emit(&mut self, transcripts: Vec<Transcript>) -> Flow {
+    /// Queues transcripts for the consumer; a newer one supersedes the
+    /// interims held. A final renews the reconnect budget.
+    fn emit(&mut self, transcripts: Vec<Transcript>) {
         for t in transcripts {
-            if self.out.send(Ok(t)).await.is_err() {
-                return Flow::End;
+            self.pending
+                .retain(|p| !matches!(p, Ok(held) if !held.is_final));
+            if t.is_final {
+                self.reconnects = 0;
             }
+            self.pending.push_back(Ok(t));
         }
-        Flow::Continue
     }
 
     async fn on_server(&mut self, msg: Option<Result<Message, WsError>>) -> Flow {
@@ -176,6 +264,16 @@ impl Session {
             Some(Ok(Message::Text(t))) => t,
             Some(Ok(Message::Close(frame))) => {
                 let why = describe_close(frame.as_ref(), self.key());
+                if let Some(f) = frame.as_ref().filter(|f| refuses(u16::from(f.code)))
+                    && self.close_due.is_none()
+                {
+                    let message = redact(&f.reason, self.key());
+                    tracing::debug!(why, "deepgram: closed with a code not retried");
+                    self.socket = None;
+                    let code = u16::from(f.code);
+                    self.fail(SpeechFailure::Closed { code, message });
+                    return Flow::End;
+                }
                 return self.on_closed(&why).await;
             }
             None => return self.on_closed("the socket ended").await,
@@ -183,8 +281,7 @@ impl Session {
                 tracing::debug!(error = %e, "deepgram: a message over the cap");
                 self.fail(SpeechFailure::TooLarge {
                     limit: super::connect::MAX_MESSAGE_BYTES,
-                })
-                .await;
+                });
                 return Flow::End;
             }
             Some(Err(e)) => {
@@ -200,7 +297,7 @@ impl Session {
         let msg = match parse(&text) {
             Ok(m) => m,
             Err(e) => {
-                self.fail(SpeechFailure::Malformed(e)).await;
+                self.fail(SpeechFailure::Malformed(e));
                 return Flow::End;
             }
         };
@@ -211,14 +308,16 @@ impl Session {
                 let keep_from = self.utterances.oldest_conn_start();
                 self.timeline
                     .forget_before(keep_from.unwrap_or(self.timeline.sent()));
-                self.emit(out).await
+                self.emit(out);
+                Flow::Continue
             }
             ServerMessage::UtteranceEnd { last_word_end } => {
                 tracing::debug!(last_word_end, "deepgram: UtteranceEnd");
                 let silence =
                     Duration::from_millis(self.config.utterance_end_ms.unwrap_or(0).into());
                 let out = self.utterances.on_utterance_end(last_word_end, silence);
-                self.emit(out).await
+                self.emit(out);
+                Flow::Continue
             }
             ServerMessage::SpeechStarted { timestamp } => {
                 // The local detector already decided (see the module docs).
@@ -243,8 +342,7 @@ impl Session {
                     .collect::<Vec<_>>()
                     .join(": ");
                 let message = redact(&said, self.key());
-                self.fail(SpeechFailure::Status { status: 0, message })
-                    .await;
+                self.fail(SpeechFailure::Status { status: 0, message });
                 Flow::End
             }
             ServerMessage::Other => {
@@ -262,7 +360,7 @@ impl Session {
             // close, so the unfinished utterances have all they will get.
             tracing::debug!(why, "deepgram: closed after CloseStream");
             let out = self.utterances.finish_all();
-            let _ = self.emit(out).await;
+            self.emit(out);
             return Flow::End;
         }
         tracing::debug!(why, "deepgram: the socket closed");
@@ -305,10 +403,8 @@ impl Session {
                 f.sample_rate(),
                 self.config.sample_rate
             );
-            let _ = self
-                .out
-                .send(Err(AudioError::engine(PROVIDER, reason)))
-                .await;
+            self.pending
+                .push_back(Err(AudioError::engine(PROVIDER, reason)));
             return Flow::End;
         }
         if f.is_empty() {
@@ -373,6 +469,8 @@ impl Session {
             u.conn_end = Some(sent);
             u.final_due = Some(due);
         }
+        // The final's deadline replaces the gap deadline of the audio.
+        self.result_due = None;
         if self.send(control("Finalize")).await {
             Flow::Continue
         } else {
@@ -388,6 +486,7 @@ impl Session {
                 u.final_due = Some(now + self.config.first_result_timeout);
             }
         }
+        self.result_due = None;
         self.close_due = Some(now + self.config.close_timeout);
         if self.send(control("CloseStream")).await {
             Flow::Continue
@@ -429,6 +528,13 @@ fn encode(encoding: DeepgramEncoding, f: &AudioFrame) -> Vec<u8> {
         DeepgramEncoding::Mulaw => mulaw::encode(f.samples()),
         _ => f.samples().iter().flat_map(|s| s.to_le_bytes()).collect(),
     }
+}
+
+/// Whether a close code refuses the stream itself, so a reconnect would
+/// fail the same way: 1008 (policy: audio Deepgram cannot decode) and the
+/// application's 4000–4999.
+fn refuses(code: u16) -> bool {
+    code == 1008 || (4000..=4999).contains(&code)
 }
 
 fn control(kind: &str) -> Message {

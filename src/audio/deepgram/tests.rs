@@ -12,6 +12,8 @@ use crate::audio::{
 };
 use crate::mock::deepgram::{MockDeepgram, MockDeepgramScript, MockDeepgramStats, MockReject};
 
+mod review;
+
 const KEY: &str = "dg-test-key-7f3a9c";
 const RATE: u32 = 16_000;
 /// 20 ms frames.

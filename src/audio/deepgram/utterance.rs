@@ -2,19 +2,33 @@
 //! belong to which.
 //!
 //! Deepgram's results carry no utterance: they carry times on the
-//! connection's clock. Each utterance knows the span of that clock its audio
-//! took (from its first frame sent to its `Finalize`), so a result belongs
-//! to the oldest unfinished utterance whose span it starts in. An utterance
-//! closes — its one final is emitted — when a final result that answers its
-//! end arrives: `from_finalize` or `speech_final`, reaching (within
-//! [`TOLERANCE`]) the end of its audio. A later result for the same span
-//! (Deepgram may send both) finds it gone and is dropped, so no empty
-//! duplicate final goes out. `UtteranceEnd` closes an utterance only when
-//! the silence it reports reaches past the utterance's `Finalize`: the
-//! server has read past that point, so the answer went missing.
+//! connection's clock (clamped to the audio sent, so no server time can
+//! overflow). Each utterance knows the span of that clock its audio took
+//! (from its first frame sent to its `Finalize`), so a result belongs to the
+//! newest unfinished utterance whose span contains its start. An utterance
+//! closes — its one final is emitted — when:
+//!
+//! - a final result that answers its end arrives: `from_finalize` or
+//!   `speech_final`, reaching (within [`TOLERANCE`]) the end of its audio;
+//! - any result starts at or after its end: the server is past it, so a
+//!   `Finalize` that went unanswered (Deepgram answers only when audio is
+//!   buffered) cannot hold it, nor hand its final the next one's words;
+//! - `UtteranceEnd` reports silence reaching past its `Finalize`;
+//! - its final is overdue ([`Utterances::expire`]) and it already has
+//!   results and no interim awaiting its final: the final is what was
+//!   finalized (with an interim pending, the words would be lost: that is
+//!   a failure).
+//!
+//! A later result for a closed span (Deepgram may send both answers) finds
+//! it gone and is dropped, so no empty duplicate final goes out; a final
+//! that ends no later than the last one kept is a repeat and dropped too
+//! (and at most [`MAX_FINALS`] are kept), so a buggy server cannot grow an
+//! utterance without end.
 //!
 //! Each utterance keeps its audio until it closes, for a resend after a
-//! reconnect, within one cap for all of them.
+//! reconnect, within one cap for all of them. The finals of audio the cap
+//! dropped survive a reconnect (that audio is not resent), and an ended
+//! utterance always gets its final, even when all of its audio was dropped.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -28,6 +42,21 @@ use crate::audio::{AudioFrame, Transcript, duration_to_samples};
 /// How far short of an utterance's end a closing result may stop, for the
 /// rounding of the server's times (100 ms).
 const TOLERANCE: Duration = Duration::from_millis(100);
+
+/// How far before an utterance's end a result may start and still count as
+/// past it (the rounding of the server's times: 10 ms).
+const SLACK: Duration = Duration::from_millis(10);
+
+/// The most finals kept for one utterance.
+pub(crate) const MAX_FINALS: usize = 256;
+
+/// One final result of an utterance.
+#[derive(Debug)]
+struct Final {
+    text: String,
+    /// Input position where the audio it covers ends.
+    end: u64,
+}
 
 /// One utterance of the call.
 #[derive(Debug)]
@@ -43,7 +72,11 @@ pub(crate) struct Utterance {
     /// Whether its end (`SpeechEnded`, the end of the input) was seen.
     pub(crate) ended: bool,
     /// The finalized transcripts so far.
-    finalized: Vec<String>,
+    finalized: Vec<Final>,
+    /// Whether any of its audio was kept (it is owed a final).
+    had_audio: bool,
+    /// Whether an interim's words await a final.
+    pending_interim: bool,
     /// Input position of its first word.
     first_word: Option<u64>,
     /// Input position where the audio its results cover ends.
@@ -61,15 +94,31 @@ impl Utterance {
         self.conn_start.is_some()
     }
 
-    /// A new connection: nothing of it sent, nothing heard.
+    /// A new connection: nothing of it sent, nothing heard. The finals of
+    /// audio the cap dropped (not resent) are kept, and so is the deadline
+    /// of its final.
     pub(crate) fn reset_connection(&mut self) {
         self.conn_start = None;
         self.conn_end = None;
-        self.finalized.clear();
-        self.first_word = None;
+        if let Some(resent_from) = self.frames.front().map(|f| f.position()) {
+            self.finalized.retain(|f| f.end <= resent_from);
+        }
+        if self.finalized.is_empty() {
+            self.first_word = None;
+        }
         self.got_result = false;
-        self.final_due = None;
+        self.pending_interim = false;
         self.last_interim = None;
+    }
+
+    fn words(&self) -> String {
+        let texts: Vec<&str> = self
+            .finalized
+            .iter()
+            .map(|f| f.text.as_str())
+            .filter(|t| !t.is_empty())
+            .collect();
+        texts.join(" ")
     }
 
     fn transcript(&self, text: String, is_final: bool) -> Transcript {
@@ -89,6 +138,7 @@ pub(crate) struct Utterances {
     queue: VecDeque<Utterance>,
     rate: u32,
     tolerance: u64,
+    slack: u64,
     cap: u64,
     buffered: u64,
     warned: bool,
@@ -101,6 +151,7 @@ impl Utterances {
             queue: VecDeque::new(),
             rate,
             tolerance: duration_to_samples(TOLERANCE, rate),
+            slack: duration_to_samples(SLACK, rate),
             cap: duration_to_samples(max_buffered, rate).max(1),
             buffered: 0,
             warned: false,
@@ -116,6 +167,8 @@ impl Utterances {
             conn_end: None,
             ended: false,
             finalized: Vec::new(),
+            had_audio: false,
+            pending_interim: false,
             first_word: None,
             covered: position,
             got_result: false,
@@ -136,9 +189,7 @@ impl Utterances {
 
     /// Whether any utterance with audio awaits its final.
     pub(crate) fn in_progress(&self) -> bool {
-        self.queue
-            .iter()
-            .any(|u| u.has_audio() || !u.frames.is_empty())
+        self.queue.iter().any(|u| u.had_audio)
     }
 
     /// The earliest deadline of a final.
@@ -158,6 +209,7 @@ impl Utterances {
             return;
         };
         self.buffered += frame.len() as u64;
+        u.had_audio = true;
         u.frames.push_back(frame);
         while self.buffered > self.cap {
             let Some(old) = self.queue.iter_mut().find_map(|u| u.frames.pop_front()) else {
@@ -178,7 +230,7 @@ impl Utterances {
     /// finalize); otherwise marks it ended and says so.
     pub(crate) fn end_open(&mut self) -> bool {
         match self.queue.back_mut() {
-            Some(u) if !u.ended && u.frames.is_empty() && !u.has_audio() => {
+            Some(u) if !u.ended && !u.had_audio => {
                 self.queue.pop_back();
                 false
             }
@@ -191,46 +243,65 @@ impl Utterances {
     }
 
     /// What a `Results` message means for the utterances: the transcripts
-    /// to emit (interims, or the one final that closes an utterance).
+    /// to emit (interims, or the finals of the utterances it closes).
     pub(crate) fn on_results(&mut self, r: &Results, timeline: &Timeline) -> Vec<Transcript> {
-        let (rs, re) = (
-            seconds_to_samples(r.start, self.rate),
-            seconds_to_samples(r.end(), self.rate),
-        );
+        let sent = timeline.sent();
+        let rs = seconds_to_samples(r.start, self.rate).min(sent);
+        let re = seconds_to_samples(r.end(), self.rate).clamp(rs, sent);
         let answers_end = r.is_final && (r.from_finalize || r.speech_final);
         let tol = self.tolerance;
-        let idx = self.queue.iter().position(|u| {
-            u.has_audio()
-                && match u.conn_end {
-                    None => true,
-                    Some(end) => rs + tol < end || (answers_end && re + tol >= end),
-                }
-        });
+        // The server is past every ended utterance this result starts after.
+        let mut out = match self.queue.iter().rposition(|u| {
+            u.conn_end
+                .is_some_and(|end| end <= rs.saturating_add(self.slack))
+        }) {
+            Some(past) => self.close(past),
+            None => Vec::new(),
+        };
+        let slack = self.slack;
+        let idx = self
+            .queue
+            .iter()
+            .rposition(|u| u.conn_start.is_some_and(|s| s <= rs.saturating_add(slack)));
         let Some(idx) = idx else {
             tracing::debug!("deepgram: a result for no unfinished utterance is dropped");
-            return Vec::new();
+            return out;
         };
         let u = &mut self.queue[idx];
         u.got_result = true;
         let best = r.best();
         let text = best.map_or("", |a| a.transcript.trim());
-        if u.first_word.is_none() {
-            u.first_word = best
-                .and_then(|a| a.words.first())
-                .map(|w| timeline.to_input(seconds_to_samples(w.start, self.rate), false));
+        if u.first_word.is_none() && !text.is_empty() {
+            u.first_word = best.and_then(|a| a.words.first()).map(|w| {
+                timeline.to_input(seconds_to_samples(w.start, self.rate).min(sent), false)
+            });
         }
         let covered = timeline.to_input(re, true);
-        if r.is_final && !text.is_empty() {
-            u.finalized.push(text.to_string());
+        if r.is_final {
+            let repeat = u.finalized.last().is_some_and(|f| covered <= f.end);
+            if repeat {
+                tracing::debug!("deepgram: a final repeating one already kept is dropped");
+            } else if u.finalized.len() >= MAX_FINALS {
+                tracing::warn!("deepgram: more finals than the cap for one utterance; dropped");
+            } else {
+                u.finalized.push(Final {
+                    text: text.to_string(),
+                    end: covered,
+                });
+            }
+            u.pending_interim = false;
+        } else if !text.is_empty() {
+            u.pending_interim = true;
         }
         if r.is_final || !text.is_empty() {
             u.covered = u.covered.max(covered);
         }
-        let closes = answers_end && u.conn_end.is_some_and(|end| re + tol >= end);
+        let closes = answers_end && u.conn_end.is_some_and(|end| re.saturating_add(tol) >= end);
         if closes {
-            return self.close(idx);
+            out.extend(self.close(idx));
+            return out;
         }
-        let mut words = u.finalized.join(" ");
+        let mut words = u.words();
         if !r.is_final && !text.is_empty() {
             if !words.is_empty() {
                 words.push(' ');
@@ -238,10 +309,46 @@ impl Utterances {
             words.push_str(text);
         }
         if words.is_empty() || u.last_interim.as_deref() == Some(words.as_str()) {
-            return Vec::new();
+            return out;
         }
         u.last_interim = Some(words.clone());
-        vec![u.transcript(words, false)]
+        out.push(u.transcript(words, false));
+        out
+    }
+
+    /// The final deadline passed at `now`: the finals of the overdue
+    /// utterances that have results and no interim awaiting a final, or
+    /// `None` when one of them would lose words (a failure).
+    pub(crate) fn expire(&mut self, now: Instant) -> Option<Vec<Transcript>> {
+        let Some(idx) = self
+            .queue
+            .iter()
+            .rposition(|u| u.final_due.is_some_and(|d| d <= now))
+        else {
+            return Some(Vec::new());
+        };
+        let lossy = self.queue.iter().take(idx + 1).any(|u| {
+            u.had_audio && (u.pending_interim || (!u.got_result && u.finalized.is_empty()))
+        });
+        if lossy {
+            return None;
+        }
+        tracing::debug!("deepgram: a final overdue; emitting what was finalized");
+        Some(self.close(idx))
+    }
+
+    /// Before a resend: the finals of the ended utterances whose audio the
+    /// cap dropped entirely (nothing of them can be heard again).
+    pub(crate) fn close_emptied(&mut self) -> Vec<Transcript> {
+        let emptied = self
+            .queue
+            .iter()
+            .take_while(|u| u.ended && u.frames.is_empty())
+            .count();
+        match emptied {
+            0 => Vec::new(),
+            n => self.close(n - 1),
+        }
     }
 
     /// `UtteranceEnd`: closes the oldest utterance awaiting its final when
@@ -252,8 +359,8 @@ impl Utterances {
         silence: Duration,
     ) -> Vec<Transcript> {
         let heard_to = seconds_to_samples(last_word_end, self.rate)
-            + duration_to_samples(silence, self.rate)
-            + self.tolerance;
+            .saturating_add(duration_to_samples(silence, self.rate))
+            .saturating_add(self.tolerance);
         let Some((idx, end)) = self
             .queue
             .iter()
@@ -290,10 +397,13 @@ impl Utterances {
             };
             let held: u64 = u.frames.iter().map(|f| f.len() as u64).sum();
             self.buffered = self.buffered.saturating_sub(held);
-            if u.has_audio() || !u.frames.is_empty() {
-                out.push(u.transcript(u.finalized.join(" "), true));
+            if u.had_audio {
+                out.push(u.transcript(u.words(), true));
             }
         }
         out
     }
 }
+
+#[cfg(test)]
+mod tests;

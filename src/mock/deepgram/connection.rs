@@ -31,6 +31,9 @@ struct Heard {
     start: u64,
     /// Words already sent in an interim.
     interim_words: usize,
+    /// Its words went out in an early `speech_final`: the rest of its
+    /// audio gets none.
+    done: bool,
 }
 
 pub(super) async fn serve(socket: TcpStream, shared: Arc<Shared>) {
@@ -164,7 +167,15 @@ async fn run(ws: &mut Ws, shared: &Shared, stream: &Stream) {
                 let h = heard.get_or_insert(Heard {
                     start: at,
                     interim_words: 0,
+                    done: false,
                 });
+                if let Some(c) = &script.close_after_bytes
+                    && received >= c.after_bytes
+                {
+                    shared.count(|s| s.coded_closes += 1);
+                    let _ = ws.send(close(CloseCode::from(c.code), &c.reason)).await;
+                    return drain(ws).await;
+                }
                 if let Some(limit) = script.drop_after_bytes
                     && received >= limit
                 {
@@ -186,10 +197,26 @@ async fn run(ws: &mut Ws, shared: &Shared, stream: &Stream) {
                         .await;
                     continue;
                 }
+                if h.done {
+                    continue;
+                }
                 let samples = received / stream.bytes_per_sample;
                 let complete = ((samples - h.start) / span) as usize;
                 let words = words_of(shared);
                 let complete = complete.min(words.len());
+                if script.early_speech_final && !words.is_empty() && complete == words.len() {
+                    h.done = true;
+                    *shared
+                        .next_utterance
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner()) += 1;
+                    let r = results(&words, h.start, samples, span, stream, Kind::SpeechFinal);
+                    answered += 1;
+                    if !send(ws, shared, r).await {
+                        return;
+                    }
+                    continue;
+                }
                 if stream.interim && complete > h.interim_words {
                     h.interim_words = complete;
                     let r = results(
@@ -217,6 +244,18 @@ async fn run(ws: &mut Ws, shared: &Shared, stream: &Stream) {
                         if stalled(script, answered) {
                             continue;
                         }
+                        let early = heard.as_ref().is_some_and(|h| h.done);
+                        if early || script.finalize_unanswered {
+                            if heard.take().is_some_and(|h| !h.done) {
+                                *shared
+                                    .next_utterance
+                                    .lock()
+                                    .unwrap_or_else(|e| e.into_inner()) += 1;
+                            }
+                            if script.finalize_unanswered {
+                                continue;
+                            }
+                        }
                         let samples = received / stream.bytes_per_sample;
                         answered += 1;
                         if !finish(ws, shared, stream, heard.take(), samples, span, false).await {
@@ -229,7 +268,8 @@ async fn run(ws: &mut Ws, shared: &Shared, stream: &Stream) {
                             continue;
                         }
                         let samples = received / stream.bytes_per_sample;
-                        if !finish(ws, shared, stream, heard.take(), samples, span, true).await {
+                        let h = heard.take().filter(|h| !h.done);
+                        if !finish(ws, shared, stream, h, samples, span, true).await {
                             return;
                         }
                         let meta = json!({"type": "Metadata", "request_id": "mock-request",

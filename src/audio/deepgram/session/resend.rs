@@ -11,15 +11,19 @@ use tokio_tungstenite::tungstenite::Message;
 impl Session {
     /// Opens a new socket and sends again what the unfinished utterances
     /// said (and their `Finalize`, and `CloseStream` when the input is
-    /// over), with backoff between attempts.
+    /// over). One budget of attempts covers every reconnect until the next
+    /// final; every attempt but the budget's first waits the backoff,
+    /// doubling.
     pub(super) async fn reconnect(&mut self) -> Flow {
         let mut last = SpeechFailure::Dropped;
-        let mut backoff = self.config.reconnect_backoff;
-        for attempt in 0..self.config.reconnect_attempts {
-            if attempt > 0 {
+        while self.reconnects < self.config.reconnect_attempts {
+            if self.reconnects > 0 {
+                let doublings = (self.reconnects - 1).min(16);
+                let backoff = self.config.reconnect_backoff.saturating_mul(1 << doublings);
                 tokio::time::sleep(backoff).await;
-                backoff = backoff.saturating_mul(2);
             }
+            let attempt = self.reconnects;
+            self.reconnects += 1;
             if self.out.is_closed() {
                 return Flow::End;
             }
@@ -39,17 +43,23 @@ impl Session {
             if self.resend().await {
                 return Flow::Continue;
             }
+            if self.out.is_closed() {
+                return Flow::End;
+            }
             last = SpeechFailure::Dropped;
         }
-        self.fail(last).await;
+        self.fail(last);
         Flow::End
     }
 
     /// On a fresh socket: the unfinished utterances' audio again.
     async fn resend(&mut self) -> bool {
         self.timeline.reset();
-        self.result_due = None;
         self.close_due = None;
+        // Utterances whose audio the cap dropped entirely get their finals
+        // now: nothing of them is resent.
+        let emptied = self.utterances.close_emptied();
+        self.emit(emptied);
         let now = Instant::now();
         self.keep_alive_at = now + self.config.keep_alive;
         let first = self.config.first_result_timeout;
@@ -63,18 +73,23 @@ impl Session {
             }
             if u.ended && u.has_audio() {
                 u.conn_end = Some(self.timeline.sent());
-                u.final_due = Some(now + first);
+                // The deadline it had stands: a resend does not renew it.
+                u.final_due.get_or_insert(now + first);
                 if self.input_open {
                     messages.push(control("Finalize"));
                 }
             }
         }
-        if messages.iter().any(|m| m.is_binary()) {
+        let open_resent = self.utterances.open().is_some_and(|u| u.has_audio());
+        if !open_resent {
+            self.result_due = None;
+        } else if self.result_due.is_none() {
             self.result_due = Some((now + first, SpeechFailure::FirstOutputTimeout(first)));
         }
         let input_over = !self.input_open;
         for m in messages {
-            if !self.send(m).await {
+            // A dropped Recognition ends the task, even mid-resend.
+            if self.out.is_closed() || !self.send(m).await {
                 return false;
             }
         }
