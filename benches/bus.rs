@@ -28,6 +28,7 @@ fn bench(c: &mut Criterion) {
                     bus.publish_user(EventKind::UserTranscript {
                         text: token.clone(),
                         is_final: false,
+                        heard: None,
                     })
                     .unwrap();
                 }
