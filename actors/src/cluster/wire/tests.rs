@@ -176,6 +176,7 @@ fn the_bytes_on_the_wire() {
         r#""interrupted","payload":{"heard_chars":4}}"#,
         r#""user_speech_started","payload":{}}"#,
         r#""user_transcript","payload":{"text":"hi","is_final":true}}"#,
+        r#""user_transcript","payload":{"text":"what is the weather","is_final":true,"heard":{"start":3200,"end":19840,"sample_rate":8000}}}"#,
         r#""speakable","payload":{"text":"Hi.","last":true}}"#,
         r#""speech_played","payload":{"chars":3}}"#,
         r#""user_speech_ended","payload":{}}"#,
