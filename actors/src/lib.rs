@@ -54,6 +54,7 @@ mod errors;
 mod ids;
 #[cfg(test)]
 mod interleavings;
+pub mod latency;
 mod llm_actor;
 mod reply;
 mod segmenter;

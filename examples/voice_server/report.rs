@@ -5,6 +5,8 @@
 //! `history` line per call when it ends (see docs/audio.md).
 
 use std::io::Write;
+
+use colloquy_actors::latency::{TurnLatency, TurnTimer};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -93,10 +95,17 @@ impl Printer {
                 let mut rx = session.subscribe();
                 let call = info.id.clone();
                 tokio::spawn(async move {
+                    // Each turn's latency breakdown, once it is known.
+                    let mut timer = TurnTimer::new();
                     loop {
                         match rx.recv().await {
-                            Ok(ev) => me.event(&call, ev.turn.0, &ev.kind),
-                            Err(BusRecvError::Lagged { .. }) => continue,
+                            Ok(ev) => {
+                                me.event(&call, ev.turn.0, &ev.kind);
+                                if let Some(r) = timer.observe(&ev, tokio::time::Instant::now()) {
+                                    me.latency(&call, &r);
+                                }
+                            }
+                            Err(BusRecvError::Lagged { .. }) => timer = TurnTimer::new(),
                             Err(_) => return,
                         }
                     }
@@ -127,6 +136,22 @@ impl Printer {
             }
             _ => {}
         }
+    }
+
+    /// A `turn_latency` line: where the turn's time went.
+    fn latency(&self, call: &str, r: &TurnLatency) {
+        let part = |v: Option<f64>| v.map_or("-".to_string(), |ms| format!("{ms:.0}"));
+        let human = format!(
+            "turn {} latency (ms): end of speech→final {}, final→request {}, request→first token {}, first token→speakable {}, speakable→heard {}; end to end {}",
+            r.turn.0,
+            part(r.speech_end_to_final_ms),
+            part(r.final_to_turn_start_ms),
+            part(r.turn_start_to_first_token_ms),
+            part(r.first_token_to_speakable_ms),
+            part(r.speakable_to_heard_ms),
+            part(r.end_to_end_ms)
+        );
+        self.emit(call, "turn_latency", r.to_json(), human);
     }
 
     fn event(&self, call: &str, turn: u64, kind: &EventKind) {

@@ -1,0 +1,274 @@
+//! Where each turn's time went: a per-turn latency report read off the
+//! session's bus.
+//!
+//! Operators judge a voice agent by the gaps a caller hears: the end of
+//! their speech → the final transcript → the model's request → its first
+//! token → the first sentence ready to speak → the first word heard. Every
+//! one of those moments is a bus event, so a [`TurnTimer`] — a plain state
+//! machine fed events and the instants they were seen — measures them
+//! without touching the session, and [`turn_reports`] runs one on a bus
+//! subscription:
+//!
+//! ```text
+//!  UserSpeechEnded ─▶ UserTranscript(final) ─▶ TurnStarted ─▶ Token ─▶ Speakable ─▶ SpeechPlayed
+//!        └─ speech_end_to_final ─┘└ final_to_turn_start ┘└ to_first_token ┘└ to_speakable ┘└ to_heard ┘
+//!        └──────────────────────────────── end_to_end ─────────────────────────────────────────────┘
+//! ```
+//!
+//! A turn started before the caller's final transcript (preemptive
+//! generation, promoted on a hit) has a negative `final_to_turn_start`: the
+//! model was already working. The report is ready once the turn finished
+//! generating and its first word was heard (or it can no longer be: a cut,
+//! the next turn); intervals whose events did not happen are `None`.
+//! "Heard" is the first `SpeechPlayed`: the first word whose audio the sink
+//! confirmed played.
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::bus::{BusEvent, BusRecvError, EventKind, TurnEnd};
+use crate::ids::TurnId;
+use crate::session::SessionHandle;
+use colloquy::llm::SelectionReason;
+
+/// One turn's latency breakdown, in milliseconds (see the module docs).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct TurnLatency {
+    /// The turn.
+    pub turn: TurnId,
+    /// How its generation ended.
+    pub end: TurnEnd,
+    /// The caller's end of speech → their final transcript.
+    pub speech_end_to_final_ms: Option<f64>,
+    /// The final transcript → the turn's start (its request); negative when
+    /// the turn started before it (preemptive generation).
+    pub final_to_turn_start_ms: Option<f64>,
+    /// The turn's start → its first token.
+    pub turn_start_to_first_token_ms: Option<f64>,
+    /// The first token → the first text ready to speak.
+    pub first_token_to_speakable_ms: Option<f64>,
+    /// The first speakable text → the first word heard.
+    pub speakable_to_heard_ms: Option<f64>,
+    /// The caller's end of speech → the first word heard.
+    pub end_to_end_ms: Option<f64>,
+    /// Pauses (confirmed mode) during its speech.
+    pub pauses: u32,
+    /// Resumes after a false interruption.
+    pub resumes: u32,
+    /// Characters heard when it was cut (`None`: not cut).
+    pub cut_at_chars: Option<usize>,
+    /// Providers that took over after another failed.
+    pub fallbacks: u32,
+    /// Hedge requests that answered first.
+    pub hedges: u32,
+}
+
+impl TurnLatency {
+    /// The report as a JSON object (`turn`, `end`, each interval, the
+    /// counts), for JSON-line outputs.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "turn": self.turn.0,
+            "end": self.end.label(),
+            "speech_end_to_final_ms": self.speech_end_to_final_ms,
+            "final_to_turn_start_ms": self.final_to_turn_start_ms,
+            "turn_start_to_first_token_ms": self.turn_start_to_first_token_ms,
+            "first_token_to_speakable_ms": self.first_token_to_speakable_ms,
+            "speakable_to_heard_ms": self.speakable_to_heard_ms,
+            "end_to_end_ms": self.end_to_end_ms,
+            "pauses": self.pauses,
+            "resumes": self.resumes,
+            "cut_at_chars": self.cut_at_chars,
+            "fallbacks": self.fallbacks,
+            "hedges": self.hedges,
+        })
+    }
+}
+
+/// The moments of the turn being measured.
+#[derive(Debug)]
+struct Open {
+    turn: TurnId,
+    speech_end: Option<Instant>,
+    final_at: Option<Instant>,
+    started: Instant,
+    first_token: Option<Instant>,
+    first_speakable: Option<Instant>,
+    first_heard: Option<Instant>,
+    end: Option<TurnEnd>,
+    pauses: u32,
+    resumes: u32,
+    cut_at_chars: Option<usize>,
+    fallbacks: u32,
+    hedges: u32,
+}
+
+/// Measures turns from bus events (see the module docs). Feed it every
+/// event of a session, in order, with the instant each was seen.
+#[derive(Debug, Default)]
+pub struct TurnTimer {
+    /// The caller's last end of speech and last final transcript, not yet
+    /// claimed by a turn.
+    speech_end: Option<Instant>,
+    final_at: Option<Instant>,
+    open: Option<Open>,
+}
+
+fn ms(from: Option<Instant>, to: Option<Instant>) -> Option<f64> {
+    Some(signed(from?, to?))
+}
+
+fn signed(from: Instant, to: Instant) -> f64 {
+    if to >= from {
+        (to - from).as_secs_f64() * 1000.0
+    } else {
+        -((from - to).as_secs_f64() * 1000.0)
+    }
+}
+
+impl TurnTimer {
+    /// A timer with nothing seen yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Takes the next event; returns a turn's report when it is ready.
+    pub fn observe(&mut self, event: &BusEvent, at: Instant) -> Option<TurnLatency> {
+        let mut ready = None;
+        match &event.kind {
+            EventKind::UserSpeechEnded => self.speech_end = Some(at),
+            EventKind::UserSpeechStarted => {
+                // A new utterance: an end of speech belongs to what follows.
+                self.speech_end = None;
+                self.final_at = None;
+            }
+            EventKind::UserTranscript { is_final: true, .. } => {
+                self.final_at = Some(at);
+                // A preemptive turn (started after the caller stopped, before
+                // the final): the final is its own. A turn without a caller
+                // behind it (a greeting) never claims one.
+                if let Some(o) = &mut self.open
+                    && o.final_at.is_none()
+                    && o.speech_end.is_some()
+                    && o.first_heard.is_none()
+                {
+                    o.final_at = Some(at);
+                    self.final_at = None;
+                }
+            }
+            EventKind::TurnStarted => {
+                ready = self.close();
+                self.open = Some(Open {
+                    turn: event.turn,
+                    speech_end: self.speech_end.take(),
+                    final_at: self.final_at.take(),
+                    started: at,
+                    first_token: None,
+                    first_speakable: None,
+                    first_heard: None,
+                    end: None,
+                    pauses: 0,
+                    resumes: 0,
+                    cut_at_chars: None,
+                    fallbacks: 0,
+                    hedges: 0,
+                });
+            }
+            kind => {
+                let Some(o) = self.open.as_mut().filter(|o| o.turn == event.turn) else {
+                    return None;
+                };
+                match kind {
+                    EventKind::Token(_) => {
+                        o.first_token.get_or_insert(at);
+                    }
+                    EventKind::Speakable { text, .. } if !text.trim().is_empty() => {
+                        o.first_speakable.get_or_insert(at);
+                    }
+                    EventKind::SpeechPlayed { chars } if *chars > 0 => {
+                        o.first_heard.get_or_insert(at);
+                    }
+                    EventKind::PlaybackPaused { .. } => o.pauses += 1,
+                    EventKind::PlaybackResumed { .. } => o.resumes += 1,
+                    EventKind::Interrupted { heard_chars } => {
+                        o.cut_at_chars = Some(*heard_chars);
+                        // Nothing more of it will be heard.
+                        if o.end.is_some() {
+                            return self.close();
+                        }
+                    }
+                    EventKind::ProviderSelected(choice) => match choice.reason {
+                        SelectionReason::Fallback => o.fallbacks += 1,
+                        SelectionReason::Hedge => o.hedges += 1,
+                        _ => {}
+                    },
+                    EventKind::TurnFinished(end) => o.end = Some(end.clone()),
+                    _ => {}
+                }
+                let o = self.open.as_ref()?;
+                let done = o.end.is_some()
+                    && (o.first_heard.is_some()
+                        || o.first_speakable.is_none()
+                        || o.cut_at_chars.is_some());
+                if done {
+                    return self.close();
+                }
+            }
+        }
+        ready
+    }
+
+    /// The open turn's report, if one is open and finished generating.
+    fn close(&mut self) -> Option<TurnLatency> {
+        let o = self.open.take()?;
+        let end = o.end.clone()?;
+        Some(TurnLatency {
+            turn: o.turn,
+            end,
+            speech_end_to_final_ms: ms(o.speech_end, o.final_at),
+            final_to_turn_start_ms: ms(o.final_at, Some(o.started)),
+            turn_start_to_first_token_ms: ms(Some(o.started), o.first_token),
+            first_token_to_speakable_ms: ms(o.first_token, o.first_speakable),
+            speakable_to_heard_ms: ms(o.first_speakable, o.first_heard),
+            end_to_end_ms: ms(o.speech_end, o.first_heard),
+            pauses: o.pauses,
+            resumes: o.resumes,
+            cut_at_chars: o.cut_at_chars,
+            fallbacks: o.fallbacks,
+            hedges: o.hedges,
+        })
+    }
+}
+
+/// Runs a [`TurnTimer`] on `session`'s bus: each turn's report as it is
+/// ready. The task ends with the session (or when the receiver is dropped);
+/// a subscriber that lagged reports the turns it could still see whole.
+pub fn turn_reports(session: &SessionHandle) -> mpsc::Receiver<TurnLatency> {
+    let mut rx = session.subscribe();
+    let (tx, reports) = mpsc::channel(16);
+    tokio::spawn(async move {
+        let mut timer = TurnTimer::new();
+        loop {
+            let event = tokio::select! {
+                e = rx.recv() => e,
+                () = tx.closed() => return,
+            };
+            match event {
+                Ok(e) => {
+                    if let Some(report) = timer.observe(&e, Instant::now())
+                        && tx.send(report).await.is_err()
+                    {
+                        return;
+                    }
+                }
+                Err(BusRecvError::Lagged { .. }) => timer = TurnTimer::new(),
+                Err(_) => return,
+            }
+        }
+    });
+    reports
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,172 @@
+//! The timer on scripted event sequences, at chosen instants.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use colloquy::llm::{ProviderChoice, SelectionReason};
+use tokio::time::Instant;
+
+use super::*;
+use crate::ids::SessionId;
+
+struct Script {
+    t0: Instant,
+    seq: u64,
+    timer: TurnTimer,
+}
+
+impl Script {
+    fn new() -> Self {
+        Self {
+            t0: Instant::now(),
+            seq: 0,
+            timer: TurnTimer::new(),
+        }
+    }
+
+    /// `kind` of `turn` seen at `ms` after the start.
+    fn at(&mut self, ms: u64, turn: u64, kind: EventKind) -> Option<TurnLatency> {
+        self.seq += 1;
+        let event = BusEvent {
+            session: SessionId::from("s"),
+            turn: TurnId(turn),
+            seq: self.seq,
+            kind,
+        };
+        self.timer
+            .observe(&event, self.t0 + Duration::from_millis(ms))
+    }
+}
+
+fn token() -> EventKind {
+    EventKind::Token(Arc::from("Sunny"))
+}
+
+fn speakable() -> EventKind {
+    EventKind::Speakable {
+        text: Arc::from("Sunny."),
+        last: false,
+    }
+}
+
+fn final_transcript() -> EventKind {
+    EventKind::UserTranscript {
+        text: Arc::from("what is the weather"),
+        is_final: true,
+        heard: None,
+    }
+}
+
+fn parts_add_up(r: &TurnLatency) {
+    let parts = [
+        r.speech_end_to_final_ms,
+        r.final_to_turn_start_ms,
+        r.turn_start_to_first_token_ms,
+        r.first_token_to_speakable_ms,
+        r.speakable_to_heard_ms,
+    ];
+    let sum: f64 = parts.iter().map(|p| p.expect("every part")).sum();
+    let total = r.end_to_end_ms.expect("end to end");
+    assert!((sum - total).abs() < 1e-6, "{sum} vs {total}");
+}
+
+#[test]
+fn a_turn_breaks_down_into_intervals_that_add_up() {
+    let mut s = Script::new();
+    assert_eq!(s.at(0, 0, EventKind::UserSpeechStarted), None);
+    assert_eq!(s.at(1_000, 0, EventKind::UserSpeechEnded), None);
+    assert_eq!(s.at(1_120, 0, final_transcript()), None);
+    assert_eq!(s.at(1_125, 1, EventKind::TurnStarted), None);
+    assert_eq!(s.at(1_430, 1, token()), None);
+    assert_eq!(s.at(1_470, 1, speakable()), None);
+    assert_eq!(s.at(1_900, 1, EventKind::TurnFinished(TurnEnd::Stop)), None);
+    let r = s
+        .at(2_010, 1, EventKind::SpeechPlayed { chars: 6 })
+        .expect("ready once heard");
+    assert_eq!(r.turn, TurnId(1));
+    assert_eq!(r.end, TurnEnd::Stop);
+    assert_eq!(r.speech_end_to_final_ms, Some(120.0));
+    assert_eq!(r.final_to_turn_start_ms, Some(5.0));
+    assert_eq!(r.turn_start_to_first_token_ms, Some(305.0));
+    assert_eq!(r.first_token_to_speakable_ms, Some(40.0));
+    assert_eq!(r.speakable_to_heard_ms, Some(540.0));
+    assert_eq!(r.end_to_end_ms, Some(1_010.0));
+    parts_add_up(&r);
+    assert_eq!(r.to_json()["end"], "stop");
+    // Later progress of the same turn reports nothing more.
+    assert_eq!(s.at(2_500, 1, EventKind::SpeechPlayed { chars: 20 }), None);
+}
+
+#[test]
+fn a_preemptive_turn_starts_before_the_final() {
+    let mut s = Script::new();
+    s.at(0, 0, EventKind::UserSpeechStarted);
+    s.at(800, 0, EventKind::UserSpeechEnded);
+    assert_eq!(s.at(850, 1, EventKind::TurnStarted), None);
+    assert_eq!(s.at(900, 0, final_transcript()), None);
+    s.at(1_100, 1, token());
+    s.at(1_150, 1, speakable());
+    s.at(1_200, 1, EventKind::TurnFinished(TurnEnd::Stop));
+    let r = s
+        .at(1_300, 1, EventKind::SpeechPlayed { chars: 3 })
+        .unwrap();
+    assert_eq!(r.final_to_turn_start_ms, Some(-50.0));
+    assert_eq!(r.end_to_end_ms, Some(500.0));
+    parts_add_up(&r);
+}
+
+#[test]
+fn a_cut_turn_reports_what_was_heard_and_the_providers_that_served() {
+    let mut s = Script::new();
+    s.at(0, 0, EventKind::UserSpeechEnded);
+    s.at(100, 0, final_transcript());
+    s.at(110, 1, EventKind::TurnStarted);
+    let fallback = ProviderChoice {
+        index: 1,
+        label: Arc::from("backup"),
+        base_url: Arc::from("http://127.0.0.1:1/v1"),
+        reason: SelectionReason::Fallback,
+        continuation: false,
+    };
+    s.at(300, 1, EventKind::ProviderSelected(Arc::new(fallback)));
+    s.at(400, 1, token());
+    s.at(420, 1, speakable());
+    s.at(600, 1, EventKind::SpeechPlayed { chars: 5 });
+    s.at(700, 1, EventKind::PlaybackPaused { heard_chars: 9 });
+    s.at(900, 1, EventKind::PlaybackResumed { heard_chars: 9 });
+    assert_eq!(
+        s.at(1_000, 1, EventKind::Interrupted { heard_chars: 14 }),
+        None
+    );
+    let r = s
+        .at(1_001, 1, EventKind::TurnFinished(TurnEnd::Cancelled))
+        .expect("ready at its end");
+    assert_eq!(r.end, TurnEnd::Cancelled);
+    assert_eq!(r.cut_at_chars, Some(14));
+    assert_eq!((r.pauses, r.resumes, r.fallbacks, r.hedges), (1, 1, 1, 0));
+    assert_eq!(r.end_to_end_ms, Some(600.0));
+    parts_add_up(&r);
+}
+
+#[test]
+fn a_turn_with_nothing_to_say_and_a_greeting_without_the_caller() {
+    let mut s = Script::new();
+    // A greeting: the agent speaks first; no caller timings.
+    s.at(0, 1, EventKind::TurnStarted);
+    s.at(300, 1, token());
+    s.at(320, 1, speakable());
+    s.at(400, 1, EventKind::TurnFinished(TurnEnd::Stop));
+    // The next turn starts before the greeting was heard: it reports then.
+    let r = s
+        .at(500, 2, EventKind::TurnStarted)
+        .expect("closed by the next");
+    assert_eq!(r.turn, TurnId(1));
+    assert_eq!((r.speech_end_to_final_ms, r.end_to_end_ms), (None, None));
+    assert_eq!(r.turn_start_to_first_token_ms, Some(300.0));
+    assert_eq!(r.speakable_to_heard_ms, None);
+    // A tool round with no speech ends at once.
+    let r = s
+        .at(900, 2, EventKind::TurnFinished(TurnEnd::ToolCalls))
+        .expect("nothing to hear");
+    assert_eq!(r.end, TurnEnd::ToolCalls);
+}
