@@ -176,9 +176,7 @@ impl TurnTimer {
                 });
             }
             kind => {
-                let Some(o) = self.open.as_mut().filter(|o| o.turn == event.turn) else {
-                    return None;
-                };
+                let o = self.open.as_mut().filter(|o| o.turn == event.turn)?;
                 match kind {
                     EventKind::Token(_) => {
                         o.first_token.get_or_insert(at);
