@@ -30,6 +30,7 @@ mod client;
 mod config;
 mod error;
 mod event;
+mod genai;
 mod options;
 mod parse;
 mod read_gap;

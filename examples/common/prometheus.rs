@@ -15,11 +15,21 @@ pub const BUCKETS: [f64; 16] = [
     10.0, 30.0,
 ];
 
+/// Tokens (the GenAI conventions' recommended boundaries): 1 … 4 194 304.
+pub const TOKEN_BUCKETS: [f64; 12] = [
+    1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0,
+];
+
 /// Installs the Prometheus recorder as the process's and serves it on
 /// `addr` (port 0: any); returns where.
 pub async fn serve(addr: SocketAddr) -> Result<SocketAddr, Box<dyn std::error::Error>> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &BUCKETS)?
+        // The GenAI conventions' metrics (seconds, and tokens).
+        .set_buckets_for_metric(Matcher::Suffix(".duration".into()), &BUCKETS)?
+        .set_buckets_for_metric(Matcher::Suffix("time_to_first_chunk".into()), &BUCKETS)?
+        .set_buckets_for_metric(Matcher::Suffix("token.usage".into()), &TOKEN_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Suffix("_tokens".into()), &TOKEN_BUCKETS)?
         .install_recorder()?;
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;

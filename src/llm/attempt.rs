@@ -38,6 +38,7 @@ use tracing::Instrument;
 use super::config::{RetryPolicy, StreamLimits};
 use super::error::LlmError;
 use super::event::{RequestsSent, Retrying, StreamEvent};
+use super::genai;
 use super::parse::{ChunkParser, provider_error};
 use super::read_gap::ReadGap;
 use super::sse::{ByteSource, SseSource, guarded};
@@ -95,6 +96,8 @@ pub(crate) struct RequestDriver {
     /// The backoff to wait before the next request (set by a retry).
     backoff: Option<Duration>,
     first_output_recorded: bool,
+    /// The request's end was recorded (GenAI duration).
+    end_recorded: bool,
     /// Start of the current output gap: the first wait after the model's
     /// last progress (for published output: when the consumer came back for
     /// more, so a slow consumer does not look like a slow model).
@@ -143,6 +146,7 @@ impl RequestDriver {
             attempt_started: Instant::now(),
             backoff: None,
             first_output_recorded: false,
+            end_recorded: false,
             gap_anchor: Instant::now(),
             gap_progress: 0,
             committed: false,
@@ -176,6 +180,18 @@ impl RequestDriver {
         ))
     }
 
+    /// The request's duration, once (GenAI conventions), when it ends.
+    fn record_end(&mut self, error: Option<&'static str>) {
+        if self.end_recorded {
+            return;
+        }
+        self.end_recorded = true;
+        if let Some(c) = &self.connector {
+            let secs = self.attempt_started.elapsed().as_secs_f64();
+            genai::finished(c.provider_name(), c.model(), secs, error);
+        }
+    }
+
     /// Decides between retrying and failing.
     fn fail(&mut self, error: LlmError) -> Failure {
         let Some(connector) = &self.connector else {
@@ -203,22 +219,30 @@ impl RequestDriver {
                 // Metadata and retry notices are per request: a retry may follow.
                 self.committed |=
                     !matches!(ev, StreamEvent::Metadata { .. } | StreamEvent::Retrying(_));
-                if !self.first_output_recorded
-                    && self.state.emitted_output
-                    && self.connector.is_some()
-                {
-                    self.first_output_recorded = true;
-                    metrics::histogram!("colloquy_llm_time_to_first_token_seconds")
-                        .record(self.attempt_started.elapsed().as_secs_f64());
+                if let Some(c) = &self.connector {
+                    if !self.first_output_recorded && self.state.emitted_output {
+                        self.first_output_recorded = true;
+                        let secs = self.attempt_started.elapsed().as_secs_f64();
+                        metrics::histogram!("colloquy_llm_time_to_first_token_seconds")
+                            .record(secs);
+                        genai::first_chunk(c.provider_name(), c.model(), secs);
+                    }
+                    if let StreamEvent::Usage(u) = &ev {
+                        genai::usage(c.provider_name(), c.model(), u);
+                    }
                 }
                 return Some(Ok(ev));
             }
             if let Some(error) = self.error.take() {
+                self.record_end(Some(error.kind()));
                 return Some(Err(error));
             }
             let span = self.span.clone();
             let result = match &mut self.phase {
-                Phase::Done => return None,
+                Phase::Done => {
+                    self.record_end(None);
+                    return None;
+                }
                 Phase::Connect => self.connect().instrument(span).await,
                 Phase::Body(_) => self.read().instrument(span).await,
             };

@@ -189,9 +189,12 @@ impl ChatClient {
             body.to_bytes()
                 .map_err(|e| LlmError::UnexpectedBody(e.to_string()))?,
         );
-        let prepared = self
-            .inner
-            .prepare(&options.extra_headers, &options.extra_query, body)?;
+        let prepared = self.inner.prepare(
+            &options.extra_headers,
+            &options.extra_query,
+            body,
+            &options.model,
+        )?;
         metrics::counter!("colloquy_llm_requests_total").increment(1);
         let sent = RequestsSent::default();
         let events = attempt::request(

@@ -159,6 +159,7 @@ impl ClientInner {
         extra_headers: &[(String, String)],
         extra_query: &[(String, String)],
         body: Bytes,
+        model: &str,
     ) -> Result<Prepared, LlmError> {
         let mut headers = self.headers.clone();
         for (name, value) in extra_headers {
@@ -172,7 +173,12 @@ impl ClientInner {
                 q.append_pair(k, v);
             }
         }
-        Ok(Prepared { url, headers, body })
+        Ok(Prepared {
+            url,
+            headers,
+            body,
+            model: Arc::from(model),
+        })
     }
 }
 
@@ -181,6 +187,8 @@ pub(crate) struct Prepared {
     url: reqwest::Url,
     headers: HeaderMap,
     body: Bytes,
+    /// The model it asks for (metrics' `gen_ai.request.model`).
+    model: Arc<str>,
 }
 
 /// What a successful HTTP exchange produced.
@@ -315,6 +323,16 @@ impl Connector {
 
     pub(crate) fn label(&self) -> &str {
         &self.client.label
+    }
+
+    /// The model the request asks for.
+    pub(crate) fn model(&self) -> &str {
+        &self.request.model
+    }
+
+    /// `openai` or `azure`.
+    pub(crate) fn provider_name(&self) -> &'static str {
+        self.client.provider_name
     }
 
     pub(crate) async fn send(&self) -> Result<Connected, LlmError> {

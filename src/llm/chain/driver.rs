@@ -111,6 +111,7 @@ impl ChainDriver {
             &request.extra_headers,
             &request.extra_query,
             bytes::Bytes::new(),
+            "",
         )?;
         let n = chain.providers.len();
         Ok(Self {

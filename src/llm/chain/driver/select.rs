@@ -137,10 +137,17 @@ impl ChainDriver {
             &self.chain.instruction,
         )?;
         let prompt_bytes = body.len();
-        let prepared =
-            entry
-                .client
-                .prepare(&self.request.extra_headers, &self.request.extra_query, body)?;
+        let model = entry
+            .model
+            .as_deref()
+            .or_else(|| self.request.base["model"].as_str())
+            .unwrap_or("");
+        let prepared = entry.client.prepare(
+            &self.request.extra_headers,
+            &self.request.extra_query,
+            body,
+            model,
+        )?;
         let stream = attempt::request(
             &entry.client,
             prepared,
