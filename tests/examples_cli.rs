@@ -114,6 +114,7 @@ const FLAGS: [(&str, &[&str]); 4] = [
             "--json",
             "--nats",
             "--turn-gap-ms",
+            "--plot",
         ],
     ),
     (
@@ -323,4 +324,81 @@ async fn voice_server_describes_its_flags_and_refuses_bad_ones() {
         stdout.contains("--twilio") && stdout.contains("--calls"),
         "{stdout}"
     );
+}
+
+/// Checks that `svg` is well formed: every element closed, in order, no
+/// stray `<`; returns the texts of its `<text>` elements.
+fn svg_texts(svg: &str) -> Vec<String> {
+    let mut stack: Vec<String> = Vec::new();
+    let mut texts = Vec::new();
+    let mut rest = svg;
+    while let Some(open) = rest.find('<') {
+        let (before, after) = rest.split_at(open);
+        if stack.last().is_some_and(|t| t == "text") && !before.trim().is_empty() {
+            texts.push(before.trim().to_string());
+        }
+        let close = after.find('>').expect("an unclosed tag");
+        let tag = &after[1..close];
+        assert!(!tag.contains('<'), "a stray < in {tag:?}");
+        if let Some(name) = tag.strip_prefix('/') {
+            assert_eq!(
+                stack.pop().as_deref(),
+                Some(name.trim()),
+                "mismatched </{name}>"
+            );
+        } else if !tag.ends_with('/') {
+            stack.push(tag.split_whitespace().next().unwrap_or("").to_string());
+        }
+        rest = &after[close + 1..];
+    }
+    assert!(stack.is_empty(), "unclosed: {stack:?}");
+    texts
+}
+
+/// `loadgen --plot`: an SVG of the run's latency distributions, well formed,
+/// each measured latency named with its p50, p90 and p99.
+#[tokio::test]
+async fn loadgen_plots_its_latency_distributions() {
+    let dir = std::env::temp_dir().join(format!("colloquy-plot-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("run.svg");
+    let path_arg = path.to_str().unwrap().to_string();
+    let (stdout, stderr, code) = run(
+        "loadgen",
+        &[
+            "--sessions",
+            "8",
+            "--turns",
+            "2",
+            "--cancel-after-tokens",
+            "3",
+            "--json",
+            "--plot",
+            &path_arg,
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{stdout} {stderr}");
+    let svg = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        svg.starts_with("<svg xmlns=\"http://www.w3.org/2000/svg\""),
+        "{svg}"
+    );
+    let texts = svg_texts(&svg);
+    for series in ["time to first token", "cancel → TurnFinished"] {
+        let at = texts
+            .iter()
+            .position(|t| t == series)
+            .unwrap_or_else(|| panic!("{series} not drawn: {texts:?}"));
+        // Its row: the sample count, then p50, p90, p99 with their values.
+        let row = &texts[at + 1..at + 5];
+        assert!(row[0].ends_with("samples"), "{row:?}");
+        for (label, text) in ["p50 ", "p90 ", "p99 "].iter().zip(&row[1..]) {
+            assert!(
+                text.starts_with(label) && text.len() > 4,
+                "{series}: {row:?}"
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(dir);
 }

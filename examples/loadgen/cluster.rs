@@ -366,6 +366,8 @@ pub(crate) async fn run(args: ClusterArgs) -> Result<bool, Box<dyn std::error::E
     t.cancel_us.sort_unstable();
     t.failover_us.sort_unstable();
     let ms = |us: u64| (us as f64 / 10.0).round() / 100.0;
+    crate::plot::record("time to first token", &t.ttft_us);
+    crate::plot::record("cancel → TurnFinished", &t.cancel_us);
     let summary = json!({
         "mode": "cluster",
         "sessions": args.sessions,

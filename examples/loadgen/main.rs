@@ -166,6 +166,10 @@ struct Args {
     /// decode it then (no interims; see PocketSphinxConfig::decode_at_end)
     #[arg(long)]
     pub(crate) decode_at_end: bool,
+    /// Draw the run's latency distributions (every sample, p50, p90, p99) to
+    /// this SVG file
+    #[arg(long, value_name = "FILE.svg")]
+    pub(crate) plot: Option<std::path::PathBuf>,
     /// Pause between a session's turns (milliseconds)
     #[arg(long, value_name = "MS", default_value_t = 0)]
     pub(crate) turn_gap_ms: u64,
@@ -225,6 +229,7 @@ impl Args {
 
 #[cfg(feature = "nats")]
 mod cluster;
+mod plot;
 
 /// Cluster mode (`--nats`).
 #[cfg(feature = "nats")]
@@ -303,15 +308,22 @@ async fn run_twilio(_url: String, _a: &Args) -> ExitCode {
 async fn main() -> ExitCode {
     driver::epoch();
     let (args, matches) = common::parse::<Args>();
-    if let Some(url) = args.twilio.clone() {
-        return run_twilio(url, &args).await;
+    let picture = args.plot.clone();
+    let code = if let Some(url) = args.twilio.clone() {
+        run_twilio(url, &args).await
+    } else if let Some(url) = args.nats.clone() {
+        run_cluster(url, &args).await
+    } else {
+        let fallbacks = args.chain.fallbacks::<Args>(&matches);
+        match run::run(args, fallbacks).await {
+            Ok(code) => code,
+            Err(e) => return common::fail(e),
+        }
+    };
+    if let Some(path) = picture
+        && let Err(e) = plot::write(&path, "loadgen: latency distributions (log scale)")
+    {
+        return common::fail(format!("--plot {}: {e}", path.display()));
     }
-    let fallbacks = args.chain.fallbacks::<Args>(&matches);
-    if let Some(url) = args.nats.clone() {
-        return run_cluster(url, &args).await;
-    }
-    match run::run(args, fallbacks).await {
-        Ok(code) => code,
-        Err(e) => common::fail(e),
-    }
+    code
 }

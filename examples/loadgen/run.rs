@@ -165,6 +165,10 @@ pub(crate) async fn run(
         && t.orphan_calls == 0
         && tasks_left <= 0
         && buses_open == 0;
+    crate::plot::record("time to first token", &t.ttft_us);
+    crate::plot::record("cancel → TurnFinished", &t.cancel_us);
+    crate::plot::record("cancel → speaker silent", &t.speaker_cancel_us);
+    crate::plot::record("speech → PlaybackPaused", &t.pause_us);
     let mut summary = json!({
         "sessions": args.sessions,
         "idle_sessions": args.idle_sessions,

@@ -401,6 +401,10 @@ pub(crate) async fn run(
             .collect()
     };
     decision_to_clear.sort_unstable();
+    let ms_to_us = |v: &[u64]| v.iter().map(|m| m * 1000).collect::<Vec<_>>();
+    crate::plot::record("time to silence (onset → clear)", &ms_to_us(&silence));
+    crate::plot::record("decision → clear at the phone", &decision_to_clear);
+    crate::plot::record("voice to voice", &ms_to_us(&v2v));
     let heard = own.then(|| {
         let k = kept.lock().unwrap();
         let per: Vec<_> = outcomes.iter().filter_map(|o| mismatch(&k, o)).collect();
