@@ -86,11 +86,11 @@ async fn a_browser_call_is_heard_answered_and_cut_where_the_page_played() {
         .await;
     browser
         .wait_for(
-            "window.colloquy.events.some(e => e.msg.type === 'cut') && window.colloquy.latencies.length > 0",
+            "window.colloquy.events.some(e => e.msg.type === 'cut') && window.colloquy.latencies.length > 0 && window.colloquy.reports.length > 0 && document.querySelectorAll('.waterfall span').length > 0",
             Duration::from_secs(30),
         )
         .await
-        .expect("the page shows the cut and the turn's latency");
+        .expect("the page shows the cut, the turn's latency and its waterfall");
     let page = browser
         .evaluate("JSON.stringify(window.colloquy)")
         .await
@@ -159,4 +159,25 @@ async fn a_browser_call_is_heard_answered_and_cut_where_the_page_played() {
     );
     assert_eq!(committed.0, full.chars().take(heard).collect::<String>());
     eprintln!("page latencies: {}", page["latencies"]);
+    // The waterfall's report: the cut turn's (the cut is in it), its
+    // intervals non-negative.
+    let report = page["reports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["turn"] == 1)
+        .expect("turn 1's latency report");
+    for k in [
+        "speech_end_to_final_ms",
+        "turn_start_to_first_token_ms",
+        "first_token_to_speakable_ms",
+        "speakable_to_heard_ms",
+        "end_to_end_ms",
+    ] {
+        let v = report[k]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{k} missing: {report}"));
+        assert!(v >= 0.0, "{k}: {report}");
+    }
+    assert!(report["cut_at_chars"].as_u64().is_some(), "{report}");
 }

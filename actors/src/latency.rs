@@ -17,9 +17,10 @@
 //!
 //! A turn started before the caller's final transcript (preemptive
 //! generation, promoted on a hit) has a negative `final_to_turn_start`: the
-//! model was already working. The report is ready once the turn finished
-//! generating and its first word was heard (or it can no longer be: a cut,
-//! the next turn); intervals whose events did not happen are `None`.
+//! model was already working. The report is ready once nothing more of the
+//! turn can happen: it finished generating and its speech was cut, played to
+//! its end, or never began (a tool round) — or the next turn started, or the
+//! session stopped; intervals whose events did not happen are `None`.
 //! "Heard" is the first `SpeechPlayed`: the first word whose audio the sink
 //! confirmed played.
 
@@ -56,7 +57,7 @@ pub struct TurnLatency {
     pub pauses: u32,
     /// Resumes after a false interruption.
     pub resumes: u32,
-    /// Characters heard when it was cut (`None`: not cut).
+    /// Characters heard when its speech was cut (`None`: not cut).
     pub cut_at_chars: Option<usize>,
     /// Providers that took over after another failed.
     pub fallbacks: u32,
@@ -96,6 +97,11 @@ struct Open {
     first_token: Option<Instant>,
     first_speakable: Option<Instant>,
     first_heard: Option<Instant>,
+    /// Characters of its speakable text, and whether the last segment came.
+    speakable_chars: usize,
+    speech_closed: bool,
+    /// Characters heard so far.
+    heard: usize,
     end: Option<TurnEnd>,
     pauses: u32,
     resumes: u32,
@@ -167,6 +173,9 @@ impl TurnTimer {
                     first_token: None,
                     first_speakable: None,
                     first_heard: None,
+                    speakable_chars: 0,
+                    speech_closed: false,
+                    heard: 0,
                     end: None,
                     pauses: 0,
                     resumes: 0,
@@ -181,20 +190,23 @@ impl TurnTimer {
                     EventKind::Token(_) => {
                         o.first_token.get_or_insert(at);
                     }
-                    EventKind::Speakable { text, .. } if !text.trim().is_empty() => {
-                        o.first_speakable.get_or_insert(at);
+                    EventKind::Speakable { text, last } => {
+                        if !text.trim().is_empty() {
+                            o.first_speakable.get_or_insert(at);
+                        }
+                        o.speakable_chars += text.chars().count();
+                        o.speech_closed |= *last;
                     }
-                    EventKind::SpeechPlayed { chars } if *chars > 0 => {
-                        o.first_heard.get_or_insert(at);
+                    EventKind::SpeechPlayed { chars } => {
+                        if *chars > 0 {
+                            o.first_heard.get_or_insert(at);
+                        }
+                        o.heard = o.heard.max(*chars);
                     }
                     EventKind::PlaybackPaused { .. } => o.pauses += 1,
                     EventKind::PlaybackResumed { .. } => o.resumes += 1,
                     EventKind::Interrupted { heard_chars } => {
                         o.cut_at_chars = Some(*heard_chars);
-                        // Nothing more of it will be heard.
-                        if o.end.is_some() {
-                            return self.close();
-                        }
                     }
                     EventKind::ProviderSelected(choice) => match choice.reason {
                         SelectionReason::Fallback => o.fallbacks += 1,
@@ -205,16 +217,31 @@ impl TurnTimer {
                     _ => {}
                 }
                 let o = self.open.as_ref()?;
+                // Done when nothing more of it can happen: generation ended
+                // and its speech was cut, played to its end, or never began
+                // (a tool round, a failure).
+                let spoken_out = o.speech_closed && o.heard >= o.speakable_chars;
+                let silent_end = matches!(
+                    o.end,
+                    Some(TurnEnd::ToolCalls | TurnEnd::Failed(_) | TurnEnd::ContentFilter)
+                ) && o.first_speakable.is_none();
                 let done = o.end.is_some()
-                    && (o.first_heard.is_some()
-                        || o.first_speakable.is_none()
-                        || o.cut_at_chars.is_some());
+                    && (o.cut_at_chars.is_some()
+                        || o.end == Some(TurnEnd::Cancelled)
+                        || spoken_out
+                        || silent_end);
                 if done {
                     return self.close();
                 }
             }
         }
         ready
+    }
+
+    /// The events ended (the session stopped): the open turn's report, if
+    /// it finished generating.
+    pub fn finish(&mut self) -> Option<TurnLatency> {
+        self.close()
     }
 
     /// The open turn's report, if one is open and finished generating.
@@ -261,7 +288,12 @@ pub fn turn_reports(session: &SessionHandle) -> mpsc::Receiver<TurnLatency> {
                     }
                 }
                 Err(BusRecvError::Lagged { .. }) => timer = TurnTimer::new(),
-                Err(_) => return,
+                Err(_) => {
+                    if let Some(report) = timer.finish() {
+                        let _ = tx.send(report).await;
+                    }
+                    return;
+                }
             }
         }
     });

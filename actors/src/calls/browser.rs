@@ -19,8 +19,10 @@
 //!   `agent` (a segment's `text`), `heard` (`chars` of the turn heard),
 //!   `paused`, `resumed`, `cut` (`heard_chars` after a finished reply's
 //!   speech was cut, or `end: "cancelled"` for a reply cut while
-//!   generating), `turn_finished` (`end`: the turn's end label) and
-//!   `error` (`message`). The page measures each turn's latency itself:
+//!   generating), `turn_finished` (`end`: the turn's end label),
+//!   `turn_latency` (the turn's breakdown, the fields of
+//!   [`TurnLatency::to_json`](crate::latency::TurnLatency::to_json)) and
+//!   `error` (`message`). The page measures each turn's latency itself too:
 //!   the last `speech_ended` to the first played report of the turn.
 //!
 //! A played report the page sent just before a `clear` reached it arrives

@@ -42,10 +42,11 @@ fn token() -> EventKind {
     EventKind::Token(Arc::from("Sunny"))
 }
 
+/// The turn's whole speech, "Sunny." (6 characters).
 fn speakable() -> EventKind {
     EventKind::Speakable {
         text: Arc::from("Sunny."),
-        last: false,
+        last: true,
     }
 }
 
@@ -107,11 +108,12 @@ fn a_preemptive_turn_starts_before_the_final() {
     s.at(1_100, 1, token());
     s.at(1_150, 1, speakable());
     s.at(1_200, 1, EventKind::TurnFinished(TurnEnd::Stop));
+    assert_eq!(s.at(1_300, 1, EventKind::SpeechPlayed { chars: 3 }), None);
     let r = s
-        .at(1_300, 1, EventKind::SpeechPlayed { chars: 3 })
+        .at(1_400, 1, EventKind::SpeechPlayed { chars: 6 })
         .unwrap();
     assert_eq!(r.final_to_turn_start_ms, Some(-50.0));
-    assert_eq!(r.end_to_end_ms, Some(500.0));
+    assert_eq!(r.end_to_end_ms, Some(500.0), "to the first word heard");
     parts_add_up(&r);
 }
 
@@ -155,7 +157,7 @@ fn a_turn_with_nothing_to_say_and_a_greeting_without_the_caller() {
     s.at(0, 1, EventKind::TurnStarted);
     s.at(300, 1, token());
     s.at(320, 1, speakable());
-    s.at(400, 1, EventKind::TurnFinished(TurnEnd::Stop));
+    assert_eq!(s.at(400, 1, EventKind::TurnFinished(TurnEnd::Stop)), None);
     // The next turn starts before the greeting was heard: it reports then.
     let r = s
         .at(500, 2, EventKind::TurnStarted)
@@ -169,4 +171,35 @@ fn a_turn_with_nothing_to_say_and_a_greeting_without_the_caller() {
         .at(900, 2, EventKind::TurnFinished(TurnEnd::ToolCalls))
         .expect("nothing to hear");
     assert_eq!(r.end, TurnEnd::ToolCalls);
+}
+
+#[test]
+fn a_report_waits_for_the_speech_to_end_and_counts_a_late_cut() {
+    let mut s = Script::new();
+    s.at(0, 0, EventKind::UserSpeechEnded);
+    s.at(100, 0, final_transcript());
+    s.at(110, 1, EventKind::TurnStarted);
+    s.at(400, 1, token());
+    s.at(420, 1, speakable());
+    // Generation ends long before the speech does.
+    assert_eq!(s.at(500, 1, EventKind::TurnFinished(TurnEnd::Stop)), None);
+    assert_eq!(s.at(700, 1, EventKind::SpeechPlayed { chars: 3 }), None);
+    assert_eq!(
+        s.at(800, 1, EventKind::PlaybackPaused { heard_chars: 3 }),
+        None
+    );
+    // The caller barges in during the tail: the cut is in the report.
+    let r = s
+        .at(900, 1, EventKind::Interrupted { heard_chars: 3 })
+        .expect("cut: nothing more to wait for");
+    assert_eq!(
+        (r.end, r.cut_at_chars, r.pauses),
+        (TurnEnd::Stop, Some(3), 1)
+    );
+    assert_eq!(r.end_to_end_ms, Some(700.0));
+    // A session that stops with a turn open reports it.
+    s.at(1_000, 2, EventKind::TurnStarted);
+    s.at(1_100, 2, EventKind::TurnFinished(TurnEnd::Stop));
+    let r = s.timer.finish().expect("the open turn at the end");
+    assert_eq!(r.turn, TurnId(2));
 }

@@ -1,6 +1,7 @@
 //! The browser's speaker: agent audio to the page's playback worklet, and
 //! its played reports back; plus the call's events for the page to show.
 
+use crate::latency::TurnTimer;
 use std::sync::Mutex;
 
 use axum::extract::ws::Message;
@@ -71,12 +72,24 @@ pub(crate) fn forward_events(
 ) -> AbortOnDrop {
     let mut rx = session.subscribe();
     AbortOnDrop(tokio::spawn(async move {
+        // Each turn's latency breakdown, for the page's waterfall.
+        let mut timer = TurnTimer::new();
         loop {
             let ev = match rx.recv().await {
                 Ok(ev) => ev,
-                Err(BusRecvError::Lagged { .. }) => continue,
+                Err(BusRecvError::Lagged { .. }) => {
+                    timer = TurnTimer::new();
+                    continue;
+                }
                 Err(_) => return,
             };
+            if let Some(report) = timer.observe(&ev, tokio::time::Instant::now()) {
+                let mut msg = report.to_json();
+                msg["type"] = serde_json::json!("turn_latency");
+                if out.send(Message::Text(msg.to_string().into())).is_err() {
+                    return;
+                }
+            }
             let turn = ev.turn.0;
             let msg = match &ev.kind {
                 EventKind::UserSpeechStarted => serde_json::json!({"type": "speech_started"}),
