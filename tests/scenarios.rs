@@ -289,6 +289,25 @@ async fn preemptive_hit_releases_the_reply_at_the_final() {
     let turn = run.lines[started]["turn"].as_u64().unwrap();
     assert_eq!(run.spoken(turn), "The capital of France is Paris.");
     assert_played_in_full(&run, turn);
+    // The turn's latency line: every interval, adding up to end to end.
+    let report = &run.of_turn("turn_latency", turn)[0];
+    assert_eq!(report["end"], "stop", "{report}");
+    let parts: f64 = [
+        "speech_end_to_final_ms",
+        "final_to_turn_start_ms",
+        "turn_start_to_first_token_ms",
+        "first_token_to_speakable_ms",
+        "speakable_to_heard_ms",
+    ]
+    .iter()
+    .map(|k| {
+        report[*k]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{k}: {report}"))
+    })
+    .sum();
+    let total = report["end_to_end_ms"].as_f64().unwrap();
+    assert!((parts - total).abs() < 0.01, "{report}");
     assert_eq!(
         run.history(),
         [
@@ -386,6 +405,7 @@ async fn the_default_demo_shows_every_behaviour() {
         "backchannel",
         "cut",
         "speculation",
+        "turn_latency",
         "history",
     ] {
         assert!(types.contains(&kind), "no {kind}: {types:?}");

@@ -40,7 +40,8 @@ pub struct TurnLatency {
     pub turn: TurnId,
     /// How its generation ended.
     pub end: TurnEnd,
-    /// The caller's end of speech → their final transcript.
+    /// The caller's end of speech → their final transcript; negative when
+    /// the recognizer finalized before voice activity ended.
     pub speech_end_to_final_ms: Option<f64>,
     /// The final transcript → the turn's start (its request); negative when
     /// the turn started before it (preemptive generation).
@@ -143,7 +144,20 @@ impl TurnTimer {
     pub fn observe(&mut self, event: &BusEvent, at: Instant) -> Option<TurnLatency> {
         let mut ready = None;
         match &event.kind {
-            EventKind::UserSpeechEnded => self.speech_end = Some(at),
+            EventKind::UserSpeechEnded => {
+                // A recognizer may finalize before voice activity ends (the
+                // turn already started on its final): the end is that turn's.
+                match &mut self.open {
+                    Some(o)
+                        if o.speech_end.is_none()
+                            && o.final_at.is_some()
+                            && o.first_heard.is_none() =>
+                    {
+                        o.speech_end = Some(at);
+                    }
+                    _ => self.speech_end = Some(at),
+                }
+            }
             EventKind::UserSpeechStarted => {
                 // A new utterance: an end of speech belongs to what follows.
                 self.speech_end = None;

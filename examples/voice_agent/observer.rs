@@ -72,6 +72,8 @@ pub(crate) struct Observer {
     pub(crate) backchannel: bool,
     /// The failed turns' messages.
     pub(crate) failures: Vec<String>,
+    /// Each turn's latency breakdown (`turn_latency` lines with `--json`).
+    pub(crate) timer: colloquy_actors::latency::TurnTimer,
 }
 
 impl Observer {
@@ -119,6 +121,9 @@ impl Observer {
 
     pub(crate) async fn event(&mut self, ev: BusEvent) {
         let now = Instant::now();
+        if let Some(r) = self.timer.observe(&ev, tokio::time::Instant::from_std(now)) {
+            self.out.json("turn_latency", r.to_json());
+        }
         let hooked = match ev.kind {
             EventKind::Interrupted { .. } | EventKind::TurnFinished(TurnEnd::Cancelled) => {
                 self.cuts += 1;

@@ -203,3 +203,21 @@ fn a_report_waits_for_the_speech_to_end_and_counts_a_late_cut() {
     let r = s.timer.finish().expect("the open turn at the end");
     assert_eq!(r.turn, TurnId(2));
 }
+
+#[test]
+fn a_final_before_the_end_of_speech_gives_a_negative_interval() {
+    let mut s = Script::new();
+    s.at(0, 0, EventKind::UserSpeechStarted);
+    s.at(1_300, 0, final_transcript());
+    s.at(1_301, 1, EventKind::TurnStarted);
+    assert_eq!(s.at(1_350, 0, EventKind::UserSpeechEnded), None);
+    s.at(1_400, 1, token());
+    s.at(1_410, 1, speakable());
+    s.at(1_500, 1, EventKind::TurnFinished(TurnEnd::Stop));
+    let r = s
+        .at(1_700, 1, EventKind::SpeechPlayed { chars: 6 })
+        .unwrap();
+    assert_eq!(r.speech_end_to_final_ms, Some(-50.0));
+    assert_eq!(r.end_to_end_ms, Some(350.0));
+    parts_add_up(&r);
+}
