@@ -367,6 +367,11 @@ impl Session {
         if self.utterances.in_progress() {
             return self.reconnect().await;
         }
+        if !self.input_open {
+            // Nothing more to send or hear: without this the stream would
+            // wait for nothing (no socket, no input, no deadline).
+            return Flow::End;
+        }
         Flow::Continue
     }
 

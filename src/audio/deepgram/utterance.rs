@@ -398,7 +398,13 @@ impl Utterances {
             let held: u64 = u.frames.iter().map(|f| f.len() as u64).sum();
             self.buffered = self.buffered.saturating_sub(held);
             if u.had_audio {
-                out.push(u.transcript(u.words(), true));
+                // Words only an interim has heard (the server stopped before
+                // finalizing them) are the final's too: never silently lost.
+                let words = match (&u.last_interim, u.pending_interim) {
+                    (Some(heard), true) => heard.clone(),
+                    _ => u.words(),
+                };
+                out.push(u.transcript(words, true));
             }
         }
         out

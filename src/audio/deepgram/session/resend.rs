@@ -75,9 +75,9 @@ impl Session {
                 u.conn_end = Some(self.timeline.sent());
                 // The deadline it had stands: a resend does not renew it.
                 u.final_due.get_or_insert(now + first);
-                if self.input_open {
-                    messages.push(control("Finalize"));
-                }
+                // Even when the input is over: without it, utterances resent
+                // back to back could come back as one segment spanning both.
+                messages.push(control("Finalize"));
             }
         }
         let open_resent = self.utterances.open().is_some_and(|u| u.has_audio());

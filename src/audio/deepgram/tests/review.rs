@@ -247,5 +247,9 @@ async fn a_slow_close_after_the_input_ends_gives_the_finals() {
     drop(r.input);
     let (_, t) = until_final(&mut r.transcripts).await;
     assert_eq!(t.start, 0);
+    assert_eq!(
+        t.text, "one",
+        "the words only an interim heard are not lost"
+    );
     assert!(next(&mut r.transcripts).await.is_none());
 }
