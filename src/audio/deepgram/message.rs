@@ -104,15 +104,34 @@ impl Results {
 /// Parses one text frame.
 pub(crate) fn parse(text: &str) -> Result<ServerMessage, String> {
     serde_json::from_str(text).map_err(|e| {
-        // The error's position and kind, never the frame (a transcript is
-        // the caller's words).
-        format!("unreadable server message: {e}")
+        // The error's kind and position only: serde's own message may quote
+        // the frame's values (the caller's words, an echoed credential).
+        let kind = match e.classify() {
+            serde_json::error::Category::Io => "io",
+            serde_json::error::Category::Syntax => "not JSON",
+            serde_json::error::Category::Data => "unexpected shape",
+            serde_json::error::Category::Eof => "truncated",
+        };
+        format!(
+            "unreadable server message ({kind} at line {} column {})",
+            e.line(),
+            e.column()
+        )
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unreadable_message_is_described_without_its_values() {
+        let frame =
+            r#"{"type":"Results","duration":"dg-key-do-not-show","channel":{"alternatives":[]}}"#;
+        let e = parse(frame).unwrap_err();
+        assert!(!e.contains("dg-key-do-not-show"), "{e}");
+        assert!(e.contains("unexpected shape"), "{e}");
+    }
 
     #[test]
     fn documented_messages_parse() {

@@ -282,7 +282,10 @@ fn replies(r: reqwest::Response, c: &OpenAiTranscriptionConfig, start: u64, end:
                     .ok_or_else(|| SpeechFailure::Malformed("a JSON reply without text".into())),
                 // `response_format: text` servers answer with the words.
                 Err(_) if !text.trim_start().starts_with(['{', '[']) => Ok(text.trim().to_string()),
-                Err(e) => Err(SpeechFailure::Malformed(e.to_string())),
+                Err(e) => Err(SpeechFailure::Malformed(redact(
+                    &e.to_string(),
+                    key.as_deref(),
+                ))),
             }
         };
         return stream::once(async move {
@@ -322,7 +325,12 @@ fn replies(r: reqwest::Response, c: &OpenAiTranscriptionConfig, start: u64, end:
                 let v: serde_json::Value = match serde_json::from_str(&next.data) {
                     Ok(v) => v,
                     Err(_) if next.data.trim() == "[DONE]" => continue,
-                    Err(e) => break Err(SpeechFailure::Malformed(e.to_string())),
+                    Err(e) => {
+                        break Err(SpeechFailure::Malformed(redact(
+                            &e.to_string(),
+                            key.as_deref(),
+                        )));
+                    }
                 };
                 match v["type"].as_str() {
                     Some("transcript.text.delta") => {
