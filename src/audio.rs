@@ -34,6 +34,7 @@ pub mod espeak;
 mod frame;
 pub mod mulaw;
 pub mod openai;
+mod pcm;
 #[cfg(feature = "pocketsphinx")]
 #[cfg_attr(docsrs, doc(cfg(feature = "pocketsphinx")))]
 pub mod pocketsphinx;

@@ -54,11 +54,25 @@ pub struct EngineStatus {
 /// Gauge of a speech engine's breaker state.
 const BREAKER_GAUGE: &str = "colloquy_speech_breaker_state";
 
-/// A unique label per engine of one chain.
-fn labels<'a>(names: impl Iterator<Item = &'a str>) -> Vec<std::sync::Arc<str>> {
-    let mut seen: Vec<(&str, usize)> = Vec::new();
-    names
-        .map(|n| {
+/// One engine of a chain: the engine, its unique label, its breaker.
+struct Engine<T: ?Sized> {
+    engine: Arc<T>,
+    label: Arc<str>,
+    breaker: Arc<Breaker>,
+}
+
+/// The engines of a chain, each named (`name#2` for a second of one name)
+/// and with a fresh breaker.
+fn engines<T: ?Sized>(
+    items: Vec<Arc<T>>,
+    name: impl Fn(&T) -> &'static str,
+    config: BreakerConfig,
+) -> Vec<Engine<T>> {
+    let mut seen: Vec<(&'static str, usize)> = Vec::new();
+    items
+        .into_iter()
+        .map(|engine| {
+            let n = name(&engine);
             let count = match seen.iter_mut().find(|(s, _)| *s == n) {
                 Some((_, c)) => {
                     *c += 1;
@@ -69,16 +83,40 @@ fn labels<'a>(names: impl Iterator<Item = &'a str>) -> Vec<std::sync::Arc<str>> 
                     1
                 }
             };
-            if count == 1 {
-                std::sync::Arc::from(n)
+            let label: Arc<str> = if count == 1 {
+                Arc::from(n)
             } else {
-                std::sync::Arc::from(format!("{n}#{count}"))
+                Arc::from(format!("{n}#{count}"))
+            };
+            Engine {
+                breaker: Breaker::with_gauge(config, label.clone(), BREAKER_GAUGE),
+                engine,
+                label,
             }
         })
         .collect()
 }
 
+/// Each engine with its breaker, in order.
+fn status<T: ?Sized>(engines: &[Engine<T>]) -> Vec<EngineStatus> {
+    engines
+        .iter()
+        .map(|e| EngineStatus {
+            name: e.label.to_string(),
+            breaker: e.breaker.state(),
+        })
+        .collect()
+}
+
+/// The engines themselves, to build a chain anew.
+fn items<T: ?Sized>(engines: &[Engine<T>]) -> Vec<Arc<T>> {
+    engines.iter().map(|e| e.engine.clone()).collect()
+}
+
+use std::sync::Arc;
+
 use super::{Synthesizer, Transcriber};
+use crate::llm::chain::breaker::Breaker;
 
 #[cfg(test)]
 mod tests;

@@ -134,6 +134,38 @@ impl SpeechFailure {
     }
 }
 
+impl SpeechFailure {
+    /// What an HTTP refusal (a response, a refused WebSocket upgrade) stands
+    /// for: 401/403 `Unauthorized`, 429 `RateLimited`, any other `Status`.
+    pub(crate) fn refused(status: u16, retry_after: Option<Duration>, message: String) -> Self {
+        match status {
+            401 | 403 => Self::Unauthorized { status, message },
+            429 => Self::RateLimited {
+                retry_after,
+                message,
+            },
+            _ => Self::Status { status, message },
+        }
+    }
+}
+
+/// A `Retry-After` header in seconds (fractions allowed, capped at an hour;
+/// the HTTP-date form is not read).
+pub(crate) fn retry_after(header: Option<&str>) -> Option<Duration> {
+    header
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(|s| Duration::from_secs_f64(s.min(3600.0)))
+}
+
+/// Replaces the key, if a provider echoed it, with `***`.
+pub(crate) fn redact(message: &str, key: Option<&str>) -> String {
+    match key {
+        Some(k) if k.len() >= 4 && message.contains(k) => message.replace(k, "***"),
+        _ => message.to_string(),
+    }
+}
+
 impl AudioError {
     /// An engine's failure.
     pub fn engine(engine: &'static str, reason: impl Into<String>) -> Self {

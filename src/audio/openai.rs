@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use reqwest::header::{HeaderMap, HeaderValue};
 
+use super::error::retry_after;
 use super::{AudioError, SpeechFailure};
 use crate::secret::Secret;
 
@@ -151,25 +152,18 @@ impl OpenAiAudioEndpoint {
     }
 }
 
-/// Replaces the key, if a provider echoed it, with `***`.
-pub(crate) fn redact(message: &str, key: Option<&str>) -> String {
-    match key {
-        Some(k) if k.len() >= 4 && message.contains(k) => message.replace(k, "***"),
-        _ => message.to_string(),
-    }
-}
+pub(crate) use crate::audio::error::redact;
 
 /// The failure a non-success response stands for; its body's
 /// `error.message` (OpenAI's shape) or its text, redacted and cut short.
 pub(crate) async fn failure_of(response: reqwest::Response, key: Option<&str>) -> SpeechFailure {
     let status = response.status().as_u16();
-    let retry_after = response
-        .headers()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .filter(|s| s.is_finite() && *s >= 0.0)
-        .map(|s| Duration::from_secs_f64(s.min(3600.0)));
+    let retry_after = retry_after(
+        response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+    );
     let body = match tokio::time::timeout(Duration::from_secs(2), response.bytes()).await {
         Ok(Ok(b)) => b,
         _ => Default::default(),
@@ -184,14 +178,7 @@ pub(crate) async fn failure_of(response: reqwest::Response, key: Option<&str>) -
         })
         .unwrap_or(text);
     let message = redact(message.trim(), key);
-    match status {
-        401 | 403 => SpeechFailure::Unauthorized { status, message },
-        429 => SpeechFailure::RateLimited {
-            retry_after,
-            message,
-        },
-        _ => SpeechFailure::Status { status, message },
-    }
+    SpeechFailure::refused(status, retry_after, message)
 }
 
 /// A transport error as a failure, without the URL (which may carry a query

@@ -16,13 +16,13 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use super::{BREAKER_GAUGE, BreakerConfig, EngineStatus, Transcriber, labels};
+use super::{BreakerConfig, Engine, EngineStatus, Transcriber, engines, items, status};
 use crate::audio::resample::Resampler;
 use crate::audio::{
     AudioError, AudioFrame, Recognition, RecognizerInput, Transcript, convert_position,
     duration_to_samples,
 };
-use crate::llm::chain::breaker::{Breaker, Permit};
+use crate::llm::chain::breaker::Permit;
 
 const NAME: &str = "transcriber-chain";
 
@@ -38,15 +38,9 @@ pub struct TranscriberChain {
 }
 
 struct Inner {
-    engines: Vec<Engine>,
+    engines: Vec<Engine<dyn Transcriber>>,
     breaker: BreakerConfig,
     max_buffered: Duration,
-}
-
-struct Engine {
-    stt: Arc<dyn Transcriber>,
-    label: Arc<str>,
-    breaker: Arc<Breaker>,
 }
 
 impl std::fmt::Debug for TranscriberChain {
@@ -93,31 +87,15 @@ impl TranscriberChain {
 
     /// Each engine with its breaker, in order.
     pub fn providers(&self) -> Vec<EngineStatus> {
-        self.inner
-            .engines
-            .iter()
-            .map(|e| EngineStatus {
-                name: e.label.to_string(),
-                breaker: e.breaker.state(),
-            })
-            .collect()
+        status(&self.inner.engines)
     }
 
     fn stts(&self) -> Vec<Arc<dyn Transcriber>> {
-        self.inner.engines.iter().map(|e| e.stt.clone()).collect()
+        items(&self.inner.engines)
     }
 
     fn build(stts: Vec<Arc<dyn Transcriber>>, breaker: BreakerConfig, max: Duration) -> Self {
-        let labels = labels(stts.iter().map(|s| s.name()));
-        let engines = stts
-            .into_iter()
-            .zip(labels)
-            .map(|(stt, label)| Engine {
-                breaker: Breaker::with_gauge(breaker, label.clone(), BREAKER_GAUGE),
-                stt,
-                label,
-            })
-            .collect();
+        let engines = engines(stts, |s| s.name(), breaker);
         Self {
             inner: Arc::new(Inner {
                 engines,
@@ -130,7 +108,7 @@ impl TranscriberChain {
 
 impl Transcriber for TranscriberChain {
     fn sample_rate(&self) -> u32 {
-        self.inner.engines[0].stt.sample_rate()
+        self.inner.engines[0].engine.sample_rate()
     }
 
     fn name(&self) -> &'static str {
@@ -380,8 +358,8 @@ impl Run {
             });
             self.next_engine = i + 1;
             let e = &inner.engines[i];
-            let rate = e.stt.sample_rate();
-            let opened = e.stt.open().and_then(|r| {
+            let rate = e.engine.sample_rate();
+            let opened = e.engine.open().and_then(|r| {
                 let resampler = if rate == self.rate {
                     None
                 } else {

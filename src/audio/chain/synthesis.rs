@@ -19,10 +19,10 @@ use std::time::Duration;
 
 use futures_util::stream::{self, BoxStream, StreamExt};
 
-use super::{BREAKER_GAUGE, BreakerConfig, EngineStatus, Synthesizer, labels};
+use super::{BreakerConfig, Engine, EngineStatus, Synthesizer, engines, items, status};
 use crate::audio::resample::Resampler;
 use crate::audio::{AudioError, SynthEvent, duration_to_samples};
-use crate::llm::chain::breaker::{Breaker, Permit};
+use crate::llm::chain::breaker::Permit;
 
 const NAME: &str = "synthesizer-chain";
 
@@ -50,15 +50,9 @@ pub struct SynthesizerChain {
 }
 
 struct Inner {
-    engines: Vec<Engine>,
+    engines: Vec<Engine<dyn Synthesizer>>,
     breaker: BreakerConfig,
     max_hold: Duration,
-}
-
-struct Engine {
-    synth: Arc<dyn Synthesizer>,
-    label: Arc<str>,
-    breaker: Arc<Breaker>,
 }
 
 impl std::fmt::Debug for SynthesizerChain {
@@ -104,18 +98,11 @@ impl SynthesizerChain {
 
     /// Each engine with its breaker, in order.
     pub fn providers(&self) -> Vec<EngineStatus> {
-        self.inner
-            .engines
-            .iter()
-            .map(|e| EngineStatus {
-                name: e.label.to_string(),
-                breaker: e.breaker.state(),
-            })
-            .collect()
+        status(&self.inner.engines)
     }
 
     fn synths(&self) -> Vec<Arc<dyn Synthesizer>> {
-        self.inner.engines.iter().map(|e| e.synth.clone()).collect()
+        items(&self.inner.engines)
     }
 
     fn build(
@@ -123,16 +110,7 @@ impl SynthesizerChain {
         breaker: BreakerConfig,
         max_hold: Duration,
     ) -> Self {
-        let labels = labels(synths.iter().map(|s| s.name()));
-        let engines = synths
-            .into_iter()
-            .zip(labels)
-            .map(|(synth, label)| Engine {
-                breaker: Breaker::with_gauge(breaker, label.clone(), BREAKER_GAUGE),
-                synth,
-                label,
-            })
-            .collect();
+        let engines = engines(synths, |s| s.name(), breaker);
         Self {
             inner: Arc::new(Inner {
                 engines,
@@ -145,7 +123,7 @@ impl SynthesizerChain {
 
 impl Synthesizer for SynthesizerChain {
     fn sample_rate(&self) -> u32 {
-        self.inner.engines[0].synth.sample_rate()
+        self.inner.engines[0].engine.sample_rate()
     }
 
     fn name(&self) -> &'static str {
@@ -157,7 +135,7 @@ impl Synthesizer for SynthesizerChain {
         self.inner
             .engines
             .iter()
-            .any(|e| e.synth.alignment_is_estimated())
+            .any(|e| e.engine.alignment_is_estimated())
     }
 
     fn synthesize(&self, text: &str) -> BoxStream<'static, Result<SynthEvent, AudioError>> {
@@ -293,7 +271,7 @@ impl Run {
                 }
             };
             self.next_engine = i + 1;
-            let engine_rate = engines[i].synth.sample_rate();
+            let engine_rate = engines[i].engine.sample_rate();
             if engine_rate == self.rate {
                 break (i, permit, None);
             }
@@ -308,9 +286,9 @@ impl Run {
         };
         let e = &engines[i];
         let text: String = self.chars[base_chars..].iter().collect();
-        let engine_rate = e.synth.sample_rate();
+        let engine_rate = e.engine.sample_rate();
         self.current = Some(Attempt {
-            events: e.synth.synthesize(&text),
+            events: e.engine.synthesize(&text),
             permit,
             label: e.label.clone(),
             engine_rate,

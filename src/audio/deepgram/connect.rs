@@ -7,8 +7,6 @@
 //! on; whatever the server says is stripped of the key first, since a
 //! server may echo the credential it refused.
 
-use std::time::Duration;
-
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::{HeaderValue, Response, header};
@@ -18,7 +16,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use super::DeepgramConfig;
 use crate::audio::SpeechFailure;
-use crate::audio::openai::redact;
+use crate::audio::error::{redact, retry_after};
 
 /// The largest message (and frame) read from the server: results are a few
 /// kilobytes; anything near this is not a transcript.
@@ -67,12 +65,11 @@ pub(crate) async fn connect(config: &DeepgramConfig) -> Result<Socket, SpeechFai
 pub(crate) fn refusal(response: &Response<Option<Vec<u8>>>, key: Option<&str>) -> SpeechFailure {
     let status = response.status().as_u16();
     let headers = response.headers();
-    let retry_after = headers
-        .get(header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .filter(|s| s.is_finite() && *s >= 0.0)
-        .map(|s| Duration::from_secs_f64(s.min(3600.0)));
+    let retry_after = retry_after(
+        headers
+            .get(header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok()),
+    );
     let body = response.body().as_deref().unwrap_or_default();
     let text = String::from_utf8_lossy(&body[..body.len().min(MAX_REASON_BYTES)]).into_owned();
     let from_json = serde_json::from_str::<serde_json::Value>(&text)
@@ -89,14 +86,7 @@ pub(crate) fn refusal(response: &Response<Option<Vec<u8>>>, key: Option<&str>) -
         .or(from_json)
         .unwrap_or(text);
     let message = redact(message.trim(), key);
-    match status {
-        401 | 403 => SpeechFailure::Unauthorized { status, message },
-        429 => SpeechFailure::RateLimited {
-            retry_after,
-            message,
-        },
-        _ => SpeechFailure::Status { status, message },
-    }
+    SpeechFailure::refused(status, retry_after, message)
 }
 
 /// A socket error as a failure (a message over the cap is

@@ -41,7 +41,7 @@ use super::message::{ServerMessage, parse};
 use super::timeline::Timeline;
 use super::utterance::Utterances;
 use super::{DeepgramConfig, DeepgramEncoding, PROVIDER};
-use crate::audio::openai::redact;
+use crate::audio::error::redact;
 use crate::audio::{AudioError, AudioFrame, RecognizerInput, SpeechFailure, Transcript, mulaw};
 
 mod resend;

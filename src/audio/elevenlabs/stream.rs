@@ -31,7 +31,8 @@ use super::alignment::Aligner;
 use super::config::ElevenLabsConfig;
 use super::message::{self, ServerMessage};
 use super::{MAX_MESSAGE, PROVIDER};
-use crate::audio::openai::redact;
+use crate::audio::error::{redact, retry_after};
+use crate::audio::pcm::Pcm16Le;
 use crate::audio::{AudioError, SpeechFailure, SynthEvent};
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -50,7 +51,7 @@ pub(crate) struct Session {
     text: String,
     aligner: Aligner,
     /// The odd byte of a chunk, waiting for the next one.
-    carry: Option<u8>,
+    pcm: Pcm16Le,
     /// PCM bytes received.
     bytes: u64,
     ready: VecDeque<SynthEvent>,
@@ -66,7 +67,7 @@ impl Session {
             aligner: Aligner::new(text, config.rate.hz()),
             config,
             text: text.to_string(),
-            carry: None,
+            pcm: Pcm16Le::default(),
             bytes: 0,
             ready: VecDeque::new(),
             deadline: Instant::now(),
@@ -229,7 +230,7 @@ impl Session {
     /// last odd byte (half a sample) is dropped with a warning: the audio
     /// before it is whole and already queued.
     fn finish(&mut self) -> Result<(), SpeechFailure> {
-        if self.carry.take().is_some() {
+        if self.pcm.drop_half_sample() {
             tracing::warn!(
                 provider = PROVIDER,
                 "PCM ended in the middle of a sample; its last byte is dropped"
@@ -246,18 +247,7 @@ impl Session {
     /// PCM bytes in: whole samples out, the odd byte carried.
     fn take_pcm(&mut self, bytes: &[u8]) {
         self.bytes += bytes.len() as u64;
-        let mut rest = bytes;
-        let mut samples = Vec::with_capacity(bytes.len() / 2 + 1);
-        if let (Some(lo), Some((&hi, tail))) = (self.carry, rest.split_first()) {
-            samples.push(i16::from_le_bytes([lo, hi]));
-            self.carry = None;
-            rest = tail;
-        }
-        let mut pairs = rest.chunks_exact(2);
-        samples.extend(pairs.by_ref().map(|p| i16::from_le_bytes([p[0], p[1]])));
-        if let [odd] = pairs.remainder() {
-            self.carry = Some(*odd);
-        }
+        let samples = self.pcm.decode(bytes);
         if !samples.is_empty() {
             self.ready.push_back(SynthEvent::Audio(samples));
         }
@@ -270,13 +260,12 @@ fn connect_failure(e: WsError, key: Option<&str>) -> SpeechFailure {
         return SpeechFailure::Connection(redact(&e.to_string(), key));
     };
     let status = response.status().as_u16();
-    let retry_after = response
-        .headers()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .filter(|s| s.is_finite() && *s >= 0.0)
-        .map(|s| Duration::from_secs_f64(s.min(3600.0)));
+    let retry_after = retry_after(
+        response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+    );
     let body = response.body().as_deref().unwrap_or_default();
     let text = String::from_utf8_lossy(&body[..body.len().min(2048)]).into_owned();
     // ElevenLabs' HTTP errors: {"detail":{"status":…,"message":…}} or
@@ -291,14 +280,7 @@ fn connect_failure(e: WsError, key: Option<&str>) -> SpeechFailure {
         })
         .unwrap_or(text);
     let message = redact(message.trim(), key);
-    match status {
-        401 | 403 => SpeechFailure::Unauthorized { status, message },
-        429 => SpeechFailure::RateLimited {
-            retry_after,
-            message,
-        },
-        _ => SpeechFailure::Status { status, message },
-    }
+    SpeechFailure::refused(status, retry_after, message)
 }
 
 /// An error JSON message: a 401/403/429 `code`, or an `error` kind that

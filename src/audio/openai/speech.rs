@@ -25,6 +25,7 @@ use futures_util::stream::{self, BoxStream, StreamExt};
 use serde_json::json;
 
 use super::{OpenAiAudioEndpoint, connection_failure, failure_of};
+use crate::audio::pcm::Pcm16Le;
 use crate::audio::{AudioError, SpeechFailure, SynthEvent, Synthesizer};
 
 const PROVIDER: &str = "openai-speech";
@@ -125,7 +126,7 @@ impl Synthesizer for OpenAiSpeech {
         let state = Reading {
             phase: Phase::Requesting(Box::pin(request)),
             estimate: Estimate::new(text, samples_per_char),
-            carry: None,
+            pcm: Pcm16Le::default(),
             ready: VecDeque::new(),
             got_audio: false,
             key: c.endpoint.key().map(str::to_string),
@@ -153,7 +154,7 @@ enum Phase {
 struct Reading {
     phase: Phase,
     estimate: Estimate,
-    carry: Option<u8>,
+    pcm: Pcm16Le,
     ready: VecDeque<SynthEvent>,
     got_audio: bool,
     key: Option<String>,
@@ -193,7 +194,7 @@ impl Reading {
                     Ok(Some(Err(e))) => return self.fail(connection_failure(e)),
                     Ok(Some(Ok(bytes))) => self.take(&bytes),
                     Ok(None) => {
-                        if self.carry.is_some() {
+                        if self.pcm.mid_sample() {
                             return self.fail(SpeechFailure::Malformed(
                                 "PCM ended in the middle of a sample".into(),
                             ));
@@ -208,18 +209,7 @@ impl Reading {
 
     /// PCM bytes in: whole samples out, the odd byte carried.
     fn take(&mut self, bytes: &[u8]) {
-        let mut rest = bytes;
-        let mut samples = Vec::with_capacity(bytes.len() / 2 + 1);
-        if let (Some(lo), Some((&hi, tail))) = (self.carry, rest.split_first()) {
-            samples.push(i16::from_le_bytes([lo, hi]));
-            self.carry = None;
-            rest = tail;
-        }
-        let mut pairs = rest.chunks_exact(2);
-        samples.extend(pairs.by_ref().map(|p| i16::from_le_bytes([p[0], p[1]])));
-        if let [odd] = pairs.remainder() {
-            self.carry = Some(*odd);
-        }
+        let samples = self.pcm.decode(bytes);
         if samples.is_empty() {
             return;
         }
@@ -350,7 +340,7 @@ mod tests {
         let mut r = Reading {
             phase: Phase::Done,
             estimate: Estimate::new("x", 1e9),
-            carry: None,
+            pcm: Pcm16Le::default(),
             ready: VecDeque::new(),
             got_audio: false,
             key: None,
@@ -372,6 +362,6 @@ mod tests {
             })
             .collect();
         assert_eq!(got, vec![1, -2, 300, -32768]);
-        assert_eq!(r.carry, None);
+        assert!(!r.pcm.mid_sample());
     }
 }
