@@ -25,6 +25,8 @@ use colloquy_actors::cluster::{Worker, WorkerConfig, connect, redact_url};
 use colloquy_actors::{Tool, ToolRegistry};
 use serde_json::json;
 
+#[path = "common/otel.rs"]
+mod otel;
 #[path = "common/prometheus.rs"]
 mod prometheus;
 
@@ -150,6 +152,12 @@ async fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
         .with_lease_ttl(Duration::from_millis(a.lease_ms))
         .with_drain_timeout(Duration::from_millis(a.drain_timeout_ms));
     config.tools = ToolRegistry::new().with_tool(weather_tool());
+    // Flushed when dropped, after the drain.
+    let otlp = otel::from_env("worker")?;
+    #[cfg(feature = "otlp")]
+    if let Some(otlp) = &otlp {
+        config = config.with_tracing(otlp.tracing());
+    }
     let worker = Worker::start(nats, config).await?;
     println!(
         "worker {name} ready: up to {max_sessions} sessions, nats {}, model {}",

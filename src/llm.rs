@@ -58,6 +58,7 @@ pub use event::{
     FailureReason, FinishReason, ProviderChoice, ProviderFailure, RequestsSent, Retrying,
     SelectionReason, StreamEvent, StreamSummary, ToolCall,
 };
+pub use genai::latest_genai_conventions;
 pub use options::{LlmOptions, ReasoningEffort, Verbosity};
 pub use request::{ChatRequest, build_body};
 pub use stream::ChatStream;

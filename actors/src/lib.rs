@@ -62,6 +62,7 @@ mod session;
 pub mod speech;
 mod supervisor;
 mod task;
+pub mod telemetry;
 mod tool_executor;
 pub mod turn_taking;
 
@@ -113,6 +114,11 @@ struct CliDoctests;
 #[cfg(doctest)]
 #[doc = include_str!("../../docs/metrics.md")]
 struct MetricsDoctests;
+
+/// `docs/traces.md`, compiled as doctests (its snippet needs the `otlp` feature).
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/traces.md")]
+struct TracesDoctests;
 
 /// `docs/testing.md`, compiled as doctests.
 #[cfg(doctest)]

@@ -70,6 +70,9 @@ pub struct SessionConfig {
     pub speech_output: bool,
     /// Events a bus subscriber may fall behind.
     pub bus_capacity: usize,
+    /// Where the session's spans go (none: no spans, no cost).
+    #[cfg(feature = "otel")]
+    pub tracing: Option<crate::telemetry::Tracing>,
 }
 
 impl SessionConfig {
@@ -83,7 +86,17 @@ impl SessionConfig {
             segmenter: SegmenterConfig::default(),
             speech_output: false,
             bus_capacity: DEFAULT_BUS_CAPACITY,
+            #[cfg(feature = "otel")]
+            tracing: None,
         }
+    }
+
+    /// Traces the session ([`telemetry`](crate::telemetry)): a span for
+    /// it, one per turn, request, tool call, utterance and spoken segment.
+    #[cfg(feature = "otel")]
+    pub fn with_tracing(mut self, tracing: crate::telemetry::Tracing) -> Self {
+        self.tracing = Some(tracing);
+        self
     }
 
     /// Adds a tool executor with these tools.
@@ -299,6 +312,7 @@ async fn stop_entry(shared: &Shared, entry: SessionEntry) {
     entry.core.close_inputs();
     // Subscribers see `Closed` once drained, even while handles live.
     entry.core.bus.close();
+    entry.core.telemetry.end();
 }
 
 /// Owns every session of a process (or of a shard of one).
@@ -373,6 +387,8 @@ impl Supervisor {
             segmenter,
             speech_output,
             bus_capacity,
+            #[cfg(feature = "otel")]
+            tracing,
         } = config;
         if let Some(registry) = &tools {
             for def in registry.definitions() {
@@ -386,7 +402,13 @@ impl Supervisor {
         if speech_output {
             bus.set_voice(true);
         }
+        #[cfg(feature = "otel")]
+        let providers = client.providers();
         let core = Arc::new(SessionCore::new(id.clone(), bus, client, settings, context));
+        #[cfg(feature = "otel")]
+        if let Some(tracing) = tracing {
+            core.telemetry.attach(tracing, &core.bus, providers);
+        }
         let sup = self.actor.get_cell();
         // Tools first: they must be listening before the first turn.
         let tools = match tools {

@@ -40,6 +40,8 @@ mod audio;
 mod common;
 mod model;
 mod observer;
+#[path = "../common/otel.rs"]
+mod otel;
 mod output;
 mod scenario;
 #[cfg(all(feature = "espeak", feature = "pocketsphinx"))]
@@ -138,6 +140,8 @@ async fn run(
     scenario: Scenario,
 ) -> Result<Vec<String>, Box<dyn std::error::Error>> {
     let model = choose_model(&args.provider, args.model.clone()).await?;
+    // Flushed when dropped, at the end of the run.
+    let otlp = otel::from_env("voice_agent")?;
     let out = Arc::new(Out {
         json: args.json,
         start: Instant::now(),
@@ -174,14 +178,20 @@ async fn run(
             &args,
             path,
             scenario,
-            SessionConfig::new(model.client.clone(), settings),
+            otel::traced(
+                SessionConfig::new(model.client.clone(), settings),
+                otlp.as_ref(),
+            ),
         )
         .await;
     }
     let supervisor = Supervisor::start(SupervisorConfig::default()).await?;
-    let mut config = SessionConfig::new(model.client.clone(), settings)
-        .with_tools(weather_tool())
-        .with_segmenter(SegmenterConfig::default());
+    let mut config = otel::traced(
+        SessionConfig::new(model.client.clone(), settings)
+            .with_tools(weather_tool())
+            .with_segmenter(SegmenterConfig::default()),
+        otlp.as_ref(),
+    );
     config.bus_capacity = 4096;
     let session = supervisor.start_session("demo-call", config).await?;
 

@@ -34,6 +34,8 @@ use colloquy_actors::{AgentSettings, SessionConfig, Supervisor, SupervisorConfig
 mod common;
 #[path = "../voice_agent/model.rs"]
 mod model;
+#[path = "../common/otel.rs"]
+mod otel;
 #[path = "../common/prometheus.rs"]
 mod prometheus;
 mod report;
@@ -102,6 +104,9 @@ async fn run(args: Args, mode: InterruptionMode) -> Result<(), Box<dyn std::erro
         None => None,
     };
     let model = choose_model(&args.provider, args.model.clone()).await?;
+    // Flushed when dropped, after the server stops.
+    let otlp = otel::from_env("voice_server")?;
+    let traced = otel::Traced::of(otlp.as_ref());
     let engines = args
         .speech
         .build(&args.voice, PocketSphinxConfig::default())?;
@@ -122,7 +127,11 @@ async fn run(args: Args, mode: InterruptionMode) -> Result<(), Box<dyn std::erro
     let on_call = printer.clone();
     let services = CallServices::new(
         supervisor.clone(),
-        move |_| SessionConfig::new(client.clone(), settings.clone()).with_tools(weather_tool()),
+        move |_| {
+            traced.apply(
+                SessionConfig::new(client.clone(), settings.clone()).with_tools(weather_tool()),
+            )
+        },
         engines.voice,
     )
     .with_transcriber(engines.ears)

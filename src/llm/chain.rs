@@ -120,6 +120,7 @@ impl ChainHandle {
                 label: e.client.label.clone(),
                 base_url: e.client.base_url.clone(),
                 model: e.model.clone(),
+                system: e.client.provider_name,
                 breaker: e.breaker.as_ref().map(|b| b.state()),
             })
             .collect()

@@ -152,6 +152,7 @@ impl ChatClient {
                 label: self.inner.label.clone(),
                 base_url: self.inner.base_url.clone(),
                 model: None,
+                system: self.inner.provider_name,
                 breaker: None,
             }],
         }

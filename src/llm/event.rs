@@ -132,6 +132,8 @@ pub enum StreamEvent {
     Metadata {
         /// `x-request-id` header or the chunk id.
         request_id: Option<String>,
+        /// The completion's own id (the chunks' `id`), when it sent one.
+        response_id: Option<String>,
         /// The model that answered.
         model: Option<String>,
     },

@@ -50,6 +50,13 @@ fn names() -> Names {
     })
 }
 
+/// Whether `OTEL_SEMCONV_STABILITY_OPT_IN` asks for the latest experimental
+/// GenAI conventions (`gen_ai_latest_experimental`): read once, then the same
+/// answer for the process's metrics and traces.
+pub fn latest_genai_conventions() -> bool {
+    names().latest
+}
+
 /// The conventions' provider name for this transport's.
 fn provider(name: &'static str) -> &'static str {
     match name {

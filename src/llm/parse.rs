@@ -158,19 +158,22 @@ impl ChunkParser {
             .map_err(|e| LlmError::MalformedChunk(format!("{e} in {}", excerpt(data))))?;
         if !self.metadata_sent {
             self.metadata_sent = true;
-            let request_id = self.request_id.take().or_else(|| {
-                chunk
-                    .id
-                    .as_deref()
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_string)
-            });
+            let response_id = chunk
+                .id
+                .as_deref()
+                .filter(|s| !s.is_empty())
+                .map(str::to_string);
+            let request_id = self.request_id.take().or_else(|| response_id.clone());
             let model = chunk
                 .model
                 .as_deref()
                 .filter(|s| !s.is_empty())
                 .map(str::to_string);
-            out.push_back(StreamEvent::Metadata { request_id, model });
+            out.push_back(StreamEvent::Metadata {
+                request_id,
+                response_id,
+                model,
+            });
         }
         let mut got_usage = self.usage(chunk.usage.as_ref());
         if !got_usage {

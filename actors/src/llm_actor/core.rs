@@ -39,6 +39,8 @@ pub(crate) struct SessionCore {
     handoff: Mutex<Option<Box<dyn std::any::Any + Send>>>,
     /// The session stopped for good: no more inputs.
     inputs_closed: std::sync::atomic::AtomicBool,
+    /// Its spans, when it is traced.
+    pub(crate) telemetry: crate::telemetry::SessionTelemetry,
     /// Tests script the provider's streams directly.
     #[cfg(test)]
     pub(crate) script: Mutex<Option<ScriptedStreams>>,
@@ -77,6 +79,7 @@ impl SessionCore {
             inbox: Mutex::new((0, std::collections::VecDeque::new())),
             handoff: Mutex::new(None),
             inputs_closed: std::sync::atomic::AtomicBool::new(false),
+            telemetry: crate::telemetry::SessionTelemetry::default(),
             #[cfg(test)]
             script: Mutex::new(None),
         }

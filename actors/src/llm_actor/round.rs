@@ -18,6 +18,7 @@ use ractor::ActorRef;
 use super::msg::{LlmMsg, RoundOutput};
 use crate::bus::{EventKind, SessionBus};
 use crate::ids::TurnId;
+use crate::telemetry::RoundSpans;
 
 /// Reports the round's end to the actor exactly once: normally with the
 /// stream's result, and from `Drop` if the task ends any other way (a panic,
@@ -61,6 +62,7 @@ pub(crate) async fn run_round(
     round: u32,
     actor: ActorRef<LlmMsg>,
     turn_started: Instant,
+    mut spans: RoundSpans,
 ) {
     let report = RoundReport {
         actor,
@@ -74,6 +76,7 @@ pub(crate) async fn run_round(
         drop(report);
         return;
     }
+    spans.started();
     let mut out = RoundOutput::default();
     let mut first_token = round == 0;
     let result = loop {
@@ -82,6 +85,7 @@ pub(crate) async fn run_round(
         };
         let kind = match event {
             Ok(StreamEvent::Token(t)) => {
+                spans.output();
                 if first_token {
                     first_token = false;
                     metrics::histogram!("colloquy_time_to_first_token_seconds")
@@ -90,20 +94,37 @@ pub(crate) async fn run_round(
                 metrics::counter!("colloquy_tokens_total").increment(1);
                 EventKind::Token(Arc::from(t))
             }
-            Ok(StreamEvent::Reasoning(t)) => EventKind::Reasoning(Arc::from(t)),
-            Ok(StreamEvent::Refusal(t)) => EventKind::Refusal(Arc::from(t)),
+            Ok(StreamEvent::Reasoning(t)) => {
+                spans.output();
+                EventKind::Reasoning(Arc::from(t))
+            }
+            Ok(StreamEvent::Refusal(t)) => {
+                spans.output();
+                EventKind::Refusal(Arc::from(t))
+            }
             Ok(StreamEvent::ToolCall(call)) => {
+                spans.output();
                 out.made_calls = true;
                 EventKind::ToolCall(Arc::new(call))
             }
             Ok(StreamEvent::Usage(u)) => EventKind::Usage(Arc::new(u)),
             Ok(StreamEvent::Structured(v)) => EventKind::Structured(Arc::new(v)),
-            Ok(StreamEvent::Metadata { request_id, model }) => {
+            Ok(StreamEvent::Metadata {
+                request_id,
+                response_id,
+                model,
+            }) => {
                 tracing::debug!(?request_id, ?model, round, "provider answered");
+                spans.metadata(
+                    request_id.as_deref(),
+                    response_id.as_deref(),
+                    model.as_deref(),
+                );
                 continue;
             }
             Ok(StreamEvent::ProviderSelected(choice)) => {
                 tracing::debug!(provider = %choice.label, reason = choice.reason.label(), round, "provider serves the round");
+                spans.selected();
                 EventKind::ProviderSelected(Arc::new(choice))
             }
             Ok(StreamEvent::ProviderFailed(failure)) => {
@@ -121,6 +142,7 @@ pub(crate) async fn run_round(
                 {
                     return;
                 }
+                spans.retrying(retry.kind);
                 if !bus.request_retried(turn) {
                     return;
                 }
@@ -137,16 +159,21 @@ pub(crate) async fn run_round(
                 if !bus.request_sent(turn) {
                     return;
                 }
+                spans.request_started(index);
                 tracing::debug!(provider = index, round, "another request for the round");
                 continue;
             }
             Ok(StreamEvent::Finished(summary)) => {
+                spans.finished(summary.reason.as_ref());
                 out.finish = summary.reason;
                 bus.complete_round(turn);
                 break Ok(());
             }
             Ok(_) => continue,
-            Err(e) => break Err(e),
+            Err(e) => {
+                spans.failed(&e);
+                break Err(e);
+            }
         };
         if bus.publish_agent(turn, kind).is_err() {
             // The turn was cut: stop reading now (dropping the stream closes

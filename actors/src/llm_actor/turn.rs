@@ -488,9 +488,21 @@ impl LlmState {
             self.myself.clone(),
             turn.span.clone(),
         );
+        let spans = self
+            .core
+            .telemetry
+            .round(turn.id, next_round, &options.model);
         let opened = self.core.bus.open_round(turn.id, prompt_bytes, || {
             let task = tokio::spawn(tracing::Instrument::instrument(
-                run_round(stream, bus, turn.id, next_round, myself, turn.started),
+                run_round(
+                    stream,
+                    bus,
+                    turn.id,
+                    next_round,
+                    myself,
+                    turn.started,
+                    spans,
+                ),
                 span,
             ));
             (task.abort_handle(), AbortOnDrop(task))

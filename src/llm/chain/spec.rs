@@ -197,6 +197,8 @@ pub struct ProviderStatus {
     pub base_url: Arc<str>,
     /// The model override, if any.
     pub model: Option<String>,
+    /// The API it speaks: `openai` (OpenAI and compatible servers) or `azure`.
+    pub system: &'static str,
     /// The circuit breaker's state (`None` without a breaker).
     pub breaker: Option<BreakerState>,
 }

@@ -34,6 +34,9 @@ pub struct WorkerConfig {
     pub bus_capacity: usize,
     /// The segmenter of sessions whose spec asks for one.
     pub segmenter: SegmenterConfig,
+    /// Where the sessions' spans go (none: no spans).
+    #[cfg(feature = "otel")]
+    pub tracing: Option<crate::telemetry::Tracing>,
 }
 
 impl std::fmt::Debug for WorkerConfig {
@@ -67,7 +70,16 @@ impl WorkerConfig {
             drain_timeout: Duration::from_secs(10),
             bus_capacity: 1024,
             segmenter: SegmenterConfig::default(),
+            #[cfg(feature = "otel")]
+            tracing: None,
         }
+    }
+
+    /// Traces every session of the worker ([`telemetry`](crate::telemetry)).
+    #[cfg(feature = "otel")]
+    pub fn with_tracing(mut self, tracing: crate::telemetry::Tracing) -> Self {
+        self.tracing = Some(tracing);
+        self
     }
 
     /// Registers a tool sessions may name.

@@ -48,6 +48,10 @@ pub(super) async fn start_local(
     if spec.segmenter {
         config = config.with_segmenter(inner.config.segmenter);
     }
+    #[cfg(feature = "otel")]
+    if let Some(tracing) = &inner.config.tracing {
+        config = config.with_tracing(tracing.clone());
+    }
     let handle = match inner.supervisor.start_session(id.clone(), config).await {
         Ok(h) => h,
         Err(SupervisorError::AlreadyExists(id)) => return Err(ClusterError::AlreadyExists(id)),

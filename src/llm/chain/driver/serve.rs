@@ -17,8 +17,8 @@ impl ChainDriver {
             return;
         };
         match item {
-            Some(Ok(StreamEvent::Metadata { request_id, model })) => {
-                attempt.metadata = Some(StreamEvent::Metadata { request_id, model });
+            Some(Ok(m @ StreamEvent::Metadata { .. })) => {
+                attempt.metadata = Some(m);
             }
             Some(Ok(StreamEvent::Usage(u))) => attempt.usage = Some(u),
             Some(Ok(StreamEvent::Finished(summary))) => {
