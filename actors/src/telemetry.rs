@@ -21,15 +21,19 @@
 //! No span carries a prompt, a transcript, a reply or a key: only names,
 //! counts, times and identifiers.
 //!
-//! The default names are the conventions' v1.36 line (which emitted
-//! `gen_ai.system` beside `gen_ai.provider.name`); with
-//! `OTEL_SEMCONV_STABILITY_OPT_IN` holding `gen_ai_latest_experimental`,
-//! only the newer ones (see [`Tracing::with_latest_conventions`]).
+//! By default v1.36's provider attribute `gen_ai.system` is emitted beside
+//! the newer `gen_ai.provider.name`; with `OTEL_SEMCONV_STABILITY_OPT_IN`
+//! holding `gen_ai_latest_experimental`, only the newer names (see
+//! `Tracing::with_latest_conventions`). A span ends in the thread that
+//! decided its moment, so the tracer's provider must export from a batch
+//! processor (never a synchronous one).
 //!
 //! Export: any `opentelemetry` tracer; with the `otlp` feature,
 //! [`otlp::OtlpTracing::from_env`] builds an OTLP HTTP/protobuf exporter
 //! from the standard `OTEL_EXPORTER_OTLP_*` variables.
 
+#[cfg(feature = "otel")]
+mod chat;
 #[cfg(feature = "otel")]
 mod conventions;
 #[cfg(feature = "otlp")]
@@ -114,7 +118,9 @@ mod tracing_config {
 
     impl Tracing {
         /// Spans from `tracer`, with the convention names
-        /// `OTEL_SEMCONV_STABILITY_OPT_IN` selects.
+        /// `OTEL_SEMCONV_STABILITY_OPT_IN` selects. Its provider must export
+        /// through a batch processor: spans end inside the session's event
+        /// delivery (a cut ends its turn's spans before `cut()` returns).
         pub fn new<T>(tracer: T) -> Self
         where
             T: Tracer + Send + Sync + 'static,
@@ -203,6 +209,7 @@ impl SessionTelemetry {
                 round,
                 model,
                 first_chunk: true,
+                serving: None,
             }
         }
         #[cfg(not(feature = "otel"))]
@@ -234,6 +241,9 @@ pub(crate) struct RoundSpans {
     model: std::sync::Arc<str>,
     #[cfg(feature = "otel")]
     first_chunk: bool,
+    /// The chain's provider serving the round, once the stream said.
+    #[cfg(feature = "otel")]
+    serving: Option<usize>,
 }
 
 #[cfg(feature = "otel")]
@@ -255,7 +265,7 @@ impl RoundSpans {
     pub(crate) fn output(&mut self) {
         if self.first_chunk {
             self.first_chunk = false;
-            self.with(|t| t.first_chunk(self.turn));
+            self.with(|t| t.first_chunk(self.turn, self.serving));
         }
     }
 
@@ -266,7 +276,7 @@ impl RoundSpans {
         response_id: Option<&str>,
         model: Option<&str>,
     ) {
-        self.with(|t| t.metadata(self.turn, request_id, response_id, model));
+        self.with(|t| t.metadata(self.turn, self.serving, request_id, response_id, model));
     }
 
     /// Another request of the round (chain index `index`) is about to go.
@@ -275,19 +285,31 @@ impl RoundSpans {
     }
 
     /// A chain's provider serves from here on: its first output is next.
-    pub(crate) fn selected(&mut self) {
+    pub(crate) fn selected(&mut self, choice: &colloquy::llm::ProviderChoice) {
+        self.serving = Some(choice.index);
         self.first_chunk = true;
+        self.with(|t| t.selected(self.turn, choice));
+    }
+
+    /// A chain's provider was dropped for the round.
+    pub(crate) fn provider_failed(&self, failure: &colloquy::llm::ProviderFailure) {
+        self.with(|t| t.provider_failed(self.turn, failure));
+    }
+
+    /// The serving request's usage.
+    pub(crate) fn usage(&self, usage: &colloquy::llm::Usage) {
+        self.with(|t| t.request_usage(self.turn, self.serving, usage));
     }
 
     /// The request failed before output and is sent again.
-    pub(crate) fn retrying(&mut self, kind: &'static str) {
+    pub(crate) fn retrying(&mut self, kind: &'static str, usage: Option<&colloquy::llm::Usage>) {
         self.first_chunk = true;
-        self.with(|t| t.retrying(self.turn, kind));
+        self.with(|t| t.retrying(self.turn, kind, usage));
     }
 
     /// The stream ended with `reason`.
     pub(crate) fn finished(&self, reason: Option<&colloquy::llm::FinishReason>) {
-        self.with(|t| t.finished(self.turn, reason));
+        self.with(|t| t.finished(self.turn, self.serving, reason));
     }
 
     /// The stream failed with `error`.
@@ -301,8 +323,6 @@ impl RoundSpans {
     #[inline]
     pub(crate) fn started(&self) {}
     #[inline]
-    pub(crate) fn selected(&mut self) {}
-    #[inline]
     pub(crate) fn output(&mut self) {}
     #[inline]
     pub(crate) fn metadata(
@@ -315,7 +335,13 @@ impl RoundSpans {
     #[inline]
     pub(crate) fn request_started(&self, _index: usize) {}
     #[inline]
-    pub(crate) fn retrying(&mut self, _kind: &'static str) {}
+    pub(crate) fn selected(&mut self, _choice: &colloquy::llm::ProviderChoice) {}
+    #[inline]
+    pub(crate) fn provider_failed(&self, _failure: &colloquy::llm::ProviderFailure) {}
+    #[inline]
+    pub(crate) fn usage(&self, _usage: &colloquy::llm::Usage) {}
+    #[inline]
+    pub(crate) fn retrying(&mut self, _kind: &'static str, _usage: Option<&colloquy::llm::Usage>) {}
     #[inline]
     pub(crate) fn finished(&self, _reason: Option<&colloquy::llm::FinishReason>) {}
     #[inline]

@@ -107,7 +107,10 @@ pub(crate) async fn run_round(
                 out.made_calls = true;
                 EventKind::ToolCall(Arc::new(call))
             }
-            Ok(StreamEvent::Usage(u)) => EventKind::Usage(Arc::new(u)),
+            Ok(StreamEvent::Usage(u)) => {
+                spans.usage(&u);
+                EventKind::Usage(Arc::new(u))
+            }
             Ok(StreamEvent::Structured(v)) => EventKind::Structured(Arc::new(v)),
             Ok(StreamEvent::Metadata {
                 request_id,
@@ -124,15 +127,17 @@ pub(crate) async fn run_round(
             }
             Ok(StreamEvent::ProviderSelected(choice)) => {
                 tracing::debug!(provider = %choice.label, reason = choice.reason.label(), round, "provider serves the round");
-                spans.selected();
+                spans.selected(&choice);
                 EventKind::ProviderSelected(Arc::new(choice))
             }
             Ok(StreamEvent::ProviderFailed(failure)) => {
+                spans.provider_failed(&failure);
                 // Its usage is the round's too (counted in the usage metrics
                 // at the commit, or as a discarded speculation's cost).
                 EventKind::ProviderFailed(Arc::new(failure))
             }
             Ok(StreamEvent::Retrying(retry)) => {
+                spans.retrying(retry.kind, retry.usage.as_ref());
                 // The failed request's usage (if reported) is published as
                 // its own; the retry is accounted before it is sent.
                 if let Some(u) = retry.usage
@@ -142,7 +147,6 @@ pub(crate) async fn run_round(
                 {
                     return;
                 }
-                spans.retrying(retry.kind);
                 if !bus.request_retried(turn) {
                     return;
                 }

@@ -28,23 +28,18 @@ pub(super) const ERROR_TYPE: &str = "error.type";
 pub(super) const SERVER_ADDRESS: &str = "server.address";
 pub(super) const SERVER_PORT: &str = "server.port";
 
-/// The conventions' provider value for a transport (`openai`, `azure`):
-/// v1.36 named Azure `az.ai.openai`, the newer line `azure.ai.openai`.
-fn provider_value(system: &str, latest: bool) -> &'static str {
-    match (system, latest) {
-        ("azure", true) => "azure.ai.openai",
-        ("azure", false) => "az.ai.openai",
-        _ => "openai",
-    }
-}
-
-/// The provider attributes: `gen_ai.provider.name`, plus v1.36's
-/// `gen_ai.system` unless only the newer names are asked for.
+/// The provider attributes. v1.36 named the provider `gen_ai.system`
+/// (Azure: `az.ai.openai`); the newer line `gen_ai.provider.name` (Azure:
+/// `azure.ai.openai`, as the metrics say). By default both, each with its
+/// own line's value; with only the newer names asked for, the newer one.
 pub(super) fn provider(system: &str, latest: bool, out: &mut Vec<KeyValue>) {
-    let value = provider_value(system, latest);
-    out.push(KeyValue::new("gen_ai.provider.name", value));
+    let (old, new) = match system {
+        "azure" => ("az.ai.openai", "azure.ai.openai"),
+        _ => ("openai", "openai"),
+    };
+    out.push(KeyValue::new("gen_ai.provider.name", new));
     if !latest {
-        out.push(KeyValue::new("gen_ai.system", value));
+        out.push(KeyValue::new("gen_ai.system", old));
     }
 }
 
@@ -82,11 +77,12 @@ pub(super) fn server(base_url: &str, out: &mut Vec<KeyValue>) {
 /// `error.type` of a failed turn's text (`kind: message`): the kind only,
 /// never the message (which may quote a provider).
 pub(super) fn error_kind(failed: &str) -> String {
-    failed
-        .split_once(':')
-        .map_or(failed, |(kind, _)| kind)
-        .trim()
-        .to_string()
+    match failed.split_once(':') {
+        Some((kind, _)) if !kind.trim().is_empty() && !kind.trim().contains(' ') => {
+            kind.trim().to_string()
+        }
+        _ => "error".to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -124,7 +120,7 @@ mod tests {
         assert_eq!(
             attrs(|o| provider("azure", false, o)),
             vec![
-                ("gen_ai.provider.name".into(), "az.ai.openai".into()),
+                ("gen_ai.provider.name".into(), "azure.ai.openai".into()),
                 ("gen_ai.system".into(), "az.ai.openai".into())
             ]
         );
@@ -133,5 +129,6 @@ mod tests {
             vec![("gen_ai.provider.name".into(), "openai".into())]
         );
         assert_eq!(error_kind("http: 401 Unauthorized"), "http");
+        assert_eq!(error_kind("llm actor failed"), "error");
     }
 }

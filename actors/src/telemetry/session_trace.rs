@@ -16,8 +16,9 @@ use opentelemetry::trace::{Span, SpanBuilder, SpanKind, Status, TraceContextExt,
 use opentelemetry::{Context, KeyValue};
 
 use super::Tracing;
+use super::chat::Attempt;
 use super::conventions as c;
-use super::spans::{Attempt, Segment, ToolSpan};
+use super::spans::{Segment, ToolSpan};
 use crate::bus::{BusEvent, EventKind, SpeculationOutcome, TurnEnd};
 use crate::ids::{SessionId, TurnId};
 use crate::latency::{TurnLatency, TurnTimer};
@@ -87,6 +88,10 @@ pub(super) struct TurnSpans {
     pub(super) interrupted_at: Option<usize>,
     /// The utterance it answers was attached.
     has_utterance: bool,
+    /// Subscribers saw it start (a speculation is shown only when promoted).
+    shown: bool,
+    /// How a discarded speculation ended.
+    discarded: bool,
 }
 
 pub(super) struct State {
@@ -94,6 +99,9 @@ pub(super) struct State {
     pub(super) turns: Vec<TurnSpans>,
     utterance: Utterance,
     timer: TurnTimer,
+    /// The latest turn whose spans ended: turn ids only grow, so a round
+    /// task that reports on it afterwards opens nothing.
+    closed_upto: TurnId,
 }
 
 fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
@@ -130,6 +138,7 @@ impl SessionTrace {
                 turns: Vec::new(),
                 utterance: Utterance::default(),
                 timer: TurnTimer::new(),
+                closed_upto: TurnId(0),
             }),
         })
     }
@@ -169,10 +178,34 @@ impl SessionTrace {
         turn: TurnId,
         at: Instant,
     ) -> Option<&'s mut TurnSpans> {
+        self.open_turn(st, turn, at, false)
+    }
+
+    /// Runs `f` on the turn's spans, if they are open (never opens them).
+    pub(super) fn with_turn(&self, turn: TurnId, f: impl FnOnce(&mut TurnSpans, Instant)) {
+        let now = Instant::now();
+        let mut st = self.lock();
+        if let Some(t) = st.turns.iter_mut().find(|t| t.turn == turn) {
+            f(t, now);
+        }
+    }
+
+    /// The turn's spans; `shown`: its `TurnStarted` is being delivered.
+    fn open_turn<'s>(
+        &self,
+        st: &'s mut State,
+        turn: TurnId,
+        at: Instant,
+        shown: bool,
+    ) -> Option<&'s mut TurnSpans> {
         if let Some(i) = st.turns.iter().position(|t| t.turn == turn) {
             return st.turns.get_mut(i);
         }
-        // Ended: a round still running after the session stopped opens nothing.
+        // Ended: a round still running after its turn or the session ended
+        // opens nothing.
+        if turn <= st.closed_upto {
+            return None;
+        }
         let session = st.session.clone()?;
         // The turn covers the caller's utterance it answers.
         let start = match st.utterance.final_at {
@@ -191,13 +224,17 @@ impl SessionTrace {
         if let Some(agent) = &self.tracing.agent_name {
             attributes.push(KeyValue::new(c::AGENT_NAME, agent.to_string()));
         }
+        if !shown {
+            attributes.push(KeyValue::new("colloquy.speculative", true));
+        }
         let span = self.child(&session, name, SpanKind::Internal, start, attributes);
         let mut spans = TurnSpans::new(turn, Context::new().with_span(span), start);
-        if st.utterance.final_at.is_some() {
+        if st.utterance.final_at.is_some() && shown {
             let utterance = std::mem::take(&mut st.utterance);
             self.utterance_span(&spans.cx, &utterance, false);
             spans.has_utterance = true;
         }
+        spans.shown = shown;
         st.turns.push(spans);
         st.turns.last_mut()
     }
@@ -264,7 +301,10 @@ impl SessionTrace {
                 // A turn already answering it (preemptive) claims it now.
                 let started = st.utterance.started;
                 if let Some(t) = st.turns.iter_mut().rev().find(|t| {
-                    !t.has_utterance && t.end.is_none() && started.is_some_and(|s| s <= t.started)
+                    t.shown
+                        && !t.has_utterance
+                        && t.end.is_none()
+                        && started.is_some_and(|s| s <= t.started)
                 }) {
                     let utterance = std::mem::take(&mut st.utterance);
                     self.utterance_span(&t.cx, &utterance, false);
@@ -281,7 +321,18 @@ impl SessionTrace {
                 }
             }
             EventKind::TurnStarted => {
-                let _ = self.turn(st, event.turn, now);
+                if let Some(i) = st.turns.iter().position(|t| t.turn == event.turn) {
+                    // A promoted speculation: shown now; the utterance it
+                    // answers is its own.
+                    st.turns[i].shown = true;
+                    if !st.turns[i].has_utterance && st.utterance.final_at.is_some() {
+                        let utterance = std::mem::take(&mut st.utterance);
+                        self.utterance_span(&st.turns[i].cx, &utterance, false);
+                        st.turns[i].has_utterance = true;
+                    }
+                } else {
+                    let _ = self.open_turn(st, event.turn, now, true);
+                }
             }
             EventKind::SpeculationEnded { outcome, usage } => {
                 self.speculation_ended(st, event.turn, *outcome, usage.as_deref(), now);
@@ -325,9 +376,12 @@ impl SessionTrace {
             return;
         }
         if let Some(u) = usage {
-            self.usage(t, u);
+            t.input_tokens += u.prompt_tokens;
+            t.output_tokens += u.completion_tokens;
+            self.estimated_usage(t, u);
         }
         t.end = Some(TurnEnd::Cancelled);
+        t.discarded = true;
         self.close_turn(st, turn, None, false, now);
     }
 
@@ -345,15 +399,21 @@ impl SessionTrace {
             return;
         };
         let mut t = st.turns.remove(i);
+        st.closed_upto = st.closed_upto.max(turn);
         self.settle(&mut t, now);
         let span = t.cx.span();
         let interrupted = t.interrupted_at.is_some()
             || report.is_some_and(|r| r.cut_at_chars.is_some())
             || t.end == Some(TurnEnd::Cancelled);
-        let reason = if session_closed && !interrupted {
-            "session_closed"
+        let failed = matches!(t.end, Some(TurnEnd::Failed(_)));
+        let reason = if t.discarded {
+            "discarded"
         } else if interrupted {
             "interrupted"
+        } else if failed {
+            "failed"
+        } else if session_closed {
+            "session_closed"
         } else {
             "completed"
         };
@@ -423,6 +483,8 @@ impl TurnSpans {
             end: None,
             interrupted_at: None,
             has_utterance: false,
+            shown: false,
+            discarded: false,
         }
     }
 }
@@ -469,3 +531,7 @@ fn latency_attributes(r: &TurnLatency, out: &mut Vec<KeyValue>) {
     out.push(KeyValue::new("colloquy.fallbacks", i64::from(r.fallbacks)));
     out.push(KeyValue::new("colloquy.hedges", i64::from(r.hedges)));
 }
+
+#[cfg(test)]
+#[path = "tests.rs"]
+mod tests;
