@@ -6,8 +6,10 @@
 //! token → the first sentence ready to speak → the first word heard. Every
 //! one of those moments is a bus event, so a [`TurnTimer`] — a plain state
 //! machine fed events and the instants they were seen — measures them
-//! without touching the session, and [`turn_reports`] runs one on a bus
-//! subscription:
+//! without touching the session. Every session runs one in its ledger, on
+//! the events as they are decided, and publishes each report on its bus
+//! ([`EventKind::TurnLatency`], on the cluster's wire too);
+//! [`turn_reports`] hands them out:
 //!
 //! ```text
 //!  UserSpeechEnded ─▶ UserTranscript(final) ─▶ TurnStarted ─▶ Token ─▶ Speakable ─▶ SpeechPlayed
@@ -64,9 +66,46 @@ pub struct TurnLatency {
     pub fallbacks: u32,
     /// Hedge requests that answered first.
     pub hedges: u32,
+    /// The session stopped before the turn was over (its speech may have
+    /// been playing).
+    pub session_closed: bool,
 }
 
 impl TurnLatency {
+    /// A report read back from [`TurnLatency::to_json`]'s object (`end`
+    /// given apart: the JSON holds only its label); `None` when the object
+    /// has no `turn`.
+    pub fn from_json(end: TurnEnd, v: &serde_json::Value) -> Option<Self> {
+        let ms = |k: &str| v.get(k).and_then(serde_json::Value::as_f64);
+        let count = |k: &str| {
+            v.get(k)
+                .and_then(serde_json::Value::as_u64)
+                .map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX))
+        };
+        Some(Self {
+            turn: TurnId(v.get("turn")?.as_u64()?),
+            end,
+            speech_end_to_final_ms: ms("speech_end_to_final_ms"),
+            final_to_turn_start_ms: ms("final_to_turn_start_ms"),
+            turn_start_to_first_token_ms: ms("turn_start_to_first_token_ms"),
+            first_token_to_speakable_ms: ms("first_token_to_speakable_ms"),
+            speakable_to_heard_ms: ms("speakable_to_heard_ms"),
+            end_to_end_ms: ms("end_to_end_ms"),
+            pauses: count("pauses"),
+            resumes: count("resumes"),
+            cut_at_chars: v
+                .get("cut_at_chars")
+                .and_then(serde_json::Value::as_u64)
+                .map(|n| n as usize),
+            fallbacks: count("fallbacks"),
+            hedges: count("hedges"),
+            session_closed: v
+                .get("session_closed")
+                .and_then(serde_json::Value::as_bool)
+                .unwrap_or(false),
+        })
+    }
+
     /// The report as a JSON object (`turn`, `end`, each interval, the
     /// counts), for JSON-line outputs.
     pub fn to_json(&self) -> serde_json::Value {
@@ -84,6 +123,7 @@ impl TurnLatency {
             "cut_at_chars": self.cut_at_chars,
             "fallbacks": self.fallbacks,
             "hedges": self.hedges,
+            "session_closed": self.session_closed,
         })
     }
 }
@@ -235,13 +275,18 @@ impl TurnTimer {
                 // and its speech was cut, played to its end, or never began
                 // (a tool round, a failure).
                 let spoken_out = o.speech_closed && o.heard >= o.speakable_chars;
-                let silent_end = matches!(
-                    o.end,
-                    Some(TurnEnd::ToolCalls | TurnEnd::Failed(_) | TurnEnd::ContentFilter)
-                ) && o.first_speakable.is_none();
+                // No speech at all: a turn not spoken (no segments: a
+                // voiced turn's last segment comes before its end), or a
+                // round that ended without a word (tools, a failure).
+                let silent_end = o.first_speakable.is_none()
+                    && (!o.speech_closed
+                        || matches!(
+                            o.end,
+                            Some(TurnEnd::ToolCalls | TurnEnd::Failed(_) | TurnEnd::ContentFilter)
+                        ));
                 let done = o.end.is_some()
                     && (o.cut_at_chars.is_some()
-                        || o.end == Some(TurnEnd::Cancelled)
+                        || o.end.as_ref().is_some_and(TurnEnd::is_abort)
                         || spoken_out
                         || silent_end);
                 if done {
@@ -255,7 +300,9 @@ impl TurnTimer {
     /// The events ended (the session stopped): the open turn's report, if
     /// it finished generating.
     pub fn finish(&mut self) -> Option<TurnLatency> {
-        self.close()
+        let mut report = self.close()?;
+        report.session_closed = true;
+        Some(report)
     }
 
     /// The open turn's report, if one is open and finished generating.
@@ -276,38 +323,35 @@ impl TurnTimer {
             cut_at_chars: o.cut_at_chars,
             fallbacks: o.fallbacks,
             hedges: o.hedges,
+            session_closed: false,
         })
     }
 }
 
-/// Runs a [`TurnTimer`] on `session`'s bus: each turn's report as it is
-/// ready. The task ends with the session (or when the receiver is dropped);
-/// a subscriber that lagged reports the turns it could still see whole.
+/// Each turn's report as the session publishes it
+/// ([`EventKind::TurnLatency`]), from a subscription to its bus. The task
+/// ends with the session (or when the receiver is dropped); a subscriber
+/// that lagged misses the reports it fell behind on.
 pub fn turn_reports(session: &SessionHandle) -> mpsc::Receiver<TurnLatency> {
     let mut rx = session.subscribe();
     let (tx, reports) = mpsc::channel(16);
     tokio::spawn(async move {
-        let mut timer = TurnTimer::new();
         loop {
             let event = tokio::select! {
                 e = rx.recv() => e,
                 () = tx.closed() => return,
             };
             match event {
-                Ok(e) => {
-                    if let Some(report) = timer.observe(&e, Instant::now())
-                        && tx.send(report).await.is_err()
-                    {
+                Ok(BusEvent {
+                    kind: EventKind::TurnLatency(report),
+                    ..
+                }) => {
+                    if tx.send((*report).clone()).await.is_err() {
                         return;
                     }
                 }
-                Err(BusRecvError::Lagged { .. }) => timer = TurnTimer::new(),
-                Err(_) => {
-                    if let Some(report) = timer.finish() {
-                        let _ = tx.send(report).await;
-                    }
-                    return;
-                }
+                Ok(_) | Err(BusRecvError::Lagged { .. }) => {}
+                Err(_) => return,
             }
         }
     });

@@ -236,7 +236,6 @@ async fn run(
         hit: false,
         backchannel: false,
         failures: Vec::new(),
-        timer: colloquy_actors::latency::TurnTimer::new(),
     };
     let observer = tokio::spawn(observer.run(session.subscribe(), stop_rx));
 

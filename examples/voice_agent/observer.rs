@@ -72,8 +72,6 @@ pub(crate) struct Observer {
     pub(crate) backchannel: bool,
     /// The failed turns' messages.
     pub(crate) failures: Vec<String>,
-    /// Each turn's latency breakdown (`turn_latency` lines with `--json`).
-    pub(crate) timer: colloquy_actors::latency::TurnTimer,
 }
 
 impl Observer {
@@ -121,7 +119,7 @@ impl Observer {
 
     pub(crate) async fn event(&mut self, ev: BusEvent) {
         let now = Instant::now();
-        if let Some(r) = self.timer.observe(&ev, tokio::time::Instant::from_std(now)) {
+        if let EventKind::TurnLatency(r) = &ev.kind {
             self.out.json("turn_latency", r.to_json());
         }
         let hooked = match ev.kind {

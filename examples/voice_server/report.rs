@@ -6,12 +6,12 @@
 
 use std::io::Write;
 
-use colloquy_actors::latency::{TurnLatency, TurnTimer};
+use colloquy_actors::latency::TurnLatency;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use colloquy_actors::bus::{BusRecvError, EventKind};
+use colloquy_actors::bus::{BusEvent, BusRecvError, EventKind};
 use colloquy_actors::calls::CallNotice;
 use serde_json::{Value, json};
 
@@ -95,17 +95,15 @@ impl Printer {
                 let mut rx = session.subscribe();
                 let call = info.id.clone();
                 tokio::spawn(async move {
-                    // Each turn's latency breakdown, once it is known.
-                    let mut timer = TurnTimer::new();
                     loop {
                         match rx.recv().await {
-                            Ok(ev) => {
-                                me.event(&call, ev.turn.0, &ev.kind);
-                                if let Some(r) = timer.observe(&ev, tokio::time::Instant::now()) {
-                                    me.latency(&call, &r);
-                                }
-                            }
-                            Err(BusRecvError::Lagged { .. }) => timer = TurnTimer::new(),
+                            // Each turn's latency breakdown, once it is known.
+                            Ok(BusEvent {
+                                kind: EventKind::TurnLatency(r),
+                                ..
+                            }) => me.latency(&call, &r),
+                            Ok(ev) => me.event(&call, ev.turn.0, &ev.kind),
+                            Err(BusRecvError::Lagged { .. }) => {}
                             Err(_) => return,
                         }
                     }

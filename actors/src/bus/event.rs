@@ -182,6 +182,12 @@ pub enum EventKind {
     /// a deadline, skipped with its circuit open, or lost a hedge race), with
     /// its request's usage, which is not part of the round's `Usage`.
     ProviderFailed(Arc<ProviderFailure>),
+    /// Where the turn's time went ([`latency`](crate::latency)), published
+    /// by the session once nothing more of the turn can happen: right after
+    /// the event that completed it (its speech played out or was cut, or it
+    /// ended without speech), at the next turn's start, or when the session
+    /// stops. Stamped with the turn it reports on, which is over by then.
+    TurnLatency(Arc<crate::latency::TurnLatency>),
 }
 
 impl EventKind {
@@ -290,6 +296,7 @@ event_kind_names! {
     SpeculationEnded: EventKind::SpeculationEnded { .. } => "speculation_ended",
     ProviderSelected: EventKind::ProviderSelected(_) => "provider_selected",
     ProviderFailed: EventKind::ProviderFailed(_) => "provider_failed",
+    TurnLatency: EventKind::TurnLatency(_) => "turn_latency",
 }
 
 /// One event on a session bus, stamped `(session, turn, seq)`.

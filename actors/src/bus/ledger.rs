@@ -120,6 +120,9 @@ pub(crate) struct Ledger {
     /// Whether the agent is generating or speaking, for those who wait for
     /// it to finish (reply handles, the speech queue).
     speaking: Arc<super::speaking::SpeakingState>,
+    /// Each turn's latency, measured on the events as they are decided:
+    /// its report is published right after the event that completed it.
+    timer: crate::latency::TurnTimer,
 }
 
 impl Ledger {
@@ -144,6 +147,7 @@ impl Ledger {
             segments: SegmentBuffer::default(),
             voices: 0,
             speaking: Arc::default(),
+            timer: crate::latency::TurnTimer::new(),
         }
     }
 
@@ -204,16 +208,21 @@ impl Ledger {
 
     fn send(&mut self, turn: TurnId, kind: EventKind) -> u64 {
         self.seq += 1;
+        let seq = self.seq;
         let event = BusEvent {
             session: self.session.clone(),
             turn,
-            seq: self.seq,
+            seq,
             kind,
         };
+        let report = self.timer.observe(&event, tokio::time::Instant::now());
         if !self.closed {
             self.outbox.push(Outgoing::Event(event));
         }
-        self.seq
+        if let Some(report) = report {
+            self.send(report.turn, EventKind::TurnLatency(Arc::new(report)));
+        }
+        seq
     }
 
     /// Starts the next turn and publishes `TurnStarted`, `interruptible` by
@@ -505,6 +514,10 @@ impl Ledger {
     /// The session stopped: subscribers see `Closed` once they drained.
     pub(crate) fn close_bus(&mut self) {
         if !self.closed {
+            // The last turn's report, if it finished generating.
+            if let Some(report) = self.timer.finish() {
+                self.send(report.turn, EventKind::TurnLatency(Arc::new(report)));
+            }
             self.closed = true;
             self.outbox.push(Outgoing::Close);
         }

@@ -83,12 +83,21 @@ pub(super) fn check(
     let mut usage: HashMap<TurnId, usize> = HashMap::new();
     let mut provider_usage = HashSet::new();
     let mut speculative = HashSet::new();
+    let mut reported = HashSet::new();
     for ev in events {
         if ev.seq <= last_seq {
             return Err(format!("seq {} after {last_seq}", ev.seq));
         }
         last_seq = ev.seq;
         if ev.kind.is_user_side() {
+            continue;
+        }
+        // A turn's report comes once, after the turn (so after a cut too),
+        // and names it.
+        if let EventKind::TurnLatency(r) = &ev.kind {
+            if r.turn != ev.turn || !reported.insert(ev.turn) {
+                return Err(format!("report {r:?} stamped {} (or twice)", ev.turn));
+            }
             continue;
         }
         if cut.contains(&ev.turn) {

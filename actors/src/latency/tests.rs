@@ -197,11 +197,19 @@ fn a_report_waits_for_the_speech_to_end_and_counts_a_late_cut() {
         (TurnEnd::Stop, Some(3), 1)
     );
     assert_eq!(r.end_to_end_ms, Some(700.0));
-    // A session that stops with a turn open reports it.
+    // A session that stops with a turn still speaking reports it.
     s.at(1_000, 2, EventKind::TurnStarted);
+    s.at(1_050, 2, speakable());
     s.at(1_100, 2, EventKind::TurnFinished(TurnEnd::Stop));
     let r = s.timer.finish().expect("the open turn at the end");
-    assert_eq!(r.turn, TurnId(2));
+    assert_eq!((r.turn, r.session_closed), (TurnId(2), true));
+    // A turn not spoken (no segments) is over when it finishes.
+    s.at(1_200, 3, EventKind::TurnStarted);
+    s.at(1_300, 3, token());
+    let r = s
+        .at(1_400, 3, EventKind::TurnFinished(TurnEnd::Stop))
+        .expect("nothing to wait for");
+    assert_eq!((r.turn, r.session_closed), (TurnId(3), false));
 }
 
 #[test]

@@ -21,14 +21,18 @@ use super::conventions as c;
 use super::spans::{Segment, ToolSpan};
 use crate::bus::{BusEvent, EventKind, SpeculationOutcome, TurnEnd};
 use crate::ids::{SessionId, TurnId};
-use crate::latency::{TurnLatency, TurnTimer};
+use crate::latency::TurnLatency;
 
-/// The tap's filter: everything but reasoning and refusal text and
-/// structured objects (tokens are kept: the turn's timer notes the first).
+/// The tap's filter: everything but the model's text and structured
+/// objects — no token reaches the trace (the round task notes the first
+/// output; the session's own timer measures the turn).
 pub(crate) fn traced(kind: &EventKind) -> bool {
     !matches!(
         kind,
-        EventKind::Reasoning(_) | EventKind::Refusal(_) | EventKind::Structured(_)
+        EventKind::Token(_)
+            | EventKind::Reasoning(_)
+            | EventKind::Refusal(_)
+            | EventKind::Structured(_)
     )
 }
 
@@ -98,7 +102,6 @@ pub(super) struct State {
     session: Option<Context>,
     pub(super) turns: Vec<TurnSpans>,
     utterance: Utterance,
-    timer: TurnTimer,
     /// The latest turn whose spans ended: turn ids only grow, so a round
     /// task that reports on it afterwards opens nothing.
     closed_upto: TurnId,
@@ -137,7 +140,6 @@ impl SessionTrace {
                 session: Some(Context::new().with_span(span)),
                 turns: Vec::new(),
                 utterance: Utterance::default(),
-                timer: TurnTimer::new(),
                 closed_upto: TurnId(0),
             }),
         })
@@ -283,8 +285,6 @@ impl SessionTrace {
             return;
         }
         match &event.kind {
-            // The common case first: one timer note, nothing else.
-            EventKind::Token(_) => {}
             EventKind::UserSpeechStarted => {
                 // An utterance no turn claimed stays under the session.
                 self.flush_utterance(st);
@@ -337,15 +337,16 @@ impl SessionTrace {
             EventKind::SpeculationEnded { outcome, usage } => {
                 self.speculation_ended(st, event.turn, *outcome, usage.as_deref(), now);
             }
+            // The session's report: nothing more of the turn can happen.
+            EventKind::TurnLatency(report) => {
+                let closed = report.session_closed;
+                self.close_turn(st, report.turn, Some(report), closed, now);
+            }
             kind => {
                 if let Some(t) = st.turns.iter_mut().find(|t| t.turn == event.turn) {
                     self.turn_event(t, kind, now);
                 }
             }
-        }
-        let at = tokio::time::Instant::from_std(now);
-        if let Some(report) = st.timer.observe(event, at) {
-            self.close_turn(st, report.turn, Some(&report), false, now);
         }
     }
 
@@ -446,11 +447,9 @@ impl SessionTrace {
         let now = Instant::now();
         let mut st = self.lock();
         let st = &mut *st;
-        let report = st.timer.finish();
         let turns: Vec<TurnId> = st.turns.iter().map(|t| t.turn).collect();
         for turn in turns {
-            let report = report.as_ref().filter(|r| r.turn == turn);
-            self.close_turn(st, turn, report, true, now);
+            self.close_turn(st, turn, None, true, now);
         }
         self.flush_utterance(st);
         if let Some(session) = st.session.take() {

@@ -11,6 +11,7 @@ use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData
 use super::SessionTrace;
 use crate::bus::{BusEvent, EventKind, SpeculationOutcome, TurnEnd};
 use crate::ids::{SessionId, TurnId};
+use crate::latency::TurnTimer;
 use crate::telemetry::Tracing;
 
 struct Harness {
@@ -18,6 +19,9 @@ struct Harness {
     _provider: SdkTracerProvider,
     trace: Arc<SessionTrace>,
     seq: u64,
+    /// The session's timer, as the ledger runs it: its reports follow the
+    /// event that completed a turn.
+    timer: TurnTimer,
 }
 
 impl Harness {
@@ -33,17 +37,23 @@ impl Harness {
             _provider: provider,
             trace,
             seq: 0,
+            timer: TurnTimer::new(),
         }
     }
 
     fn event(&mut self, turn: u64, kind: EventKind) {
         self.seq += 1;
-        self.trace.observe(&BusEvent {
+        let event = BusEvent {
             session: SessionId::new("s"),
             turn: TurnId(turn),
             seq: self.seq,
             kind,
-        });
+        };
+        let report = self.timer.observe(&event, tokio::time::Instant::now());
+        self.trace.observe(&event);
+        if let Some(r) = report {
+            self.event(r.turn.0, EventKind::TurnLatency(Arc::new(r)));
+        }
     }
 
     fn spans(&self) -> Vec<SpanData> {

@@ -36,10 +36,59 @@ pub(in crate::bus) fn dummy_abort() -> tokio::task::AbortHandle {
     rt.block_on(async { tokio::spawn(async {}).abort_handle() })
 }
 
+/// The kinds received, without the turns' latency reports (their own test:
+/// `a_turns_report_follows_the_event_that_completed_it`).
 pub(in crate::bus) fn kinds(rx: &mut BusReceiver) -> Vec<EventKind> {
     std::iter::from_fn(|| rx.try_recv().ok().flatten())
         .map(|e| e.kind)
+        .filter(|k| !matches!(k, EventKind::TurnLatency(_)))
         .collect()
+}
+
+#[test]
+fn a_turns_report_follows_the_event_that_completed_it() {
+    let bus = SessionBus::new(SessionId::new("s"), 16);
+    let mut rx = bus.subscribe();
+    let t1 = begin(&bus, 40);
+    bus.publish_agent(t1, token("Hello")).unwrap();
+    bus.cut(None, TurnEnd::Cancelled);
+    let events: Vec<BusEvent> = std::iter::from_fn(|| rx.try_recv().ok().flatten()).collect();
+    let names: Vec<&str> = events.iter().map(|e| e.kind.name()).collect();
+    assert_eq!(
+        names,
+        [
+            "turn_started",
+            "token",
+            "usage",
+            "turn_finished",
+            "turn_latency"
+        ]
+    );
+    let EventKind::TurnLatency(r) = &events[4].kind else {
+        unreachable!()
+    };
+    assert_eq!(
+        (events[4].turn, r.turn, &r.end),
+        (t1, t1, &TurnEnd::Cancelled)
+    );
+    assert!(!r.session_closed);
+    // A turn still speaking when the session stops is reported then.
+    bus.take_closed();
+    bus.set_voice(true);
+    let t2 = begin(&bus, 40);
+    bus.publish_agent(t2, token("Bye.")).unwrap();
+    bus.finish_turn(t2, TurnEnd::Stop);
+    bus.close();
+    let last: Vec<BusEvent> = std::iter::from_fn(|| rx.try_recv().ok().flatten()).collect();
+    let reports: Vec<_> = last
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::TurnLatency(r) => Some(r.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reports.len(), 1, "{last:?}");
+    assert_eq!((reports[0].turn, reports[0].session_closed), (t2, true));
 }
 
 #[test]

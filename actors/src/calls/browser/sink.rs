@@ -1,7 +1,6 @@
 //! The browser's speaker: agent audio to the page's playback worklet, and
 //! its played reports back; plus the call's events for the page to show.
 
-use crate::latency::TurnTimer;
 use std::sync::Mutex;
 
 use axum::extract::ws::Message;
@@ -72,26 +71,20 @@ pub(crate) fn forward_events(
 ) -> AbortOnDrop {
     let mut rx = session.subscribe();
     AbortOnDrop(tokio::spawn(async move {
-        // Each turn's latency breakdown, for the page's waterfall.
-        let mut timer = TurnTimer::new();
         loop {
             let ev = match rx.recv().await {
                 Ok(ev) => ev,
-                Err(BusRecvError::Lagged { .. }) => {
-                    timer = TurnTimer::new();
-                    continue;
-                }
+                Err(BusRecvError::Lagged { .. }) => continue,
                 Err(_) => return,
             };
-            if let Some(report) = timer.observe(&ev, tokio::time::Instant::now()) {
-                let mut msg = report.to_json();
-                msg["type"] = serde_json::json!("turn_latency");
-                if out.send(Message::Text(msg.to_string().into())).is_err() {
-                    return;
-                }
-            }
             let turn = ev.turn.0;
             let msg = match &ev.kind {
+                // Each turn's latency breakdown, for the page's waterfall.
+                EventKind::TurnLatency(report) => {
+                    let mut msg = report.to_json();
+                    msg["type"] = serde_json::json!("turn_latency");
+                    msg
+                }
                 EventKind::UserSpeechStarted => serde_json::json!({"type": "speech_started"}),
                 EventKind::UserSpeechEnded => serde_json::json!({"type": "speech_ended"}),
                 EventKind::UserTranscript { text, is_final, .. } => {

@@ -14,6 +14,7 @@ use serde_json::Value;
 use super::{RemoteEvent, RemoteEventKind, WorkerEventName};
 use crate::bus::{EventKind, EventKindName, SpeculationOutcome, ToolOutput, TurnEnd};
 use crate::ids::{SessionId, TurnId};
+use crate::latency::TurnLatency;
 
 /// Why bytes from an events subject are not an event.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -155,6 +156,14 @@ fn bus_event(name: EventKindName, p: Value) -> Result<RemoteEventKind, DecodeErr
             EventKind::Structured(Arc::new(v))
         }
         EventKindName::TurnFinished => EventKind::TurnFinished(turn_end(field(kind, p)?)),
+        EventKindName::TurnLatency => {
+            let end = turn_end(field(kind, p.clone())?);
+            let report = TurnLatency::from_json(end, &p).ok_or(DecodeError::Payload {
+                kind,
+                message: "not a turn latency report".into(),
+            })?;
+            EventKind::TurnLatency(Arc::new(report))
+        }
         EventKindName::Interrupted => EventKind::Interrupted {
             heard_chars: field::<Heard>(kind, p)?.heard_chars,
         },

@@ -128,6 +128,13 @@ fn bus_payload(kind: &EventKind) -> (&'static str, Value) {
                 "after_output": f.after_output, "usage": f.usage,
             })
         }
+        EventKind::TurnLatency(r) => {
+            let mut v = r.to_json();
+            if let TurnEnd::Failed(m) | TurnEnd::Other(m) = &r.end {
+                v["message"] = json!(&**m);
+            }
+            v
+        }
         // Kinds added later travel by name (decoded as `Unknown` by older readers).
         #[allow(unreachable_patterns)]
         _ => json!({}),
