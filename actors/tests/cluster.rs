@@ -169,7 +169,7 @@ async fn remote_cancel_leaves_no_stale_event() {
             if ev.seq >= marker {
                 break;
             }
-            if ev.turn == t && !ev.bus().is_some_and(EventKind::is_user_side) {
+            if ev.turn == t && !ev.bus().is_some_and(|k| k.is_user_side() || k.is_report()) {
                 stale.push(ev);
             }
         }

@@ -202,6 +202,13 @@ impl EventKind {
         )
     }
 
+    /// A report about a turn ([`EventKind::TurnLatency`]): published once
+    /// the turn is over and stamped with it, but never part of its stream —
+    /// a subscriber that drops a finished turn's events keeps these.
+    pub fn is_report(&self) -> bool {
+        matches!(self, EventKind::TurnLatency(_))
+    }
+
     /// Events embedders publish for a turn: tool results and playback
     /// progress. (Speakable segments are cut by the runtime, in the ledger.)
     pub fn is_embedder_side(&self) -> bool {
