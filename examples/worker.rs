@@ -27,6 +27,8 @@ use serde_json::json;
 
 #[path = "common/key_file.rs"]
 mod key_file;
+#[path = "common/policy_flags.rs"]
+mod policy_flags;
 #[path = "common/prometheus.rs"]
 mod prometheus;
 
@@ -84,6 +86,8 @@ struct Args {
     /// Serve the metrics for Prometheus at http://ADDR/metrics (port 0: any).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    policy: policy_flags::PolicyFlags,
 }
 
 fn provider(a: &Args) -> Result<Provider, Box<dyn std::error::Error>> {
@@ -155,7 +159,8 @@ async fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
         .with_default_model(a.model.clone())
         .with_prefix(a.prefix.clone())
         .with_lease_ttl(Duration::from_millis(a.lease_ms))
-        .with_drain_timeout(Duration::from_millis(a.drain_timeout_ms));
+        .with_drain_timeout(Duration::from_millis(a.drain_timeout_ms))
+        .with_policy(a.policy.policy());
     config.tools = ToolRegistry::new().with_tool(weather_tool());
     let worker = Worker::start(nats, config).await?;
     println!(

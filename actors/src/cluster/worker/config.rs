@@ -1,11 +1,12 @@
 //! What a worker is started with: its name, the model client and tools its
-//! sessions use, its capacity, and the times of leases and drains.
+//! sessions use, its capacity, the times of leases and drains, and the
+//! policy placements and inputs are held to.
 
 use std::time::Duration;
 
 use colloquy::llm::ChatClient;
 
-use crate::cluster::DEFAULT_PREFIX;
+use crate::cluster::{DEFAULT_PREFIX, PlacementPolicy};
 use crate::segmenter::SegmenterConfig;
 use crate::tool_executor::{Tool, ToolRegistry};
 
@@ -34,6 +35,9 @@ pub struct WorkerConfig {
     pub bus_capacity: usize,
     /// The segmenter of sessions whose spec asks for one.
     pub segmenter: SegmenterConfig,
+    /// What placements may ask and how much a session may send
+    /// ([`PlacementPolicy`]; its defaults allow only the default model).
+    pub policy: PlacementPolicy,
 }
 
 impl std::fmt::Debug for WorkerConfig {
@@ -48,6 +52,7 @@ impl std::fmt::Debug for WorkerConfig {
             .field("lease_ttl", &self.lease_ttl)
             .field("drain_timeout", &self.drain_timeout)
             .field("bus_capacity", &self.bus_capacity)
+            .field("policy", &self.policy)
             .finish()
     }
 }
@@ -67,7 +72,14 @@ impl WorkerConfig {
             drain_timeout: Duration::from_secs(10),
             bus_capacity: 1024,
             segmenter: SegmenterConfig::default(),
+            policy: PlacementPolicy::default(),
         }
+    }
+
+    /// Sets the placement policy.
+    pub fn with_policy(mut self, policy: PlacementPolicy) -> Self {
+        self.policy = policy;
+        self
     }
 
     /// Registers a tool sessions may name.
