@@ -179,12 +179,21 @@ impl ClientInner {
     ) -> Result<Prepared, LlmError> {
         let mut headers = self.headers.clone();
         let mut keys = self.keys.clone();
+        // Extra values short enough to be ordinary words (`true`, `json`)
+        // are not scrubbed from messages; a credential is longer.
+        let credential_like = |v: &&String| v.len() >= 8;
         for (name, value) in extra_headers {
             let (n, v) = extra_header(name, value)?;
             headers.insert(n, v);
-            keys.push(Secret::new(value.as_str()));
         }
-        keys.extend(extra_query.iter().map(|(_, v)| Secret::new(v.as_str())));
+        keys.extend(
+            extra_headers
+                .iter()
+                .chain(extra_query)
+                .map(|(_, v)| v)
+                .filter(credential_like)
+                .map(|v| Secret::new(v.as_str())),
+        );
         let mut url = self.url.clone();
         if !extra_query.is_empty() {
             let mut q = url.query_pairs_mut();
