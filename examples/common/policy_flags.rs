@@ -35,10 +35,10 @@ pub struct PolicyFlags {
     /// Largest input message in bytes [default: 65536].
     #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_input_bytes: Option<u64>,
-    /// Inputs per second per session, sustained (0: unlimited) [default: 20].
+    /// Inputs per second per session, sustained (0: unlimited) [default: 50].
     #[arg(long, value_name = "N")]
     pub input_rate: Option<u32>,
-    /// Inputs at once per session [default: 50].
+    /// Inputs at once per session [default: 100].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub input_burst: Option<u32>,
     /// End a session after this many seconds without input (0: never) [default: 900].
@@ -89,8 +89,8 @@ impl PolicyFlags {
             p.max_input_bytes = size(n);
         }
         let default_rate = p.input_rate.unwrap_or(InputRate {
-            per_second: 20,
-            burst: 50,
+            per_second: 50,
+            burst: 100,
         });
         p.input_rate = match self.input_rate.unwrap_or(default_rate.per_second) {
             0 => None,

@@ -119,7 +119,8 @@ pub struct PlacementPolicy {
     pub max_placement_bytes: usize,
     /// Largest input message (a transcript, a text, a tool result). Default 64 KiB.
     pub max_input_bytes: usize,
-    /// Per-session input rate; `None`: unlimited. Default 20/s, bursts of 50.
+    /// Per-session input rate; `None`: unlimited. Default 50/s, bursts of 100
+    /// (interim transcripts and playback reports are frequent).
     pub input_rate: Option<InputRate>,
     /// A session with no input for this long ends (`session_ended`, reason
     /// `idle_timeout`); `None`: never. Default 15 min.
@@ -149,8 +150,8 @@ impl Default for PlacementPolicy {
             max_placement_bytes: 1024 * 1024,
             max_input_bytes: 64 * 1024,
             input_rate: Some(InputRate {
-                per_second: 20,
-                burst: 50,
+                per_second: 50,
+                burst: 100,
             }),
             idle_timeout: Some(Duration::from_secs(15 * 60)),
             max_lifetime: Some(Duration::from_secs(4 * 3600)),

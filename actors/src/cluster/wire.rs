@@ -80,7 +80,7 @@
 //! that is closed or not current), `not_allowed`, `unknown_call`,
 //! `already_answered`, `closed`, `timeout`, `too_large`, `turn_in_flight`,
 //! `policy` (the worker's placement policy refused it; `detail` holds the
-//! violation, e.g. `{"violation": "rate_limited", "per_second": 20, "burst": 50}`).
+//! violation, e.g. `{"violation": "rate_limited", "per_second": 50, "burst": 100}`).
 //!
 //! # Placement: `{prefix}.place` (queue group `{prefix}-workers`)
 //!
