@@ -2,7 +2,8 @@
 //! more than the worker allows (`extra_body.messages`, an unlisted model, a
 //! 2 MiB transcript) is refused with a typed error and costs nothing; a
 //! 2 MiB input is refused the same way; an idle session, and one past its
-//! lifetime, ends with its reason; a flood of inputs on one session is
+//! lifetime, ends with its reason (and the buckets carry the policy's
+//! `max_age` and `max_bytes`); a flood of inputs on one session is
 //! throttled while another session's turn goes on undisturbed.
 //!
 //! Each test runs its own `nats-server -js` on 127.0.0.1 (see
@@ -18,6 +19,7 @@ use std::time::{Duration, Instant};
 use cluster_common::*;
 use colloquy::context::ChatContext;
 use colloquy_actors::bus::TurnEnd;
+use colloquy_actors::cluster::async_nats::jetstream;
 use colloquy_actors::cluster::{
     ClusterError, InputRate, PlacementPolicy, PolicyViolation, RemoteEventKind, SessionSpec,
     Worker, connect,
@@ -136,10 +138,25 @@ async fn idle_and_expired_sessions_end_with_their_reason() {
     let idle = PlacementPolicy {
         idle_timeout: Some(Duration::from_millis(300)),
         max_lifetime: None,
+        store_max_age: Some(Duration::from_secs(3600)),
+        store_max_bytes: Some(8 << 20),
         ..PlacementPolicy::default()
     };
     let _w = worker_with(&server, &model, "w-idle", idle).await;
     let client = cluster_client(&server).await;
+    // The buckets it created carry the policy's limits.
+    let js = jetstream::new(client.nats().clone());
+    for bucket in ["colloquy_leases", "colloquy_checkpoints"] {
+        let status = js
+            .get_key_value(bucket)
+            .await
+            .unwrap()
+            .status()
+            .await
+            .unwrap();
+        assert_eq!(status.max_age(), Duration::from_secs(3600), "{bucket}");
+        assert_eq!(status.info.config.max_bytes, 8 << 20, "{bucket}");
+    }
     // Subscribed before it is placed: the end cannot be missed.
     let mut rx = client.session("idle").unwrap().subscribe().await.unwrap();
     client.place("idle", SessionSpec::default()).await.unwrap();

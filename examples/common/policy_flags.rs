@@ -51,7 +51,8 @@ pub struct PolicyFlags {
     /// them, in seconds (0: none) [default: 86400].
     #[arg(long, value_name = "S")]
     pub store_max_age_s: Option<u64>,
-    /// max_bytes of each bucket when this worker creates it (0: none) [default: 1073741824].
+    /// max_bytes of each bucket when this worker creates it (JetStream
+    /// reserves it; 0: none) [default: none].
     #[arg(long, value_name = "BYTES")]
     pub store_max_bytes: Option<u64>,
 }

@@ -134,7 +134,9 @@ pub struct PlacementPolicy {
     /// and lifetime. `None`: no limit. Default 24 h.
     pub store_max_age: Option<Duration>,
     /// `max_bytes` of each bucket: a full bucket refuses writes. `None`: no
-    /// limit. Default 1 GiB.
+    /// limit. JetStream reserves the bytes when the bucket is created (a
+    /// server without that much storage refuses it), so there is no default:
+    /// size it to the deployment (sessions × checkpoint size). Default `None`.
     pub store_max_bytes: Option<u64>,
 }
 
@@ -156,7 +158,7 @@ impl Default for PlacementPolicy {
             idle_timeout: Some(Duration::from_secs(15 * 60)),
             max_lifetime: Some(Duration::from_secs(4 * 3600)),
             store_max_age: Some(Duration::from_secs(24 * 3600)),
-            store_max_bytes: Some(1 << 30),
+            store_max_bytes: None,
         }
     }
 }
