@@ -10,7 +10,7 @@
 //! or `error` (exit 1).
 //!
 //! Provider resilience: `--fallback-base-url URL` (repeatable; `--fallback-model`
-//! and `--fallback-api-key` apply to the last one named), `--ttft-timeout-ms`,
+//! and `--fallback-api-key-file` apply to the last one named), `--ttft-timeout-ms`,
 //! `--gap-timeout-ms` (deadlines on useful output, per provider) and
 //! `--hedge-after-ms` run the request through a provider chain; then
 //! `{"type":"provider","index":I,"base_url":"…","reason":"primary"|"fallback"|"hedge"}`
@@ -37,7 +37,7 @@ use common::{ChainFlags, Env, Fallback, ProviderFlags};
 /// One streamed completion from the command line.
 ///
 /// The provider: --azure-endpoint or --azure-deployment: Azure OpenAI;
-/// --base-url: that OpenAI-compatible server (key: --api-key, else
+/// --base-url: that OpenAI-compatible server (key: --api-key-file, else
 /// OPENAI_API_KEY); --api-key alone: OpenAI; else OPENAI_API_KEY (OpenAI),
 /// else AZURE_OPENAI_ENDPOINT (Azure).
 #[derive(Parser, Debug)]

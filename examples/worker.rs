@@ -25,8 +25,12 @@ use colloquy_actors::cluster::{Worker, WorkerConfig, connect, redact_url};
 use colloquy_actors::{Tool, ToolRegistry};
 use serde_json::json;
 
+#[path = "common/key_file.rs"]
+mod key_file;
 #[path = "common/otel.rs"]
 mod otel;
+#[path = "common/policy_flags.rs"]
+mod policy_flags;
 #[path = "common/prometheus.rs"]
 mod prometheus;
 
@@ -55,9 +59,14 @@ struct Args {
     /// The model of sessions whose spec names none.
     #[arg(long, value_name = "M", default_value = "gpt-4o-mini")]
     model: String,
-    /// The provider's key [default: OPENAI_API_KEY from the environment].
+    /// The provider's key [default: OPENAI_API_KEY, or AZURE_OPENAI_API_KEY
+    /// for Azure, from the environment]. Visible to every user of the
+    /// machine in `ps`: prefer --api-key-file or the environment.
     #[arg(long, value_name = "K", hide_default_value = true)]
     api_key: Option<String>,
+    /// A file holding the provider's key (read once, whitespace trimmed).
+    #[arg(long, value_name = "PATH", conflicts_with = "api_key")]
+    api_key_file: Option<std::path::PathBuf>,
     /// Azure OpenAI: the resource endpoint.
     #[arg(long, value_name = "URL")]
     azure_endpoint: Option<String>,
@@ -79,9 +88,15 @@ struct Args {
     /// Serve the metrics for Prometheus at http://ADDR/metrics (port 0: any).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    policy: policy_flags::PolicyFlags,
 }
 
 fn provider(a: &Args) -> Result<Provider, Box<dyn std::error::Error>> {
+    let key = match &a.api_key_file {
+        Some(path) => Some(key_file::read_key_file(path)?),
+        None => a.api_key.clone().map(Secret::new),
+    };
     if a.azure_endpoint.is_some() || a.azure_deployment.is_some() {
         let cfg = AzureConfig::resolve(
             &a.model,
@@ -89,23 +104,19 @@ fn provider(a: &Args) -> Result<Provider, Box<dyn std::error::Error>> {
                 endpoint: a.azure_endpoint.clone(),
                 deployment: a.azure_deployment.clone(),
                 api_version: a.api_version.clone(),
-                api_key: a.api_key.clone().map(Secret::new),
+                api_key: key,
                 ..Default::default()
             },
         )?;
         return Ok(cfg.into());
     }
-    let cfg = match (&a.base_url, &a.api_key) {
-        (Some(url), _) => {
+    let cfg = match (&a.base_url, key) {
+        (Some(url), key) => {
             let mut c = OpenAiConfig::compatible(url.clone());
-            c.api_key = a
-                .api_key
-                .clone()
-                .map(Secret::new)
-                .or_else(|| Secret::from_env("OPENAI_API_KEY"));
+            c.api_key = key.or_else(|| Secret::from_env("OPENAI_API_KEY"));
             c
         }
-        (None, Some(key)) => OpenAiConfig::new(key.clone()),
+        (None, Some(key)) => OpenAiConfig::new(key),
         (None, None) => OpenAiConfig::from_env()?,
     };
     Ok(cfg.into())
@@ -150,7 +161,8 @@ async fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
         .with_default_model(a.model.clone())
         .with_prefix(a.prefix.clone())
         .with_lease_ttl(Duration::from_millis(a.lease_ms))
-        .with_drain_timeout(Duration::from_millis(a.drain_timeout_ms));
+        .with_drain_timeout(Duration::from_millis(a.drain_timeout_ms))
+        .with_policy(a.policy.policy());
     config.tools = ToolRegistry::new().with_tool(weather_tool());
     // Flushed when dropped, after the drain.
     let otlp = otel::from_env("worker")?;

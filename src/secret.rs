@@ -3,9 +3,15 @@
 //! API keys and AD tokens travel through configuration structs that users print,
 //! log and put in error reports. [`Secret`] makes that safe: its `Debug` and
 //! `Display` show a fixed placeholder, and the only way to read the value is the
-//! explicit [`Secret::expose`].
+//! explicit [`Secret::expose`]. What providers say back, and the URLs colloquy
+//! shows, go through one scrubber ([`scrub`], [`display_url`]) so an echoed key
+//! never reaches an error, an event, the wire or a log.
 
 use std::fmt;
+
+mod scrub;
+
+pub use scrub::{display_url, scrub};
 
 /// A string that is never shown by `Debug` or `Display`.
 #[derive(Clone, PartialEq, Eq)]

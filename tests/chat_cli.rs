@@ -91,3 +91,73 @@ async fn json_error_line_and_failure_exit() {
     assert_eq!(e["retry_after_s"], 2.0);
     assert!(e["message"].as_str().unwrap().contains("slow down"));
 }
+
+/// Keys come from files (`--api-key-file`, `--fallback-api-key-file`), so
+/// none is on the command line; a primary that echoes its key in a 401 has
+/// it shown as `***` in the fallback's `provider_failed` line, and the key
+/// is nowhere in the output.
+#[tokio::test]
+async fn keys_from_files_reach_the_providers_and_never_the_output() {
+    const PRIMARY: &str = "sk-chat-cli-file-key-PRIMARY-1";
+    const FALLBACK: &str = "chat-cli-file-key-FALLBACK-2";
+    let dir = std::env::temp_dir().join(format!("colloquy-keys-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (primary_file, fallback_file) = (dir.join("primary"), dir.join("fallback"));
+    std::fs::write(&primary_file, format!("{PRIMARY}\n")).unwrap();
+    std::fs::write(&fallback_file, FALLBACK).unwrap();
+    let primary = MockServer::start(|req| {
+        let said = format!(
+            "Invalid API key: {}",
+            req.header("authorization").unwrap_or("")
+        );
+        MockResponse::raw(
+            401,
+            "application/json",
+            json!({"error": {"message": said}}).to_string(),
+        )
+    })
+    .await
+    .unwrap();
+    let fallback = MockServer::start(|_| MockResponse::text(&["ok"]))
+        .await
+        .unwrap();
+    let out = bin::run(
+        "chat",
+        &[
+            "--base-url",
+            &primary.base_url(),
+            "--api-key-file",
+            primary_file.to_str().unwrap(),
+            "--fallback-base-url",
+            &fallback.base_url(),
+            "--fallback-api-key-file",
+            fallback_file.to_str().unwrap(),
+            "--model",
+            "m",
+            "--json",
+            "hello",
+        ],
+    )
+    .await;
+    let _ = std::fs::remove_dir_all(&dir);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert_eq!(
+        primary.requests()[0].header("authorization"),
+        Some(format!("Bearer {PRIMARY}").as_str())
+    );
+    assert_eq!(
+        fallback.requests()[0].header("authorization"),
+        Some(format!("Bearer {FALLBACK}").as_str())
+    );
+    for key in [PRIMARY, FALLBACK] {
+        assert!(
+            !stdout.contains(key) && !stderr.contains(key),
+            "{stdout}\n{stderr}"
+        );
+    }
+    assert!(stdout.contains("provider_failed"), "{stdout}");
+}

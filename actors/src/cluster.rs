@@ -57,6 +57,7 @@ mod admission;
 #[cfg(test)]
 mod admission_tests;
 mod lease;
+mod policy;
 mod remote;
 mod spec;
 mod subject;
@@ -68,6 +69,7 @@ mod worker;
 /// The NATS client this module is built on (its `Client` is what
 /// [`connect`] returns and [`Worker::start`] takes).
 pub use async_nats;
+pub use policy::{FORBIDDEN_EXTRA_BODY_KEYS, InputRate, PlacementPolicy, PolicyViolation};
 pub use remote::{ClusterClient, RemoteConfig, RemoteEvents, RemoteSession};
 pub use spec::{SessionSpec, SpecInterruption, SpecMode, SpecOptions};
 pub use subject::{
@@ -164,6 +166,9 @@ pub enum ClusterError {
     /// The worker lost the session's lease to another worker.
     #[error("lease of session {0} lost")]
     LeaseLost(SessionId),
+    /// The worker's [`PlacementPolicy`] refused the placement or the input.
+    #[error("refused by the worker's policy: {0}")]
+    Policy(PolicyViolation),
 }
 
 impl ClusterError {

@@ -1,6 +1,6 @@
 //! Defects of the NATS cluster found in review (issue 13), each pinned by a
 //! test: over-long subjects, speculations around failovers and drains, and a
-//! lease whose checkpoint is gone.
+//! lease whose checkpoint is gone (claimed at most once, then deleted).
 //!
 //! Servers, workers and waits as in `cluster.rs` (see `cluster_common`).
 
@@ -249,4 +249,57 @@ async fn a_lease_without_a_checkpoint_is_settled_not_claimed_forever() {
     })
     .await
     .expect("the lease was settled");
+}
+
+/// Issue 19: a released lease with no checkpoint (forged, or left by a
+/// crash) is claimed once — one compare-and-set, generation + 1 — and then
+/// deleted by compare-and-set on that claim's revision, never released for
+/// the other worker to claim again.
+#[tokio::test]
+async fn a_released_lease_without_a_checkpoint_is_claimed_at_most_once_then_deleted() {
+    let Some(server) = NatsServer::start().await else {
+        return;
+    };
+    let model = model().await;
+    let _a = worker(&server, &model, "a", 10, NO_FAILOVER).await;
+    let _b = worker(&server, &model, "b", 10, NO_FAILOVER).await;
+    let nats = connect(&server.url(), "inspector").await.unwrap();
+    let kv = jetstream::new(nats)
+        .get_key_value("colloquy_leases")
+        .await
+        .unwrap();
+    let mut watch = kv.watch_with_history("forged").await.unwrap();
+    let lease = serde_json::json!({
+        "worker": "attacker", "instance": "x", "generation": 10,
+        "state": "released", "ttl_ms": 1000,
+    });
+    kv.put("forged", Bytes::from(lease.to_string()))
+        .await
+        .unwrap();
+    let mut generations = Vec::new();
+    tokio::time::timeout(GUARD, async {
+        while let Some(entry) = watch.next().await {
+            let entry = entry.unwrap();
+            if entry.operation != Operation::Put {
+                return;
+            }
+            let v: serde_json::Value = serde_json::from_slice(&entry.value).unwrap();
+            generations.push((
+                v["generation"].as_u64(),
+                v["state"].as_str().map(str::to_string),
+            ));
+        }
+        panic!("watch ended");
+    })
+    .await
+    .expect("the lease was deleted");
+    assert_eq!(
+        generations,
+        [
+            (Some(10), Some("released".to_string())),
+            (Some(11), Some("held".to_string()))
+        ],
+        "claimed once, then deleted"
+    );
+    assert!(kv.get("forged").await.unwrap().is_none());
 }

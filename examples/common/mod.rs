@@ -8,6 +8,10 @@
 //! errors and [`usage_error`]), 1 for a failure at run time ([`fail`]).
 #![allow(dead_code)] // each example uses a different subset
 
+mod key_file;
+
+pub use key_file::read_key_file;
+
 use std::fmt::Display;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -109,9 +113,14 @@ pub struct ProviderFlags {
     /// An OpenAI-compatible server, up to /v1 (see above for its key)
     #[arg(long, value_name = "URL", value_parser = BaseUrl)]
     pub base_url: Option<String>,
-    /// The provider's key (OpenAI's when no --base-url is given)
+    /// The provider's key (OpenAI's when no --base-url is given); visible to
+    /// every user of the machine in `ps`: prefer --api-key-file or
+    /// OPENAI_API_KEY
     #[arg(long, value_name = "KEY")]
     pub api_key: Option<String>,
+    /// A file holding the provider's key (read once, whitespace trimmed)
+    #[arg(long, value_name = "PATH", conflicts_with = "api_key")]
+    pub api_key_file: Option<std::path::PathBuf>,
     /// Azure OpenAI endpoint, https://<resource>.openai.azure.com (else
     /// AZURE_OPENAI_ENDPOINT); its key: --api-key, else AZURE_OPENAI_API_KEY or
     /// AZURE_OPENAI_AD_TOKEN
@@ -153,13 +162,20 @@ impl ProviderFlags {
     /// 3. `--api-key` alone: OpenAI with that key.
     /// 4. `OPENAI_API_KEY` (when read): OpenAI ([`OpenAiConfig::from_env`]).
     pub fn resolve(&self, model: &str, env: Env) -> Result<Option<Resolved>, LlmError> {
+        let key_flag = match &self.api_key_file {
+            Some(path) => Some(read_key_file(path).unwrap_or_else(|e| {
+                eprintln!("error: {e}");
+                std::process::exit(2)
+            })),
+            None => self.api_key.clone().map(Secret::new),
+        };
         let read = env == Env::Read;
         let set = |var: &str| std::env::var(var).is_ok_and(|v| !v.is_empty());
         let azure = self.azure_endpoint.is_some()
             || self.azure_deployment.is_some()
             || (read
                 && self.base_url.is_none()
-                && self.api_key.is_none()
+                && key_flag.is_none()
                 && !set("OPENAI_API_KEY")
                 && set("AZURE_OPENAI_ENDPOINT"));
         if azure {
@@ -169,7 +185,7 @@ impl ProviderFlags {
                     endpoint: self.azure_endpoint.clone(),
                     deployment: self.azure_deployment.clone(),
                     api_version: self.api_version.clone(),
-                    api_key: self.api_key.clone().map(Secret::new),
+                    api_key: key_flag,
                     ..Default::default()
                 },
             )?;
@@ -179,8 +195,7 @@ impl ProviderFlags {
                 label,
             }));
         }
-        let key = self.api_key.clone().map(Secret::new);
-        let (config, label) = match (&self.base_url, key) {
+        let (config, label) = match (&self.base_url, key_flag) {
             (Some(url), key) => {
                 let mut c = OpenAiConfig::compatible(url.clone());
                 c.api_key =
@@ -214,9 +229,12 @@ pub struct ChainFlags {
     #[arg(long, value_name = "M")]
     pub fallback_model: Vec<String>,
     /// The key of the last --fallback-base-url named before it (default: none,
-    /// never the primary's)
+    /// never the primary's); visible in `ps`: prefer --fallback-api-key-file
     #[arg(long, value_name = "KEY")]
     pub fallback_api_key: Vec<String>,
+    /// A file holding the key of the last --fallback-base-url named before it
+    #[arg(long, value_name = "PATH")]
+    pub fallback_api_key_file: Vec<std::path::PathBuf>,
     /// Deadline to each provider's first useful output (milliseconds)
     #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
     pub ttft_timeout_ms: Option<u64>,
@@ -234,7 +252,7 @@ pub struct ChainFlags {
 pub struct Fallback {
     pub base_url: String,
     pub model: Option<String>,
-    pub api_key: Option<String>,
+    pub api_key: Option<Secret>,
 }
 
 impl ChainFlags {
@@ -265,6 +283,11 @@ impl ChainFlags {
                 ..Fallback::default()
             })
             .collect();
+        let files: Vec<String> = self
+            .fallback_api_key_file
+            .iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect();
         for (id, flag, values) in [
             ("fallback_model", "--fallback-model", &self.fallback_model),
             (
@@ -272,6 +295,7 @@ impl ChainFlags {
                 "--fallback-api-key",
                 &self.fallback_api_key,
             ),
+            ("fallback_api_key_file", "--fallback-api-key-file", &files),
         ] {
             for (index, value) in at(id).into_iter().zip(values) {
                 let Some(owner) = urls.iter().rposition(|&u| u < index) else {
@@ -280,10 +304,14 @@ impl ChainFlags {
                     ));
                 };
                 let f = &mut out[owner];
-                if id == "fallback_model" {
-                    f.model = Some(value.clone());
-                } else {
-                    f.api_key = Some(value.clone());
+                match id {
+                    "fallback_model" => f.model = Some(value.clone()),
+                    "fallback_api_key" => f.api_key = Some(Secret::new(value.as_str())),
+                    _ => {
+                        let key =
+                            read_key_file(value.as_ref()).unwrap_or_else(|e| usage_error::<C>(e));
+                        f.api_key = Some(key);
+                    }
                 }
             }
         }
@@ -309,7 +337,7 @@ impl ChainFlags {
         let mut chain = ProviderChain::new(ProviderSpec::new(primary).with_config(config.clone()));
         for f in fallbacks {
             let mut c = OpenAiConfig::compatible(f.base_url.clone());
-            c.api_key = f.api_key.clone().map(Secret::new);
+            c.api_key = f.api_key.clone();
             let mut spec = ProviderSpec::new(c).with_config(config.clone());
             if let Some(m) = &f.model {
                 spec = spec.with_model(m.clone());

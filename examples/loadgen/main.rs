@@ -44,7 +44,7 @@
 //! cover what they saw; the soak uses larger buses so this stays 0).
 //!
 //! **Provider resilience** (`--fallback-base-url URL`, repeatable, with
-//! `--fallback-model`/`--fallback-api-key` for the last one named;
+//! `--fallback-model`/`--fallback-api-key-file` for the last one named;
 //! `--ttft-timeout-ms`, `--gap-timeout-ms`, `--hedge-after-ms`,
 //! `--breaker-failures`): the sessions share one client over a provider chain.
 //! The summary then also reports `fallbacks` (providers that served after
@@ -94,7 +94,7 @@ pub(crate) const TEARDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Load generator: N concurrent sessions through the real supervisor, LLM
 /// actors and buses, against any OpenAI-compatible server, then a JSON summary.
 ///
-/// The server: --base-url (key: --api-key, none otherwise; the environment is
+/// The server: --base-url (key: --api-key-file or --api-key, none otherwise; the environment is
 /// not read), --azure-endpoint or --azure-deployment for Azure OpenAI, else an
 /// in-process mock server (paced 40-word answers; it then shares the CPU).
 #[derive(Parser, Debug)]

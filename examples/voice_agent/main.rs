@@ -67,7 +67,7 @@ pub(crate) const FINISH_GUARD: Duration = Duration::from_secs(120);
 /// simulated TTS, and the history committed as heard.
 ///
 /// The model: --azure-endpoint or --azure-deployment: Azure OpenAI;
-/// --base-url: that OpenAI-compatible server (key: --api-key, else
+/// --base-url: that OpenAI-compatible server (key: --api-key-file, else
 /// OPENAI_API_KEY); --api-key alone: OpenAI; else OPENAI_API_KEY (OpenAI),
 /// else AZURE_OPENAI_ENDPOINT (Azure), else an offline demo model on
 /// 127.0.0.1 (scripted replies, 300 ms to the first token).

@@ -45,7 +45,8 @@ pub enum AudioError {
 }
 
 /// How a hosted speech provider failed. Messages never hold credentials:
-/// a provider that echoes the key has it replaced by `***`.
+/// a provider that echoes the key, or any bearer token or `key=` value, has
+/// it replaced by `***`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum SpeechFailure {
@@ -158,12 +159,10 @@ pub(crate) fn retry_after(header: Option<&str>) -> Option<Duration> {
         .map(|s| Duration::from_secs_f64(s.min(3600.0)))
 }
 
-/// Replaces the key, if a provider echoed it, with `***`.
+/// What a provider said, with its key (if echoed) and anything shaped like a
+/// credential replaced by `***` ([`crate::secret::scrub`]).
 pub(crate) fn redact(message: &str, key: Option<&str>) -> String {
-    match key {
-        Some(k) if k.len() >= 4 && message.contains(k) => message.replace(k, "***"),
-        _ => message.to_string(),
-    }
+    crate::secret::scrub(message, key.as_slice())
 }
 
 impl AudioError {

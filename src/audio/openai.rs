@@ -37,7 +37,9 @@ pub enum AudioAuth {
 }
 
 /// Where an OpenAI-compatible audio API is, and the deadlines it is held to.
-#[derive(Clone, Debug)]
+/// Its `Debug` shows the base URL without user info or query, and the query
+/// scrubbed of credential-shaped values.
+#[derive(Clone)]
 pub struct OpenAiAudioEndpoint {
     /// Up to `/v1` (`https://api.openai.com/v1`), or an Azure deployment's
     /// base (`https://RES.openai.azure.com/openai/deployments/DEP`).
@@ -53,6 +55,22 @@ pub struct OpenAiAudioEndpoint {
     pub first_output_timeout: Duration,
     /// Between useful outputs once they began.
     pub output_gap_timeout: Duration,
+}
+
+impl std::fmt::Debug for OpenAiAudioEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenAiAudioEndpoint")
+            .field("base_url", &crate::secret::display_url(&self.base_url))
+            .field(
+                "query",
+                &self.query.as_deref().map(|q| crate::secret::scrub(q, &[])),
+            )
+            .field("auth", &self.auth)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("first_output_timeout", &self.first_output_timeout)
+            .field("output_gap_timeout", &self.output_gap_timeout)
+            .finish()
+    }
 }
 
 impl OpenAiAudioEndpoint {

@@ -247,6 +247,10 @@ impl RequestDriver {
                 Phase::Body(_) => self.read().instrument(span).await,
             };
             if let Err(error) = result {
+                let error = match &self.connector {
+                    Some(c) => c.scrub(error),
+                    None => error,
+                };
                 match self.fail(error) {
                     // Events that arrived with the error, and the request's
                     // usage, are delivered first.

@@ -68,7 +68,7 @@ impl std::fmt::Debug for ChatClient {
             None => f
                 .debug_struct("ChatClient")
                 .field("provider", &self.inner.provider_name)
-                .field("url", &self.inner.url.as_str())
+                .field("url", &crate::secret::display_url(self.inner.url.as_str()))
                 .field("config", &self.inner.config)
                 .finish_non_exhaustive(),
         }

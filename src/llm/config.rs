@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use super::error::ConfigError;
-use crate::secret::Secret;
+use crate::secret::{Secret, display_url};
 
 /// The default Azure `api-version` when neither the caller nor
 /// `OPENAI_API_VERSION` names one.
@@ -19,8 +19,9 @@ fn env(var: &str) -> Option<String> {
 }
 
 /// OpenAI or any OpenAI-compatible server (Groq, OpenRouter, DeepSeek, vLLM,
-/// llama.cpp, Ollama…).
-#[derive(Debug, Clone)]
+/// llama.cpp, Ollama…). Its `Debug` shows the base URL without user info or
+/// query.
+#[derive(Clone)]
 pub struct OpenAiConfig {
     /// Bearer key; `None` for local servers that need none.
     pub api_key: Option<Secret>,
@@ -30,6 +31,53 @@ pub struct OpenAiConfig {
     pub organization: Option<String>,
     /// `OpenAI-Project` header.
     pub project: Option<String>,
+}
+
+/// A URL field as `Debug` shows it.
+struct Shown<'a>(&'a str);
+
+impl std::fmt::Debug for Shown<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&display_url(self.0), f)
+    }
+}
+
+impl std::fmt::Debug for OpenAiConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenAiConfig")
+            .field("api_key", &self.api_key)
+            .field("base_url", &Shown(&self.base_url))
+            .field("organization", &self.organization)
+            .field("project", &self.project)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for AzureConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AzureConfig")
+            .field("endpoint", &Shown(&self.endpoint))
+            .field("deployment", &self.deployment)
+            .field("api_version", &self.api_version)
+            .field("auth", &self.auth)
+            .field("base_url", &self.base_url.as_deref().map(Shown))
+            .field("organization", &self.organization)
+            .field("project", &self.project)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for AzureSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AzureSettings")
+            .field("endpoint", &self.endpoint.as_deref().map(Shown))
+            .field("deployment", &self.deployment)
+            .field("api_version", &self.api_version)
+            .field("api_key", &self.api_key)
+            .field("ad_token", &self.ad_token)
+            .field("base_url", &self.base_url.as_deref().map(Shown))
+            .finish()
+    }
 }
 
 impl OpenAiConfig {
@@ -88,7 +136,8 @@ pub enum AzureAuth {
 }
 
 /// Azure OpenAI: deployment URL, `api-version` query and Azure credentials.
-#[derive(Debug, Clone)]
+/// Its `Debug` shows the URLs without user info or query.
+#[derive(Clone)]
 pub struct AzureConfig {
     /// `https://<resource>.openai.azure.com`.
     pub endpoint: String,
@@ -107,7 +156,8 @@ pub struct AzureConfig {
 }
 
 /// Optional Azure settings; unset fields fall back to the environment.
-#[derive(Debug, Clone, Default)]
+/// Its `Debug` shows the URLs without user info or query.
+#[derive(Clone, Default)]
 pub struct AzureSettings {
     /// Endpoint (`AZURE_OPENAI_ENDPOINT`).
     pub endpoint: Option<String>,

@@ -19,7 +19,8 @@ pub enum ConfigError {
     /// Azure needs an API key or an AD token.
     #[error("missing Azure credentials: set AZURE_OPENAI_API_KEY or AZURE_OPENAI_AD_TOKEN")]
     MissingAzureCredentials,
-    /// A URL could not be parsed.
+    /// A URL could not be parsed (shown without user info or query, see
+    /// [`display_url`](crate::secret::display_url)).
     #[error("invalid URL {0:?}")]
     InvalidUrl(String),
     /// A header name or value is not valid HTTP.
@@ -183,6 +184,44 @@ impl LlmError {
         match self {
             LlmError::Http { error, .. } | LlmError::Provider { error, .. } => Some(&**error),
             _ => None,
+        }
+    }
+
+    /// The same error with every message a provider (or the connection) wrote
+    /// passed through [`scrub`](crate::secret::scrub): the `known` key
+    /// values and anything shaped like a credential become `***`.
+    pub(crate) fn scrubbed(self, known: &[&str]) -> Self {
+        let s = |text: String| crate::secret::scrub(&text, known);
+        let so = |text: Option<String>| text.map(|t| crate::secret::scrub(&t, known));
+        let provider = |e: Box<ProviderError>| {
+            let e = *e;
+            Box::new(ProviderError {
+                message: s(e.message),
+                code: so(e.code),
+                kind: so(e.kind),
+                param: so(e.param),
+            })
+        };
+        match self {
+            LlmError::Connection(m) => LlmError::Connection(s(m)),
+            LlmError::MalformedChunk(m) => LlmError::MalformedChunk(s(m)),
+            LlmError::UnexpectedBody(m) => LlmError::UnexpectedBody(s(m)),
+            LlmError::Http {
+                status,
+                error,
+                retry_after,
+                request_id,
+            } => LlmError::Http {
+                status,
+                error: provider(error),
+                retry_after,
+                request_id: so(request_id),
+            },
+            LlmError::Provider { error, status } => LlmError::Provider {
+                error: provider(error),
+                status,
+            },
+            other => other,
         }
     }
 

@@ -83,7 +83,9 @@ impl Verbosity {
 }
 
 /// Model and sampling settings for a request; changeable between turns.
-#[derive(Debug, Clone, PartialEq)]
+/// Its `Debug` hides the values of `extra_headers` and `extra_query` (where
+/// gateway keys go).
+#[derive(Clone, PartialEq)]
 pub struct LlmOptions {
     /// Model (for Azure, the model family; the deployment is in the URL).
     pub model: String,
@@ -120,6 +122,41 @@ pub struct LlmOptions {
     pub extra_query: Vec<(String, String)>,
     /// Extra body fields; they override fields colloquy sets.
     pub extra_body: Map<String, Value>,
+}
+
+/// Name/value pairs with the values hidden, for `Debug`.
+pub(crate) struct HiddenValues<'a>(pub(crate) &'a [(String, String)]);
+
+impl std::fmt::Debug for HiddenValues<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(name, _)| (name, "***")))
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for LlmOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LlmOptions")
+            .field("model", &self.model)
+            .field("temperature", &self.temperature)
+            .field("top_p", &self.top_p)
+            .field("frequency_penalty", &self.frequency_penalty)
+            .field("presence_penalty", &self.presence_penalty)
+            .field("seed", &self.seed)
+            .field("max_completion_tokens", &self.max_completion_tokens)
+            .field("tools", &self.tools)
+            .field("tool_choice", &self.tool_choice)
+            .field("parallel_tool_calls", &self.parallel_tool_calls)
+            .field("reasoning_effort", &self.reasoning_effort)
+            .field("verbosity", &self.verbosity)
+            .field("reasoning_model", &self.reasoning_model)
+            .field("structured_output", &self.structured_output)
+            .field("extra_headers", &HiddenValues(&self.extra_headers))
+            .field("extra_query", &HiddenValues(&self.extra_query))
+            .field("extra_body", &self.extra_body)
+            .finish()
+    }
 }
 
 impl LlmOptions {

@@ -16,6 +16,7 @@ use super::config::{AzureAuth, ClientConfig, Provider, RetryPolicy};
 use super::error::{ConfigError, LlmError, ProviderError, parse_provider_error};
 use super::read_gap::{ReadGap, deadline_after};
 use super::sse::ByteSource;
+use crate::secret::{Secret, display_url, scrub};
 
 /// One provider's endpoint, credentials and transport policy.
 pub(crate) struct ClientInner {
@@ -26,8 +27,10 @@ pub(crate) struct ClientInner {
     pub(crate) provider_name: &'static str,
     /// Short name for metrics and logs (default: the URL's host and port).
     pub(crate) label: Arc<str>,
-    /// The configured base URL (no credentials).
+    /// The configured base URL (no user info, no query: [`display_url`]).
     pub(crate) base_url: Arc<str>,
+    /// The credentials sent, scrubbed from whatever the provider says.
+    keys: Vec<Secret>,
 }
 
 impl std::fmt::Debug for ClientInner {
@@ -35,7 +38,7 @@ impl std::fmt::Debug for ClientInner {
         f.debug_struct("Provider")
             .field("label", &self.label)
             .field("provider", &self.provider_name)
-            .field("url", &self.url.as_str())
+            .field("url", &display_url(self.url.as_str()))
             .finish_non_exhaustive()
     }
 }
@@ -49,8 +52,16 @@ fn sensitive(value: &str) -> Result<HeaderValue, ConfigError> {
 
 fn plain_header(name: &str, value: &str) -> Result<(HeaderName, HeaderValue), ConfigError> {
     let n = HeaderName::from_bytes(name.as_bytes())
-        .map_err(|_| ConfigError::InvalidHeader(name.into()))?;
-    let v = HeaderValue::from_str(value).map_err(|_| ConfigError::InvalidHeader(name.into()))?;
+        .map_err(|_| ConfigError::InvalidHeader(scrub(name, &[])))?;
+    let v = HeaderValue::from_str(value).map_err(|_| ConfigError::InvalidHeader(n.to_string()))?;
+    Ok((n, v))
+}
+
+/// An `extra_headers` entry: where gateway keys go, so its value is marked
+/// sensitive (hidden from `Debug`, never indexed by HTTP/2's HPACK).
+fn extra_header(name: &str, value: &str) -> Result<(HeaderName, HeaderValue), ConfigError> {
+    let (n, mut v) = plain_header(name, value)?;
+    v.set_sensitive(true);
     Ok((n, v))
 }
 
@@ -91,9 +102,11 @@ impl ClientInner {
             header::ACCEPT,
             HeaderValue::from_static("text/event-stream"),
         );
+        let mut keys = Vec::new();
         let (url, org, project, provider_name) = match &provider {
             Provider::OpenAi(c) => {
                 if let Some(key) = &c.api_key {
+                    keys.push(key.clone());
                     headers.insert(
                         header::AUTHORIZATION,
                         sensitive(&format!("Bearer {}", key.expose()))?,
@@ -105,10 +118,12 @@ impl ClientInner {
             Provider::Azure(c) => {
                 match &c.auth {
                     AzureAuth::ApiKey(key) => {
+                        keys.push(key.clone());
                         headers
                             .insert(HeaderName::from_static("api-key"), sensitive(key.expose())?);
                     }
                     AzureAuth::AdToken(token) => {
+                        keys.push(token.clone());
                         headers.insert(
                             header::AUTHORIZATION,
                             sensitive(&format!("Bearer {}", token.expose()))?,
@@ -132,15 +147,15 @@ impl ClientInner {
             headers.insert(n, v);
         }
         let mut url =
-            reqwest::Url::parse(&url).map_err(|_| ConfigError::InvalidUrl(url.clone()))?;
+            reqwest::Url::parse(&url).map_err(|_| ConfigError::InvalidUrl(display_url(&url)))?;
         if let Provider::Azure(c) = &provider {
             url.query_pairs_mut()
                 .append_pair("api-version", &c.api_version);
         }
-        let base_url = match &provider {
-            Provider::OpenAi(c) => c.base_url.clone(),
-            Provider::Azure(c) => c.base_url.clone().unwrap_or_else(|| c.endpoint.clone()),
-        };
+        let base_url = display_url(match &provider {
+            Provider::OpenAi(c) => &c.base_url,
+            Provider::Azure(c) => c.base_url.as_deref().unwrap_or(&c.endpoint),
+        });
         let label = label.unwrap_or_else(|| host_label(&url));
         Ok(Arc::new(ClientInner {
             http,
@@ -150,6 +165,7 @@ impl ClientInner {
             provider_name,
             label: Arc::from(label),
             base_url: Arc::from(base_url),
+            keys,
         }))
     }
 
@@ -162,10 +178,22 @@ impl ClientInner {
         model: &str,
     ) -> Result<Prepared, LlmError> {
         let mut headers = self.headers.clone();
+        let mut keys = self.keys.clone();
+        // Extra values short enough to be ordinary words (`true`, `json`)
+        // are not scrubbed from messages; a credential is longer.
+        let credential_like = |v: &&String| v.len() >= 8;
         for (name, value) in extra_headers {
-            let (n, v) = plain_header(name, value)?;
+            let (n, v) = extra_header(name, value)?;
             headers.insert(n, v);
         }
+        keys.extend(
+            extra_headers
+                .iter()
+                .chain(extra_query)
+                .map(|(_, v)| v)
+                .filter(credential_like)
+                .map(|v| Secret::new(v.as_str())),
+        );
         let mut url = self.url.clone();
         if !extra_query.is_empty() {
             let mut q = url.query_pairs_mut();
@@ -178,6 +206,7 @@ impl ClientInner {
             headers,
             body,
             model: Arc::from(model),
+            keys,
         })
     }
 }
@@ -189,6 +218,9 @@ pub(crate) struct Prepared {
     body: Bytes,
     /// The model it asks for (metrics' `gen_ai.request.model`).
     model: Arc<str>,
+    /// The provider's credentials and the request's extra header and query
+    /// values: scrubbed from every error ([`Connector::scrub`]).
+    keys: Vec<Secret>,
 }
 
 /// What a successful HTTP exchange produced.
@@ -303,6 +335,14 @@ impl Connector {
             request: Arc::new(request),
             retry,
         }
+    }
+
+    /// The error with the request's credentials, and anything shaped like
+    /// one, hidden: applied to every error of an attempt before it is
+    /// logged, retried on or returned.
+    pub(crate) fn scrub(&self, error: LlmError) -> LlmError {
+        let known: Vec<&str> = self.request.keys.iter().map(Secret::expose).collect();
+        error.scrubbed(&known)
     }
 
     pub(crate) fn read_gap(&self) -> Duration {

@@ -13,7 +13,7 @@ use colloquy::context::ChatContext;
 use serde::{Deserialize, Serialize};
 
 use super::spec::SessionSpec;
-use super::{ClusterError, Names};
+use super::{ClusterError, Names, PlacementPolicy};
 
 /// Room kept for headers under the server's maximum message size.
 const HEADER_ROOM: usize = 1024;
@@ -101,11 +101,19 @@ pub(crate) struct Store {
     client: async_nats::Client,
 }
 
-async fn bucket(js: &jetstream::Context, name: String) -> Result<kv::Store, ClusterError> {
+async fn bucket(
+    js: &jetstream::Context,
+    name: String,
+    policy: &PlacementPolicy,
+) -> Result<kv::Store, ClusterError> {
     let config = kv::Config {
         bucket: name.clone(),
         history: 1,
         storage: jetstream::stream::StorageType::File,
+        max_age: policy.store_max_age.unwrap_or_default(),
+        max_bytes: policy
+            .store_max_bytes
+            .map_or(-1, |b| i64::try_from(b).unwrap_or(i64::MAX)),
         ..Default::default()
     };
     match js.create_key_value(config).await {
@@ -119,14 +127,18 @@ async fn bucket(js: &jetstream::Context, name: String) -> Result<kv::Store, Clus
 }
 
 impl Store {
+    /// Opens (creating them if needed, with the policy's `max_age` and
+    /// `max_bytes`) the lease and checkpoint buckets. Buckets that exist keep
+    /// their configuration.
     pub(crate) async fn open(
         client: &async_nats::Client,
         names: &Names,
+        policy: &PlacementPolicy,
     ) -> Result<Self, ClusterError> {
         let js = jetstream::new(client.clone());
         Ok(Self {
-            leases: bucket(&js, names.lease_bucket()).await?,
-            checkpoints: bucket(&js, names.checkpoint_bucket()).await?,
+            leases: bucket(&js, names.lease_bucket(), policy).await?,
+            checkpoints: bucket(&js, names.checkpoint_bucket(), policy).await?,
             client: client.clone(),
         })
     }

@@ -255,6 +255,14 @@ fn name_too_long(message: &str) -> Option<ClusterError> {
 }
 
 fn refused(e: WireError) -> ClusterError {
+    if e.kind == "policy"
+        && let Some(v) = e
+            .detail
+            .clone()
+            .and_then(|d| serde_json::from_value(d).ok())
+    {
+        return ClusterError::Policy(v);
+    }
     ClusterError::Refused {
         kind: e.kind,
         message: e.message,

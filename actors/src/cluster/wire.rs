@@ -45,7 +45,7 @@
 //! | `resumed` | `{"last_committed_turn": int, "previous_worker": str or null}`: another worker took the session over; every turn up to `last_committed_turn` is in its history |
 //! | `lagged` | `{"missed": int}`: the worker's forwarder missed events of the local bus |
 //! | `checkpoint_too_large` | `{"bytes": int, "max_bytes": int}`: the committed context no longer fits in one message; the session runs on without a durable copy |
-//! | `session_ended` | `{"reason": str}` (`closed`) |
+//! | `session_ended` | `{"reason": str}` (`closed`, `stopped`, `idle_timeout`, `max_lifetime`) |
 //!
 //! The rules of the bus hold on the wire: after `turn_finished` with
 //! `cancelled` or `failed`, or after `interrupted`, nothing more of that turn
@@ -78,7 +78,9 @@
 //!
 //! Error kinds: `invalid` (not this schema), `not_running`, `stale` (a turn
 //! that is closed or not current), `not_allowed`, `unknown_call`,
-//! `already_answered`, `closed`, `timeout`, `too_large`, `turn_in_flight`.
+//! `already_answered`, `closed`, `timeout`, `too_large`, `turn_in_flight`,
+//! `policy` (the worker's placement policy refused it; `detail` holds the
+//! violation, e.g. `{"violation": "rate_limited", "per_second": 50, "burst": 100}`).
 //!
 //! # Placement: `{prefix}.place` (queue group `{prefix}-workers`)
 //!
@@ -169,7 +171,8 @@ pub enum RemoteEventKind {
     },
     /// The session stopped.
     SessionEnded {
-        /// Why (`closed`).
+        /// Why: `closed`, `stopped`, or the worker's policy: `idle_timeout`,
+        /// `max_lifetime`.
         reason: String,
     },
     /// A kind this version does not know, kept verbatim.

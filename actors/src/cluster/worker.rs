@@ -78,9 +78,11 @@ enum Control {
         deadline: Instant,
         done: oneshot::Sender<Result<bool, ClusterError>>,
     },
-    /// End the session for good (its lease and checkpoint deleted).
+    /// End the session for good (its lease and checkpoint deleted), saying
+    /// why in `session_ended`.
     Close {
         done: oneshot::Sender<Result<(), ClusterError>>,
+        reason: &'static str,
     },
 }
 
@@ -242,7 +244,7 @@ impl Worker {
             return Err(ClusterError::InvalidName(String::new()));
         }
         super::check_name("name", &config.name, super::MAX_NAME_BYTES)?;
-        let store = Store::open(&nats, &names).await?;
+        let store = Store::open(&nats, &names, &config.policy).await?;
         let supervisor = Supervisor::start(SupervisorConfig {
             max_sessions: config.max_sessions.saturating_add(16),
             ..SupervisorConfig::default()

@@ -30,13 +30,23 @@ pub(crate) struct ChainShared {
 }
 
 /// A request as a chain keeps it: bodies to derive each attempt's from.
-#[derive(Debug)]
 pub(crate) struct ChainRequest {
     pub(super) base: Arc<Value>,
     pub(super) own_bodies: Vec<Option<Arc<Value>>>,
     pub(crate) extra_headers: Vec<(String, String)>,
     pub(crate) extra_query: Vec<(String, String)>,
     pub(crate) structured: Option<StructuredOutput>,
+}
+
+impl std::fmt::Debug for ChainRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use crate::llm::options::HiddenValues;
+        f.debug_struct("ChainRequest")
+            .field("extra_headers", &HiddenValues(&self.extra_headers))
+            .field("extra_query", &HiddenValues(&self.extra_query))
+            .field("structured", &self.structured)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ChainRequest {

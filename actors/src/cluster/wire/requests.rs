@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::bus::PublishError;
+use crate::cluster::PolicyViolation;
 use crate::cluster::spec::SessionSpec;
 use crate::errors::SessionError;
 
@@ -50,6 +51,9 @@ fn yes() -> bool {
 pub(crate) struct WireError {
     pub(crate) kind: String,
     pub(crate) message: String,
+    /// Structured details (a policy refusal's [`PolicyViolation`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) detail: Option<Value>,
 }
 
 impl WireError {
@@ -57,6 +61,15 @@ impl WireError {
         Self {
             kind: kind.to_string(),
             message: message.to_string(),
+            detail: None,
+        }
+    }
+
+    /// `policy`, with the violation as its detail.
+    pub(crate) fn policy(v: &PolicyViolation) -> Self {
+        Self {
+            detail: serde_json::to_value(v).ok(),
+            ..Self::new("policy", v)
         }
     }
 

@@ -1,11 +1,12 @@
 //! What a worker is started with: its name, the model client and tools its
-//! sessions use, its capacity, and the times of leases and drains.
+//! sessions use, its capacity, the times of leases and drains, and the
+//! policy placements and inputs are held to.
 
 use std::time::Duration;
 
 use colloquy::llm::ChatClient;
 
-use crate::cluster::DEFAULT_PREFIX;
+use crate::cluster::{DEFAULT_PREFIX, PlacementPolicy};
 use crate::segmenter::SegmenterConfig;
 use crate::tool_executor::{Tool, ToolRegistry};
 
@@ -37,6 +38,9 @@ pub struct WorkerConfig {
     /// Where the sessions' spans go (none: no spans).
     #[cfg(feature = "otel")]
     pub tracing: Option<crate::telemetry::Tracing>,
+    /// What placements may ask and how much a session may send
+    /// ([`PlacementPolicy`]; its defaults allow only the default model).
+    pub policy: PlacementPolicy,
 }
 
 impl std::fmt::Debug for WorkerConfig {
@@ -51,6 +55,7 @@ impl std::fmt::Debug for WorkerConfig {
             .field("lease_ttl", &self.lease_ttl)
             .field("drain_timeout", &self.drain_timeout)
             .field("bus_capacity", &self.bus_capacity)
+            .field("policy", &self.policy)
             .finish()
     }
 }
@@ -72,6 +77,7 @@ impl WorkerConfig {
             segmenter: SegmenterConfig::default(),
             #[cfg(feature = "otel")]
             tracing: None,
+            policy: PlacementPolicy::default(),
         }
     }
 
@@ -79,6 +85,12 @@ impl WorkerConfig {
     #[cfg(feature = "otel")]
     pub fn with_tracing(mut self, tracing: crate::telemetry::Tracing) -> Self {
         self.tracing = Some(tracing);
+        self
+    }
+
+    /// Sets the placement policy.
+    pub fn with_policy(mut self, policy: PlacementPolicy) -> Self {
+        self.policy = policy;
         self
     }
 

@@ -76,6 +76,7 @@ pub(super) async fn start_local(
         turn_base,
         seq_base,
         control: control_tx.clone(),
+        policy: inner.config.policy.clone(),
     };
     let inputs_task = tokio::spawn(run_inputs(input_ctx, inputs));
     let (lost_tx, lost) = watch::channel(false);
@@ -236,8 +237,8 @@ impl Driver {
                         let _ = done.send(r.map_err(|Lost| ClusterError::LeaseLost(self.id.clone())));
                         break if lost { End::Lost } else { End::HandedOver };
                     }
-                    Some(Control::Close { done }) => {
-                        let r = self.close().await;
+                    Some(Control::Close { done, reason }) => {
+                        let r = self.close(reason).await;
                         let _ = done.send(r);
                         break End::Closed;
                     }

@@ -149,8 +149,9 @@ impl Driver {
         }
     }
 
-    /// Ends the session for good: stops it, publishes `session_ended`, and
-    /// deletes its checkpoint and lease.
+    /// Ends the session for good: stops it, publishes `session_ended` with
+    /// `reason` (`closed`, `idle_timeout`, `max_lifetime`), and deletes its
+    /// checkpoint and lease.
     ///
     /// The lease is renewed until just before it is deleted, so a close
     /// slower than the lease time is never claimed midway; and it is deleted
@@ -158,13 +159,13 @@ impl Driver {
     /// checkpoint (one that does deletes the lease: see `claim`). A crash
     /// between the two leaves a checkpoint without a lease: never resumed,
     /// overwritten by the next placement of the id.
-    pub(super) async fn close(&mut self) -> Result<(), ClusterError> {
+    pub(super) async fn close(&mut self, reason: &'static str) -> Result<(), ClusterError> {
         self.stop_inputs();
         let _ = self.inner.supervisor.stop_session(&self.id).await;
         let _ = self.forward_rest().await;
         #[cfg(test)]
         crate::cluster::test_hooks::at(&self.inner.config.name, "closing").await;
-        self.worker_event(WorkerEventName::SessionEnded, json!({"reason": "closed"}))
+        self.worker_event(WorkerEventName::SessionEnded, json!({"reason": reason}))
             .await;
         self.stop_renewing().await;
         let revision = self

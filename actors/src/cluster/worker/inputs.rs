@@ -3,6 +3,13 @@
 //! tool results), each answered with the seq of the event it published. Turn
 //! and seq numbers are translated between the wire (global across owners) and
 //! the local session.
+//!
+//! The worker's [`PlacementPolicy`] is applied here, before an input is
+//! decoded: one over `max_input_bytes` or over the session's rate (its own
+//! token bucket, so a flood on one session costs the others nothing) is
+//! refused with a typed `policy` error and not run; and the task ends the
+//! session (`session_ended`, `idle_timeout` or `max_lifetime`) when no
+//! input came for the idle time or the lifetime is up.
 
 use std::sync::Arc;
 
@@ -13,8 +20,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{Control, SEQ_STRIDE};
 use crate::bus::ToolOutput;
-use crate::cluster::ClusterError;
+use crate::cluster::policy::TokenBucket;
 use crate::cluster::wire::{Input, Reply, WireError};
+use crate::cluster::{ClusterError, PlacementPolicy};
 use crate::ids::TurnId;
 use crate::session::SessionHandle;
 
@@ -29,6 +37,8 @@ pub(super) struct InputCtx {
     pub(super) seq_base: u64,
     /// To the session's driver (for `close`).
     pub(super) control: mpsc::UnboundedSender<Control>,
+    /// Input size, rate, idle time and lifetime.
+    pub(super) policy: PlacementPolicy,
 }
 
 impl InputCtx {
@@ -100,6 +110,14 @@ impl InputCtx {
     }
 }
 
+/// Resolves at `deadline`, or never without one.
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Answers a request (nothing without a reply subject).
 async fn reply_to(nats: &Client, reply: Option<Subject>, body: Reply) {
     if let Some(reply) = reply {
@@ -120,7 +138,41 @@ fn as_reply(r: Result<Value, WireError>) -> Reply {
 /// cancel never waits behind them.
 pub(super) async fn run_inputs(ctx: InputCtx, mut sub: Subscriber) {
     let ctx = Arc::new(ctx);
-    while let Some(msg) = sub.next().await {
+    let mut bucket = TokenBucket::new(ctx.policy.input_rate);
+    let started = tokio::time::Instant::now();
+    let mut last_input = started;
+    let end_at = ctx.policy.max_lifetime.map(|d| started + d);
+    loop {
+        let idle_at = ctx.policy.idle_timeout.map(|d| last_input + d);
+        let deadline = idle_at.into_iter().chain(end_at).min();
+        let msg = tokio::select! {
+            msg = sub.next() => match msg {
+                Some(msg) => msg,
+                None => break,
+            },
+            () = sleep_until(deadline) => {
+                let reason = if end_at.is_some_and(|e| tokio::time::Instant::now() >= e) {
+                    "max_lifetime"
+                } else {
+                    "idle_timeout"
+                };
+                metrics::counter!("colloquy_cluster_sessions_expired_total", "reason" => reason)
+                    .increment(1);
+                let (done, _) = oneshot::channel();
+                let _ = ctx.control.send(Control::Close { done, reason });
+                break;
+            }
+        };
+        let admitted =
+            PlacementPolicy::size("input", msg.payload.len(), ctx.policy.max_input_bytes)
+                .and_then(|()| bucket.take());
+        if let Err(v) = admitted {
+            metrics::counter!("colloquy_cluster_policy_refusals_total", "what" => "input")
+                .increment(1);
+            reply_to(&ctx.nats, msg.reply, Reply::Error(WireError::policy(&v))).await;
+            continue;
+        }
+        last_input = tokio::time::Instant::now();
         let input: Input = match serde_json::from_slice(&msg.payload) {
             Ok(i) => i,
             Err(e) => {
@@ -161,7 +213,10 @@ pub(super) async fn run_inputs(ctx: InputCtx, mut sub: Subscriber) {
                 let ctx = ctx.clone();
                 tokio::spawn(async move {
                     let (done, rx) = oneshot::channel();
-                    let _ = ctx.control.send(Control::Close { done });
+                    let _ = ctx.control.send(Control::Close {
+                        done,
+                        reason: "closed",
+                    });
                     let body = match rx.await {
                         Ok(Ok(())) => Reply::Ok(Value::Null),
                         Ok(Err(e)) => Reply::Error(WireError::new("internal", e)),

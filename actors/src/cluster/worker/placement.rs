@@ -15,7 +15,7 @@ use super::{Inner, Ownership};
 use crate::cluster::admission::Ticket;
 use crate::cluster::lease::{Checkpoint, LeaseState, StoreError};
 use crate::cluster::wire::{PlaceRequest, Reply, WireError};
-use crate::cluster::{ClusterError, session_key};
+use crate::cluster::{ClusterError, PlacementPolicy, session_key};
 use crate::ids::SessionId;
 
 /// The next placement request, or never while not subscribed.
@@ -108,8 +108,18 @@ fn too_large(bytes: usize, max_bytes: usize) -> WireError {
 /// refused), its first checkpoint, then the local session; on failure the
 /// lease and checkpoint are deleted again.
 async fn place(inner: &Arc<Inner>, payload: &[u8], ticket: Ticket) -> Result<(), WireError> {
-    let req: PlaceRequest =
+    let policy = &inner.config.policy;
+    PlacementPolicy::size("placement", payload.len(), policy.max_placement_bytes)
+        .map_err(|v| WireError::policy(&v))?;
+    let mut req: PlaceRequest =
         serde_json::from_slice(payload).map_err(|e| WireError::new("invalid", e))?;
+    policy
+        .admit(&mut req.spec, &inner.config.default_model)
+        .map_err(|v| {
+            metrics::counter!("colloquy_cluster_policy_refusals_total", "what" => "placement")
+                .increment(1);
+            WireError::policy(&v)
+        })?;
     let id = SessionId::from(req.session);
     // Bounded before anything is sent: an over-long key in a subject would
     // make the server close this worker's connection.
