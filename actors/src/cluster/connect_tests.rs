@@ -89,6 +89,17 @@ async fn unusable_credentials_are_refused_before_connecting() {
         matches!(&err, ClusterError::Credentials(m) if m.contains("colloquy-no-such-ca.pem")),
         "{err:?}"
     );
+    let creds = std::env::temp_dir().join(format!("colloquy-bad-{}.creds", std::process::id()));
+    std::fs::write(&creds, "not a creds file pw-hunter2").unwrap();
+    let err = connect_with(url, "t", &NatsOptions::new().with_creds_file(&creds))
+        .await
+        .unwrap_err();
+    std::fs::remove_file(&creds).unwrap();
+    assert!(
+        matches!(&err, ClusterError::Credentials(m) if m.contains("creds file")),
+        "{err:?}"
+    );
+    assert!(!format!("{err} {err:?}").contains("hunter2"), "{err}");
     let mut half = NatsOptions::new();
     half.tls.client_cert = Some(missing.clone());
     let err = connect_with(url, "t", &half).await.unwrap_err();
