@@ -1,8 +1,9 @@
 //! Logging in to NATS (feature `nats`): a server with an authorization config
 //! (users with passwords, an NKey user; a token server; a TLS server that
-//! verifies clients) lets the right credentials in, where a worker serves a
-//! session end to end, and refuses the others within seconds with an error
-//! naming authorization (or TLS) that shows no secret.
+//! verifies clients; a server in operator mode, whose JWTs the test signs)
+//! lets the right credentials in, where a worker serves a session end to end,
+//! and refuses the others within seconds with an error naming authorization
+//! (or TLS) that shows no secret.
 //!
 //! Each test starts its own `nats-server -js` (see `tests/support/nats.rs`);
 //! certificates are made at test time (rcgen). Timeouts only turn a hang into
@@ -291,4 +292,121 @@ async fn tls_with_a_ca_and_a_client_certificate() {
         ),
         "{err:?}"
     );
+}
+
+/// A JWT of `claims` signed by `signer` (the nats `ed25519-nkey` kind).
+fn jwt(mut claims: serde_json::Value, signer: &nkeys::KeyPair) -> String {
+    use base64::Engine;
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    claims["iss"] = signer.public_key().into();
+    claims["iat"] = 1_700_000_000.into();
+    claims["jti"] = format!("test-{}", claims["sub"]).into();
+    let header = b64(br#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
+    let input = format!("{header}.{}", b64(claims.to_string().as_bytes()));
+    let signature = signer.sign(input.as_bytes()).expect("signed");
+    format!("{input}.{}", b64(&signature))
+}
+
+/// A server in operator (JWT) mode with one account, and a user of it: the
+/// user's JWT and seed.
+async fn operator_server() -> Option<(NatsServer, String, String)> {
+    use serde_json::json;
+    let operator = nkeys::KeyPair::new_operator();
+    let account = nkeys::KeyPair::new_account();
+    // JetStream needs a system account.
+    let system = nkeys::KeyPair::new_account();
+    let user = nkeys::KeyPair::new_user();
+    let no_limit = json!({"subs": -1, "data": -1, "payload": -1, "imports": -1,
+        "exports": -1, "wildcards": true, "conn": -1, "leaf": -1});
+    // The account's JetStream (the worker's leases and checkpoints), unlimited.
+    let mut with_jetstream = no_limit.clone();
+    for limit in ["mem_storage", "disk_storage", "streams", "consumer"] {
+        with_jetstream[limit] = (-1).into();
+    }
+    let operator_jwt = jwt(
+        json!({"sub": operator.public_key(), "name": "test-operator",
+            "nats": {"type": "operator", "version": 2}}),
+        &operator,
+    );
+    let account_jwt = jwt(
+        json!({"sub": account.public_key(), "name": "test-account",
+            "nats": {"type": "account", "version": 2, "limits": with_jetstream}}),
+        &operator,
+    );
+    let system_jwt = jwt(
+        json!({"sub": system.public_key(), "name": "SYS",
+            "nats": {"type": "account", "version": 2, "limits": no_limit}}),
+        &operator,
+    );
+    let user_jwt = jwt(
+        json!({"sub": user.public_key(), "name": "test-user",
+            "nats": {"type": "user", "version": 2, "pub": {}, "sub": {},
+                "subs": -1, "data": -1, "payload": -1}}),
+        &account,
+    );
+    let config = format!(
+        "operator: {operator_jwt}\nsystem_account: {system}\nresolver: MEMORY\n\
+         resolver_preload: {{\n  {account}: {account_jwt}\n  {system}: {system_jwt}\n}}\n",
+        account = account.public_key(),
+        system = system.public_key(),
+    );
+    let server = NatsServer::start_with_config(Some(&config)).await?;
+    Some((server, user_jwt, user.seed().expect("a seed")))
+}
+
+#[tokio::test]
+async fn a_worker_with_a_creds_file_serves_a_jwt_client_in_operator_mode() {
+    let Some((server, user_jwt, seed)) = operator_server().await else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("colloquy-creds-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let creds = dir.join("user.creds");
+    std::fs::write(
+        &creds,
+        format!(
+            "-----BEGIN NATS USER JWT-----\n{user_jwt}\n------END NATS USER JWT------\n\n\
+             -----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n"
+        ),
+    )
+    .expect("written");
+    let nats = connect_with(
+        &server.url(),
+        "creds",
+        &NatsOptions::new().with_creds_file(&creds),
+    )
+    .await
+    .expect("the creds file logs in");
+    let model = model().await;
+    let _worker = worker_on(nats, &model, "w1", 10, NO_FAILOVER).await;
+    let jwt_login =
+        NatsOptions::new().with_jwt(Secret::new(user_jwt.clone()), Secret::new(seed.clone()));
+    let shown = format!("{jwt_login:?}");
+    assert!(
+        !shown.contains(&seed) && !shown.contains(&user_jwt),
+        "{shown}"
+    );
+    let nats = connect_with(&server.url(), "jwt", &jwt_login)
+        .await
+        .expect("the JWT logs in");
+    one_turn(&ClusterClient::new(nats), "auth-jwt").await;
+    // A seed that does not match the JWT is refused.
+    let other = nkeys::KeyPair::new_user().seed().unwrap();
+    let (err, took) = refused(
+        &server.url(),
+        &NatsOptions::new().with_jwt(Secret::new(user_jwt), Secret::new(other)),
+    )
+    .await;
+    assert!(took < REFUSED_WITHIN, "refused after {took:?}");
+    assert!(
+        matches!(
+            err,
+            ClusterError::Connect {
+                failure: ConnectFailure::Authorization,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
