@@ -8,6 +8,14 @@
 //!     --base-url http://127.0.0.1:8089/v1 --model demo
 //! ```
 //!
+//! A server that asks for a login gets one from files or the environment,
+//! never from the command line: `--nats-user worker --nats-password-file
+//! FILE` (or `NATS_USER`, `NATS_PASSWORD`), `--nats-nkey-file`,
+//! `--nats-token-file`, `--nats-creds`; TLS with `--nats-ca`, `--nats-cert`,
+//! `--nats-key`, `--nats-tls-required` (see docs/cluster.md, "Authentication
+//! and TLS"). Refused credentials exit 1 at once with an error naming
+//! authorization.
+//!
 //! It prints one line containing `ready` once it takes sessions, and one line
 //! when it stops. SIGTERM or Ctrl-C drains it: no new sessions, turns in flight
 //! finish (up to `--drain-timeout-ms`), then each session's lease is released
@@ -21,12 +29,14 @@ use clap::Parser;
 use colloquy::Secret;
 use colloquy::llm::{AzureConfig, AzureSettings, ChatClient, ClientConfig, OpenAiConfig, Provider};
 use colloquy::tools::ToolDefinition;
-use colloquy_actors::cluster::{Worker, WorkerConfig, connect, redact_url};
+use colloquy_actors::cluster::{Worker, WorkerConfig, connect_with, redact_url};
 use colloquy_actors::{Tool, ToolRegistry};
 use serde_json::json;
 
 #[path = "common/key_file.rs"]
 mod key_file;
+#[path = "common/nats.rs"]
+mod nats_flags;
 #[path = "common/otel.rs"]
 mod otel;
 #[path = "common/policy_flags.rs"]
@@ -85,6 +95,8 @@ struct Args {
     /// How long a drain lets turns in flight finish (milliseconds).
     #[arg(long, value_name = "MS", default_value_t = 10_000)]
     drain_timeout_ms: u64,
+    #[command(flatten)]
+    login: nats_flags::NatsFlags,
     /// Serve the metrics for Prometheus at http://ADDR/metrics (port 0: any).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<std::net::SocketAddr>,
@@ -155,7 +167,7 @@ async fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
         ..ClientConfig::default()
     };
     let client = ChatClient::with_config(provider(&a)?, client_config)?;
-    let nats = connect(&a.nats, &name).await?;
+    let nats = connect_with(&a.nats, &name, &a.login.options()?).await?;
     let mut config = WorkerConfig::new(name.clone(), client)
         .with_max_sessions(max_sessions)
         .with_default_model(a.model.clone())

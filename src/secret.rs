@@ -28,6 +28,25 @@ impl Secret {
         &self.0
     }
 
+    /// Reads a secret from a file (a password file, a token file, an NKey
+    /// seed file): the whole file less surrounding whitespace, so the newline
+    /// an editor or `echo` adds is not part of it. An empty file is an error
+    /// (`InvalidData`). Errors name the path, never the contents.
+    pub fn from_file(path: impl AsRef<std::path::Path>) -> std::io::Result<Self> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            std::io::Error::new(e.kind(), format!("cannot read {}: {e}", path.display()))
+        })?;
+        let value = text.trim();
+        if value.is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{} is empty", path.display()),
+            ));
+        }
+        Ok(Self(value.to_string()))
+    }
+
     /// Reads an environment variable as a secret; empty values count as absent.
     pub fn from_env(var: &str) -> Option<Self> {
         std::env::var(var).ok().filter(|v| !v.is_empty()).map(Self)
@@ -68,5 +87,20 @@ mod tests {
         assert_eq!(format!("{s:?}"), "Secret(***)");
         assert_eq!(format!("{s}"), "***");
         assert_eq!(s.expose(), "sk-very-secret");
+    }
+
+    #[test]
+    fn from_file_trims_and_refuses_empty_files() {
+        let dir = std::env::temp_dir().join(format!("colloquy-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("password");
+        std::fs::write(&file, "  hunter2\n").unwrap();
+        assert_eq!(Secret::from_file(&file).unwrap().expose(), "hunter2");
+        std::fs::write(&file, "\n").unwrap();
+        let err = Secret::from_file(&file).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+        let missing = Secret::from_file(dir.join("missing")).unwrap_err();
+        assert!(missing.to_string().contains("missing"), "{missing}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -51,14 +51,23 @@
 //!   and a placement or claim in progress when the drain begins is admitted
 //!   first and handed over with the rest.
 //!
+//! - **Who may connect.** [`connect_with`] logs in with [`NatsOptions`] (user
+//!   and password, token, NKey seed, creds file or JWT; a CA, a client
+//!   certificate, TLS required); [`NatsSettings`] turns a command line's
+//!   paths and the environment into them. A refused login is
+//!   [`ClusterError::Connect`] with [`ConnectFailure::Authorization`] within
+//!   seconds, not a retry loop; no secret is ever printed.
+//!
 //! Session ids become subject tokens and KV keys through [`session_key`].
 
 mod admission;
 #[cfg(test)]
 mod admission_tests;
+mod connect;
 mod lease;
 mod policy;
 mod remote;
+mod settings;
 mod spec;
 mod subject;
 #[cfg(test)]
@@ -69,8 +78,13 @@ mod worker;
 /// The NATS client this module is built on (its `Client` is what
 /// [`connect`] returns and [`Worker::start`] takes).
 pub use async_nats;
+pub use connect::{
+    ConnectFailure, DEFAULT_CONNECTION_TIMEOUT, NatsCredentials, NatsOptions, NatsTls, connect,
+    connect_with, redact_url,
+};
 pub use policy::{FORBIDDEN_EXTRA_BODY_KEYS, InputRate, PlacementPolicy, PolicyViolation};
 pub use remote::{ClusterClient, RemoteConfig, RemoteEvents, RemoteSession};
+pub use settings::{NatsSettings, env as nats_env};
 pub use spec::{SessionSpec, SpecInterruption, SpecMode, SpecOptions};
 pub use subject::{
     MAX_NAME_BYTES, MAX_PREFIX_BYTES, MAX_SESSION_KEY_BYTES, session_id_from_key, session_key,
@@ -78,8 +92,6 @@ pub use subject::{
 pub(crate) use subject::{Names, check_name};
 pub use wire::{RemoteEvent, RemoteEventKind};
 pub use worker::{DrainReport, Worker, WorkerConfig};
-
-use std::time::Duration;
 
 use crate::ids::SessionId;
 
@@ -143,14 +155,22 @@ pub enum ClusterError {
         /// What is wrong with it.
         reason: String,
     },
-    /// The first connection to the server failed (refused, timed out, …).
-    #[error("cannot connect to {url}: {reason}")]
+    /// The first connection to the server failed: the login refused, TLS,
+    /// no server there (see [`ConnectFailure`]).
+    #[error("cannot connect to {url}: {failure} ({reason})")]
     Connect {
         /// The URL, credentials redacted.
         url: String,
-        /// The client's error.
+        /// What kind of failure.
+        failure: ConnectFailure,
+        /// The client's error (never a credential).
         reason: String,
     },
+    /// The NATS login or TLS settings cannot be used: a file that cannot be
+    /// read, a seed that is not one, two logins at once. Never shows a
+    /// secret.
+    #[error("NATS credentials: {0}")]
+    Credentials(String),
     /// The worker refused the operation (kind and message as on the wire:
     /// `not_running`, `stale`, `not_allowed`, `unknown_call`, …).
     #[error("refused ({kind}): {message}")]
@@ -183,122 +203,5 @@ pub(crate) fn max_payload(client: &async_nats::Client) -> usize {
     match client.server_info().max_payload {
         0 => 1024 * 1024,
         n => n,
-    }
-}
-
-/// Connects to NATS the way the cluster expects: the first connect is tried
-/// once (2 s at most), so a wrong URL or a server that is not there is an
-/// error at once ([`ClusterError::InvalidUrl`], [`ClusterError::Connect`]);
-/// once connected, it reconnects forever with a short backoff (100 ms per
-/// attempt, at most 1 s). The connection is named `name` (at most
-/// [`MAX_NAME_BYTES`]).
-///
-/// `url` is one URL or a comma-separated list, each with its scheme
-/// (`nats://`, `tls://`, `ws://` or `wss://`) and a host. Credentials in a URL
-/// are never part of an error.
-pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, ClusterError> {
-    check_name("name", name, MAX_NAME_BYTES)?;
-    check_url(url)?;
-    async_nats::ConnectOptions::new()
-        .name(name)
-        .max_reconnects(None)
-        .connection_timeout(Duration::from_secs(2))
-        .reconnect_delay_callback(|attempts| {
-            Duration::from_millis((attempts as u64 * 100).clamp(100, 1000))
-        })
-        .connect(url)
-        .await
-        .map_err(|e| {
-            let reason = match e.kind() {
-                async_nats::ConnectErrorKind::ServerParse => {
-                    return ClusterError::InvalidUrl {
-                        url: redact_url(url),
-                        reason: e.to_string(),
-                    };
-                }
-                _ => e.to_string(),
-            };
-            ClusterError::Connect {
-                url: redact_url(url),
-                reason,
-            }
-        })
-}
-
-/// Refuses what is not a list of `scheme://host[:port]` URLs.
-fn check_url(urls: &str) -> Result<(), ClusterError> {
-    let invalid = |reason: &str| ClusterError::InvalidUrl {
-        url: redact_url(urls),
-        reason: reason.to_string(),
-    };
-    if urls.trim().is_empty() {
-        return Err(invalid("empty"));
-    }
-    for url in urls.split(',').map(str::trim) {
-        let Some((scheme, rest)) = url.split_once("://") else {
-            return Err(invalid(
-                "expected scheme://host[:port], e.g. nats://127.0.0.1:4222",
-            ));
-        };
-        if !["nats", "tls", "ws", "wss"].contains(&scheme.to_ascii_lowercase().as_str()) {
-            return Err(invalid("the scheme must be nats, tls, ws or wss"));
-        }
-        let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
-        let host = host.split(['/', '?']).next().unwrap_or("");
-        if host.is_empty() || host.starts_with(':') {
-            return Err(invalid("no host"));
-        }
-    }
-    Ok(())
-}
-
-/// A NATS URL (or list) with any `user:password@` or `token@` replaced by
-/// `***@`, for errors and logs.
-pub fn redact_url(urls: &str) -> String {
-    urls.split(',')
-        .map(|url| match url.split_once("://") {
-            Some((scheme, rest)) => {
-                let end = rest.find(['/', '?']).unwrap_or(rest.len());
-                match rest[..end].rfind('@') {
-                    Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
-                    None => url.to_string(),
-                }
-            }
-            None => match url.rfind('@') {
-                Some(at) => format!("***@{}", &url[at + 1..]),
-                None => url.to_string(),
-            },
-        })
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn urls_are_checked_and_redacted() {
-        assert!(check_url("nats://127.0.0.1:4222").is_ok());
-        assert!(check_url("nats://a:1, tls://b:2").is_ok());
-        for bad in [
-            "notaurl",
-            "",
-            "http://x:1",
-            "nats://",
-            "nats://:4222",
-            "127.0.0.1:4222",
-        ] {
-            assert!(
-                matches!(check_url(bad), Err(ClusterError::InvalidUrl { .. })),
-                "{bad}"
-            );
-        }
-        assert_eq!(
-            redact_url("nats://user:s3cret@h:4222,nats://h2:1"),
-            "nats://***@h:4222,nats://h2:1"
-        );
-        let err = check_url("http://user:s3cret@h:1").unwrap_err();
-        assert!(!format!("{err} {err:?}").contains("s3cret"), "{err:?}");
     }
 }

@@ -1,5 +1,8 @@
 //! `loadgen --nats URL`: the sessions are placed on the cluster's workers
-//! (`examples/worker.rs`) instead of in-process, and driven over NATS.
+//! (`examples/worker.rs`) instead of in-process, and driven over NATS. It logs
+//! in to NATS with the worker's flags and variables (`--nats-user`,
+//! `--nats-password-file`, `--nats-nkey-file`, `--nats-creds`, `--nats-ca`, …;
+//! docs/cluster.md, "Authentication and TLS").
 //!
 //! Each session sends `--turns` messages (`question 0`, `question 1`, …),
 //! pausing `--turn-gap-ms` between turns, cancelling each turn after
@@ -29,7 +32,8 @@ use colloquy::context::{ChatItem, Role};
 use colloquy_actors::TurnId;
 use colloquy_actors::bus::{EventKind, TurnEnd};
 use colloquy_actors::cluster::{
-    ClusterClient, RemoteConfig, RemoteEventKind, RemoteEvents, RemoteSession, SessionSpec, connect,
+    ClusterClient, NatsOptions, RemoteConfig, RemoteEventKind, RemoteEvents, RemoteSession,
+    SessionSpec, connect_with,
 };
 use futures_util::StreamExt;
 use serde_json::json;
@@ -40,6 +44,8 @@ use super::{cpu_seconds, latency_json, percentile};
 /// What the cluster mode needs of the command line.
 pub(crate) struct ClusterArgs {
     pub(crate) nats: String,
+    /// The NATS login and TLS (`--nats-user`, `--nats-password-file`, …).
+    pub(crate) login: NatsOptions,
     pub(crate) sessions: usize,
     pub(crate) turns: usize,
     pub(crate) cancel_after_tokens: usize,
@@ -316,7 +322,7 @@ async fn drive(
 /// Runs the cluster mode and prints its summary; `Ok(false)` when an
 /// invariant was broken.
 pub(crate) async fn run(args: ClusterArgs) -> Result<bool, Box<dyn std::error::Error>> {
-    let nats = connect(&args.nats, "loadgen").await?;
+    let nats = connect_with(&args.nats, "loadgen", &args.login).await?;
     let client = ClusterClient::with_config(
         nats,
         RemoteConfig {

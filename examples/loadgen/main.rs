@@ -72,6 +72,8 @@ use colloquy::llm::{BreakerConfig, ChatClient, ClientConfig};
 mod common;
 mod driver;
 mod invariants;
+#[path = "../common/nats.rs"]
+mod nats_flags;
 mod plan;
 mod run;
 mod server;
@@ -144,6 +146,8 @@ struct Args {
     /// (examples/worker.rs; needs --features nats) instead of in-process
     #[arg(long, value_name = "URL")]
     pub(crate) nats: Option<String>,
+    #[command(flatten)]
+    pub(crate) nats_login: nats_flags::NatsFlags,
     /// Phone calls instead of sessions: simulated phones calling this voice
     /// server's Media Streams endpoint (ws://HOST:PORT/twilio), or `self` for
     /// one in this process (needs --features calls,espeak,pocketsphinx)
@@ -234,8 +238,13 @@ mod plot;
 /// Cluster mode (`--nats`).
 #[cfg(feature = "nats")]
 async fn run_cluster(nats: String, a: &Args) -> ExitCode {
+    let login = match a.nats_login.options() {
+        Ok(login) => login,
+        Err(e) => return common::fail(e),
+    };
     let run = cluster::run(cluster::ClusterArgs {
         nats,
+        login,
         sessions: a.sessions,
         turns: a.turns,
         cancel_after_tokens: a.cancel_after_tokens,
