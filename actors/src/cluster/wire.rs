@@ -72,11 +72,11 @@
 //! The rules of the bus hold on the wire: after `turn_finished` with
 //! `cancelled` or `failed`, or after `interrupted`, nothing more of that turn
 //! is published; after a normal end only its tail speech (`speakable`,
-//! `speech_played`) and `interrupted` may follow. A cut turn's text
-//! (`token`, `reasoning`, `refusal`, `speakable`) still queued at the owner
-//! when the cut is decided is not published: the cut goes out right after
-//! what was already sent, not behind its turn's tokens. A turn that was in flight
-//! when its worker died ends with `turn_finished` `failed` and the message
+//! `speech_played`) and `interrupted` may follow. A cancelled or interrupted
+//! turn's text (`token`, `reasoning`, `refusal`, `speakable`) still queued at
+//! the owner when the cut is decided is not published: the cut goes out
+//! right after what was already sent, not behind its turn's tokens. A turn
+//! that was in flight when its worker died ends with `turn_finished` `failed` and the message
 //! `worker lost`, published by the new owner before `resumed`. A `turn_finished`
 //! with a normal end is published only once the history holding the turn is
 //! stored. (If a worker dies between publishing a turn's `cancelled` end and

@@ -18,7 +18,7 @@
 
 use bytes::Bytes;
 
-use crate::bus::{BusEvent, EventKind};
+use crate::bus::{BusEvent, EventKind, TurnEnd};
 use crate::cluster::wire::EventClass;
 use crate::ids::TurnId;
 
@@ -77,13 +77,14 @@ fn is_cut_text(kind: &EventKind) -> bool {
     )
 }
 
-/// Whether an event cuts its turn (nothing of the turn follows it).
+/// Whether an event cuts its turn on someone's word: a cancel or a barge-in
+/// (a failure is not a cut: the text before it was the model's and a reader
+/// may show it).
 fn is_cut(kind: &EventKind) -> bool {
-    match kind {
-        EventKind::TurnFinished(end) => end.is_abort(),
-        EventKind::Interrupted { .. } => true,
-        _ => false,
-    }
+    matches!(
+        kind,
+        EventKind::TurnFinished(TurnEnd::Cancelled) | EventKind::Interrupted { .. }
+    )
 }
 
 /// Removes from `taken` (bus order) the text of every turn cut later in it:
@@ -112,7 +113,6 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::bus::TurnEnd;
 
     fn ev(seq: u64, turn: u64, kind: EventKind) -> BusEvent {
         BusEvent {
@@ -134,10 +134,15 @@ mod tests {
             ev(5, 2, tok("c")),
             ev(6, 2, EventKind::TurnFinished(TurnEnd::Cancelled)),
             ev(7, 3, tok("d")),
+            ev(
+                8,
+                3,
+                EventKind::TurnFinished(TurnEnd::Failed(Arc::from("x"))),
+            ),
         ];
         assert_eq!(drop_cut_text(&mut taken), 2);
         let seqs: Vec<u64> = taken.iter().map(|e| e.seq).collect();
-        assert_eq!(seqs, [1, 2, 4, 6, 7]);
+        assert_eq!(seqs, [1, 2, 4, 6, 7, 8], "a failure keeps its text");
     }
 
     #[test]
