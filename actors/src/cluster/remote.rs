@@ -330,7 +330,8 @@ impl RemoteSession {
     /// [`EventClasses::speech`]): the server sends nothing of the others.
     /// Several classes are several subscriptions merged back into the
     /// session's order. Lifecycle (turn boundaries, cuts, `resumed`,
-    /// `session_ended`) is only received if asked for.
+    /// `session_ended`) is only received if asked for. An empty set is
+    /// [`ClusterError::InvalidName`].
     pub async fn subscribe_to(&self, classes: EventClasses) -> Result<RemoteEvents, ClusterError> {
         let nats = &self.client.inner.nats;
         let names = &self.client.inner.names;
