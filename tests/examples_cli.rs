@@ -114,6 +114,7 @@ const FLAGS: [(&str, &[&str]); 4] = [
             "--json",
             "--nats",
             "--turn-gap-ms",
+            "--speech-only",
             "--plot",
         ],
     ),

@@ -13,9 +13,16 @@
 //! - **Remote sessions.** A [`RemoteSession`] has the inputs of a
 //!   [`SessionHandle`](crate::SessionHandle) (speech started and ended,
 //!   transcripts, speech played, send text, cancel, tool results) as requests on
-//!   `{prefix}.session.{key}.in`, and [`RemoteSession::subscribe`] reads the
-//!   session's events from `{prefix}.session.{key}.events`. Both are JSON in
-//!   the schema of [`wire`], so an STT or TTS service in any language can join.
+//!   `{prefix}.session.{key}.in.{kind}` (`speech`, `control`, `admin`: the
+//!   kind of operation is in the subject so NATS permissions can tell them
+//!   apart), and [`RemoteSession::subscribe`] reads the session's events from
+//!   `{prefix}.session.{key}.events.{class}` (`lifecycle`, `speech`,
+//!   `tokens`, `tools`, `usage`, `user`: a subscriber takes only the classes
+//!   it needs, [`RemoteSession::subscribe_to`], and the wildcard gives the
+//!   whole stream in order). Both are JSON in the schema of [`wire`], so an
+//!   STT or TTS service in any language can join. The owner batches the
+//!   events of a session already queued together into one message per class
+//!   run, and never waits to fill a batch.
 //!   A cancel is executed by the owning worker on receipt: the turn is closed
 //!   on its ledger, and the worker forwards the bus in order, so no event of
 //!   the turn follows its `turn_finished` (`cancelled`) on the wire either.
@@ -90,7 +97,7 @@ pub use subject::{
     MAX_NAME_BYTES, MAX_PREFIX_BYTES, MAX_SESSION_KEY_BYTES, session_id_from_key, session_key,
 };
 pub(crate) use subject::{Names, check_name};
-pub use wire::{RemoteEvent, RemoteEventKind};
+pub use wire::{EventClass, EventClasses, InputKind, RemoteEvent, RemoteEventKind};
 pub use worker::{DrainReport, Worker, WorkerConfig};
 
 use crate::ids::SessionId;

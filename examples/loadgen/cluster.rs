@@ -21,6 +21,13 @@
 //! - `cancel_latency_us` (from `cancel()` to receiving `TurnFinished(Cancelled)`)
 //!   and `stale_events_after_cancel`.
 //!
+//! With `--speech-only` the sessions publish speech and lifecycle only (a
+//! segmenter on, `event_classes: ["speech"]`) and are read as a TTS service
+//! reads them: a turn's answer is its speakables (up to the last), and no
+//! token is encoded at the workers nor sent (`tokens` is 0). Nothing reports
+//! playback, so no reply counts as heard: `lost_committed_turns` is not
+//! checked.
+//!
 //! The run exits 1 when `lost_committed_turns` or `stale_events_after_cancel`
 //! is not 0. The sessions are closed at the end (leases and checkpoints deleted).
 
@@ -32,8 +39,8 @@ use colloquy::context::{ChatItem, Role};
 use colloquy_actors::TurnId;
 use colloquy_actors::bus::{EventKind, TurnEnd};
 use colloquy_actors::cluster::{
-    ClusterClient, NatsOptions, RemoteConfig, RemoteEventKind, RemoteEvents, RemoteSession,
-    SessionSpec, connect_with,
+    ClusterClient, EventClass, EventClasses, NatsOptions, RemoteConfig, RemoteEventKind,
+    RemoteEvents, RemoteSession, SessionSpec, connect_with,
 };
 use futures_util::StreamExt;
 use serde_json::json;
@@ -50,6 +57,7 @@ pub(crate) struct ClusterArgs {
     pub(crate) turns: usize,
     pub(crate) cancel_after_tokens: usize,
     pub(crate) turn_gap_ms: u64,
+    pub(crate) speech_only: bool,
     pub(crate) json: bool,
 }
 
@@ -162,6 +170,10 @@ async fn drive(
         let mut text = String::new();
         let mut tokens = 0usize;
         let mut cancel_sent: Option<Instant> = None;
+        // Speech only: the turn's end, then its last speakable (tail speech
+        // may follow the end).
+        let mut ended: Option<(TurnId, TurnEnd)> = None;
+        let mut spoken = !args.speech_only;
         // After a `resumed` with no turn of ours started, the new owner may
         // not have our message (its old owner took it and died): a turn start
         // is waited for a little while only.
@@ -214,8 +226,20 @@ async fn drive(
                         }
                     }
                 }
-                EventKind::TurnFinished(end) => break Outcome::Ended(ev.turn, end, text),
+                EventKind::Speakable { text: said, last } => {
+                    text.push_str(&said);
+                    spoken |= last;
+                }
+                EventKind::TurnFinished(end) => {
+                    if !args.speech_only || end.is_abort() {
+                        break Outcome::Ended(ev.turn, end, text);
+                    }
+                    ended = Some((ev.turn, end));
+                }
                 _ => {}
+            }
+            if spoken && let Some((turn, end)) = ended.take() {
+                break Outcome::Ended(turn, end, text);
             }
         };
         t.turns += 1;
@@ -286,7 +310,11 @@ async fn drive(
         }
     }
     // Every turn that finished normally must be in the committed history:
-    // its question, then exactly the answer seen.
+    // its question, then exactly the answer seen. (Not with --speech-only:
+    // nothing reports playback, and a reply nobody heard is not committed.)
+    if args.speech_only {
+        finished.clear();
+    }
     match session.context().await {
         Ok(ctx) => {
             let messages: Vec<(Role, String)> = ctx
@@ -303,6 +331,11 @@ async fn drive(
                         && w[1] == (Role::Assistant, answer.clone())
                 });
                 if !found {
+                    eprintln!(
+                        "loadgen: {}: {question:?} and its answer ({} bytes) not in the committed history",
+                        session.id(),
+                        answer.len()
+                    );
                     t.lost_committed += 1;
                 }
             }
@@ -339,11 +372,23 @@ pub(crate) async fn run(args: ClusterArgs) -> Result<bool, Box<dyn std::error::E
     let placed: Vec<_> = futures_util::stream::iter(0..args.sessions)
         .map(|i| {
             let client = client.clone();
+            let args = args.clone();
             async move {
-                let s = client
-                    .place(format!("load-{run_id}-{i}"), SessionSpec::default())
-                    .await?;
-                let rx = s.subscribe().await?;
+                let spec = if args.speech_only {
+                    SessionSpec {
+                        segmenter: true,
+                        event_classes: Some(vec![EventClass::Speech]),
+                        ..SessionSpec::default()
+                    }
+                } else {
+                    SessionSpec::default()
+                };
+                let s = client.place(format!("load-{run_id}-{i}"), spec).await?;
+                let rx = if args.speech_only {
+                    s.subscribe_to(EventClasses::speech()).await?
+                } else {
+                    s.subscribe().await?
+                };
                 Ok::<_, colloquy_actors::cluster::ClusterError>((s, rx))
             }
         })

@@ -177,6 +177,11 @@ struct Args {
     /// Pause between a session's turns (milliseconds)
     #[arg(long, value_name = "MS", default_value_t = 0)]
     pub(crate) turn_gap_ms: u64,
+    /// `--nats`: sessions publish speech and lifecycle only (segmenter on,
+    /// `event_classes: ["speech"]`), read as a TTS service would: no token is
+    /// encoded or sent
+    #[arg(long)]
+    pub(crate) speech_only: bool,
 }
 
 /// `--recognizer`.
@@ -249,6 +254,7 @@ async fn run_cluster(nats: String, a: &Args) -> ExitCode {
         turns: a.turns,
         cancel_after_tokens: a.cancel_after_tokens,
         turn_gap_ms: a.turn_gap_ms,
+        speech_only: a.speech_only,
         json: a.json,
     });
     match run.await {

@@ -1,21 +1,26 @@
 //! The client side: placing sessions and driving them from any process.
+//! Inputs go on the subject of their kind (`in.speech`, `in.control`,
+//! `in.admin`), so subject permissions can tell them apart; reading the
+//! events is in `events`.
 
-use std::collections::BTreeSet;
+mod events;
+
+pub use events::RemoteEvents;
+
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_nats::Client;
 use async_nats::client::RequestErrorKind;
-use async_nats::{Client, Subscriber};
 use bytes::Bytes;
 use colloquy::context::ChatContext;
-use futures_util::StreamExt;
 use serde_json::Value;
 use tokio::time::Instant;
 
 use super::spec::SessionSpec;
-use super::wire::{self, Input, PlaceRequest, RemoteEvent, RemoteEventKind, Reply, WireError};
+use super::wire::{EventClass, EventClasses, Input, PlaceRequest, Reply, WireError};
 use super::{ClusterError, DEFAULT_PREFIX, Names, session_key};
-use crate::bus::{EventKind, ToolOutput};
+use crate::bus::ToolOutput;
 use crate::ids::{SessionId, TurnId};
 
 /// How a [`ClusterClient`] talks to the workers.
@@ -207,8 +212,7 @@ impl ClusterClient {
         let key = session_key(&id)?;
         Ok(RemoteSession {
             client: self.clone(),
-            inputs: self.inner.names.inputs(&key),
-            events: self.inner.names.events(&key),
+            key,
             id,
         })
     }
@@ -279,8 +283,8 @@ fn refused(e: WireError) -> ClusterError {
 pub struct RemoteSession {
     client: ClusterClient,
     id: SessionId,
-    inputs: String,
-    events: String,
+    /// The session key (subject token).
+    key: String,
 }
 
 impl std::fmt::Debug for RemoteSession {
@@ -302,14 +306,11 @@ impl RemoteSession {
             serde_json::to_vec(input).map_err(|e| ClusterError::Protocol(e.to_string()))?,
         );
         self.client.check_size("input", payload.len()).await?;
+        let subject = self.client.inner.names.inputs(&self.key, input.kind());
         let deadline = Instant::now() + self.client.inner.config.unavailable_timeout;
         let mut backoff = Backoff::new();
         loop {
-            match self
-                .client
-                .send(self.inputs.clone(), payload.clone())
-                .await?
-            {
+            match self.client.send(subject.clone(), payload.clone()).await? {
                 Sent::Reply(Reply::Ok(v)) => return Ok(v),
                 Sent::Reply(Reply::Error(e)) => return Err(refused(e)),
                 Sent::TimedOut => return Err(ClusterError::Timeout(self.id.clone())),
@@ -325,21 +326,43 @@ impl RemoteSession {
             .ok_or_else(|| ClusterError::Protocol(format!("expected a seq, got {v}")))
     }
 
-    /// Subscribes to the session's events: every event published after this
-    /// returns is received (the server has registered the subscription).
-    /// Subscribe before sending the input whose events you need.
+    /// Subscribes to the session's events, all classes in the session's
+    /// order (one wildcard subscription, `…events.*`): every event published
+    /// after this returns is received (the server has registered the
+    /// subscription). Subscribe before sending the input whose events you need.
     pub async fn subscribe(&self) -> Result<RemoteEvents, ClusterError> {
+        self.subscribe_to(EventClasses::all()).await
+    }
+
+    /// Subscribes to some classes of the session's events (for a TTS service,
+    /// [`EventClasses::speech`]): the server sends nothing of the others.
+    /// Several classes are several subscriptions merged back into the
+    /// session's order. Lifecycle (turn boundaries, cuts, `resumed`,
+    /// `session_ended`) is only received if asked for. An empty set is
+    /// [`ClusterError::InvalidName`].
+    pub async fn subscribe_to(&self, classes: EventClasses) -> Result<RemoteEvents, ClusterError> {
         let nats = &self.client.inner.nats;
-        let sub = nats
-            .subscribe(self.events.clone())
-            .await
-            .map_err(ClusterError::nats)?;
+        let names = &self.client.inner.names;
+        let subjects: Vec<String> = if classes.is_all() {
+            vec![names.all_events(&self.key)]
+        } else {
+            classes.iter().map(|c| names.events(&self.key, c)).collect()
+        };
+        if subjects.is_empty() {
+            return Err(ClusterError::InvalidName("no event class".into()));
+        }
+        let mut subs = Vec::with_capacity(subjects.len());
+        for subject in subjects {
+            subs.push(nats.subscribe(subject).await.map_err(ClusterError::nats)?);
+        }
         nats.flush().await.map_err(ClusterError::nats)?;
-        Ok(RemoteEvents {
-            sub,
-            generation: 0,
-            ended: BTreeSet::new(),
-        })
+        Ok(RemoteEvents::new(subs))
+    }
+
+    /// The subject of one class of the session's events (for a subscriber of
+    /// its own).
+    pub fn events_subject(&self, class: EventClass) -> String {
+        self.client.inner.names.events(&self.key, class)
     }
 
     /// The user started speaking: the owner applies the session's
@@ -416,47 +439,5 @@ impl RemoteSession {
     /// are deleted.
     pub async fn close(&self) -> Result<(), ClusterError> {
         self.call(&Input::Close).await.map(|_| ())
-    }
-}
-
-/// A subscription to a remote session's events.
-///
-/// Events of a superseded owner (a lower generation than one already seen)
-/// and a second end of the same turn are dropped; messages that do not follow
-/// the schema are skipped (counted in `colloquy_cluster_invalid_messages_total`).
-#[derive(Debug)]
-pub struct RemoteEvents {
-    sub: Subscriber,
-    generation: u64,
-    ended: BTreeSet<u64>,
-}
-
-impl RemoteEvents {
-    /// The next event; `None` once the subscription ended.
-    pub async fn recv(&mut self) -> Option<RemoteEvent> {
-        loop {
-            let msg = self.sub.next().await?;
-            let ev = match wire::decode_event(&msg.payload) {
-                Ok(ev) => ev,
-                Err(e) => {
-                    metrics::counter!("colloquy_cluster_invalid_messages_total").increment(1);
-                    tracing::debug!(error = %e, "invalid event skipped");
-                    continue;
-                }
-            };
-            if ev.generation() < self.generation {
-                continue;
-            }
-            self.generation = ev.generation();
-            if let RemoteEventKind::Bus(EventKind::TurnFinished(_)) = &ev.kind {
-                if !self.ended.insert(ev.turn.0) {
-                    continue;
-                }
-                while self.ended.len() > 64 {
-                    self.ended.pop_first();
-                }
-            }
-            return Some(ev);
-        }
     }
 }

@@ -7,6 +7,7 @@ use serde_json::{Map, Value};
 
 use std::time::Duration;
 
+use crate::cluster::wire::EventClass;
 use crate::llm_actor::{AgentSettings, InterruptionPolicy, Preemptive};
 use crate::turn_taking::{Backchannels, InterruptionMode};
 
@@ -182,6 +183,11 @@ pub struct SessionSpec {
     /// Preemptive generation on interim transcripts, with this debounce in
     /// milliseconds (`null`: off).
     pub preemptive_debounce_ms: Option<u64>,
+    /// The event classes the owner publishes (`null`: all); `lifecycle` is
+    /// always published. An unpublished class costs the worker nothing: a
+    /// TTS-only deployment lists `["speech"]` and no token is encoded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_classes: Option<Vec<EventClass>>,
 }
 
 impl Default for SessionSpec {
@@ -197,6 +203,7 @@ impl Default for SessionSpec {
             max_context_items: defaults.max_context_items,
             segmenter: false,
             preemptive_debounce_ms: None,
+            event_classes: None,
         }
     }
 }

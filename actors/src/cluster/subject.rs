@@ -10,6 +10,7 @@
 //! line (the bucket name, a reply inbox, header and payload sizes).
 
 use super::ClusterError;
+use super::wire::{EventClass, InputKind};
 use crate::ids::SessionId;
 
 /// The longest session key ([`session_key`], the escaped id) accepted: an id
@@ -118,12 +119,24 @@ impl Names {
         format!("{}-workers", self.prefix)
     }
 
-    pub(crate) fn inputs(&self, key: &str) -> String {
-        format!("{}.session.{key}.in", self.prefix)
+    /// The input subject of one kind: `{prefix}.session.{key}.in.{kind}`.
+    pub(crate) fn inputs(&self, key: &str, kind: InputKind) -> String {
+        format!("{}.session.{key}.in.{}", self.prefix, kind.as_str())
     }
 
-    pub(crate) fn events(&self, key: &str) -> String {
-        format!("{}.session.{key}.events", self.prefix)
+    /// Every input subject of a session (the owner's subscription).
+    pub(crate) fn all_inputs(&self, key: &str) -> String {
+        format!("{}.session.{key}.in.*", self.prefix)
+    }
+
+    /// The events subject of one class: `{prefix}.session.{key}.events.{class}`.
+    pub(crate) fn events(&self, key: &str, class: EventClass) -> String {
+        format!("{}.session.{key}.events.{}", self.prefix, class.as_str())
+    }
+
+    /// Every events subject of a session (today's full stream, in order).
+    pub(crate) fn all_events(&self, key: &str) -> String {
+        format!("{}.session.{key}.events.*", self.prefix)
     }
 
     pub(crate) fn lease_bucket(&self) -> String {

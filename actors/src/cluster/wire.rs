@@ -1,15 +1,37 @@
 //! The JSON on the wire: one object per event, one object per input, so a
 //! Python or Go STT/TTS service can join a session's bus.
 //!
-//! # Events: `{prefix}.session.{key}.events`
+//! # Events: `{prefix}.session.{key}.events.{class}`
 //!
 //! `{prefix}` is `colloquy` unless configured; `{key}` is the session id made
-//! subject-safe by [`session_key`](super::session_key). Each message is one
-//! object:
+//! subject-safe by [`session_key`](super::session_key); `{class}` is the
+//! event's [`EventClass`]: `lifecycle`, `speech`, `tokens`, `tools`, `usage`
+//! or `user` (the table below gives each kind's). Subscribe to
+//! `…events.*` for the whole stream, to one class's subject for that class
+//! only: a TTS service takes `…events.speech` and `…events.lifecycle` and
+//! no token is sent to it. A session placed with `event_classes` publishes
+//! only those classes (and lifecycle): nothing of the others is encoded.
+//!
+//! Each message is one or more events, one JSON object per line (the owner
+//! batches consecutive events of one class that were queued together; a
+//! message never holds two classes, and messages go out in seq order):
 //!
 //! ```json
 //! {"session":"call-42","turn":3,"seq":4294967308,"worker":"w1","kind":"token","payload":{"text":"Hel"}}
 //! ```
+//!
+//! A subscriber of several classes merges its subscriptions by `seq`
+//! ([`RemoteEvents`](super::RemoteEvents) does: see
+//! [`RemoteSession::subscribe_to`](super::RemoteSession::subscribe_to)).
+//! Gaps in `seq` are not losses (see `seq` below, and the classes not
+//! subscribed to).
+//!
+//! **Compatibility.** Until this scheme, events went to
+//! `{prefix}.session.{key}.events`, one object per message, and inputs to
+//! `{prefix}.session.{key}.in`: a reader of that version sees nothing on the
+//! new subjects, and its inputs find no responder. Workers and clients are
+//! upgraded together; a reader that splits messages on line breaks reads
+//! both.
 //!
 //! - `session`: the session id; `worker`: the name of the worker that published it.
 //! - `turn`: the agent's turn the event belongs to (user events carry the
@@ -22,59 +44,68 @@
 //!   ([`RemoteEvents`](super::RemoteEvents) does).
 //! - `kind` and `payload`:
 //!
-//! | kind | payload |
-//! | --- | --- |
-//! | `turn_started` | `{}` |
-//! | `token`, `reasoning`, `refusal` | `{"text": str}` |
-//! | `tool_call` | `{"index": int, "id": str, "name": str, "arguments": str, "valid_json": bool}` |
-//! | `tool_result` | `{"call_id": str, "name": str, "output": str, "is_error": bool}` |
-//! | `usage` | `{"prompt_tokens", "completion_tokens", "total_tokens": int, "cached_tokens", "reasoning_tokens": int or null, "estimated": bool}` |
-//! | `structured` | `{"value": any}` |
-//! | `turn_finished` | `{"end": "stop" \| "length" \| "tool_calls" \| "content_filter" \| "cancelled" \| "failed" \| "other", "message": str (failed and other only)}` |
-//! | `interrupted` | `{"heard_chars": int}` (the user cut the reply's speech) |
-//! | `user_speech_started` | `{}` |
-//! | `user_transcript` | `{"text": str, "is_final": bool, "heard": {"start", "end": int (samples), "sample_rate": int} or absent}` |
-//! | `speakable` | `{"text": str, "last": bool}` |
-//! | `speech_played` | `{"chars": int}` |
-//! | `user_speech_ended` | `{}` |
-//! | `playback_paused`, `playback_resumed` | `{"heard_chars": int}` (confirmed mode: stop playing and keep the position / play on from it) |
-//! | `backchannel` | `{"text": str}` (an acknowledgement, not a turn) |
-//! | `speculation_ended` | `{"outcome": "hit" \| "miss" \| "dropped", "usage": usage or null}` |
-//! | `provider_selected` | `{"index": int, "label": str, "base_url": str, "reason": "primary" \| "fallback" \| "hedge", "continuation": bool}` |
-//! | `provider_failed` | `{"index", "label", "base_url", "reason": str, "message": str or null, "after_output": bool, "usage": usage or null}` (decoded as `Unknown`: its reason is kept as JSON) |
-//! | `resumed` | `{"last_committed_turn": int, "previous_worker": str or null}`: another worker took the session over; every turn up to `last_committed_turn` is in its history |
-//! | `lagged` | `{"missed": int}`: the worker's forwarder missed events of the local bus |
-//! | `checkpoint_too_large` | `{"bytes": int, "max_bytes": int}`: the committed context no longer fits in one message; the session runs on without a durable copy |
-//! | `session_ended` | `{"reason": str}` (`closed`, `stopped`, `idle_timeout`, `max_lifetime`) |
+//! | kind | class | payload |
+//! | --- | --- | --- |
+//! | `turn_started` | `lifecycle` | `{}` |
+//! | `token`, `reasoning`, `refusal` | `tokens` | `{"text": str}` |
+//! | `tool_call` | `tools` | `{"index": int, "id": str, "name": str, "arguments": str, "valid_json": bool}` |
+//! | `tool_result` | `tools` | `{"call_id": str, "name": str, "output": str, "is_error": bool}` |
+//! | `usage` | `usage` | `{"prompt_tokens", "completion_tokens", "total_tokens": int, "cached_tokens", "reasoning_tokens": int or null, "estimated": bool}` |
+//! | `structured` | `tokens` | `{"value": any}` |
+//! | `turn_finished` | `lifecycle` | `{"end": "stop" \| "length" \| "tool_calls" \| "content_filter" \| "cancelled" \| "failed" \| "other", "message": str (failed and other only)}` |
+//! | `interrupted` | `lifecycle` | `{"heard_chars": int}` (the user cut the reply's speech) |
+//! | `user_speech_started` | `user` | `{}` |
+//! | `user_transcript` | `user` | `{"text": str, "is_final": bool, "heard": {"start", "end": int (samples), "sample_rate": int} or absent}` |
+//! | `speakable` | `speech` | `{"text": str, "last": bool}` |
+//! | `speech_played` | `speech` | `{"chars": int}` |
+//! | `user_speech_ended` | `user` | `{}` |
+//! | `playback_paused`, `playback_resumed` | `speech` | `{"heard_chars": int}` (confirmed mode: stop playing and keep the position / play on from it) |
+//! | `backchannel` | `speech` | `{"text": str}` (an acknowledgement, not a turn) |
+//! | `speculation_ended` | `lifecycle` | `{"outcome": "hit" \| "miss" \| "dropped", "usage": usage or null}` |
+//! | `provider_selected` | `usage` | `{"index": int, "label": str, "base_url": str, "reason": "primary" \| "fallback" \| "hedge", "continuation": bool}` |
+//! | `provider_failed` | `usage` | `{"index", "label", "base_url", "reason": str, "message": str or null, "after_output": bool, "usage": usage or null}` (decoded as `Unknown`: its reason is kept as JSON) |
+//! | `turn_latency` | `lifecycle` | the turn's report ([`TurnLatency::to_json`](crate::latency::TurnLatency::to_json): `turn`, `end`, each interval in ms or null, `pauses`, `resumes`, `cut_at_chars`, `fallbacks`, `hedges`, `session_closed`; `message` for a failed or other end) |
+//! | `resumed` | `lifecycle` | `{"last_committed_turn": int, "previous_worker": str or null}`: another worker took the session over; every turn up to `last_committed_turn` is in its history |
+//! | `lagged` | `lifecycle` | `{"missed": int}`: the worker's forwarder missed events of the local bus |
+//! | `checkpoint_too_large` | `lifecycle` | `{"bytes": int, "max_bytes": int}`: the committed context no longer fits in one message; the session runs on without a durable copy |
+//! | `session_ended` | `lifecycle` | `{"reason": str}` (`closed`, `stopped`, `idle_timeout`, `max_lifetime`) |
 //!
 //! The rules of the bus hold on the wire: after `turn_finished` with
 //! `cancelled` or `failed`, or after `interrupted`, nothing more of that turn
 //! is published; after a normal end only its tail speech (`speakable`,
-//! `speech_played`) and `interrupted` may follow. A turn that was in flight
-//! when its worker died ends with `turn_finished` `failed` and the message
+//! `speech_played`) and `interrupted` may follow. A cancelled or interrupted
+//! turn's text (`token`, `reasoning`, `refusal`, `speakable`) still queued at
+//! the owner when the cut is decided is not published: the cut goes out
+//! right after what was already sent, not behind its turn's tokens. A turn
+//! that was in flight when its worker died ends with `turn_finished` `failed` and the message
 //! `worker lost`, published by the new owner before `resumed`. A `turn_finished`
 //! with a normal end is published only once the history holding the turn is
 //! stored. (If a worker dies between publishing a turn's `cancelled` end and
 //! storing it, the new owner also ends that turn as `failed`: ignore a second
 //! end of a turn.)
 //!
-//! # Inputs: `{prefix}.session.{key}.in`
+//! # Inputs: `{prefix}.session.{key}.in.{kind}`
 //!
-//! One object per message, `{"op": …}` plus the op's fields. With a reply
+//! One object per message, `{"op": …}` plus the op's fields, on the subject
+//! of the op's [`InputKind`] (the table's `kind`): `speech` for what a speech
+//! service sends, `control` for steering the turn, `admin` for reading or
+//! ending the session. An op on another kind's subject is refused
+//! (`not_allowed`), so a subject permission limits what a role can do (see
+//! `docs/cluster-security.md`). With a reply
 //! subject (a NATS request) the owner answers `{"ok": value}` or
 //! `{"error": {"kind": str, "message": str}}`; without one it just acts.
 //!
-//! | op | fields | ok |
-//! | --- | --- | --- |
-//! | `user_speech_started` | | the event's `seq` |
-//! | `user_speech_ended` | | the event's `seq` |
-//! | `user_transcript` | `text`, `is_final` | the event's `seq` |
-//! | `speech_played` | `turn`, `chars` | the event's `seq` |
-//! | `send_text` | `text` | `null` |
-//! | `cancel` | | `null`, once the turn is closed and its `turn_finished` published |
-//! | `submit_tool_result` | `turn`, `call_id`, `name`, `output`, `is_error` | the event's `seq` |
-//! | `context` | | the committed history (`{"items": [...]}`) |
-//! | `close` | | `null`; the session stops and its lease and checkpoint are deleted |
+//! | op | kind | fields | ok |
+//! | --- | --- | --- | --- |
+//! | `user_speech_started` | `user` | `speech` | | the event's `seq` |
+//! | `user_speech_ended` | `user` | `speech` | | the event's `seq` |
+//! | `user_transcript` | `user` | `speech` | `text`, `is_final` | the event's `seq` |
+//! | `speech_played` | `speech` | `speech` | `turn`, `chars` | the event's `seq` |
+//! | `send_text` | `control` | `text` | `null` |
+//! | `cancel` | `control` | | `null`, once the turn is closed and its `turn_finished` published |
+//! | `submit_tool_result` | `control` | `turn`, `call_id`, `name`, `output`, `is_error` | the event's `seq` |
+//! | `context` | `admin` | | the committed history (`{"items": [...]}`) |
+//! | `close` | `admin` | | `null`; the session stops and its lease and checkpoint are deleted |
 //!
 //! Error kinds: `invalid` (not this schema), `not_running`, `stale` (a turn
 //! that is closed or not current), `not_allowed`, `unknown_call`,
@@ -95,14 +126,18 @@
 // the names of bus event kinds from the one table in the bus, and the
 // worker's own kinds from `WorkerEventName` here); the inputs, replies and
 // placement requests are in `requests`.
+mod classes;
 mod decode;
 mod encode;
 mod requests;
 #[cfg(test)]
 mod tests;
 
-pub use decode::{DecodeError, decode_event};
-pub(crate) use encode::{encode_bus, encode_event};
+pub use classes::{EventClass, EventClasses, InputKind};
+pub use decode::{DecodeError, decode_event, decode_events};
+#[cfg(test)]
+pub(crate) use encode::encode_bus;
+pub(crate) use encode::{encode_bus_into, encode_event};
 pub(crate) use requests::{Input, PlaceRequest, Reply, WireError};
 
 use serde_json::Value;

@@ -19,9 +19,11 @@
 //!   results, cancel, context, close).
 //! - [`lease_keeper`]: the per-session task that renews its lease.
 //! - [`forwarder`]: the session's bus published to NATS in order, with the
-//!   checkpoint writes the durability rules need around turn starts and ends.
+//!   checkpoint writes the durability rules need around turn starts and ends;
+//!   [`batch`]: what it publishes per message, and a cut's queued text dropped.
 //! - [`handover`]: draining the worker and closing a session for good.
 
+mod batch;
 mod claims;
 mod config;
 mod driver;
@@ -35,7 +37,7 @@ pub use config::WorkerConfig;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use async_nats::Client;
 use dashmap::{DashMap, DashSet};
@@ -45,6 +47,7 @@ use tokio::time::Instant;
 use super::admission::{Admission, Ticket};
 use super::lease::{Lease, LeaseState, Store};
 use super::spec::SessionSpec;
+use super::wire::EventClass;
 use super::{ClusterError, Names, session_key};
 use crate::ids::SessionId;
 use crate::session::SessionHandle;
@@ -123,9 +126,22 @@ struct Inner {
     /// Notified when `offering` may have changed (placement re-subscribes or
     /// unsubscribes).
     changed: Notify,
+    /// Events encoded for the wire, by [`EventClass`].
+    encoded: [AtomicU64; EVENT_CLASSES],
 }
 
+/// How many event classes there are.
+const EVENT_CLASSES: usize = EventClass::ALL.len();
+
 impl Inner {
+    /// Counts `events` encoded events of `class` (and in
+    /// `colloquy_cluster_events_encoded_total{class}`).
+    fn count_encoded(&self, class: EventClass, events: u64) {
+        self.encoded[class as usize].fetch_add(events, Ordering::Relaxed);
+        metrics::counter!("colloquy_cluster_events_encoded_total", "class" => class.as_str())
+            .increment(events);
+    }
+
     /// A slot and an admission ticket, unless draining or full.
     fn try_reserve(&self) -> Option<Ticket> {
         let max = self.config.max_sessions;
@@ -265,6 +281,7 @@ impl Worker {
             reserved: AtomicUsize::new(0),
             admission: Arc::default(),
             changed: Notify::new(),
+            encoded: Default::default(),
             config,
         });
         let first = if inner.offering() {
@@ -298,6 +315,12 @@ impl Worker {
     /// Sessions running here.
     pub fn session_count(&self) -> usize {
         self.inner.sessions.len()
+    }
+
+    /// Events of `class` this worker encoded for the wire so far (an event
+    /// of a class its session does not publish is not encoded).
+    pub fn events_encoded(&self, class: EventClass) -> u64 {
+        self.inner.encoded[class as usize].load(Ordering::Relaxed)
     }
 
     /// Ids of the sessions running here.

@@ -100,6 +100,15 @@ fn turn_end(end: End) -> TurnEnd {
     }
 }
 
+/// Decodes the events of one message: one object per line (a worker batches
+/// consecutive events of one class; a single event is one line).
+pub fn decode_events(bytes: &[u8]) -> impl Iterator<Item = Result<RemoteEvent, DecodeError>> + '_ {
+    bytes
+        .split(|b| *b == b'\n')
+        .filter(|line| !line.iter().all(u8::is_ascii_whitespace))
+        .map(decode_event)
+}
+
 /// Decodes one event; an unknown kind is kept as [`RemoteEventKind::Unknown`].
 pub fn decode_event(bytes: &[u8]) -> Result<RemoteEvent, DecodeError> {
     let raw: RawEvent =

@@ -35,6 +35,21 @@ pub(crate) fn encode_event<P: Serialize>(
     kind: &str,
     payload: P,
 ) -> Vec<u8> {
+    let mut buf = Vec::new();
+    encode_event_into(&mut buf, session, turn, seq, worker, kind, payload);
+    buf
+}
+
+/// Encodes one event at the end of `buf` (a batch's buffer).
+pub(crate) fn encode_event_into<P: Serialize>(
+    buf: &mut Vec<u8>,
+    session: &str,
+    turn: u64,
+    seq: u64,
+    worker: &str,
+    kind: &str,
+    payload: P,
+) {
     let out = Out {
         session,
         turn,
@@ -43,11 +58,15 @@ pub(crate) fn encode_event<P: Serialize>(
         kind,
         payload,
     };
-    serde_json::to_vec(&out).unwrap_or_default()
+    let start = buf.len();
+    if serde_json::to_writer(&mut *buf, &out).is_err() {
+        // Cannot happen for these types; never leave half an object.
+        buf.truncate(start);
+    }
 }
 
-/// Encodes one bus event (text events without an intermediate JSON tree:
-/// they are most of the traffic).
+/// Encodes one bus event.
+#[cfg(test)]
 pub(crate) fn encode_bus(
     session: &str,
     turn: u64,
@@ -55,8 +74,24 @@ pub(crate) fn encode_bus(
     worker: &str,
     kind: &EventKind,
 ) -> Vec<u8> {
+    let mut buf = Vec::new();
+    encode_bus_into(&mut buf, session, turn, seq, worker, kind);
+    buf
+}
+
+/// Encodes one bus event at the end of `buf` (text events without an
+/// intermediate JSON tree: they are most of the traffic).
+pub(crate) fn encode_bus_into(
+    buf: &mut Vec<u8>,
+    session: &str,
+    turn: u64,
+    seq: u64,
+    worker: &str,
+    kind: &EventKind,
+) {
     match kind {
-        EventKind::Token(t) | EventKind::Reasoning(t) | EventKind::Refusal(t) => encode_event(
+        EventKind::Token(t) | EventKind::Reasoning(t) | EventKind::Refusal(t) => encode_event_into(
+            buf,
             session,
             turn,
             seq,
@@ -66,7 +101,7 @@ pub(crate) fn encode_bus(
         ),
         _ => {
             let (name, payload) = bus_payload(kind);
-            encode_event(session, turn, seq, worker, name, payload)
+            encode_event_into(buf, session, turn, seq, worker, name, payload)
         }
     }
 }

@@ -6,6 +6,7 @@ use colloquy::context::ChatContext;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::InputKind;
 use crate::bus::PublishError;
 use crate::cluster::PolicyViolation;
 use crate::cluster::spec::SessionSpec;
@@ -40,6 +41,37 @@ pub(crate) enum Input {
     },
     Context,
     Close,
+}
+
+impl Input {
+    /// The input's `op`.
+    pub(crate) fn op(&self) -> &'static str {
+        match self {
+            Input::UserSpeechStarted => "user_speech_started",
+            Input::UserSpeechEnded => "user_speech_ended",
+            Input::UserTranscript { .. } => "user_transcript",
+            Input::SpeechPlayed { .. } => "speech_played",
+            Input::SendText { .. } => "send_text",
+            Input::Cancel => "cancel",
+            Input::SubmitToolResult { .. } => "submit_tool_result",
+            Input::Context => "context",
+            Input::Close => "close",
+        }
+    }
+
+    /// The kind of subject the input belongs on.
+    pub(crate) fn kind(&self) -> InputKind {
+        match self {
+            Input::UserSpeechStarted
+            | Input::UserSpeechEnded
+            | Input::UserTranscript { .. }
+            | Input::SpeechPlayed { .. } => InputKind::Speech,
+            Input::SendText { .. } | Input::Cancel | Input::SubmitToolResult { .. } => {
+                InputKind::Control
+            }
+            Input::Context | Input::Close => InputKind::Admin,
+        }
+    }
 }
 
 fn yes() -> bool {

@@ -255,3 +255,58 @@ fn garbage_is_an_error_not_a_panic() {
             .unwrap();
     assert!(matches!(unknown.kind, RemoteEventKind::Unknown { .. }));
 }
+
+#[test]
+fn a_batch_is_one_event_per_line_and_every_input_has_its_kind() {
+    let mut batch = Vec::new();
+    for (seq, text) in [(4, "Hel"), (8, "lo\nthere")] {
+        if !batch.is_empty() {
+            batch.push(b'\n');
+        }
+        encode_bus_into(
+            &mut batch,
+            "s",
+            1,
+            seq,
+            "w",
+            &EventKind::Token(Arc::from(text)),
+        );
+    }
+    // A line break inside a text is escaped: lines are events.
+    assert_eq!(batch.iter().filter(|b| **b == b'\n').count(), 1);
+    let events: Vec<RemoteEvent> = decode_events(&batch).map(Result::unwrap).collect();
+    assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), [4, 8]);
+    assert_eq!(
+        events[1].bus(),
+        Some(&EventKind::Token(Arc::from("lo\nthere")))
+    );
+    // One object (the previous format) is a batch of one; blank lines are skipped.
+    assert_eq!(
+        decode_events(&encode_bus("s", 1, 4, "w", &EventKind::TurnStarted)).count(),
+        1
+    );
+    assert_eq!(decode_events(b"\n \n").count(), 0);
+
+    let kinds = [
+        (r#"{"op":"user_speech_started"}"#, InputKind::Speech),
+        (r#"{"op":"user_speech_ended"}"#, InputKind::Speech),
+        (r#"{"op":"user_transcript","text":"x"}"#, InputKind::Speech),
+        (
+            r#"{"op":"speech_played","turn":1,"chars":1}"#,
+            InputKind::Speech,
+        ),
+        (r#"{"op":"send_text","text":"x"}"#, InputKind::Control),
+        (r#"{"op":"cancel"}"#, InputKind::Control),
+        (
+            r#"{"op":"submit_tool_result","turn":1,"call_id":"c","name":"f","output":""}"#,
+            InputKind::Control,
+        ),
+        (r#"{"op":"context"}"#, InputKind::Admin),
+        (r#"{"op":"close"}"#, InputKind::Admin),
+    ];
+    for (json, kind) in kinds {
+        let input: Input = serde_json::from_str(json).unwrap();
+        assert_eq!(input.kind(), kind, "{json}");
+        assert!(json.contains(&format!("\"{}\"", input.op())), "{json}");
+    }
+}

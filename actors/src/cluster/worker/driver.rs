@@ -11,6 +11,7 @@ use colloquy::context::ChatContext;
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::batch::Batch;
 use super::inputs::{InputCtx, run_inputs};
 use super::lease_keeper::{Held, renew_lease};
 use super::{Control, Inner, Local, Lost, Ownership};
@@ -19,7 +20,7 @@ use crate::cluster::ClusterError;
 use crate::cluster::admission::Ticket;
 use crate::cluster::lease::{Checkpoint, LeaseState};
 use crate::cluster::spec::SessionSpec;
-use crate::cluster::wire::WorkerEventName;
+use crate::cluster::wire::{EventClass, EventClasses, WorkerEventName};
 use crate::ids::SessionId;
 use crate::session::SessionHandle;
 use crate::supervisor::{SessionConfig, SupervisorError};
@@ -60,7 +61,7 @@ pub(super) async fn start_local(
     let bus = handle.subscribe();
     let mut checkpoints = handle.watch_checkpoint();
     checkpoints.mark_unchanged();
-    let inputs = match inner.nats.subscribe(inner.names.inputs(&key)).await {
+    let inputs = match inner.nats.subscribe(inner.names.all_inputs(&key)).await {
         Ok(s) => s,
         Err(e) => {
             let _ = inner.supervisor.stop_session(&id).await;
@@ -89,7 +90,13 @@ pub(super) async fn start_local(
     let renewer = tokio::spawn(renew_lease(inner.clone(), key.clone(), held.clone(), stop));
     let mut driver = Driver {
         inner: inner.clone(),
-        events: Subject::from(inner.names.events(&key)),
+        subjects: EventClass::ALL
+            .iter()
+            .map(|c| Subject::from(inner.names.events(&key, *c)))
+            .collect(),
+        published: published(&spec),
+        batch: Batch::default(),
+        max_batch_bytes: crate::cluster::max_payload(&inner.nats) / 2,
         generation: own.generation,
         held,
         lost,
@@ -142,6 +149,18 @@ pub(super) async fn start_local(
     Ok(())
 }
 
+/// The classes a spec publishes (lifecycle always).
+fn published(spec: &SessionSpec) -> EventClasses {
+    match &spec.event_classes {
+        None => EventClasses::all(),
+        Some(classes) => classes
+            .iter()
+            .copied()
+            .collect::<EventClasses>()
+            .with(EventClass::Lifecycle),
+    }
+}
+
 /// Why a driver's loop ended.
 enum End {
     /// Drained: the lease was released for another worker.
@@ -161,8 +180,14 @@ pub(super) struct Driver {
     pub(super) id: SessionId,
     /// The session key (subjects and store keys).
     pub(super) key: String,
-    /// The session's events subject.
-    pub(super) events: Subject,
+    /// The session's events subjects, by [`EventClass`].
+    pub(super) subjects: Vec<Subject>,
+    /// The classes the session publishes (its spec's `event_classes`).
+    pub(super) published: EventClasses,
+    /// Events encoded and not yet published.
+    pub(super) batch: Batch,
+    /// Half the server's maximum message size.
+    pub(super) max_batch_bytes: usize,
     /// The local session.
     pub(super) handle: SessionHandle,
     /// The forwarder's subscription to the session's bus.

@@ -1,9 +1,12 @@
-//! The forwarder: a session's bus events published on its events subject in
-//! bus order, numbered for the wire (turns global across owners, seq numbers
-//! fenced by generation), with the worker's own events between them; and the
-//! bookkeeping of turns that makes "committed means durable" hold: a turn's
-//! start is stored before it is announced, and its normal end is published
-//! only once the history holding it is stored.
+//! The forwarder: a session's bus events published on its events subjects
+//! (one per [`EventClass`]) in bus order, numbered for the wire (turns global
+//! across owners, seq numbers fenced by generation), with the worker's own
+//! events between them; and the bookkeeping of turns that makes "committed
+//! means durable" hold: a turn's start is stored before it is announced, and
+//! its normal end is published only once the history holding it is stored.
+//!
+//! Events already queued on the bus are taken together and batched (see
+//! `batch`); a class the session does not publish is never encoded.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,11 +14,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde_json::{Value, json};
 
+use super::batch::{self, MAX_BATCH_BYTES, MAX_TAKEN};
 use super::driver::Driver;
 use super::{Lost, SEQ_STRIDE};
-use crate::bus::{BusEvent, EventKind, SpeculationOutcome, TurnEnd};
+use crate::bus::{BusEvent, BusRecvError, EventKind, SpeculationOutcome, TurnEnd};
 use crate::cluster::lease::{Checkpoint, StoreError};
-use crate::cluster::wire::{self, WORKER_LOST, WorkerEventName};
+use crate::cluster::wire::{self, EventClass, WORKER_LOST, WorkerEventName};
 use crate::ids::TurnId;
 
 impl Driver {
@@ -24,9 +28,43 @@ impl Driver {
         self.turn_base + local.0
     }
 
-    /// Publishes a bus event of the session, in bus order, with the stores the
-    /// durability rules need around it.
-    pub(super) async fn forward(&mut self, ev: BusEvent) -> Result<(), Lost> {
+    /// Publishes `first` and every event queued behind it on the bus, in bus
+    /// order (a cut's queued turn text dropped), batched; nothing is held
+    /// back when this returns.
+    pub(super) async fn forward(&mut self, first: BusEvent) -> Result<(), Lost> {
+        let mut taken = vec![first];
+        let mut lagged = None;
+        while taken.len() < MAX_TAKEN {
+            match self.bus.try_recv() {
+                Ok(Some(ev)) => taken.push(ev),
+                Ok(None) | Err(BusRecvError::Closed) => break,
+                Err(BusRecvError::Lagged { missed }) => {
+                    lagged = Some(missed);
+                    break;
+                }
+                // Kinds added later: the next `recv` reports them.
+                #[allow(unreachable_patterns)]
+                Err(_) => break,
+            }
+        }
+        let dropped = batch::drop_cut_text(&mut taken);
+        if dropped > 0 {
+            metrics::counter!("colloquy_cluster_cut_events_dropped_total")
+                .increment(dropped as u64);
+        }
+        for ev in taken {
+            self.forward_one(ev).await?;
+        }
+        self.flush_batch().await;
+        if let Some(missed) = lagged {
+            self.worker_event(WorkerEventName::Lagged, json!({"missed": missed}))
+                .await;
+        }
+        Ok(())
+    }
+
+    /// One bus event, with the stores the durability rules need around it.
+    async fn forward_one(&mut self, ev: BusEvent) -> Result<(), Lost> {
         let turn = self.global_turn(ev.turn);
         match &ev.kind {
             // A turn starts when its TurnStarted goes out (a promoted
@@ -72,25 +110,31 @@ impl Driver {
     /// Waits until the actor committed `turn` (a context read is answered
     /// after the actor reconciled), then stores the checkpoint.
     async fn commit_barrier(&mut self, turn: u64) -> Result<(), Lost> {
+        self.flush_batch().await;
         let _ = self.handle.context().await;
         self.committed_turn = self.committed_turn.max(turn);
         self.flush().await
     }
 
-    /// Publishes one encoded event on the session's events subject.
-    async fn send(&mut self, bytes: Vec<u8>) {
-        if let Err(e) = self
-            .inner
-            .nats
-            .publish(self.events.clone(), Bytes::from(bytes))
-            .await
-        {
+    /// Publishes the batch (nothing when it is empty).
+    pub(super) async fn flush_batch(&mut self) {
+        if let Some((class, bytes, events)) = self.batch.take() {
+            self.send(class, bytes, events).await;
+        }
+    }
+
+    /// Publishes one message of `events` encoded events on the subject of `class`.
+    async fn send(&mut self, class: EventClass, bytes: Bytes, events: u64) {
+        self.inner.count_encoded(class, events);
+        let subject = self.subjects[class as usize].clone();
+        if let Err(e) = self.inner.nats.publish(subject, bytes).await {
             tracing::warn!(session = %self.id, error = %e, "event not published");
         }
     }
 
-    /// Publishes an event of the worker's own at `seq`.
+    /// Publishes an event of the worker's own at `seq` (after the batch).
     async fn publish(&mut self, turn: u64, seq: u64, kind: WorkerEventName, payload: Value) {
+        self.flush_batch().await;
         let bytes = wire::encode_event(
             self.id.as_str(),
             turn,
@@ -99,22 +143,33 @@ impl Driver {
             kind.as_str(),
             payload,
         );
-        self.send(bytes).await;
+        self.send(EventClass::Lifecycle, Bytes::from(bytes), 1)
+            .await;
     }
 
-    /// Publishes a bus event at its wire seq (the next worker event goes
-    /// right after it).
+    /// Adds a bus event at its wire seq to the batch (the next worker event
+    /// goes right after it); an event of a class the session does not
+    /// publish only takes its number.
     async fn publish_bus(&mut self, ev: &BusEvent, turn: u64) {
         let seq = self.seq_base + SEQ_STRIDE * ev.seq;
         self.last_wire = seq;
-        let bytes = wire::encode_bus(
+        let class = EventClass::of(&ev.kind);
+        if !self.published.contains(class) {
+            return;
+        }
+        let max_bytes = MAX_BATCH_BYTES.min(self.max_batch_bytes);
+        if self.batch.must_flush_before(class, max_bytes) {
+            self.flush_batch().await;
+        }
+        let buf = self.batch.next_line(class);
+        wire::encode_bus_into(
+            buf,
             self.id.as_str(),
             turn,
             seq,
             &self.inner.config.name,
             &ev.kind,
         );
-        self.send(bytes).await;
     }
 
     /// An event of the worker's own (between two bus events' seq numbers;
@@ -137,14 +192,17 @@ impl Driver {
             let seq = self.seq_base + 1;
             self.last_wire = seq;
             let end = EventKind::TurnFinished(TurnEnd::Failed(Arc::from(WORKER_LOST)));
-            let bytes = wire::encode_bus(
+            let mut bytes = Vec::new();
+            wire::encode_bus_into(
+                &mut bytes,
                 self.id.as_str(),
                 self.started_turn,
                 seq,
                 &self.inner.config.name,
                 &end,
             );
-            self.send(bytes).await;
+            self.send(EventClass::Lifecycle, Bytes::from(bytes), 1)
+                .await;
         }
         let payload = json!({
             "last_committed_turn": self.committed_turn,
@@ -182,6 +240,8 @@ impl Driver {
     /// forwarder waits: nothing is announced that is not stored); a refused
     /// compare-and-set means another worker owns the session.
     pub(super) async fn flush(&mut self) -> Result<(), Lost> {
+        // What was published before the store waits for nothing.
+        self.flush_batch().await;
         let record = self.record();
         let bytes = match self.inner.store.encode_checkpoint(&record) {
             Ok(b) => b,

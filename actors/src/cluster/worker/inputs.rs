@@ -118,6 +118,26 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
+/// Refuses an input sent on another kind's subject (`…in.speech` carries
+/// only speech inputs): subject permissions are what keeps a speech service
+/// from cancelling or reading a session, so the kind in the subject is
+/// binding.
+fn on_its_subject(subject: &str, input: &Input) -> Result<(), WireError> {
+    let kind = input.kind();
+    match subject.rsplit('.').next() {
+        Some(token) if token == kind.as_str() => Ok(()),
+        token => Err(WireError::new(
+            "not_allowed",
+            format!(
+                "{} is a {} input, sent on {:?}",
+                input.op(),
+                kind.as_str(),
+                token.unwrap_or("")
+            ),
+        )),
+    }
+}
+
 /// Answers a request (nothing without a reply subject).
 async fn reply_to(nats: &Client, reply: Option<Subject>, body: Reply) {
     if let Some(reply) = reply {
@@ -182,6 +202,10 @@ pub(super) async fn run_inputs(ctx: InputCtx, mut sub: Subscriber) {
                 continue;
             }
         };
+        if let Err(err) = on_its_subject(&msg.subject, &input) {
+            reply_to(&ctx.nats, msg.reply, Reply::Error(err)).await;
+            continue;
+        }
         match input {
             Input::Context => {
                 let ctx = ctx.clone();
