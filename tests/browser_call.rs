@@ -172,6 +172,9 @@ async fn a_browser_call_is_heard_answered_and_cut_where_the_page_played() {
         "turn_start_to_first_token_ms",
         "first_token_to_speakable_ms",
         "speakable_to_heard_ms",
+        "speakable_to_first_audio_ms",
+        "first_audio_to_played_ms",
+        "played_to_heard_ms",
         "end_to_end_ms",
     ] {
         let v = report[k]
@@ -179,5 +182,16 @@ async fn a_browser_call_is_heard_answered_and_cut_where_the_page_played() {
             .unwrap_or_else(|| panic!("{k} missing: {report}"));
         assert!(v >= 0.0, "{k}: {report}");
     }
+    // The audio output's milestones split the speech interval exactly.
+    let split: f64 = [
+        "speakable_to_first_audio_ms",
+        "first_audio_to_played_ms",
+        "played_to_heard_ms",
+    ]
+    .iter()
+    .map(|k| report[*k].as_f64().unwrap())
+    .sum();
+    let whole = report["speakable_to_heard_ms"].as_f64().unwrap();
+    assert!((split - whole).abs() < 1e-6, "{split} vs {whole}: {report}");
     assert!(report["cut_at_chars"].as_u64().is_some(), "{report}");
 }

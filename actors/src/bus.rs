@@ -39,7 +39,9 @@ mod subscriber;
 
 #[cfg(feature = "nats")]
 pub(crate) use event::EventKindName;
-pub use event::{BusEvent, EventKind, HeardSpan, SpeculationOutcome, ToolOutput, TurnEnd};
+pub use event::{
+    AudioStage, BusEvent, EventKind, HeardSpan, SpeculationOutcome, ToolOutput, TurnEnd,
+};
 pub use speaking::Speaking;
 pub use subscriber::{BusReceiver, BusRecvError};
 

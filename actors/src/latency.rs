@@ -29,7 +29,7 @@
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::bus::{BusEvent, BusRecvError, EventKind, TurnEnd};
+use crate::bus::{AudioStage, BusEvent, BusRecvError, EventKind, TurnEnd};
 use crate::ids::TurnId;
 use crate::session::SessionHandle;
 use colloquy::llm::SelectionReason;
@@ -52,8 +52,15 @@ pub struct TurnLatency {
     pub turn_start_to_first_token_ms: Option<f64>,
     /// The first token → the first text ready to speak.
     pub first_token_to_speakable_ms: Option<f64>,
-    /// The first speakable text → the first word heard.
+    /// The first speakable text → the first word heard (the sum of the
+    /// next three when an audio output reports its milestones).
     pub speakable_to_heard_ms: Option<f64>,
+    /// The first speakable text → the synthesizer's first audio of it.
+    pub speakable_to_first_audio_ms: Option<f64>,
+    /// The first audio synthesized → the sink's first played sample.
+    pub first_audio_to_played_ms: Option<f64>,
+    /// The first sample played → the end of the first word heard.
+    pub played_to_heard_ms: Option<f64>,
     /// The caller's end of speech → the first word heard.
     pub end_to_end_ms: Option<f64>,
     /// Pauses (confirmed mode) during its speech.
@@ -90,6 +97,9 @@ impl TurnLatency {
             turn_start_to_first_token_ms: ms("turn_start_to_first_token_ms"),
             first_token_to_speakable_ms: ms("first_token_to_speakable_ms"),
             speakable_to_heard_ms: ms("speakable_to_heard_ms"),
+            speakable_to_first_audio_ms: ms("speakable_to_first_audio_ms"),
+            first_audio_to_played_ms: ms("first_audio_to_played_ms"),
+            played_to_heard_ms: ms("played_to_heard_ms"),
             end_to_end_ms: ms("end_to_end_ms"),
             pauses: count("pauses"),
             resumes: count("resumes"),
@@ -117,6 +127,9 @@ impl TurnLatency {
             "turn_start_to_first_token_ms": self.turn_start_to_first_token_ms,
             "first_token_to_speakable_ms": self.first_token_to_speakable_ms,
             "speakable_to_heard_ms": self.speakable_to_heard_ms,
+            "speakable_to_first_audio_ms": self.speakable_to_first_audio_ms,
+            "first_audio_to_played_ms": self.first_audio_to_played_ms,
+            "played_to_heard_ms": self.played_to_heard_ms,
             "end_to_end_ms": self.end_to_end_ms,
             "pauses": self.pauses,
             "resumes": self.resumes,
@@ -137,6 +150,8 @@ struct Open {
     started: Instant,
     first_token: Option<Instant>,
     first_speakable: Option<Instant>,
+    first_audio: Option<Instant>,
+    first_played: Option<Instant>,
     first_heard: Option<Instant>,
     /// Characters of its speakable text, and whether the last segment came.
     speakable_chars: usize,
@@ -226,6 +241,8 @@ impl TurnTimer {
                     started: at,
                     first_token: None,
                     first_speakable: None,
+                    first_audio: None,
+                    first_played: None,
                     first_heard: None,
                     speakable_chars: 0,
                     speech_closed: false,
@@ -250,6 +267,12 @@ impl TurnTimer {
                         }
                         o.speakable_chars += text.chars().count();
                         o.speech_closed |= *last;
+                    }
+                    EventKind::SpeechAudio(AudioStage::Synthesized) => {
+                        o.first_audio.get_or_insert(at);
+                    }
+                    EventKind::SpeechAudio(AudioStage::Played) => {
+                        o.first_played.get_or_insert(at);
                     }
                     EventKind::SpeechPlayed { chars } => {
                         if *chars > 0 {
@@ -317,6 +340,9 @@ impl TurnTimer {
             turn_start_to_first_token_ms: ms(Some(o.started), o.first_token),
             first_token_to_speakable_ms: ms(o.first_token, o.first_speakable),
             speakable_to_heard_ms: ms(o.first_speakable, o.first_heard),
+            speakable_to_first_audio_ms: ms(o.first_speakable, o.first_audio),
+            first_audio_to_played_ms: ms(o.first_audio, o.first_played),
+            played_to_heard_ms: ms(o.first_played, o.first_heard),
             end_to_end_ms: ms(o.speech_end, o.first_heard),
             pauses: o.pauses,
             resumes: o.resumes,

@@ -207,9 +207,7 @@ async fn remote_cancel_leaves_no_stale_event() {
             assert_eq!(ev.bus(), Some(&EventKind::UserSpeechEnded));
             break;
         }
-        let user_or_report = ev
-            .bus()
-            .is_some_and(|k| k.is_user_side() || k.is_report());
+        let user_or_report = ev.bus().is_some_and(|k| k.is_user_side() || k.is_report());
         assert!(ev.turn != t || user_or_report, "stale: {ev:?}");
     }
 }

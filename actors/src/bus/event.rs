@@ -145,6 +145,11 @@ pub enum EventKind {
         /// Cumulative characters heard.
         chars: usize,
     },
+    /// An audio output's milestone for one of the turn's segments: its
+    /// synthesizer's first samples are ready, or the sink confirmed its
+    /// first sample played (an [`AudioOutput`](crate::speech::AudioOutput)
+    /// reports both). The turn's first of each splits its latency report.
+    SpeechAudio(AudioStage),
     /// The user ended speaking (from voice activity detection).
     UserSpeechEnded,
     /// The agent's speech is paused (the user may be interrupting): stop
@@ -214,7 +219,7 @@ impl EventKind {
     pub fn is_embedder_side(&self) -> bool {
         matches!(
             self,
-            EventKind::ToolResult(_) | EventKind::SpeechPlayed { .. }
+            EventKind::ToolResult(_) | EventKind::SpeechPlayed { .. } | EventKind::SpeechAudio(_)
         )
     }
 
@@ -227,7 +232,10 @@ impl EventKind {
     /// Events that may still follow a normally finished turn: playback of
     /// its tail.
     pub(crate) fn is_playback(&self) -> bool {
-        matches!(self, EventKind::SpeechPlayed { .. })
+        matches!(
+            self,
+            EventKind::SpeechPlayed { .. } | EventKind::SpeechAudio(_)
+        )
     }
 }
 
@@ -296,6 +304,7 @@ event_kind_names! {
     UserTranscript: EventKind::UserTranscript { .. } => "user_transcript",
     Speakable: EventKind::Speakable { .. } => "speakable",
     SpeechPlayed: EventKind::SpeechPlayed { .. } => "speech_played",
+    SpeechAudio: EventKind::SpeechAudio(_) => "speech_audio",
     UserSpeechEnded: EventKind::UserSpeechEnded => "user_speech_ended",
     PlaybackPaused: EventKind::PlaybackPaused { .. } => "playback_paused",
     PlaybackResumed: EventKind::PlaybackResumed { .. } => "playback_resumed",
@@ -304,6 +313,35 @@ event_kind_names! {
     ProviderSelected: EventKind::ProviderSelected(_) => "provider_selected",
     ProviderFailed: EventKind::ProviderFailed(_) => "provider_failed",
     TurnLatency: EventKind::TurnLatency(_) => "turn_latency",
+}
+
+/// Where a segment's audio is ([`EventKind::SpeechAudio`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum AudioStage {
+    /// The synthesizer's first samples of the segment are ready to send.
+    Synthesized,
+    /// The sink confirmed the segment's first sample played.
+    Played,
+}
+
+impl AudioStage {
+    /// `synthesized` or `played`.
+    pub fn label(self) -> &'static str {
+        match self {
+            AudioStage::Synthesized => "synthesized",
+            AudioStage::Played => "played",
+        }
+    }
+
+    /// The stage named `label`.
+    pub fn from_label(label: &str) -> Option<Self> {
+        match label {
+            "synthesized" => Some(AudioStage::Synthesized),
+            "played" => Some(AudioStage::Played),
+            _ => None,
+        }
+    }
 }
 
 /// One event on a session bus, stamped `(session, turn, seq)`.

@@ -58,6 +58,7 @@
 //! | `user_transcript` | `user` | `{"text": str, "is_final": bool, "heard": {"start", "end": int (samples), "sample_rate": int} or absent}` |
 //! | `speakable` | `speech` | `{"text": str, "last": bool}` |
 //! | `speech_played` | `speech` | `{"chars": int}` |
+//! | `speech_audio` | `speech` | `{"stage": "synthesized" \| "played"}` (an audio output's first samples of a segment: ready, played) |
 //! | `user_speech_ended` | `user` | `{}` |
 //! | `playback_paused`, `playback_resumed` | `speech` | `{"heard_chars": int}` (confirmed mode: stop playing and keep the position / play on from it) |
 //! | `backchannel` | `speech` | `{"text": str}` (an acknowledgement, not a turn) |

@@ -99,6 +99,31 @@ fn a_turn_breaks_down_into_intervals_that_add_up() {
 }
 
 #[test]
+fn an_audio_outputs_milestones_split_the_speech_interval() {
+    let mut s = Script::new();
+    s.at(0, 0, EventKind::UserSpeechEnded);
+    s.at(100, 0, final_transcript());
+    s.at(105, 1, EventKind::TurnStarted);
+    s.at(400, 1, token());
+    s.at(420, 1, speakable());
+    s.at(450, 1, EventKind::SpeechAudio(AudioStage::Synthesized));
+    s.at(500, 1, EventKind::TurnFinished(TurnEnd::Stop));
+    s.at(540, 1, EventKind::SpeechAudio(AudioStage::Played));
+    // A second segment's milestones change nothing.
+    s.at(560, 1, EventKind::SpeechAudio(AudioStage::Synthesized));
+    let r = s
+        .at(800, 1, EventKind::SpeechPlayed { chars: 6 })
+        .expect("heard");
+    assert_eq!(r.speakable_to_first_audio_ms, Some(30.0));
+    assert_eq!(r.first_audio_to_played_ms, Some(90.0));
+    assert_eq!(r.played_to_heard_ms, Some(260.0));
+    assert_eq!(r.speakable_to_heard_ms, Some(380.0));
+    parts_add_up(&r);
+    let back = TurnLatency::from_json(r.end.clone(), &r.to_json()).unwrap();
+    assert_eq!(back, r);
+}
+
+#[test]
 fn a_preemptive_turn_starts_before_the_final() {
     let mut s = Script::new();
     s.at(0, 0, EventKind::UserSpeechStarted);

@@ -276,6 +276,7 @@ async fn synthesize(
             if st.generation != generation {
                 break;
             }
+            let first_audio = !buf.is_empty() && matches!(event, Ok(SynthEvent::Audio(_)));
             match event {
                 Ok(SynthEvent::Audio(_)) => st.append(segment.index(), &buf),
                 Ok(SynthEvent::Mark { chars, sample }) => {
@@ -294,6 +295,9 @@ async fn synthesize(
                 }
             }
             drop(st);
+            if first_audio {
+                segment.audio_synthesized();
+            }
             s.wake.notify_one();
         }
         let mut st = lock(&s.state);

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::bus::{EventKind, SessionBus};
+use crate::bus::{AudioStage, EventKind, SessionBus};
 use crate::ids::TurnId;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -82,6 +82,9 @@ struct Reporter {
     chars: usize,
     /// The last position reported (characters of the segment).
     last: Mutex<usize>,
+    /// Its audio milestones were reported (each once).
+    synthesized: std::sync::atomic::AtomicBool,
+    playing: std::sync::atomic::AtomicBool,
 }
 
 /// One piece of a turn's text for a [`SpeechOutput`], with the handle to
@@ -127,6 +130,8 @@ impl Segment {
                 offset,
                 chars,
                 last: Mutex::new(0),
+                synthesized: std::sync::atomic::AtomicBool::new(false),
+                playing: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -181,6 +186,26 @@ impl Segment {
                 chars: r.offset + chars,
             },
         );
+    }
+
+    /// Reports that the segment's first audio is synthesized and ready to
+    /// send ([`AudioStage::Synthesized`]); once per segment, later calls
+    /// are ignored. Callable from any thread.
+    pub fn audio_synthesized(&self) {
+        self.audio(AudioStage::Synthesized, &self.reporter.synthesized);
+    }
+
+    /// Reports that the sink confirmed the segment's first sample played
+    /// ([`AudioStage::Played`]); once per segment. Callable from any thread.
+    pub fn audio_playing(&self) {
+        self.audio(AudioStage::Played, &self.reporter.playing);
+    }
+
+    fn audio(&self, stage: AudioStage, once: &std::sync::atomic::AtomicBool) {
+        if !once.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            let r = &*self.reporter;
+            let _ = r.bus.publish(r.turn, EventKind::SpeechAudio(stage));
+        }
     }
 
     /// Characters of this segment reported as heard so far.

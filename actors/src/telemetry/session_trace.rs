@@ -518,6 +518,15 @@ fn latency_attributes(r: &TurnLatency, out: &mut Vec<KeyValue>) {
             "colloquy.latency.speakable_to_heard_ms",
             r.speakable_to_heard_ms,
         ),
+        (
+            "colloquy.latency.speakable_to_first_audio_ms",
+            r.speakable_to_first_audio_ms,
+        ),
+        (
+            "colloquy.latency.first_audio_to_played_ms",
+            r.first_audio_to_played_ms,
+        ),
+        ("colloquy.latency.played_to_heard_ms", r.played_to_heard_ms),
         ("colloquy.latency.end_to_end_ms", r.end_to_end_ms),
     ];
     for (key, value) in intervals {

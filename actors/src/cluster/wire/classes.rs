@@ -89,6 +89,7 @@ impl EventClass {
             K::UserSpeechStarted | K::UserSpeechEnded | K::UserTranscript => EventClass::User,
             K::Speakable
             | K::SpeechPlayed
+            | K::SpeechAudio
             | K::PlaybackPaused
             | K::PlaybackResumed
             | K::Backchannel => EventClass::Speech,

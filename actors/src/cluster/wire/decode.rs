@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::{RemoteEvent, RemoteEventKind, WorkerEventName};
-use crate::bus::{EventKind, EventKindName, SpeculationOutcome, ToolOutput, TurnEnd};
+use crate::bus::{AudioStage, EventKind, EventKindName, SpeculationOutcome, ToolOutput, TurnEnd};
 use crate::ids::{SessionId, TurnId};
 use crate::latency::TurnLatency;
 
@@ -214,6 +214,17 @@ fn bus_event(name: EventKindName, p: Value) -> Result<RemoteEventKind, DecodeErr
                 text: Arc::from(s.text),
                 last: s.last,
             }
+        }
+        EventKindName::SpeechAudio => {
+            #[derive(Deserialize)]
+            struct Stage {
+                stage: String,
+            }
+            let stage = field::<Stage>(kind, p)?.stage;
+            EventKind::SpeechAudio(AudioStage::from_label(&stage).ok_or(DecodeError::Payload {
+                kind,
+                message: format!("unknown audio stage {stage:?}"),
+            })?)
         }
         EventKindName::SpeechPlayed => {
             #[derive(Deserialize)]

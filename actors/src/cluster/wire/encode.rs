@@ -141,6 +141,7 @@ fn bus_payload(kind: &EventKind) -> (&'static str, Value) {
         }
         EventKind::Speakable { text, last } => json!({"text": &**text, "last": last}),
         EventKind::SpeechPlayed { chars } => json!({"chars": chars}),
+        EventKind::SpeechAudio(stage) => json!({"stage": stage.label()}),
         EventKind::PlaybackPaused { heard_chars } | EventKind::PlaybackResumed { heard_chars } => {
             json!({"heard_chars": heard_chars})
         }

@@ -88,6 +88,7 @@ fn samples() -> Vec<EventKind> {
             after_output: false,
             usage: None,
         })),
+        EventKind::SpeechAudio(crate::bus::AudioStage::Played),
         EventKind::TurnLatency(Arc::new(
             crate::latency::TurnLatency::from_json(
                 TurnEnd::Failed(Arc::from("http: 503")),
@@ -199,7 +200,8 @@ fn the_bytes_on_the_wire() {
         r#""speculation_ended","payload":{"outcome":"miss","usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4,"cached_tokens":null,"reasoning_tokens":null,"estimated":true}}}"#,
         r#""provider_selected","payload":{"index":1,"label":"backup","base_url":"http://127.0.0.1:1/v1","reason":"fallback","continuation":true}}"#,
         r#""provider_failed","payload":{"index":0,"label":"primary","base_url":"http://127.0.0.1:1/v1","reason":"http","message":"503","after_output":false,"usage":null}}"#,
-        r#""turn_latency","payload":{"turn":3,"end":"failed","speech_end_to_final_ms":-12.5,"final_to_turn_start_ms":1.0,"turn_start_to_first_token_ms":300.0,"first_token_to_speakable_ms":null,"speakable_to_heard_ms":null,"end_to_end_ms":null,"pauses":1,"resumes":1,"cut_at_chars":7,"fallbacks":2,"hedges":0,"session_closed":true,"message":"http: 503"}}"#,
+        r#""speech_audio","payload":{"stage":"played"}}"#,
+        r#""turn_latency","payload":{"turn":3,"end":"failed","speech_end_to_final_ms":-12.5,"final_to_turn_start_ms":1.0,"turn_start_to_first_token_ms":300.0,"first_token_to_speakable_ms":null,"speakable_to_heard_ms":null,"speakable_to_first_audio_ms":null,"first_audio_to_played_ms":null,"played_to_heard_ms":null,"end_to_end_ms":null,"pauses":1,"resumes":1,"cut_at_chars":7,"fallbacks":2,"hedges":0,"session_closed":true,"message":"http: 503"}}"#,
     ];
     assert_eq!(written, expected);
 }

@@ -227,6 +227,10 @@ impl Playout {
             if position < start {
                 break;
             }
+            if position > start {
+                // Its first sample played (reported once per segment).
+                span.segment.audio_playing();
+            }
             let chars = span.alignment.chars_at(position - start);
             if chars > span.segment.played_chars() {
                 heard.push((span.segment.clone(), chars));
