@@ -8,6 +8,9 @@
 //! The watch itself (`support/leak.rs`) is shared, so the cluster and span
 //! tests can run the same conversation and check the wire and the exporter.
 
+#[cfg(feature = "otlp")]
+#[path = "support/otlp.rs"]
+mod otlp_support;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -159,6 +162,15 @@ async fn a_conversation_with_echoed_keys_shows_none_of_them() {
         .unwrap();
     let config = SessionConfig::new(client.clone(), AgentSettings::new(options.clone()))
         .with_tools(ping_tool(runs.clone()));
+    // Traced (with the `otlp` feature): the exported spans are checked too.
+    #[cfg(feature = "otlp")]
+    let receiver = otlp_support::OtlpReceiver::start().await;
+    #[cfg(feature = "otlp")]
+    let otlp =
+        colloquy_actors::telemetry::otlp::OtlpTracing::to_endpoint("leak", &receiver.traces_url)
+            .unwrap();
+    #[cfg(feature = "otlp")]
+    let config = config.with_tracing(otlp.tracing());
     let session = sup.start_session("leak", config).await.unwrap();
     let mut rx = session.subscribe();
     let mut seen = Vec::new();
@@ -177,6 +189,17 @@ async fn a_conversation_with_echoed_keys_shows_none_of_them() {
     let context = session.context().await.unwrap();
     watch.check("the context", &format!("{context:?}"));
     sup.shutdown().await;
+    #[cfg(feature = "otlp")]
+    {
+        otlp.flush().unwrap();
+        let spans = receiver
+            .until(std::time::Duration::from_secs(20), |s| {
+                s.iter().any(|s| s.name == "session")
+            })
+            .await;
+        assert!(spans.iter().any(|s| s.name.starts_with("chat ")));
+        watch.check("the exported spans", &format!("{spans:?}"));
+    }
 
     // The providers did get the keys (the test is not vacuous).
     let sent = primary.requests();

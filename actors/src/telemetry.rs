@@ -14,9 +14,10 @@
 //! events, seen by a lossless tap, and the stream events its round task
 //! reads — so tracing changes nothing about how a session runs, and a
 //! session without a [`Tracing`] pays nothing: no tap, no span, no lock.
-//! With one, a token costs a short critical section (the turn's timer notes
-//! its first token) and never a span or an allocation; spans open and end
-//! at turn, request, tool, utterance and segment boundaries.
+//! With one, no token reaches the tap (its filter refuses them; the round
+//! task notes the first output), so a token never costs a span, a lock or
+//! an allocation; spans open and end at turn, request, tool, utterance and
+//! segment boundaries.
 //!
 //! No span carries a prompt, a transcript, a reply or a key: only names,
 //! counts, times and identifiers.
