@@ -303,3 +303,64 @@ async fn a_released_lease_without_a_checkpoint_is_claimed_at_most_once_then_dele
     );
     assert!(kv.get("forged").await.unwrap().is_none());
 }
+
+/// Issue 19: anyone who can publish on a session's events subject could
+/// inject events and, with one large `seq`, hide every genuine event after
+/// it. A client now skips events that name another session, and follows a
+/// higher generation only through its `resumed` announcement.
+#[tokio::test]
+async fn forged_events_neither_pass_nor_hide_the_genuine_ones() {
+    let Some(server) = NatsServer::start().await else {
+        return;
+    };
+    let model = model().await;
+    let worker_nats = connect(&server.url(), "w").await.unwrap();
+    let _w = worker_on(worker_nats, &model, "w", 10, NO_FAILOVER).await;
+    let client = cluster_client(&server).await;
+    let s = client
+        .place("victim", SessionSpec::default())
+        .await
+        .unwrap();
+    let mut rx = s.subscribe().await.unwrap();
+    let (turn1, end, _, _) = turn(&s, &mut rx, "question one").await;
+    assert_eq!(end, TurnEnd::Stop);
+
+    let forger = connect(&server.url(), "forger").await.unwrap();
+    let subject = s.events_subject(colloquy_actors::cluster::EventClass::Tokens);
+    let forged = |session: &str, seq: u64| {
+        serde_json::json!({
+            "session": session, "turn": turn1.0 + 1, "seq": seq, "worker": "w",
+            "kind": "token", "payload": {"text": "FORGED"},
+        })
+        .to_string()
+    };
+    // Another session's name, and a generation far above the owner's.
+    forger
+        .publish(
+            subject.clone(),
+            Bytes::from(forged("someone-else", 1 << 40)),
+        )
+        .await
+        .unwrap();
+    forger
+        .publish(subject.clone(), Bytes::from(forged("victim", 1_000 << 32)))
+        .await
+        .unwrap();
+    forger.flush().await.unwrap();
+
+    // The genuine turn that follows arrives whole, and nothing forged does.
+    s.send_text("question two").await.unwrap();
+    let mut text = String::new();
+    loop {
+        let ev = next(&mut rx, |_| true).await;
+        if let Some(EventKind::Token(t)) = ev.bus() {
+            assert_ne!(&**t, "FORGED", "{ev:?}");
+            text.push_str(t);
+        }
+        if ev.turn > turn1 && matches!(ev.bus(), Some(EventKind::TurnFinished(_))) {
+            assert_eq!(ev.bus(), Some(&EventKind::TurnFinished(TurnEnd::Stop)));
+            break;
+        }
+    }
+    assert_eq!(text, "Answer to question two.");
+}

@@ -356,7 +356,7 @@ impl RemoteSession {
             subs.push(nats.subscribe(subject).await.map_err(ClusterError::nats)?);
         }
         nats.flush().await.map_err(ClusterError::nats)?;
-        Ok(RemoteEvents::new(subs))
+        Ok(RemoteEvents::new(self.id.clone(), subs))
     }
 
     /// The subject of one class of the session's events (for a subscriber of

@@ -34,7 +34,15 @@ use crate::cluster::wire::{self, RemoteEvent, RemoteEventKind};
 ///
 /// Events of a superseded owner (a lower generation than one already seen)
 /// and a second end of the same turn are dropped; messages that do not follow
-/// the schema are skipped (counted in `colloquy_cluster_invalid_messages_total`).
+/// the schema, or that name another session, are skipped (counted in
+/// `colloquy_cluster_invalid_messages_total`).
+///
+/// A new owner's generation is followed only once its `resumed` event
+/// announces it (a new owner publishes it first, after at most the failed
+/// end of the turn that was in flight, which is held until then): one
+/// message with a large `seq` cannot hide the genuine events that follow
+/// it. Forging a `resumed` needs a worker's permission to publish on the
+/// session's events (see the roles in `docs/nats-roles.conf`).
 #[derive(Debug)]
 pub struct RemoteEvents {
     subs: Vec<Sub>,
@@ -46,7 +54,17 @@ pub struct RemoteEvents {
     tick: u64,
     generation: u64,
     ended: BTreeSet<u64>,
+    /// The session the events must name.
+    session: crate::ids::SessionId,
+    /// Events of a higher generation, held until its `resumed` (bounded).
+    held: Vec<RemoteEvent>,
+    /// Held events released by a `resumed`, given out in order.
+    released: VecDeque<RemoteEvent>,
 }
+
+/// Events of an unannounced generation held at most (a new owner publishes
+/// one or two before its `resumed`).
+const MAX_HELD: usize = 8;
 
 #[derive(Debug)]
 struct Sub {
@@ -56,7 +74,7 @@ struct Sub {
 }
 
 impl RemoteEvents {
-    pub(crate) fn new(subs: Vec<Subscriber>) -> Self {
+    pub(crate) fn new(session: crate::ids::SessionId, subs: Vec<Subscriber>) -> Self {
         Self {
             subs: subs
                 .into_iter()
@@ -67,21 +85,70 @@ impl RemoteEvents {
             tick: 0,
             generation: 0,
             ended: BTreeSet::new(),
+            session,
+            held: Vec::new(),
+            released: VecDeque::new(),
         }
     }
 
     /// The next event; `None` once the subscription ended.
     pub async fn recv(&mut self) -> Option<RemoteEvent> {
         loop {
+            if let Some(ev) = self.released.pop_front() {
+                if self.accept(&ev) {
+                    return Some(ev);
+                }
+                continue;
+            }
             let ev = if self.subs.len() == 1 {
                 self.next_single().await?
             } else {
                 self.next_merged().await?
             };
-            if self.accept(&ev) {
+            if !self.admit(ev) {
+                continue;
+            }
+            if let Some(ev) = self.released.pop_front()
+                && self.accept(&ev)
+            {
                 return Some(ev);
             }
         }
+    }
+
+    /// Checks who an event claims to be from: its session, and its
+    /// generation (a higher one only through its `resumed`). Admitted events
+    /// go to `released`, in order.
+    fn admit(&mut self, ev: RemoteEvent) -> bool {
+        if ev.session != self.session {
+            metrics::counter!("colloquy_cluster_invalid_messages_total").increment(1);
+            tracing::debug!(session = %ev.session, "event naming another session skipped");
+            return false;
+        }
+        let generation = ev.generation();
+        // The first owner seen is followed (the subscription began under it).
+        if self.generation == 0 || generation <= self.generation {
+            self.released.push_back(ev);
+            return true;
+        }
+        let announced = matches!(ev.kind, RemoteEventKind::Resumed { .. });
+        if !announced {
+            if self.held.len() < MAX_HELD {
+                self.held.push(ev);
+            } else {
+                metrics::counter!("colloquy_cluster_invalid_messages_total").increment(1);
+            }
+            return false;
+        }
+        // The new owner: what it published before its announcement first.
+        let mut held: Vec<RemoteEvent> = std::mem::take(&mut self.held)
+            .into_iter()
+            .filter(|h| h.generation() == generation)
+            .collect();
+        held.sort_by_key(|h| h.seq);
+        self.released.extend(held);
+        self.released.push_back(ev);
+        true
     }
 
     /// One subscription: its events are in order.
