@@ -128,6 +128,22 @@ async fn every_role_does_what_the_documented_config_allows_and_no_more() {
 
     let (t, _, text, _) = turn(&s, &mut all, "question one").await;
     assert_eq!(text, "Answer to question one.");
+
+    // The library's own options log a role in with its inbox: a request
+    // answered on `_INBOX_frontend` (the default `_INBOX` is refused).
+    let options = colloquy_actors::cluster::NatsOptions::default()
+        .with_user_password("frontend", colloquy::Secret::new("change-me-frontend"))
+        .with_inbox_prefix("_INBOX_frontend");
+    let own = colloquy_actors::cluster::connect_with(&server.url(), "frontend-2", &options)
+        .await
+        .expect("the frontend logs in");
+    let history = ClusterClient::new(own)
+        .session("call")
+        .unwrap()
+        .context()
+        .await
+        .expect("the reply reaches the frontend's inbox");
+    assert!(history.len() >= 2, "{history:?}");
     assert_eq!(s.context().await.unwrap().items.len(), 2);
     let ended =
         |e: &RemoteEvent| e.turn == t && matches!(e.bus(), Some(EventKind::TurnFinished(_)));

@@ -84,6 +84,10 @@ pub struct NatsOptions {
     /// How long one attempt of the first connection may take (each server
     /// of a list is tried once).
     pub connection_timeout: Duration,
+    /// The prefix of this connection's reply inboxes (default `_INBOX`):
+    /// each role of `docs/nats-roles.conf` may read only its own
+    /// (`_INBOX_worker`, `_INBOX_frontend`, `_INBOX_speech`).
+    pub inbox_prefix: Option<String>,
 }
 
 impl Default for NatsOptions {
@@ -92,6 +96,7 @@ impl Default for NatsOptions {
             credentials: None,
             tls: NatsTls::default(),
             connection_timeout: DEFAULT_CONNECTION_TIMEOUT,
+            inbox_prefix: None,
         }
     }
 }
@@ -157,6 +162,12 @@ impl NatsOptions {
     /// How long one attempt of the first connection may take.
     pub fn with_connection_timeout(mut self, timeout: Duration) -> Self {
         self.connection_timeout = timeout;
+        self
+    }
+
+    /// The prefix of this connection's reply inboxes (a role's own).
+    pub fn with_inbox_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.inbox_prefix = Some(prefix.into());
         self
     }
 }
@@ -241,6 +252,9 @@ pub async fn connect_with(
         nats = log_in(nats, credentials).await?;
     }
     nats = with_tls(nats, &options.tls)?;
+    if let Some(prefix) = &options.inbox_prefix {
+        nats = nats.custom_inbox_prefix(prefix.clone());
+    }
     nats.connect(bare.as_str()).await.map_err(|e| {
         let failure = match e.kind() {
             async_nats::ConnectErrorKind::ServerParse => {
