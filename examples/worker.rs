@@ -77,6 +77,12 @@ struct Args {
     /// A file holding the provider's key (read once, whitespace trimmed).
     #[arg(long, value_name = "PATH", conflicts_with = "api_key")]
     api_key_file: Option<std::path::PathBuf>,
+    /// A file holding the cluster's state key: checkpoints are tagged
+    /// (HMAC-SHA256) and only those that verify are resumed; give every
+    /// worker the same key [default: COLLOQUY_STATE_KEY from the
+    /// environment, else none].
+    #[arg(long, value_name = "PATH")]
+    state_key_file: Option<std::path::PathBuf>,
     /// Azure OpenAI: the resource endpoint.
     #[arg(long, value_name = "URL")]
     azure_endpoint: Option<String>,
@@ -176,6 +182,16 @@ async fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
         .with_drain_timeout(Duration::from_millis(a.drain_timeout_ms))
         .with_policy(a.policy.policy());
     config.tools = ToolRegistry::new().with_tool(weather_tool());
+    let state_key = match &a.state_key_file {
+        Some(path) => Some(
+            Secret::from_file(path)
+                .map_err(|e| format!("cannot read the state key file {}: {e}", path.display()))?,
+        ),
+        None => Secret::from_env("COLLOQUY_STATE_KEY"),
+    };
+    if let Some(key) = state_key {
+        config = config.with_state_key(key);
+    }
     // Flushed when dropped, after the drain.
     let otlp = otel::from_env("worker")?;
     #[cfg(feature = "otlp")]

@@ -75,6 +75,7 @@ mod lease;
 mod policy;
 mod remote;
 mod settings;
+mod signing;
 mod spec;
 mod subject;
 #[cfg(test)]

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use colloquy::context::ChatContext;
 use serde::{Deserialize, Serialize};
 
+use super::signing::{StateKey, open, seal};
 use super::spec::SessionSpec;
 use super::{ClusterError, Names, PlacementPolicy};
 
@@ -99,6 +100,8 @@ pub(crate) struct Store {
     pub(crate) leases: kv::Store,
     checkpoints: kv::Store,
     client: async_nats::Client,
+    /// Checkpoints are tagged and verified with it (`signing.rs`).
+    state_key: Option<StateKey>,
 }
 
 async fn bucket(
@@ -134,12 +137,14 @@ impl Store {
         client: &async_nats::Client,
         names: &Names,
         policy: &PlacementPolicy,
+        state_key: Option<StateKey>,
     ) -> Result<Self, ClusterError> {
         let js = jetstream::new(client.clone());
         Ok(Self {
             leases: bucket(&js, names.lease_bucket(), policy).await?,
             checkpoints: bucket(&js, names.checkpoint_bucket(), policy).await?,
             client: client.clone(),
+            state_key,
         })
     }
 
@@ -186,9 +191,15 @@ impl Store {
             .map_err(|e| StoreError::Other(e.to_string()))
     }
 
-    /// Encodes a checkpoint, refusing one the server would not take.
-    pub(crate) fn encode_checkpoint(&self, cp: &Checkpoint) -> Result<Bytes, StoreError> {
+    /// Encodes a checkpoint for `key` (tagged with the state key, if any),
+    /// refusing one the server would not take.
+    pub(crate) fn encode_checkpoint(
+        &self,
+        key: &str,
+        cp: &Checkpoint,
+    ) -> Result<Bytes, StoreError> {
         let bytes = serde_json::to_vec(cp).map_err(|e| StoreError::Other(e.to_string()))?;
+        let bytes = seal(self.state_key.as_ref(), key, bytes);
         self.check_size(&bytes)?;
         Ok(Bytes::from(bytes))
     }
@@ -223,7 +234,11 @@ impl Store {
             .map_err(|e| StoreError::Other(e.to_string()))?;
         match entry {
             Some(e) if e.operation == kv::Operation::Put => {
-                let cp = serde_json::from_slice(&e.value)
+                let body = open(self.state_key.as_ref(), key, &e.value).map_err(|err| {
+                    metrics::counter!("colloquy_cluster_checkpoints_refused_total").increment(1);
+                    StoreError::Invalid(format!("checkpoint of {key}: {err}"))
+                })?;
+                let cp = serde_json::from_slice(body)
                     .map_err(|err| StoreError::Invalid(format!("checkpoint of {key}: {err}")))?;
                 Ok(Some((cp, e.revision)))
             }

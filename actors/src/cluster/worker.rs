@@ -260,7 +260,13 @@ impl Worker {
             return Err(ClusterError::InvalidName(String::new()));
         }
         super::check_name("name", &config.name, super::MAX_NAME_BYTES)?;
-        let store = Store::open(&nats, &names, &config.policy).await?;
+        let store = Store::open(
+            &nats,
+            &names,
+            &config.policy,
+            config.state_key.clone().map(super::signing::StateKey::new),
+        )
+        .await?;
         let supervisor = Supervisor::start(SupervisorConfig {
             max_sessions: config.max_sessions.saturating_add(16),
             ..SupervisorConfig::default()

@@ -160,7 +160,7 @@ async fn claim(
             Ok(Some((mut cp, rev))) => {
                 cp.generation = generation;
                 cp.worker = inner.config.name.clone();
-                match inner.store.encode_checkpoint(&cp) {
+                match inner.store.encode_checkpoint(key, &cp) {
                     Ok(bytes) => inner
                         .store
                         .cas_checkpoint(key, bytes, rev)

@@ -41,6 +41,10 @@ pub struct WorkerConfig {
     /// What placements may ask and how much a session may send
     /// ([`PlacementPolicy`]; its defaults allow only the default model).
     pub policy: PlacementPolicy,
+    /// The cluster's state key: checkpoints are stored with an HMAC-SHA256
+    /// tag and a checkpoint that does not verify is never resumed. Give
+    /// every worker of a cluster the same key (none: untagged, unverified).
+    pub state_key: Option<colloquy::Secret>,
 }
 
 impl std::fmt::Debug for WorkerConfig {
@@ -56,6 +60,7 @@ impl std::fmt::Debug for WorkerConfig {
             .field("drain_timeout", &self.drain_timeout)
             .field("bus_capacity", &self.bus_capacity)
             .field("policy", &self.policy)
+            .field("state_key", &self.state_key.as_ref().map(|_| "***"))
             .finish()
     }
 }
@@ -78,7 +83,14 @@ impl WorkerConfig {
             #[cfg(feature = "otel")]
             tracing: None,
             policy: PlacementPolicy::default(),
+            state_key: None,
         }
+    }
+
+    /// Tags checkpoints with `key` and resumes only those that verify.
+    pub fn with_state_key(mut self, key: colloquy::Secret) -> Self {
+        self.state_key = Some(key);
+        self
     }
 
     /// Traces every session of the worker ([`telemetry`](crate::telemetry)).

@@ -243,7 +243,7 @@ impl Driver {
         // What was published before the store waits for nothing.
         self.flush_batch().await;
         let record = self.record();
-        let bytes = match self.inner.store.encode_checkpoint(&record) {
+        let bytes = match self.inner.store.encode_checkpoint(&self.key, &record) {
             Ok(b) => b,
             Err(StoreError::TooLarge { bytes, max_bytes }) => {
                 if self.too_large != Some(bytes) {

@@ -141,7 +141,7 @@ async fn place(inner: &Arc<Inner>, payload: &[u8], ticket: Ticket) -> Result<(),
         committed_turn: 0,
         started_turn: 0,
     };
-    let bytes = match inner.store.encode_checkpoint(&checkpoint) {
+    let bytes = match inner.store.encode_checkpoint(&key, &checkpoint) {
         Ok(b) => b,
         Err(StoreError::TooLarge { bytes, max_bytes }) => return Err(too_large(bytes, max_bytes)),
         Err(e) => return Err(WireError::new("internal", format!("{e:?}"))),
