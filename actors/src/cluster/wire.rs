@@ -63,7 +63,7 @@
 //! | `backchannel` | `speech` | `{"text": str}` (an acknowledgement, not a turn) |
 //! | `speculation_ended` | `lifecycle` | `{"outcome": "hit" \| "miss" \| "dropped", "usage": usage or null}` |
 //! | `provider_selected` | `usage` | `{"index": int, "label": str, "base_url": str, "reason": "primary" \| "fallback" \| "hedge", "continuation": bool}` |
-//! | `provider_failed` | `usage` | `{"index", "label", "base_url", "reason": str, "message": str or null, "after_output": bool, "usage": usage or null}` (decoded as `Unknown`: its reason is kept as JSON) |
+//! | `provider_failed` | `usage` | `{"index", "label", "base_url", "reason": str, "message": str or null, "after_output": bool, "usage": usage or null}` (`reason`: `circuit_open`, `hedge_lost`, or the error's kind (`http`, `connection`, `first_token_timeout`, … [`LlmError::KINDS`](colloquy::llm::LlmError::KINDS)) with its `message`; decoded into [`FailureReason`](colloquy::llm::FailureReason), a kind this version does not know as `other` with `"{kind}: {message}"`) |
 //! | `turn_latency` | `lifecycle` | the turn's report ([`TurnLatency::to_json`](crate::latency::TurnLatency::to_json): `turn`, `end`, each interval in ms or null, `pauses`, `resumes`, `cut_at_chars`, `fallbacks`, `hedges`, `session_closed`; `message` for a failed or other end) |
 //! | `resumed` | `lifecycle` | `{"last_committed_turn": int, "previous_worker": str or null}`: another worker took the session over; every turn up to `last_committed_turn` is in its history |
 //! | `lagged` | `lifecycle` | `{"missed": int}`: the worker's forwarder missed events of the local bus |
