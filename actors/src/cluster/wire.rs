@@ -129,6 +129,7 @@
 mod classes;
 mod decode;
 mod encode;
+mod replies;
 mod requests;
 #[cfg(test)]
 mod tests;
@@ -138,6 +139,7 @@ pub use decode::{DecodeError, decode_event, decode_events};
 #[cfg(test)]
 pub(crate) use encode::encode_bus;
 pub(crate) use encode::{encode_bus_into, encode_event};
+pub(crate) use replies::{decode_reply_state, encode_reply_state, state_label};
 pub(crate) use requests::{Input, PlaceRequest, Reply, WireError};
 
 use serde_json::Value;

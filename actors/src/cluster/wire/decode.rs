@@ -102,6 +102,11 @@ fn turn_end(end: End) -> TurnEnd {
     }
 }
 
+/// A turn end from a `turn_finished` payload.
+pub(super) fn turn_end_of(payload: Value) -> Result<TurnEnd, DecodeError> {
+    Ok(turn_end(field("turn_finished", payload)?))
+}
+
 /// Decodes the events of one message: one object per line (a worker batches
 /// consecutive events of one class; a single event is one line).
 pub fn decode_events(bytes: &[u8]) -> impl Iterator<Item = Result<RemoteEvent, DecodeError>> + '_ {

@@ -268,6 +268,45 @@ fn provider_failed_round_trips_with_its_reason() {
     assert_eq!(EventClass::of(newer.bus().unwrap()), EventClass::Usage);
 }
 
+/// A tracked reply's state round-trips, turns moved to the wire's; items
+/// that do not fit are omitted.
+#[test]
+fn a_reply_state_round_trips() {
+    use crate::reply::{Reply as Outcome, ReplyState};
+    let mut ctx = colloquy::context::ChatContext::new();
+    ctx.add_assistant("Hello there!");
+    let outcome = |turn| Outcome {
+        turn: TurnId(turn),
+        end: TurnEnd::Failed(Arc::from("http: 503")),
+        items: ctx.items.clone(),
+        interrupted: true,
+    };
+    for (local, wire) in [
+        (ReplyState::Queued, ReplyState::Queued),
+        (
+            ReplyState::Started(TurnId(2)),
+            ReplyState::Started(TurnId(12)),
+        ),
+        (
+            ReplyState::Committed(outcome(2)),
+            ReplyState::Committed(outcome(12)),
+        ),
+        (ReplyState::Done(outcome(2)), ReplyState::Done(outcome(12))),
+        (ReplyState::Dropped, ReplyState::Dropped),
+    ] {
+        let v = encode_reply_state(&local, 10, 1 << 20);
+        assert_eq!(v["state"], state_label(&local));
+        assert_eq!(decode_reply_state(&v).unwrap(), wire);
+    }
+    let v = encode_reply_state(&ReplyState::Done(outcome(1)), 0, 10);
+    assert_eq!(v["items_omitted"], true);
+    let ReplyState::Done(r) = decode_reply_state(&v).unwrap() else {
+        panic!("{v}");
+    };
+    assert!(r.items.is_empty() && r.interrupted);
+    assert!(decode_reply_state(&json!({"state": "maybe"})).is_err());
+}
+
 #[test]
 fn garbage_is_an_error_not_a_panic() {
     for bytes in [
@@ -343,8 +382,27 @@ fn a_batch_is_one_event_per_line_and_every_input_has_its_kind() {
             r#"{"op":"submit_tool_result","turn":1,"call_id":"c","name":"f","output":""}"#,
             InputKind::Control,
         ),
+        (
+            r#"{"op":"send_message","content":[{"type":"text","value":"x"},{"type":"image","value":{"url":"https://h/i.png"}}]}"#,
+            InputKind::Control,
+        ),
+        (r#"{"op":"generate","track":true}"#, InputKind::Control),
+        (r#"{"op":"say","text":"x"}"#, InputKind::Control),
+        (
+            r#"{"op":"reply","id":"r1","known":"queued","wait_ms":100}"#,
+            InputKind::Control,
+        ),
+        (r#"{"op":"interrupt","reply":"r1"}"#, InputKind::Control),
         (r#"{"op":"context"}"#, InputKind::Admin),
         (r#"{"op":"close"}"#, InputKind::Admin),
+        (
+            r#"{"op":"update_settings","patch":{"instructions":"x"}}"#,
+            InputKind::Admin,
+        ),
+        (
+            r#"{"op":"replace_context","context":{"items":[]}}"#,
+            InputKind::Admin,
+        ),
     ];
     for (json, kind) in kinds {
         let input: Input = serde_json::from_str(json).unwrap();
