@@ -207,7 +207,8 @@ async fn remote_cancel_leaves_no_stale_event() {
             assert_eq!(ev.bus(), Some(&EventKind::UserSpeechEnded));
             break;
         }
-        let user = ev.bus().is_some_and(EventKind::is_user_side);
+        // The turn's latency report follows its end (a report, not turn output).
+        let user = ev.bus().is_some_and(|k| k.is_user_side() || k.is_report());
         assert!(ev.turn != t || user, "stale: {ev:?}");
     }
 }
