@@ -59,6 +59,18 @@ async fn send_message_with_an_image_reaches_the_model_and_its_reply_resolves() {
         ),
         (turn, TurnEnd::Stop, "Answer to .")
     );
+    // Committed means stored: the checkpoint holds the turn already.
+    let nats = connect(&server.url(), "inspector").await.unwrap();
+    let kv = jetstream::new(nats)
+        .get_key_value("colloquy_checkpoints")
+        .await
+        .unwrap();
+    let stored = kv.get(session_key(s.id()).unwrap()).await.unwrap().unwrap();
+    let stored: serde_json::Value = serde_json::from_slice(&stored).unwrap();
+    assert!(
+        stored["committed_turn"].as_u64() >= Some(turn.0),
+        "{stored}"
+    );
     let done = guard(reply.played_out()).await.expect("done");
     assert_eq!(done.text(), "Answer to .");
     assert!(reply.is_done());
@@ -310,7 +322,8 @@ async fn a_remote_reply_whose_worker_died_is_dropped() {
     let mut rx = s.subscribe().await.unwrap();
     let done = s.send_text_tracked("question one").await.unwrap();
     let committed = guard(done.committed()).await.unwrap();
-    let slow = s.send_text_tracked("slow question").await.unwrap();
+    // 400 tokens over 2 s: still in flight when its worker is killed.
+    let slow = s.send_text_tracked("long question").await.unwrap();
     let turn = guard(slow.started()).await.unwrap();
     next(&mut rx, |e| {
         e.turn == turn && matches!(e.bus(), Some(EventKind::Token(_)))

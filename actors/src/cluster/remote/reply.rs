@@ -209,13 +209,24 @@ impl RemoteReply {
     /// One `reply` request: the state once it differs from `known`.
     async fn poll(&self, known: &ReplyState) -> Result<(), RemoteReplyError> {
         let timeout = self.inner.session.client.inner.config.request_timeout;
+        // Answered before the request times out.
         let wait_ms = (timeout.as_millis() as u64).saturating_mul(3) / 4;
         let input = Input::Reply {
             id: self.inner.id.clone(),
             known: Some(state_label(known).to_string()),
             wait_ms,
         };
-        let answer = self.inner.session.call_wire(&input).await?;
+        // A poll is idempotent: one its owner never answered (it died while
+        // the poll waited) is asked again, of whichever worker owns the
+        // session then, for as long as an input waits for an owner.
+        let config = &self.inner.session.client.inner.config;
+        let deadline = tokio::time::Instant::now() + config.unavailable_timeout;
+        let answer = loop {
+            match self.inner.session.call_wire(&input).await {
+                Err(ClusterError::Timeout(_)) if tokio::time::Instant::now() < deadline => {}
+                answer => break answer?,
+            }
+        };
         let mut k = self.known();
         match answer {
             Ok(v) => {
