@@ -91,7 +91,9 @@ pub use connect::{
     connect_with, redact_url,
 };
 pub use policy::{FORBIDDEN_EXTRA_BODY_KEYS, InputRate, PlacementPolicy, PolicyViolation};
-pub use remote::{ClusterClient, RemoteConfig, RemoteEvents, RemoteSession};
+pub use remote::{
+    ClusterClient, RemoteConfig, RemoteEvents, RemoteReply, RemoteReplyError, RemoteSession,
+};
 pub use settings::{NatsSettings, env as nats_env};
 pub use spec::{SessionSpec, SpecInterruption, SpecMode, SpecOptions};
 pub use subject::{

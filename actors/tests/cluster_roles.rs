@@ -192,6 +192,32 @@ async fn every_role_does_what_the_documented_config_allows_and_no_more() {
     assert!(observer.send_text("hi").await.is_err());
     violation(&mut observer_errors, "in.control").await;
 
+    // The frontend's new inputs pass, and a tracked reply resolves with the
+    // one answer per request the worker's `allow_responses` permits; the
+    // speech service can neither make the agent speak nor change settings.
+    let said = s.say("Hello from the roles.").await.expect("say");
+    let r = tokio::time::timeout(GUARD, said.played_out())
+        .await
+        .unwrap()
+        .expect("the reply resolves under the roles");
+    assert_eq!(r.text(), "Hello from the roles.");
+    finish(&mut all, r.turn).await;
+    let spec = s
+        .update_settings(serde_json::json!({"instructions": "Be brief."}))
+        .await
+        .expect("settings");
+    assert_eq!(spec.instructions.as_deref(), Some("Be brief."));
+    assert!(matches!(
+        refused.say("forged").await,
+        Err(ClusterError::Timeout(_))
+    ));
+    violation(&mut speech_errors, "in.control").await;
+    assert!(matches!(
+        refused.update_settings(serde_json::json!({})).await,
+        Err(ClusterError::Timeout(_))
+    ));
+    violation(&mut speech_errors, "in.admin").await;
+
     // The session was not cancelled, closed nor forged: it goes on.
     let (_, _, text, _) = turn(&s, &mut all, "question two").await;
     assert_eq!(text, "Answer to question two.");

@@ -132,6 +132,27 @@ pub enum LlmError {
 }
 
 impl LlmError {
+    /// Every value [`kind`](Self::kind) returns (what a reader of an error
+    /// kind from the wire, e.g. a `provider_failed` event, maps back).
+    pub const KINDS: &'static [&'static str] = &[
+        "config",
+        "invalid_history",
+        "connection",
+        "http",
+        "provider",
+        "first_token_timeout",
+        "output_gap_timeout",
+        "empty_completion",
+        "response_timeout",
+        "body_timeout",
+        "stalled",
+        "incomplete",
+        "event_too_large",
+        "tool_arguments_too_large",
+        "malformed_chunk",
+        "unexpected_body",
+    ];
+
     /// A short stable name for metrics labels and JSON output.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -4,8 +4,10 @@
 //! events is in `events`.
 
 mod events;
+mod reply;
 
 pub use events::RemoteEvents;
+pub use reply::{RemoteReply, RemoteReplyError};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +15,7 @@ use std::time::Duration;
 use async_nats::Client;
 use async_nats::client::RequestErrorKind;
 use bytes::Bytes;
-use colloquy::context::ChatContext;
+use colloquy::context::{ChatContext, ContentPart};
 use serde_json::Value;
 use tokio::time::Instant;
 
@@ -22,6 +24,7 @@ use super::wire::{EventClass, EventClasses, Input, PlaceRequest, Reply, WireErro
 use super::{ClusterError, DEFAULT_PREFIX, Names, session_key};
 use crate::bus::ToolOutput;
 use crate::ids::{SessionId, TurnId};
+use crate::reply::SayOptions;
 
 /// How a [`ClusterClient`] talks to the workers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -302,6 +305,11 @@ impl RemoteSession {
     }
 
     async fn call(&self, input: &Input) -> Result<Value, ClusterError> {
+        self.call_wire(input).await?.map_err(refused)
+    }
+
+    /// An input, its answer as sent (an error with its detail).
+    async fn call_wire(&self, input: &Input) -> Result<Result<Value, WireError>, ClusterError> {
         let payload = Bytes::from(
             serde_json::to_vec(input).map_err(|e| ClusterError::Protocol(e.to_string()))?,
         );
@@ -311,8 +319,8 @@ impl RemoteSession {
         let mut backoff = Backoff::new();
         loop {
             match self.client.send(subject.clone(), payload.clone()).await? {
-                Sent::Reply(Reply::Ok(v)) => return Ok(v),
-                Sent::Reply(Reply::Error(e)) => return Err(refused(e)),
+                Sent::Reply(Reply::Ok(v)) => return Ok(Ok(v)),
+                Sent::Reply(Reply::Error(e)) => return Ok(Err(e)),
                 Sent::TimedOut => return Err(ClusterError::Timeout(self.id.clone())),
                 Sent::NoResponders if Instant::now() < deadline => backoff.wait().await,
                 Sent::NoResponders => return Err(ClusterError::Unavailable(self.id.clone())),
@@ -401,7 +409,92 @@ impl RemoteSession {
 
     /// A typed user message; starts a turn (cancelling the one in flight, by default).
     pub async fn send_text(&self, text: impl Into<String>) -> Result<(), ClusterError> {
-        self.call(&Input::SendText { text: text.into() })
+        self.call(&Input::SendText {
+            text: text.into(),
+            track: false,
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// [`send_text`](Self::send_text), and the reply to follow.
+    pub async fn send_text_tracked(
+        &self,
+        text: impl Into<String>,
+    ) -> Result<RemoteReply, ClusterError> {
+        self.tracked(Input::SendText {
+            text: text.into(),
+            track: true,
+        })
+        .await
+    }
+
+    /// A user message of any parts (text, images by URL or inline as data
+    /// URLs; the worker's `max_input_bytes` bounds the message); starts a
+    /// turn when `respond` (without, the reply is dropped at once).
+    pub async fn send_message(
+        &self,
+        content: Vec<ContentPart>,
+        respond: bool,
+    ) -> Result<RemoteReply, ClusterError> {
+        self.tracked(Input::SendMessage {
+            content,
+            respond,
+            track: true,
+        })
+        .await
+    }
+
+    /// Starts a turn on the current context (e.g. to greet the user first);
+    /// dropped while a turn is in flight.
+    pub async fn generate(&self) -> Result<RemoteReply, ClusterError> {
+        self.tracked(Input::Generate { track: true }).await
+    }
+
+    /// Speaks fixed text through the turn machinery, with no model request.
+    pub async fn say(&self, text: impl Into<String>) -> Result<RemoteReply, ClusterError> {
+        self.say_with(text, SayOptions::default()).await
+    }
+
+    /// [`say`](Self::say) with options (`allow_interruptions: false`: speaks
+    /// to its end whatever the user says).
+    pub async fn say_with(
+        &self,
+        text: impl Into<String>,
+        options: SayOptions,
+    ) -> Result<RemoteReply, ClusterError> {
+        self.tracked(Input::Say {
+            text: text.into(),
+            allow_interruptions: options.allow_interruptions,
+            track: true,
+        })
+        .await
+    }
+
+    async fn tracked(&self, input: Input) -> Result<RemoteReply, ClusterError> {
+        let v = self.call(&input).await?;
+        let id = v
+            .get("reply")
+            .and_then(Value::as_str)
+            .ok_or_else(|| ClusterError::Protocol(format!("expected a reply id, got {v}")))?;
+        Ok(RemoteReply::new(self.clone(), id.to_string()))
+    }
+
+    /// Changes the session's settings: `patch` is a JSON merge patch (RFC
+    /// 7386, see [`SessionSpec::patched`]) over its spec, checked by the
+    /// owner's placement policy like a placement; its tools, segmenter and
+    /// event classes cannot change (`invalid`). Applies from the next
+    /// request on, and is stored with the checkpoint before this returns (a
+    /// failover keeps it). Returns the session's spec now (`{}` reads it).
+    pub async fn update_settings(&self, patch: Value) -> Result<SessionSpec, ClusterError> {
+        let v = self.call(&Input::UpdateSettings { patch }).await?;
+        serde_json::from_value(v).map_err(|e| ClusterError::Protocol(e.to_string()))
+    }
+
+    /// Replaces the committed history. Refused (`turn_in_flight`) while a
+    /// turn is in flight; the worker's `max_input_bytes` bounds it.
+    pub async fn replace_context(&self, context: ChatContext) -> Result<(), ClusterError> {
+        self.call(&Input::ReplaceContext { context })
             .await
             .map(|_| ())
     }

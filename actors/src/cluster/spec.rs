@@ -235,6 +235,25 @@ impl SessionSpec {
         self
     }
 
+    /// This spec with a JSON merge patch (RFC 7386) applied: a member of the
+    /// patch replaces the spec's (objects merge member by member), a `null`
+    /// member resets it to its default. What `update_settings` sends.
+    ///
+    /// ```
+    /// use colloquy_actors::cluster::SessionSpec;
+    /// let spec = SessionSpec::new("m").with_instructions("Be brief.");
+    /// let next = spec
+    ///     .patched(&serde_json::json!({"instructions": "Be terse.", "options": {"temperature": 0.1}}))
+    ///     .unwrap();
+    /// assert_eq!(next.instructions.as_deref(), Some("Be terse."));
+    /// assert_eq!((next.model, next.options.temperature), (spec.model, Some(0.1)));
+    /// ```
+    pub fn patched(&self, patch: &Value) -> Result<SessionSpec, serde_json::Error> {
+        let mut v = serde_json::to_value(self)?;
+        merge_patch(&mut v, patch);
+        serde_json::from_value(v)
+    }
+
     /// The agent settings this spec describes (tools are added by the worker).
     pub fn agent_settings(&self, default_model: &str) -> AgentSettings {
         let mut options = LlmOptions::new(self.model.as_deref().unwrap_or(default_model));
@@ -264,6 +283,26 @@ impl SessionSpec {
             debounce: Duration::from_millis(ms),
         });
         settings
+    }
+}
+
+/// RFC 7386: `patch` merged into `target`.
+fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(members) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(Map::new());
+    }
+    if let Value::Object(t) = target {
+        for (k, v) in members {
+            if v.is_null() {
+                t.remove(k);
+            } else {
+                merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
     }
 }
 

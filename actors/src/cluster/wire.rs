@@ -64,7 +64,7 @@
 //! | `backchannel` | `speech` | `{"text": str}` (an acknowledgement, not a turn) |
 //! | `speculation_ended` | `lifecycle` | `{"outcome": "hit" \| "miss" \| "dropped", "usage": usage or null}` |
 //! | `provider_selected` | `usage` | `{"index": int, "label": str, "base_url": str, "reason": "primary" \| "fallback" \| "hedge", "continuation": bool}` |
-//! | `provider_failed` | `usage` | `{"index", "label", "base_url", "reason": str, "message": str or null, "after_output": bool, "usage": usage or null}` (decoded as `Unknown`: its reason is kept as JSON) |
+//! | `provider_failed` | `usage` | `{"index", "label", "base_url", "reason": str, "message": str or null, "after_output": bool, "usage": usage or null}` (`reason`: `circuit_open`, `hedge_lost`, or the error's kind (`http`, `connection`, `first_token_timeout`, … [`LlmError::KINDS`](colloquy::llm::LlmError::KINDS)) with its `message`; decoded into [`FailureReason`](colloquy::llm::FailureReason), a kind this version does not know as `other` with `"{kind}: {message}"`) |
 //! | `turn_latency` | `lifecycle` | the turn's report ([`TurnLatency::to_json`](crate::latency::TurnLatency::to_json): `turn`, `end`, each interval in ms or null, `pauses`, `resumes`, `cut_at_chars`, `fallbacks`, `hedges`, `session_closed`; `message` for a failed or other end) |
 //! | `resumed` | `lifecycle` | `{"last_committed_turn": int, "previous_worker": str or null}`: another worker took the session over; every turn up to `last_committed_turn` is in its history |
 //! | `lagged` | `lifecycle` | `{"missed": int}`: the worker's forwarder missed events of the local bus |
@@ -102,17 +102,50 @@
 //! | `user_speech_ended` | `user` | `speech` | | the event's `seq` |
 //! | `user_transcript` | `user` | `speech` | `text`, `is_final` | the event's `seq` |
 //! | `speech_played` | `speech` | `speech` | `turn`, `chars` | the event's `seq` |
-//! | `send_text` | `control` | `text` | `null` |
+//! | `send_text` | `control` | `text`, `track` | `null`; with `"track": true`, `{"reply": id}` |
+//! | `send_message` | `control` | `content` (parts: `{"type": "text", "value": str}`, `{"type": "image", "value": {"url": str, "detail": "auto" \| "low" \| "high"}}`: an `https://` URL or a `data:` URL), `respond` (default `true`), `track` | as `send_text` |
+//! | `generate` | `control` | `track` | as `send_text` (dropped while a turn is in flight) |
+//! | `say` | `control` | `text`, `allow_interruptions` (default `true`), `track` | as `send_text`; no model request |
+//! | `reply` | `control` | `id`, `known` (a state label), `wait_ms` (at most 30 000) | the tracked reply's state once its label differs from `known`, or at the end of `wait_ms` (below) |
+//! | `interrupt` | `control` | `reply` (an id) | `null`: the owner cuts that reply as `ReplyHandle::interrupt` does (its generation, else its speech; one not started never starts) |
 //! | `cancel` | `control` | | `null`, once the turn is closed and its `turn_finished` published |
 //! | `submit_tool_result` | `control` | `turn`, `call_id`, `name`, `output`, `is_error` | the event's `seq` |
 //! | `context` | `admin` | | the committed history (`{"items": [...]}`) |
 //! | `close` | `admin` | | `null`; the session stops and its lease and checkpoint are deleted |
+//! | `update_settings` | `admin` | `patch`: a JSON merge patch (RFC 7386) over the session's `SessionSpec` | the spec now, once stored with the checkpoint; checked by the placement policy (`policy`); `tools`, `segmenter`, `event_classes` cannot change (`invalid`); `{}` reads the spec |
+//! | `replace_context` | `admin` | `context` (`{"items": [...]}`) | `null`; `turn_in_flight` while a turn is in flight |
 //!
 //! Error kinds: `invalid` (not this schema), `not_running`, `stale` (a turn
 //! that is closed or not current), `not_allowed`, `unknown_call`,
 //! `already_answered`, `closed`, `timeout`, `too_large`, `turn_in_flight`,
+//! `unknown_reply` (a reply id the owner does not track),
 //! `policy` (the worker's placement policy refused it; `detail` holds the
 //! violation, e.g. `{"violation": "rate_limited", "per_second": 50, "burst": 100}`).
+//!
+//! **Tracked replies.** `send_text`, `send_message`, `generate` and `say` with
+//! `"track": true` answer `{"reply": id}` (an unguessable id on the owner), and
+//! `reply` reports that reply's state, as a long poll: `{"state": "queued"}`,
+//! `{"state": "started", "turn": int}`, `{"state": "committed" | "done", "turn":
+//! int, "end": {…turn_finished payload…}, "interrupted": bool, "items":
+//! [ChatItem…]}` (`items` empty and `"items_omitted": true` when they do not fit
+//! in one message) or `{"state": "dropped"}`. `committed` is reported once the
+//! history holding the turn is stored (as a normal `turn_finished`); `done` once
+//! its speech was played or cut, with what the history keeps of it (as heard).
+//! Why a poll: the state is for the client holding the id only (nothing is
+//! broadcast to the session's subscribers, no seq number is taken), each answer
+//! is the single response a worker's `allow_responses` permits, and the id
+//! travels by session key, so the client never needs to know the worker.
+//! [`RemoteReply`](super::RemoteReply) does the polling
+//! (`RemoteSession::send_text_tracked`, `send_message`, `generate`, `say`,
+//! `say_with`). An owner keeps the last 256 replies it tracks. When the owner
+//! dies, the new one does not know the id: it answers `unknown_reply` with
+//! `detail: {"committed_turn": int}` (the last turn in the history it resumed),
+//! and the client decides: a reply committed already is over as committed; one
+//! not started, or whose turn was in flight (ended `failed`, `worker lost`), is
+//! dropped; one whose turn is at or below `committed_turn` but whose commit was
+//! not reported is `Lost` (read it with `context`). Each `reply` and `interrupt`
+//! is an input: the size and rate of the placement policy apply, and it keeps the
+//! session from its idle timeout.
 //!
 //! # Placement: `{prefix}.place` (queue group `{prefix}-workers`)
 //!
@@ -130,6 +163,7 @@
 mod classes;
 mod decode;
 mod encode;
+mod replies;
 mod requests;
 #[cfg(test)]
 mod tests;
@@ -139,6 +173,7 @@ pub use decode::{DecodeError, decode_event, decode_events};
 #[cfg(test)]
 pub(crate) use encode::encode_bus;
 pub(crate) use encode::{encode_bus_into, encode_event};
+pub(crate) use replies::{decode_reply_state, encode_reply_state, state_label};
 pub(crate) use requests::{Input, PlaceRequest, Reply, WireError};
 
 use serde_json::Value;

@@ -15,8 +15,9 @@
 //!   sessions of workers that died or drained.
 //! - [`driver`]: one session running here, from its start (placed or claimed)
 //!   to its end: the task that owns it.
-//! - [`inputs`]: the input requests of a session (speech, transcripts, tool
-//!   results, cancel, context, close).
+//! - [`inputs`]: the input requests of a session (speech, transcripts, text,
+//!   messages, `say`, `generate`, tool results, cancel, context, settings,
+//!   close); [`replies`]: the replies a client follows (`track`).
 //! - [`lease_keeper`]: the per-session task that renews its lease.
 //! - [`forwarder`]: the session's bus published to NATS in order, with the
 //!   checkpoint writes the durability rules need around turn starts and ends;
@@ -32,6 +33,7 @@ mod handover;
 mod inputs;
 mod lease_keeper;
 mod placement;
+mod replies;
 
 pub use config::WorkerConfig;
 
@@ -87,6 +89,15 @@ enum Control {
         done: oneshot::Sender<Result<(), ClusterError>>,
         reason: &'static str,
     },
+    /// Store a checkpoint now (the spec changed: `update_settings`).
+    Store {
+        done: oneshot::Sender<Result<(), ClusterError>>,
+    },
+}
+
+/// Locks a mutex, whether or not a holder panicked (the data is plain).
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// A session running here.

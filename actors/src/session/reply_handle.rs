@@ -77,6 +77,12 @@ impl ReplyHandle {
         Self { state, core }
     }
 
+    /// A watch on the reply's state (for the cluster's tracked replies).
+    #[cfg(feature = "nats")]
+    pub(crate) fn watch(&self) -> watch::Receiver<ReplyState> {
+        self.state.clone()
+    }
+
     /// Where the reply stands now.
     pub fn state(&self) -> ReplyState {
         self.state.borrow().clone()

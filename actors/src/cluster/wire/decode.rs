@@ -6,7 +6,9 @@
 
 use std::sync::Arc;
 
-use colloquy::llm::{ProviderChoice, SelectionReason, ToolCall, Usage};
+use colloquy::llm::{
+    FailureReason, LlmError, ProviderChoice, ProviderFailure, SelectionReason, ToolCall, Usage,
+};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -100,6 +102,11 @@ fn turn_end(end: End) -> TurnEnd {
     }
 }
 
+/// A turn end from a `turn_finished` payload.
+pub(super) fn turn_end_of(payload: Value) -> Result<TurnEnd, DecodeError> {
+    Ok(turn_end(field("turn_finished", payload)?))
+}
+
 /// Decodes the events of one message: one object per line (a worker batches
 /// consecutive events of one class; a single event is one line).
 pub fn decode_events(bytes: &[u8]) -> impl Iterator<Item = Result<RemoteEvent, DecodeError>> + '_ {
@@ -132,8 +139,26 @@ pub fn decode_event(bytes: &[u8]) -> Result<RemoteEvent, DecodeError> {
     })
 }
 
-/// A bus event of kind `name` from its payload (`provider_failed` is kept as
-/// [`RemoteEventKind::Unknown`]: its reason travels as JSON only).
+/// The reason of a `provider_failed` by its label: `circuit_open`,
+/// `hedge_lost`, or an [`LlmError::kind`] (with its message). A kind this
+/// version does not know is kept in the message (`"{kind}: {message}"`)
+/// under the kind `other`.
+fn failure_reason(label: &str, message: Option<String>) -> FailureReason {
+    let message = message.unwrap_or_default();
+    match label {
+        "circuit_open" => FailureReason::CircuitOpen,
+        "hedge_lost" => FailureReason::HedgeLost,
+        _ => match LlmError::KINDS.iter().find(|k| **k == label) {
+            Some(kind) => FailureReason::Error { kind, message },
+            None => FailureReason::Error {
+                kind: "other",
+                message: format!("{label}: {message}"),
+            },
+        },
+    }
+}
+
+/// A bus event of kind `name` from its payload.
 fn bus_event(name: EventKindName, p: Value) -> Result<RemoteEventKind, DecodeError> {
     let kind = name.as_str();
     let event = match name {
@@ -284,10 +309,28 @@ fn bus_event(name: EventKindName, p: Value) -> Result<RemoteEventKind, DecodeErr
             }))
         }
         EventKindName::ProviderFailed => {
-            return Ok(RemoteEventKind::Unknown {
-                kind: kind.to_string(),
-                payload: p,
-            });
+            #[derive(Deserialize)]
+            struct Failed {
+                index: usize,
+                label: String,
+                base_url: String,
+                reason: String,
+                #[serde(default)]
+                message: Option<String>,
+                #[serde(default)]
+                after_output: bool,
+                #[serde(default)]
+                usage: Option<Usage>,
+            }
+            let f: Failed = field(kind, p)?;
+            EventKind::ProviderFailed(Arc::new(ProviderFailure {
+                index: f.index,
+                label: Arc::from(f.label),
+                base_url: Arc::from(f.base_url),
+                reason: failure_reason(&f.reason, f.message),
+                after_output: f.after_output,
+                usage: f.usage,
+            }))
         }
     };
     Ok(RemoteEventKind::Bus(event))

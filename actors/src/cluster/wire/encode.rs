@@ -107,7 +107,7 @@ pub(crate) fn encode_bus_into(
 }
 
 /// The payload of `turn_finished`.
-fn end_payload(end: &TurnEnd) -> Value {
+pub(super) fn end_payload(end: &TurnEnd) -> Value {
     match end {
         TurnEnd::Failed(m) | TurnEnd::Other(m) => json!({"end": end.label(), "message": &**m}),
         _ => json!({"end": end.label()}),

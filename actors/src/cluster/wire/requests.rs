@@ -1,8 +1,8 @@
 //! The messages that are not events: the inputs of a session (one object
 //! per message, `{"op": …}`), the replies to requests (`{"ok": …}` or
-//! `{"error": …}`), and placement requests.
+//! `{"error": …}`), a tracked reply's state, and placement requests.
 
-use colloquy::context::ChatContext;
+use colloquy::context::{ChatContext, ContentPart};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -29,6 +29,43 @@ pub(crate) enum Input {
     },
     SendText {
         text: String,
+        /// Follow the reply: the ack is `{"reply": id}` (see `reply`).
+        #[serde(default, skip_serializing_if = "is_false")]
+        track: bool,
+    },
+    /// A user message of any parts (text, images).
+    SendMessage {
+        content: Vec<ContentPart>,
+        #[serde(default = "yes")]
+        respond: bool,
+        #[serde(default, skip_serializing_if = "is_false")]
+        track: bool,
+    },
+    /// A turn on the current context.
+    Generate {
+        #[serde(default, skip_serializing_if = "is_false")]
+        track: bool,
+    },
+    /// Fixed text spoken through the turn machinery, no model request.
+    Say {
+        text: String,
+        #[serde(default = "yes")]
+        allow_interruptions: bool,
+        #[serde(default, skip_serializing_if = "is_false")]
+        track: bool,
+    },
+    /// A tracked reply's state, once it differs from `known` (a long poll of
+    /// at most `wait_ms`).
+    Reply {
+        id: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        known: Option<String>,
+        #[serde(default)]
+        wait_ms: u64,
+    },
+    /// Cuts a tracked reply (its turn, its speech, or its start).
+    Interrupt {
+        reply: String,
     },
     Cancel,
     SubmitToolResult {
@@ -41,6 +78,14 @@ pub(crate) enum Input {
     },
     Context,
     Close,
+    /// A JSON merge patch (RFC 7386) over the session's [`SessionSpec`].
+    UpdateSettings {
+        patch: Value,
+    },
+    /// The committed history replaced.
+    ReplaceContext {
+        context: ChatContext,
+    },
 }
 
 impl Input {
@@ -52,10 +97,17 @@ impl Input {
             Input::UserTranscript { .. } => "user_transcript",
             Input::SpeechPlayed { .. } => "speech_played",
             Input::SendText { .. } => "send_text",
+            Input::SendMessage { .. } => "send_message",
+            Input::Generate { .. } => "generate",
+            Input::Say { .. } => "say",
+            Input::Reply { .. } => "reply",
+            Input::Interrupt { .. } => "interrupt",
             Input::Cancel => "cancel",
             Input::SubmitToolResult { .. } => "submit_tool_result",
             Input::Context => "context",
             Input::Close => "close",
+            Input::UpdateSettings { .. } => "update_settings",
+            Input::ReplaceContext { .. } => "replace_context",
         }
     }
 
@@ -66,16 +118,28 @@ impl Input {
             | Input::UserSpeechEnded
             | Input::UserTranscript { .. }
             | Input::SpeechPlayed { .. } => InputKind::Speech,
-            Input::SendText { .. } | Input::Cancel | Input::SubmitToolResult { .. } => {
-                InputKind::Control
-            }
-            Input::Context | Input::Close => InputKind::Admin,
+            Input::SendText { .. }
+            | Input::SendMessage { .. }
+            | Input::Generate { .. }
+            | Input::Say { .. }
+            | Input::Reply { .. }
+            | Input::Interrupt { .. }
+            | Input::Cancel
+            | Input::SubmitToolResult { .. } => InputKind::Control,
+            Input::Context
+            | Input::Close
+            | Input::UpdateSettings { .. }
+            | Input::ReplaceContext { .. } => InputKind::Admin,
         }
     }
 }
 
 fn yes() -> bool {
     true
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// An error on the wire.

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use colloquy::llm::{
-    FailureReason, ProviderChoice, ProviderFailure, SelectionReason, ToolCall, Usage,
+    FailureReason, LlmError, ProviderChoice, ProviderFailure, SelectionReason, ToolCall, Usage,
 };
 use serde_json::{Value, json};
 
@@ -88,6 +88,22 @@ fn samples() -> Vec<EventKind> {
             after_output: false,
             usage: None,
         })),
+        EventKind::ProviderFailed(Arc::new(ProviderFailure {
+            index: 1,
+            label: Arc::from("backup"),
+            base_url: Arc::from("http://127.0.0.1:2/v1"),
+            reason: FailureReason::CircuitOpen,
+            after_output: false,
+            usage: None,
+        })),
+        EventKind::ProviderFailed(Arc::new(ProviderFailure {
+            index: 2,
+            label: Arc::from("hedge"),
+            base_url: Arc::from("http://127.0.0.1:3/v1"),
+            reason: FailureReason::HedgeLost,
+            after_output: true,
+            usage: Some(Usage::estimate(40, 8)),
+        })),
         EventKind::SpeechAudio(crate::bus::AudioStage::Played),
         EventKind::TurnLatency(Arc::new(
             crate::latency::TurnLatency::from_json(
@@ -119,20 +135,7 @@ fn every_bus_event_round_trips() {
             (TurnId(3), (2 << 32) + 7, 2)
         );
         assert_eq!(ev.worker, "w1");
-        if let EventKind::ProviderFailed(_) = kind {
-            // Kept as JSON: its reason is a label on the wire.
-            let RemoteEventKind::Unknown {
-                kind: name,
-                payload,
-            } = ev.kind
-            else {
-                panic!("{:?}", ev.kind);
-            };
-            assert_eq!(name, "provider_failed");
-            assert_eq!(payload["reason"], "http");
-        } else {
-            assert_eq!(ev.kind, RemoteEventKind::Bus(kind));
-        }
+        assert_eq!(ev.kind, RemoteEventKind::Bus(kind));
     }
 }
 
@@ -200,6 +203,8 @@ fn the_bytes_on_the_wire() {
         r#""speculation_ended","payload":{"outcome":"miss","usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4,"cached_tokens":null,"reasoning_tokens":null,"estimated":true}}}"#,
         r#""provider_selected","payload":{"index":1,"label":"backup","base_url":"http://127.0.0.1:1/v1","reason":"fallback","continuation":true}}"#,
         r#""provider_failed","payload":{"index":0,"label":"primary","base_url":"http://127.0.0.1:1/v1","reason":"http","message":"503","after_output":false,"usage":null}}"#,
+        r#""provider_failed","payload":{"index":1,"label":"backup","base_url":"http://127.0.0.1:2/v1","reason":"circuit_open","message":null,"after_output":false,"usage":null}}"#,
+        r#""provider_failed","payload":{"index":2,"label":"hedge","base_url":"http://127.0.0.1:3/v1","reason":"hedge_lost","message":null,"after_output":true,"usage":{"prompt_tokens":10,"completion_tokens":2,"total_tokens":12,"cached_tokens":null,"reasoning_tokens":null,"estimated":true}}}"#,
         r#""speech_audio","payload":{"stage":"played"}}"#,
         r#""turn_latency","payload":{"turn":3,"end":"failed","speech_end_to_final_ms":-12.5,"final_to_turn_start_ms":1.0,"turn_start_to_first_token_ms":300.0,"first_token_to_speakable_ms":null,"speakable_to_heard_ms":null,"speakable_to_first_audio_ms":null,"first_audio_to_played_ms":null,"played_to_heard_ms":null,"end_to_end_ms":null,"pauses":1,"resumes":1,"cut_at_chars":7,"fallbacks":2,"hedges":0,"session_closed":true,"message":"http: 503"}}"#,
     ];
@@ -226,6 +231,82 @@ fn the_documented_shape() {
         String::from_utf8(Reply::Ok(json!(5)).encode()).unwrap(),
         r#"{"ok":5}"#
     );
+}
+
+/// `provider_failed` decodes into the bus event with its reason (it was
+/// `Unknown` before), every error kind of the core included; a kind from a
+/// newer version is kept in the message.
+#[test]
+fn provider_failed_round_trips_with_its_reason() {
+    for &kind in LlmError::KINDS {
+        let failed = EventKind::ProviderFailed(Arc::new(ProviderFailure {
+            index: 0,
+            label: Arc::from("p"),
+            base_url: Arc::from("http://h/v1"),
+            reason: FailureReason::Error {
+                kind,
+                message: format!("{kind} happened"),
+            },
+            after_output: true,
+            usage: Some(Usage::estimate(8, 4)),
+        }));
+        let ev = decode_event(&encode(&failed)).unwrap();
+        assert_eq!(ev.kind, RemoteEventKind::Bus(failed), "{kind}");
+    }
+    let newer = decode_event(
+        br#"{"session":"s","turn":1,"seq":1,"kind":"provider_failed","payload":{"index":0,"label":"p","base_url":"u","reason":"quota","message":"spent"}}"#,
+    )
+    .unwrap();
+    let Some(EventKind::ProviderFailed(f)) = newer.bus() else {
+        panic!("{newer:?}");
+    };
+    assert_eq!(
+        f.reason,
+        FailureReason::Error {
+            kind: "other",
+            message: "quota: spent".into()
+        }
+    );
+    assert_eq!(EventClass::of(newer.bus().unwrap()), EventClass::Usage);
+}
+
+/// A tracked reply's state round-trips, turns moved to the wire's; items
+/// that do not fit are omitted.
+#[test]
+fn a_reply_state_round_trips() {
+    use crate::reply::{Reply as Outcome, ReplyState};
+    let mut ctx = colloquy::context::ChatContext::new();
+    ctx.add_assistant("Hello there!");
+    let outcome = |turn| Outcome {
+        turn: TurnId(turn),
+        end: TurnEnd::Failed(Arc::from("http: 503")),
+        items: ctx.items.clone(),
+        interrupted: true,
+    };
+    for (local, wire) in [
+        (ReplyState::Queued, ReplyState::Queued),
+        (
+            ReplyState::Started(TurnId(2)),
+            ReplyState::Started(TurnId(12)),
+        ),
+        (
+            ReplyState::Committed(outcome(2)),
+            ReplyState::Committed(outcome(12)),
+        ),
+        (ReplyState::Done(outcome(2)), ReplyState::Done(outcome(12))),
+        (ReplyState::Dropped, ReplyState::Dropped),
+    ] {
+        let v = encode_reply_state(&local, 10, 1 << 20);
+        assert_eq!(v["state"], state_label(&local));
+        assert_eq!(decode_reply_state(&v).unwrap(), wire);
+    }
+    let v = encode_reply_state(&ReplyState::Done(outcome(1)), 0, 10);
+    assert_eq!(v["items_omitted"], true);
+    let ReplyState::Done(r) = decode_reply_state(&v).unwrap() else {
+        panic!("{v}");
+    };
+    assert!(r.items.is_empty() && r.interrupted);
+    assert!(decode_reply_state(&json!({"state": "maybe"})).is_err());
 }
 
 #[test]
@@ -303,8 +384,27 @@ fn a_batch_is_one_event_per_line_and_every_input_has_its_kind() {
             r#"{"op":"submit_tool_result","turn":1,"call_id":"c","name":"f","output":""}"#,
             InputKind::Control,
         ),
+        (
+            r#"{"op":"send_message","content":[{"type":"text","value":"x"},{"type":"image","value":{"url":"https://h/i.png"}}]}"#,
+            InputKind::Control,
+        ),
+        (r#"{"op":"generate","track":true}"#, InputKind::Control),
+        (r#"{"op":"say","text":"x"}"#, InputKind::Control),
+        (
+            r#"{"op":"reply","id":"r1","known":"queued","wait_ms":100}"#,
+            InputKind::Control,
+        ),
+        (r#"{"op":"interrupt","reply":"r1"}"#, InputKind::Control),
         (r#"{"op":"context"}"#, InputKind::Admin),
         (r#"{"op":"close"}"#, InputKind::Admin),
+        (
+            r#"{"op":"update_settings","patch":{"instructions":"x"}}"#,
+            InputKind::Admin,
+        ),
+        (
+            r#"{"op":"replace_context","context":{"items":[]}}"#,
+            InputKind::Admin,
+        ),
     ];
     for (json, kind) in kinds {
         let input: Input = serde_json::from_str(json).unwrap();

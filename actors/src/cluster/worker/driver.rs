@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::batch::Batch;
 use super::inputs::{InputCtx, run_inputs};
 use super::lease_keeper::{Held, renew_lease};
+use super::replies::Replies;
 use super::{Control, Inner, Local, Lost, Ownership};
 use crate::bus::{BusReceiver, BusRecvError};
 use crate::cluster::ClusterError;
@@ -36,6 +37,8 @@ pub(super) async fn start_local(
     ticket: Ticket,
 ) -> Result<(), ClusterError> {
     let spec = checkpoint.spec;
+    let shared_spec = Arc::new(std::sync::Mutex::new(spec.clone()));
+    let (durable_tx, durable) = watch::channel(own.committed_turn);
     let tools = inner.tools_for(&spec)?;
     let mut config = SessionConfig::new(
         inner.config.client.clone(),
@@ -78,6 +81,12 @@ pub(super) async fn start_local(
         seq_base,
         control: control_tx.clone(),
         policy: inner.config.policy.clone(),
+        replies: Replies::default(),
+        durable,
+        committed_at_start: own.committed_turn,
+        spec: shared_spec.clone(),
+        default_model: inner.config.default_model.clone(),
+        max_reply_bytes: crate::cluster::max_payload(&inner.nats).saturating_sub(1024),
     };
     let inputs_task = tokio::spawn(run_inputs(input_ctx, inputs));
     let (lost_tx, lost) = watch::channel(false);
@@ -108,7 +117,8 @@ pub(super) async fn start_local(
         checkpoints,
         control: control_rx,
         inputs: Some(inputs_task.abort_handle()),
-        spec,
+        spec: shared_spec,
+        durable: durable_tx,
         checkpoint_rev: own.checkpoint_rev,
         turn_base,
         seq_base,
@@ -197,8 +207,12 @@ pub(super) struct Driver {
     pub(super) control: mpsc::UnboundedReceiver<Control>,
     /// The input task (aborted once no more inputs are taken).
     pub(super) inputs: Option<tokio::task::AbortHandle>,
-    /// Stored in every checkpoint.
-    pub(super) spec: SessionSpec,
+    /// Stored in every checkpoint (shared with the input task, which
+    /// changes it on `update_settings`).
+    pub(super) spec: Arc<std::sync::Mutex<SessionSpec>>,
+    /// The last wire turn whose history is stored (or will never be: the
+    /// checkpoint is too large), for the input task's tracked replies.
+    pub(super) durable: watch::Sender<u64>,
     /// Our generation (the lease's).
     pub(super) generation: u64,
     /// Our lease, shared with its keeper.
@@ -266,6 +280,11 @@ impl Driver {
                         let r = self.close(reason).await;
                         let _ = done.send(r);
                         break End::Closed;
+                    }
+                    Some(Control::Store { done }) => {
+                        let lost = self.flush().await.is_err();
+                        let _ = done.send(if lost { Err(ClusterError::LeaseLost(self.id.clone())) } else { Ok(()) });
+                        if lost { break End::Lost }
                     }
                     None => break End::Stopped,
                 },

@@ -228,7 +228,7 @@ impl Driver {
             session: self.id.as_str().to_string(),
             worker: self.inner.config.name.clone(),
             generation: self.generation,
-            spec: self.spec.clone(),
+            spec: super::lock(&self.spec).clone(),
             context: (**self.checkpoints.borrow_and_update()).clone(),
             committed_turn: self.committed_turn,
             started_turn: self.started_turn,
@@ -257,6 +257,9 @@ impl Driver {
                     )
                     .await;
                 }
+                // Not stored, and never will be: what waits for the store
+                // waits no longer (the session runs without a durable copy).
+                self.durable.send_replace(self.committed_turn);
                 return Ok(());
             }
             Err(e) => {
@@ -274,6 +277,7 @@ impl Driver {
             {
                 Ok(rev) => {
                     self.checkpoint_rev = rev;
+                    self.durable.send_replace(record.committed_turn);
                     metrics::counter!("colloquy_cluster_checkpoint_writes_total").increment(1);
                     return Ok(());
                 }

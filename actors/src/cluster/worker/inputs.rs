@@ -1,8 +1,12 @@
 //! Inputs: the requests on a session's input subject, executed on receipt
-//! by the worker that owns it (speech, transcripts, playback, text, cancel,
-//! tool results), each answered with the seq of the event it published. Turn
-//! and seq numbers are translated between the wire (global across owners) and
-//! the local session.
+//! by the worker that owns it (speech, transcripts, playback, text, messages
+//! with images, `say`, `generate`, cancel, tool results, settings, the
+//! history), each answered with the seq of the event it published, a tracked
+//! reply's id (see `replies`), or what it read. Turn and seq numbers are
+//! translated between the wire (global across owners) and the local session.
+//! Everything but the answer's wait runs here in arrival order, so a
+//! `send_text` sent after an `update_settings` is answered with the new
+//! settings.
 //!
 //! The worker's [`PlacementPolicy`] is applied here, before an input is
 //! decoded: one over `max_input_bytes` or over the session's rate (its own
@@ -16,15 +20,18 @@ use std::sync::Arc;
 use async_nats::{Client, Subject, Subscriber};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
-use super::{Control, SEQ_STRIDE};
+use super::replies::{self, Replies};
+use super::{Control, SEQ_STRIDE, lock};
 use crate::bus::ToolOutput;
 use crate::cluster::policy::TokenBucket;
+use crate::cluster::spec::SessionSpec;
 use crate::cluster::wire::{Input, Reply, WireError};
 use crate::cluster::{ClusterError, PlacementPolicy};
 use crate::ids::TurnId;
-use crate::session::SessionHandle;
+use crate::reply::SayOptions;
+use crate::session::{ReplyHandle, SessionHandle};
 
 /// What the input task of one session needs.
 pub(super) struct InputCtx {
@@ -39,6 +46,18 @@ pub(super) struct InputCtx {
     pub(super) control: mpsc::UnboundedSender<Control>,
     /// Input size, rate, idle time and lifetime.
     pub(super) policy: PlacementPolicy,
+    /// The replies clients follow.
+    pub(super) replies: Replies,
+    /// The last wire turn whose history is stored (from the driver).
+    pub(super) durable: watch::Receiver<u64>,
+    /// The last wire turn committed when this owner started.
+    pub(super) committed_at_start: u64,
+    /// The session's spec, shared with the driver (stored with checkpoints).
+    pub(super) spec: Arc<std::sync::Mutex<SessionSpec>>,
+    /// The worker's model (a spec without one runs on it).
+    pub(super) default_model: String,
+    /// The largest answer (below the server's maximum message).
+    pub(super) max_reply_bytes: usize,
 }
 
 impl InputCtx {
@@ -85,7 +104,25 @@ impl InputCtx {
                     .map_err(session)?;
                 Ok(json!(self.wire_seq(seq)))
             }
-            Input::SendText { text } => h.send_text(text).map(|_| Value::Null).map_err(session),
+            Input::SendText { text, track } => self.reply(h.send_text(text), track),
+            Input::SendMessage {
+                content,
+                respond,
+                track,
+            } => self.reply(h.send_message(content, respond), track),
+            Input::Generate { track } => self.reply(h.generate(), track),
+            Input::Say {
+                text,
+                allow_interruptions,
+                track,
+            } => {
+                let options = SayOptions::default().allow_interruptions(allow_interruptions);
+                self.reply(h.say_with(text, options), track)
+            }
+            Input::Interrupt { reply } => match self.replies.get(&reply) {
+                Some(r) => r.interrupt().map(|()| Value::Null).map_err(session),
+                None => Err(replies::unknown_reply(self, &reply)),
+            },
             Input::Cancel => h.cancel().map(|()| Value::Null).map_err(session),
             Input::SubmitToolResult {
                 turn,
@@ -105,8 +142,82 @@ impl InputCtx {
                     .map_err(session)?;
                 Ok(json!(self.wire_seq(seq)))
             }
-            Input::Context | Input::Close => Err(WireError::new("invalid", "not a direct input")),
+            Input::Context
+            | Input::Close
+            | Input::Reply { .. }
+            | Input::UpdateSettings { .. }
+            | Input::ReplaceContext { .. } => Err(WireError::new("invalid", "not a direct input")),
         }
+    }
+
+    /// The answer to an input that asked for a reply: its id when tracked.
+    fn reply(
+        &self,
+        r: Result<ReplyHandle, crate::errors::SessionError>,
+        track: bool,
+    ) -> Result<Value, WireError> {
+        let handle = r.map_err(|e| WireError::from_session(&e))?;
+        if !track {
+            return Ok(Value::Null);
+        }
+        let inbox = self.nats.new_inbox();
+        let unique = inbox.rsplit('.').next().unwrap_or(&inbox).to_string();
+        Ok(json!({"reply": self.replies.track(unique, handle)}))
+    }
+
+    /// Applies a merge patch to the session's spec, checked like a
+    /// placement's (the policy, and nothing that a running session cannot
+    /// change: its tools, segmenter and event classes), and hands the
+    /// settings it describes to the session (its tools and hooks kept).
+    fn update_settings(&self, patch: &Value) -> Result<SessionSpec, WireError> {
+        let current = lock(&self.spec).clone();
+        let mut next = current
+            .patched(patch)
+            .map_err(|e| WireError::new("invalid", e))?;
+        let fixed = [
+            ("tools", next.tools == current.tools),
+            ("segmenter", next.segmenter == current.segmenter),
+            ("event_classes", next.event_classes == current.event_classes),
+        ];
+        if let Some((what, _)) = fixed.iter().find(|(_, same)| !same) {
+            return Err(WireError::new(
+                "invalid",
+                format!("{what} cannot change on a running session"),
+            ));
+        }
+        self.policy
+            .admit(&mut next, &self.default_model)
+            .map_err(|v| {
+                metrics::counter!("colloquy_cluster_policy_refusals_total", "what" => "settings")
+                    .increment(1);
+                WireError::policy(&v)
+            })?;
+        let settings = next.agent_settings(&self.default_model);
+        self.handle
+            .update_settings(move |s| {
+                let mut n = settings;
+                n.options.tools = std::mem::take(&mut s.options.tools);
+                n.options.extra_headers = std::mem::take(&mut s.options.extra_headers);
+                n.options.extra_query = std::mem::take(&mut s.options.extra_query);
+                n.options.structured_output = s.options.structured_output.take();
+                n.before_turn = s.before_turn.take();
+                n.speech_queue = s.speech_queue;
+                *s = n;
+            })
+            .map_err(|e| WireError::from_session(&e))?;
+        *lock(&self.spec) = next.clone();
+        Ok(next)
+    }
+}
+
+/// Asks the driver to store a checkpoint (the spec changed), then answers.
+async fn store_then(ctx: &InputCtx, ok: Value) -> Reply {
+    let (done, rx) = oneshot::channel();
+    let _ = ctx.control.send(Control::Store { done });
+    match rx.await {
+        Ok(Ok(())) => Reply::Ok(ok),
+        Ok(Err(e)) => Reply::Error(WireError::new("internal", e)),
+        Err(_) => Reply::Error(WireError::new("not_running", "the session stopped")),
     }
 }
 
@@ -247,6 +358,35 @@ pub(super) async fn run_inputs(ctx: InputCtx, mut sub: Subscriber) {
                         Err(_) => {
                             Reply::Error(WireError::new("not_running", "the session stopped"))
                         }
+                    };
+                    reply_to(&ctx.nats, msg.reply, body).await;
+                });
+            }
+            Input::Reply { id, known, wait_ms } => {
+                let ctx = ctx.clone();
+                tokio::spawn(async move {
+                    let body = as_reply(replies::poll(&ctx, &id, known, wait_ms).await);
+                    reply_to(&ctx.nats, msg.reply, body).await;
+                });
+            }
+            Input::UpdateSettings { patch } => match ctx.update_settings(&patch) {
+                Ok(spec) => {
+                    let ctx = ctx.clone();
+                    tokio::spawn(async move {
+                        let spec = serde_json::to_value(&spec).unwrap_or(Value::Null);
+                        let body = store_then(&ctx, spec).await;
+                        reply_to(&ctx.nats, msg.reply, body).await;
+                    });
+                }
+                Err(e) => reply_to(&ctx.nats, msg.reply, Reply::Error(e)).await,
+            },
+            Input::ReplaceContext { context } => {
+                let ctx = ctx.clone();
+                tokio::spawn(async move {
+                    let r = ctx.handle.replace_context(context).await;
+                    let body = match r {
+                        Ok(()) => Reply::Ok(Value::Null),
+                        Err(e) => Reply::Error(WireError::from_session(&e)),
                     };
                     reply_to(&ctx.nats, msg.reply, body).await;
                 });
