@@ -98,7 +98,31 @@ impl SimulatedPhone {
     /// Connects to `url` (`ws://127.0.0.1:PORT/twilio`) and starts a stream
     /// for `call_sid`: `connected`, then `start` (µ-law, 8 kHz, mono).
     pub async fn call(url: &str, call_sid: &str) -> Result<Self, String> {
-        let (ws, _) = tokio_tungstenite::connect_async(url)
+        Self::call_signed(url, call_sid, None).await
+    }
+
+    /// The same, signing the upgrade as Twilio does when `signing` gives the
+    /// auth token and the public URL Twilio would connect to (the signed URL
+    /// is that URL itself: `wss://voice.example.com/twilio`).
+    pub async fn call_signed(
+        url: &str,
+        call_sid: &str,
+        signing: Option<(&colloquy::Secret, &str)>,
+    ) -> Result<Self, String> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = url
+            .into_client_request()
+            .map_err(|e| format!("connect {url}: {e}"))?;
+        if let Some((token, public_url)) = signing {
+            let signature = super::sign(token, public_url, &[]);
+            request.headers_mut().insert(
+                super::SIGNATURE_HEADER,
+                signature
+                    .parse()
+                    .map_err(|e| format!("a signature header: {e}"))?,
+            );
+        }
+        let (ws, _) = tokio_tungstenite::connect_async(request)
             .await
             .map_err(|e| format!("connect {url}: {e}"))?;
         let (mut ws_tx, mut ws_rx) = ws.split();
