@@ -17,6 +17,13 @@
 //! `ELEVENLABS_VOICE_ID`, `OPENAI_API_KEY` — else offline) choose the speech
 //! engines, each hosted one backed by the offline one; the choice is printed
 //! on stderr.
+//!
+//! Who may call (see `access.rs` and docs/audio.md): `/twilio` needs Twilio's
+//! signature once the auth token is set (`TWILIO_AUTH_TOKEN_FILE`,
+//! `TWILIO_AUTH_TOKEN`); `/ws` the page's call token from the server's own
+//! origin; every call is within `--max-calls`, the message size and rate,
+//! `--idle-timeout` and `--max-call-duration`. It listens on 127.0.0.1 unless
+//! told otherwise.
 //! Needs the system packages `espeak-ng`, `libespeak-ng-dev`,
 //! `libpocketsphinx-dev` and `pocketsphinx-en-us`.
 
