@@ -24,7 +24,7 @@ use colloquy::context::{ChatContext, ChatItem, Role};
 use colloquy::llm::{ChatClient, LlmOptions, OpenAiConfig};
 use colloquy::mock::{MockResponse, MockServer, sse_chunk};
 use colloquy_actors::calls::twilio::SimulatedPhone;
-use colloquy_actors::calls::{CallNotice, CallServices};
+use colloquy_actors::calls::{CallLimits, CallNotice, CallServices};
 use colloquy_actors::turn_taking::{InterruptionMode, InterruptionPolicy};
 use colloquy_actors::{AgentSettings, SessionConfig, Supervisor, SupervisorConfig};
 use futures_util::StreamExt;
@@ -163,6 +163,8 @@ async fn serve_self(
         Arc::new(synth),
     )
     .with_transcriber(Arc::new(ears))
+    // The load is the point: no call refused for the server's call limit.
+    .with_limits(unlimited_calls())
     .on_call(move |notice| match notice {
         CallNotice::Ended { info, history, .. } => {
             kept.lock().unwrap().histories.push((info.id, history));
@@ -187,6 +189,12 @@ async fn serve_self(
         let _ = axum::serve(listener, colloquy_actors::calls::router(services)).await;
     });
     Ok((url, model, supervisor))
+}
+
+fn unlimited_calls() -> CallLimits {
+    let mut limits = CallLimits::default();
+    limits.max_calls = usize::MAX;
+    limits
 }
 
 async fn speech(text: &str) -> Result<Vec<i16>, Box<dyn std::error::Error>> {
