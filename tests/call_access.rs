@@ -261,7 +261,9 @@ async fn oversized_floods_and_idle_calls_are_closed_with_their_reason() {
     let mut limits = CallLimits::default();
     limits.max_message_bytes = 4096;
     limits.max_messages_per_second = 20;
-    limits.idle_timeout = Duration::from_millis(500);
+    // Long enough that the oversized and flooding calls' messages are all
+    // in before it passes, even on a loaded machine.
+    limits.idle_timeout = Duration::from_secs(2);
     let server =
         CallServer::start_secured(vec!["Hello.".into()], move |s| s.with_limits(limits)).await;
     let url = server.twilio_url();
@@ -322,4 +324,47 @@ async fn oversized_floods_and_idle_calls_are_closed_with_their_reason() {
         "{error:?}"
     );
     assert_eq!(server.supervisor.session_count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_that_keeps_talking_is_closed_at_its_maximum_length() {
+    let mut limits = CallLimits::default();
+    limits.max_duration = Duration::from_secs(1);
+    let server =
+        CallServer::start_secured(vec!["Hello.".into()], move |s| s.with_limits(limits)).await;
+    let mut ws = connect(&server.twilio_url(), &[]).await.unwrap();
+    ws.send(text(&START.replace("CALLSID", "LONG")))
+        .await
+        .unwrap();
+    // 20 ms of silence every 20 ms, as a phone line does: never idle.
+    let media = r#"{"event":"media","streamSid":"MZx","media":{"track":"inbound","payload":"/////////////////////w=="}}"#;
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    let closed = tokio::time::timeout(GUARD, async {
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    if ws.send(text(media)).await.is_err() {
+                        break None;
+                    }
+                }
+                m = ws.next() => match m {
+                    Some(Ok(Message::Close(Some(f)))) => break Some((u16::from(f.code), f.reason.to_string())),
+                    Some(Ok(_)) => {}
+                    _ => break None,
+                },
+            }
+        }
+    })
+    .await
+    .expect("the server closed the call");
+    let (code, reason) = closed.expect("a close frame");
+    assert_eq!(code, 1008, "{reason}");
+    assert!(reason.contains("maximum length"), "{reason}");
+    let (_, error) = server.wait_call("twilio-LONG", |r| r.ended.clone()).await;
+    assert_eq!(
+        error,
+        Some(CallError::Limit(LimitExceeded::TooLong {
+            max: Duration::from_secs(1)
+        }))
+    );
 }

@@ -80,6 +80,17 @@ pub enum LimitExceeded {
 }
 
 impl LimitExceeded {
+    /// A short name for metrics: `message_too_big`, `too_many_messages`,
+    /// `idle`, `too_long`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::MessageTooBig { .. } => "message_too_big",
+            Self::TooManyMessages { .. } => "too_many_messages",
+            Self::Idle { .. } => "idle",
+            Self::TooLong { .. } => "too_long",
+        }
+    }
+
     /// The WebSocket close code: 1009 (message too big) or 1008 (policy).
     pub fn close_code(&self) -> u16 {
         match self {
@@ -153,7 +164,10 @@ impl Reader {
 
     /// The next message, or why there is none.
     pub(crate) async fn next(&mut self) -> Read {
-        let limit = |l| Read::Failed(CallError::Limit(l));
+        let limit = |l: LimitExceeded| {
+            metrics::counter!("colloquy_calls_limited_total", "limit" => l.label()).increment(1);
+            Read::Failed(CallError::Limit(l))
+        };
         tokio::select! {
             // What the caller sent comes before a deadline that passed while
             // the call was busy (starting its session).
