@@ -82,6 +82,8 @@ pub struct SimulatedPhone {
     player: Arc<Shared>,
     stream_sid: String,
     sent_samples: u64,
+    /// When the next 20 ms chunk is due.
+    next_chunk: Option<Instant>,
     _tasks: [AbortOnDrop; 3],
 }
 
@@ -163,6 +165,7 @@ impl SimulatedPhone {
             player,
             stream_sid,
             sent_samples: 0,
+            next_chunk: None,
             _tasks: [writer, reader, playing],
         };
         phone.send(json!({"event": "connected", "protocol": "Call", "version": "1.0.0"}));
@@ -186,11 +189,20 @@ impl SimulatedPhone {
 
     /// Streams `samples` (8 kHz) as the caller's voice in real time, 20 ms a
     /// chunk; returns when the last chunk was sent.
+    ///
+    /// The cadence holds across calls, as a phone line's does: back-to-back
+    /// `speak` and `silence` calls send one chunk every 20 ms, not a chunk
+    /// at once at the start of each (a phone fallen more than 60 ms behind
+    /// starts again from now rather than bursting).
     pub async fn speak(&mut self, samples: &[i16]) {
-        let mut tick = tokio::time::interval(Duration::from_millis(20));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
         for chunk in samples.chunks(160) {
-            tick.tick().await;
+            let now = Instant::now();
+            let at = self
+                .next_chunk
+                .filter(|&t| t + Duration::from_millis(60) > now)
+                .unwrap_or(now);
+            tokio::time::sleep_until(at).await;
+            self.next_chunk = Some(at + Duration::from_millis(20));
             let payload = base64::engine::general_purpose::STANDARD.encode(mulaw::encode(chunk));
             self.send(json!({"event": "media", "streamSid": self.stream_sid,
                 "media": {"track": "inbound", "chunk": "0", "timestamp": (self.sent_samples / 8).to_string(), "payload": payload}}));
