@@ -301,12 +301,36 @@ async fn voice_server_describes_its_flags_and_refuses_bad_ones() {
         "--tts",
         "--speech-base-url",
         "--metrics",
+        "--twilio-auth-token-file",
+        "--twilio-account-sid",
+        "--public-url",
+        "--browser-key-file",
+        "--browser-token-ttl",
+        "--allowed-origin",
+        "--max-calls",
+        "--max-message-bytes",
+        "--max-messages-per-second",
+        "--idle-timeout",
+        "--max-call-duration",
     ] {
         assert!(
             stdout.contains(flag),
             "voice_server --help lists {flag}: {stdout}"
         );
     }
+    // A token file that cannot be read: a failure at start naming the file.
+    let (stdout, stderr, code) = run(
+        "voice_server",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--twilio-auth-token-file",
+            "/nonexistent/twilio-token",
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(1), "{stdout} {stderr}");
+    assert!(stderr.contains("/nonexistent/twilio-token"), "{stderr}");
     assert_usage_error(
         "voice_server --interruptions sometimes",
         &run("voice_server", &["--interruptions", "sometimes"]).await,

@@ -133,7 +133,7 @@ async fn broken_calls_end_cleanly_and_a_healthy_call_is_not_disturbed() {
     for (id, want) in [
         ("twilio-MALFORMED", "protocol"),
         ("twilio-BASE64", "protocol"),
-        ("twilio-HUGE", "connection"),
+        ("twilio-HUGE", "limit"),
         ("twilio-TWICE", "protocol"),
         ("twilio-BINARY", "protocol"),
         ("twilio-DROPPED", "connection"),
@@ -142,6 +142,7 @@ async fn broken_calls_end_cleanly_and_a_healthy_call_is_not_disturbed() {
         let kind = match &error {
             Some(CallError::Protocol(_)) => "protocol",
             Some(CallError::Connection(_)) => "connection",
+            Some(CallError::Limit(_)) => "limit",
             other => panic!("{id}: ended with {other:?}"),
         };
         assert_eq!(kind, want, "{id}: {error:?}");

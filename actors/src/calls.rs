@@ -13,27 +13,37 @@
 //! its session cleanly: its history is reported ([`CallNotice::Ended`]) and
 //! nothing of it is left running; no other call is disturbed.
 //!
+//! Who may call: `/twilio` with [`TwilioAuth`](twilio::TwilioAuth) takes only
+//! upgrades Twilio signed; `/ws` only a page's short-lived call token from an
+//! allowed origin ([`BrowserAccess`]); every call within [`CallLimits`]. A
+//! refusal is an HTTP status before the upgrade ([`Refusal`]); a limit
+//! crossed mid-call ends it with a close frame that says which.
+//!
 //! [`Listener`]: crate::speech::Listener
 //! [`AudioOutput`]: crate::speech::audio::AudioOutput
 
+mod access;
 pub mod browser;
 mod call;
+mod limits;
 pub mod twilio;
 
+pub use access::{AllowedOrigins, BrowserAccess, Refusal};
 pub use call::{CallError, CallInfo, CallNotice, CallServices};
+pub use limits::{CallLimits, LimitExceeded};
 
 use axum::Router;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::routing::get;
-use futures_util::stream::SplitStream;
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use call::Call;
 
-/// Largest WebSocket message a call accepts (a 20 ms Twilio frame is about
-/// 300 bytes; a browser frame a few KiB): larger ones end the call.
+/// Largest WebSocket message a call accepts by default
+/// ([`CallLimits::max_message_bytes`]; a 20 ms Twilio frame is about 300
+/// bytes, a browser frame a few KiB): larger ones end the call (close 1009).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 
 /// The routes of a voice server: `GET /` (the browser page), `/ws` (browser
@@ -47,9 +57,9 @@ pub fn router(services: CallServices) -> Router {
 }
 
 /// A call's WebSocket, with the size limit every call has.
-fn limited(ws: WebSocketUpgrade) -> WebSocketUpgrade {
-    ws.max_message_size(MAX_MESSAGE_BYTES)
-        .max_frame_size(MAX_MESSAGE_BYTES)
+fn limited(ws: WebSocketUpgrade, limits: &CallLimits) -> WebSocketUpgrade {
+    ws.max_message_size(limits.max_message_bytes)
+        .max_frame_size(limits.max_message_bytes)
 }
 
 /// Splits a call's socket: what it reads, where the call queues what it
@@ -57,8 +67,10 @@ fn limited(ws: WebSocketUpgrade) -> WebSocketUpgrade {
 /// closes the socket once every sender is gone.
 fn split(
     socket: WebSocket,
+    limits: CallLimits,
+    slot: limits::CallSlot,
 ) -> (
-    SplitStream<WebSocket>,
+    limits::Reader,
     mpsc::UnboundedSender<Message>,
     JoinHandle<()>,
 ) {
@@ -72,7 +84,7 @@ fn split(
         }
         let _ = ws_tx.close().await;
     });
-    (ws_rx, out, writer)
+    (limits::Reader::new(ws_rx, limits, slot), out, writer)
 }
 
 /// Ends a call's socket: the call (if it started) ended with `error`, then
@@ -84,6 +96,13 @@ async fn finish(
     out: mpsc::UnboundedSender<Message>,
     writer: JoinHandle<()>,
 ) {
+    // The close frame first: the caller learns at once why the call ended.
+    if let Some((code, reason)) = error.as_ref().and_then(CallError::close_frame) {
+        let _ = out.send(Message::Close(Some(axum::extract::ws::CloseFrame {
+            code,
+            reason: reason.into(),
+        })));
+    }
     if let Some(call) = call {
         call.end(error).await;
     }

@@ -156,6 +156,15 @@ struct Args {
     /// Concurrent phone calls (with --twilio)
     #[arg(long, value_name = "N", default_value_t = 10)]
     pub(crate) calls: usize,
+    /// With --twilio URL: a file holding the server's Twilio auth token, to
+    /// sign each call as Twilio does [env: TWILIO_AUTH_TOKEN_FILE; or the
+    /// token in TWILIO_AUTH_TOKEN]
+    #[arg(long, value_name = "FILE")]
+    pub(crate) twilio_auth_token_file: Option<std::path::PathBuf>,
+    /// The URL the calls' signature is over: the server's --public-url and
+    /// /twilio (default the --twilio URL with wss://)
+    #[arg(long, value_name = "URL")]
+    pub(crate) twilio_signed_url: Option<String>,
     /// The recognizer of `--twilio self`: PocketSphinx with its open
     /// dictation model, or with the callers' vocabulary only (a JSGF word
     /// loop over the words of the two lines the phones say: every utterance
@@ -281,8 +290,28 @@ async fn run_twilio(url: String, a: &Args) -> ExitCode {
         Interrupt::Immediate => colloquy_actors::turn_taking::InterruptionMode::Immediate,
         Interrupt::Confirmed => colloquy_actors::turn_taking::InterruptionMode::Confirmed,
     };
+    let token = match a.twilio_auth_token_file.clone().or_else(|| {
+        std::env::var("TWILIO_AUTH_TOKEN_FILE")
+            .ok()
+            .filter(|v| !v.is_empty())
+            .map(Into::into)
+    }) {
+        Some(path) => match colloquy::Secret::from_file(&path) {
+            Ok(t) => Some(t),
+            Err(e) => return common::fail(e),
+        },
+        None => colloquy::Secret::from_env("TWILIO_AUTH_TOKEN"),
+    };
+    let signing = token.map(|t| {
+        let signed = a
+            .twilio_signed_url
+            .clone()
+            .unwrap_or_else(|| url.replacen("ws://", "wss://", 1));
+        (t, signed)
+    });
     match twilio::run(
         url,
+        signing,
         a.calls,
         mode,
         twilio::Ears {

@@ -24,7 +24,7 @@ use colloquy::context::{ChatContext, ChatItem, Role};
 use colloquy::llm::{ChatClient, LlmOptions, OpenAiConfig};
 use colloquy::mock::{MockResponse, MockServer, sse_chunk};
 use colloquy_actors::calls::twilio::SimulatedPhone;
-use colloquy_actors::calls::{CallNotice, CallServices};
+use colloquy_actors::calls::{CallLimits, CallNotice, CallServices};
 use colloquy_actors::turn_taking::{InterruptionMode, InterruptionPolicy};
 use colloquy_actors::{AgentSettings, SessionConfig, Supervisor, SupervisorConfig};
 use futures_util::StreamExt;
@@ -163,6 +163,8 @@ async fn serve_self(
         Arc::new(synth),
     )
     .with_transcriber(Arc::new(ears))
+    // The load is the point: no call refused for the server's call limit.
+    .with_limits(unlimited_calls())
     .on_call(move |notice| match notice {
         CallNotice::Ended { info, history, .. } => {
             kept.lock().unwrap().histories.push((info.id, history));
@@ -187,6 +189,12 @@ async fn serve_self(
         let _ = axum::serve(listener, colloquy_actors::calls::router(services)).await;
     });
     Ok((url, model, supervisor))
+}
+
+fn unlimited_calls() -> CallLimits {
+    let mut limits = CallLimits::default();
+    limits.max_calls = usize::MAX;
+    limits
 }
 
 async fn speech(text: &str) -> Result<Vec<i16>, Box<dyn std::error::Error>> {
@@ -225,12 +233,14 @@ struct Outcome {
 
 async fn one_call(
     url: String,
+    signing: Option<Arc<(colloquy::Secret, String)>>,
     i: usize,
     question: Arc<Vec<i16>>,
     barge: Arc<Vec<i16>>,
 ) -> Result<Outcome, String> {
     let id = format!("LOAD{i}");
-    let mut phone = SimulatedPhone::call(&url, &id).await?;
+    let signed = signing.as_deref().map(|(t, u)| (t, u.as_str()));
+    let mut phone = SimulatedPhone::call_signed(&url, &id, signed).await?;
     // Stagger the calls, and barge in at a different point of each answer.
     phone
         .silence(Duration::from_millis(200 + (i as u64 * 37) % 400))
@@ -341,6 +351,7 @@ pub(crate) struct Ears {
 
 pub(crate) async fn run(
     url: String,
+    signing: Option<(colloquy::Secret, String)>,
     calls: usize,
     mode: InterruptionMode,
     ears: Ears,
@@ -353,12 +364,22 @@ pub(crate) async fn run(
     } else {
         (url, None, None)
     };
+    // `self` serves unsigned: no signature to make.
+    let signing = signing.filter(|_| !own).map(Arc::new);
     let question = Arc::new(speech(QUESTION).await?);
     let barge = Arc::new(speech(BARGE_IN).await?);
     let rss0 = rss_mb();
     let cpu0 = cpu_seconds();
     let tasks: Vec<_> = (0..calls)
-        .map(|i| tokio::spawn(one_call(url.clone(), i, question.clone(), barge.clone())))
+        .map(|i| {
+            tokio::spawn(one_call(
+                url.clone(),
+                signing.clone(),
+                i,
+                question.clone(),
+                barge.clone(),
+            ))
+        })
         .collect();
     let mut outcomes = Vec::new();
     let mut errors = Vec::new();

@@ -17,6 +17,13 @@
 //! `ELEVENLABS_VOICE_ID`, `OPENAI_API_KEY` — else offline) choose the speech
 //! engines, each hosted one backed by the offline one; the choice is printed
 //! on stderr.
+//!
+//! Who may call (see `access.rs` and docs/audio.md): `/twilio` needs Twilio's
+//! signature once the auth token is set (`TWILIO_AUTH_TOKEN_FILE`,
+//! `TWILIO_AUTH_TOKEN`); `/ws` the page's call token from the server's own
+//! origin; every call is within `--max-calls`, the message size and rate,
+//! `--idle-timeout` and `--max-call-duration`. It listens on 127.0.0.1 unless
+//! told otherwise.
 //! Needs the system packages `espeak-ng`, `libespeak-ng-dev`,
 //! `libpocketsphinx-dev` and `pocketsphinx-en-us`.
 
@@ -30,6 +37,7 @@ use colloquy_actors::calls::{CallNotice, CallServices};
 use colloquy_actors::turn_taking::{InterruptionMode, InterruptionPolicy};
 use colloquy_actors::{AgentSettings, SessionConfig, Supervisor, SupervisorConfig};
 
+mod access;
 #[path = "../common/mod.rs"]
 mod common;
 #[path = "../voice_agent/model.rs"]
@@ -56,7 +64,8 @@ use model::{choose_model, weather_tool};
     after_help = "Exit codes: 0 after Ctrl-C; 1 a failure at start (the address is taken, an engine is missing); 2 a usage error."
 )]
 struct Args {
-    /// Where to listen
+    /// Where to listen (loopback by default: put a TLS proxy in front, or
+    /// listen on 0.0.0.0 with the Twilio auth token set)
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
     /// One JSON object per line on stdout: each with `call`, `t_ms` and `type`
@@ -76,6 +85,8 @@ struct Args {
     voice: String,
     #[command(flatten)]
     speech: speech::SpeechFlags,
+    #[command(flatten)]
+    access: access::AccessFlags,
     /// Serve the metrics for Prometheus at http://ADDR/metrics (port 0: any)
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
@@ -136,6 +147,14 @@ async fn run(args: Args, mode: InterruptionMode) -> Result<(), Box<dyn std::erro
     )
     .with_transcriber(engines.ears)
     .on_call(move |notice: CallNotice| on_call.notice(notice));
+    let (services, who) = args.access.apply(services)?;
+    eprintln!("voice_server: {who}");
+    if !args.listen.ip().is_loopback() && services.twilio_auth().is_none() {
+        eprintln!(
+            "voice_server: warning: listening on {} with /twilio unsigned: anyone who reaches it places calls on your accounts (set TWILIO_AUTH_TOKEN_FILE)",
+            args.listen
+        );
+    }
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let addr = listener.local_addr()?;
     printer.ready(addr, &model.label, metrics);

@@ -111,6 +111,33 @@ impl CallServer {
         replies: Vec<String>,
         synthesizer: Arc<dyn Synthesizer>,
     ) -> Self {
+        Self::start_configured(policy, replies, synthesizer, |s| s).await
+    }
+
+    /// espeak-ng speaking, the call services changed by `configure` (access,
+    /// limits).
+    pub async fn start_secured(
+        replies: Vec<String>,
+        configure: impl FnOnce(CallServices) -> CallServices,
+    ) -> Self {
+        let espeak = Espeak::new(EspeakConfig::default())
+            .expect("espeak-ng is needed: apt-get install espeak-ng libespeak-ng-dev");
+        Self::start_configured(
+            InterruptionPolicy::default(),
+            replies,
+            Arc::new(espeak),
+            configure,
+        )
+        .await
+    }
+
+    /// The general case.
+    pub async fn start_configured(
+        policy: InterruptionPolicy,
+        replies: Vec<String>,
+        synthesizer: Arc<dyn Synthesizer>,
+        configure: impl FnOnce(CallServices) -> CallServices,
+    ) -> Self {
         let turn = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let model = MockServer::start(move |_| {
             let i = turn.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -159,6 +186,7 @@ impl CallServer {
                     .entry(info.id.clone())
                     .or_default()
                     .session = Some(session);
+                n.notify_waiters();
                 let (c, n, id) = (c.clone(), n.clone(), info.id.clone());
                 tokio::spawn(async move {
                     loop {
@@ -192,7 +220,7 @@ impl CallServer {
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let app = colloquy_actors::calls::router(services);
+        let app = colloquy_actors::calls::router(configure(services));
         let serve = tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
         });
@@ -210,6 +238,14 @@ impl CallServer {
 
     pub fn page_url(&self) -> String {
         format!("http://{}/?autostart=1", self.addr)
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn ws_url(&self, path_and_query: &str) -> String {
+        format!("ws://{}{path_and_query}", self.addr)
     }
 
     pub fn twilio_url(&self) -> String {

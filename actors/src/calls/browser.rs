@@ -25,6 +25,13 @@
 //!   `error` (`message`). The page measures each turn's latency itself too:
 //!   the last `speech_ended` to the first played report of the turn.
 //!
+//! Who may call: the page is served with a call token ([`BrowserAccess`]):
+//! `/ws?token=…` takes it once, before it expires, from an allowed `Origin`;
+//! else 403 before the upgrade. The call is named after the token's number
+//! (`web-<n>`).
+//!
+//! [`BrowserAccess`]: super::BrowserAccess
+//!
 //! A played report the page sent just before a `clear` reached it arrives
 //! with the old epoch and is dropped: after a pause, at most one frame
 //! (20 ms) already heard is sent again, and the heard text never runs ahead
@@ -33,18 +40,19 @@
 mod page;
 mod sink;
 
-pub use page::{PAGE, page};
+pub use page::{PAGE, TOKEN_SLOT, page};
 
 use std::sync::Arc;
 
 use axum::extract::State;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::response::Response;
+use axum::http::{HeaderMap, Uri};
+use axum::response::{IntoResponse, Response};
 use colloquy::audio::AudioFrame;
-use futures_util::StreamExt;
 use serde::Deserialize;
 
 use super::call::{Call, CallError, CallInfo, CallServices};
+use super::limits::{CallSlot, Read};
 use crate::speech::audio::PlayoutClock;
 use sink::BrowserSink;
 
@@ -62,25 +70,47 @@ enum FromPage {
     Unknown,
 }
 
-/// `GET /ws`: the page's WebSocket.
-pub async fn upgrade(State(services): State<CallServices>, ws: WebSocketUpgrade) -> Response {
-    super::limited(ws).on_upgrade(move |socket| run(services, socket))
+/// The `token` parameter of a query.
+fn token(uri: &Uri) -> Option<&str> {
+    uri.query()?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("token="))
 }
 
-async fn run(services: CallServices, socket: WebSocket) {
-    let (mut ws_rx, out_tx, writer) = super::split(socket);
+/// `GET /ws?token=…`: the page's WebSocket. Refused before the upgrade: a
+/// foreign origin or a missing, forged, expired or used token (403), the
+/// server at its call limit (503).
+pub async fn upgrade(
+    State(services): State<CallServices>,
+    headers: HeaderMap,
+    uri: Uri,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let number = match services.browser.admit(&headers, token(&uri)) {
+        Ok(n) => n,
+        Err(refusal) => return refusal.into_response(),
+    };
+    let Some(slot) = services.take_slot() else {
+        return super::Refusal::Busy.into_response();
+    };
+    super::limited(ws, &services.limits)
+        .on_upgrade(move |socket| run(services, socket, slot, number))
+}
+
+async fn run(services: CallServices, socket: WebSocket, slot: CallSlot, number: u64) {
+    let (mut ws_rx, out_tx, writer) = super::split(socket, services.limits, slot);
     let mut call: Option<(Call, Arc<BrowserSink>, u32)> = None;
     let mut position = 0u64;
     let mut events = None;
     let error = loop {
         let msg = match ws_rx.next().await {
-            None => {
+            Read::Closed => {
                 break call
                     .is_some()
                     .then(|| CallError::Connection("the socket closed".into()));
             }
-            Some(Err(e)) => break Some(CallError::Connection(e.to_string())),
-            Some(Ok(m)) => m,
+            Read::Failed(e) => break Some(e),
+            Read::Message(m) => m,
         };
         match msg {
             Message::Text(text) => match serde_json::from_str::<FromPage>(&text) {
@@ -95,7 +125,7 @@ async fn run(services: CallServices, socket: WebSocket) {
                         ));
                     }
                     let info = CallInfo {
-                        id: format!("web-{}", services.next_id()),
+                        id: format!("web-{number}"),
                         transport: "browser",
                     };
                     let clock = PlayoutClock::new();
@@ -123,6 +153,7 @@ async fn run(services: CallServices, socket: WebSocket) {
                 if bytes.len() % 2 != 0 {
                     break Some(CallError::Protocol("odd-length PCM16 frame".into()));
                 }
+                ws_rx.heard_audio();
                 let samples: Vec<i16> = bytes
                     .chunks_exact(2)
                     .map(|b| i16::from_le_bytes([b[0], b[1]]))

@@ -8,6 +8,9 @@ use colloquy::context::ChatContext;
 
 use tokio::sync::mpsc;
 
+use super::access::BrowserAccess;
+use super::limits::{CallLimits, CallSlot, LimitExceeded};
+use super::twilio::TwilioAuth;
 use crate::ids::SessionId;
 use crate::session::SessionHandle;
 use crate::speech::audio::{AudioOutput, AudioOutputConfig, AudioSink, PlayoutClock};
@@ -31,6 +34,35 @@ pub enum CallError {
     /// The socket failed or closed before the call's end.
     #[error("the connection ended: {0}")]
     Connection(String),
+    /// The call crossed one of the server's limits.
+    #[error("the call was closed: {0}")]
+    Limit(#[from] LimitExceeded),
+    /// The call is not one this server takes (a `start` naming another
+    /// Twilio account).
+    #[error("the call was refused: {0}")]
+    Refused(String),
+}
+
+impl CallError {
+    /// The close frame the call's socket ends with: 1009 for a message too
+    /// big, 1008 for another limit or a refusal, 1002 for a protocol error,
+    /// 1003 for unsupported audio; `None` for a connection already gone.
+    pub fn close_frame(&self) -> Option<(u16, String)> {
+        let code = match self {
+            Self::Limit(l) => l.close_code(),
+            Self::Refused(_) => 1008,
+            Self::Protocol(_) => 1002,
+            Self::Audio(_) => 1003,
+            Self::Session(_) => 1011,
+            Self::Connection(_) => return None,
+        };
+        // A close frame's reason is at most 123 bytes.
+        let mut reason = self.to_string();
+        while reason.len() > 123 {
+            reason.pop();
+        }
+        Some((code, reason))
+    }
 }
 
 /// What is known about a call when it starts.
@@ -80,6 +112,10 @@ pub struct CallServices {
     pub(crate) output: AudioOutputConfig,
     pub(crate) notice: Option<Arc<NoticeFn>>,
     pub(crate) next_call: Arc<std::sync::atomic::AtomicU64>,
+    pub(crate) twilio_auth: Option<Arc<TwilioAuth>>,
+    pub(crate) browser: BrowserAccess,
+    pub(crate) limits: CallLimits,
+    pub(crate) open_calls: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl std::fmt::Debug for CallServices {
@@ -88,6 +124,9 @@ impl std::fmt::Debug for CallServices {
             .field("sessions", &self.supervisor.session_count())
             .field("listener", &self.listener)
             .field("output", &self.output)
+            .field("twilio_auth", &self.twilio_auth)
+            .field("browser", &self.browser)
+            .field("limits", &self.limits)
             .finish()
     }
 }
@@ -109,7 +148,48 @@ impl CallServices {
             output: AudioOutputConfig::default(),
             notice: None,
             next_call: Arc::default(),
+            twilio_auth: None,
+            browser: BrowserAccess::default(),
+            limits: CallLimits::default(),
+            open_calls: Arc::default(),
         }
+    }
+
+    /// `/twilio` takes only upgrades signed with the account's auth token
+    /// (else 403), and only streams of its account if one is set. Without
+    /// it, anyone who can reach `/twilio` can place calls.
+    pub fn with_twilio_auth(mut self, auth: TwilioAuth) -> Self {
+        self.twilio_auth = Some(Arc::new(auth));
+        self
+    }
+
+    /// How browser calls are admitted (default: a random key, tokens valid
+    /// for five minutes, the server's own origin).
+    pub fn with_browser_access(mut self, access: BrowserAccess) -> Self {
+        self.browser = access;
+        self
+    }
+
+    /// The Twilio signature check, if configured.
+    pub fn twilio_auth(&self) -> Option<&TwilioAuth> {
+        self.twilio_auth.as_deref()
+    }
+
+    /// The browser endpoint's access rules (to issue tokens for a page of
+    /// the embedder's own).
+    pub fn browser_access(&self) -> &BrowserAccess {
+        &self.browser
+    }
+
+    /// The limits of every call.
+    pub fn with_limits(mut self, limits: CallLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// A call slot, unless the server is at its limit.
+    pub(crate) fn take_slot(&self) -> Option<CallSlot> {
+        CallSlot::take(&self.open_calls, self.limits.max_calls)
     }
 
     /// Transcribes callers with `transcriber` (without one, calls hear voice

@@ -10,44 +10,67 @@
 //! message, `media` before `start`, a format other than µ-law 8 kHz mono, a
 //! message over [`MAX_MESSAGE_BYTES`](super::MAX_MESSAGE_BYTES)) — each
 //! ending only this call, with its history kept.
+//!
+//! With a [`TwilioAuth`], the upgrade must carry Twilio's signature (else
+//! 403, no upgrade) and `start` must name the account (else the call is
+//! closed, 1008).
 
 mod phone;
+mod signature;
 mod sink;
 pub mod wire;
 
 pub use phone::{PhoneLog, PlayedChunk, SimulatedPhone};
+pub use signature::{SIGNATURE_HEADER, TwilioAuth, sign, verify};
 
 use std::sync::Arc;
 
 use axum::extract::State;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::response::Response;
+use axum::http::{HeaderMap, Uri};
+use axum::response::{IntoResponse, Response};
 use colloquy::audio::{AudioFrame, mulaw};
-use futures_util::StreamExt;
 
+use super::Refusal;
 use super::call::{Call, CallError, CallInfo, CallServices};
+use super::limits::{CallSlot, Read};
 use crate::speech::audio::PlayoutClock;
 use sink::TwilioSink;
 use wire::Inbound;
 
 /// `GET /twilio`: the WebSocket Twilio's `<Stream>` connects to.
-pub async fn upgrade(State(services): State<CallServices>, ws: WebSocketUpgrade) -> Response {
-    super::limited(ws).on_upgrade(move |socket| run(services, socket))
+/// Refused before the upgrade: a missing or bad signature when an auth token
+/// is configured (403), the server at its call limit (503).
+pub async fn upgrade(
+    State(services): State<CallServices>,
+    headers: HeaderMap,
+    uri: Uri,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if let Some(auth) = &services.twilio_auth
+        && !auth.verify_request(&headers, &uri)
+    {
+        return Refusal::BadSignature.into_response();
+    }
+    let Some(slot) = services.take_slot() else {
+        return Refusal::Busy.into_response();
+    };
+    super::limited(ws, &services.limits).on_upgrade(move |socket| run(services, socket, slot))
 }
 
-async fn run(services: CallServices, socket: WebSocket) {
-    let (mut ws_rx, out_tx, writer) = super::split(socket);
+async fn run(services: CallServices, socket: WebSocket, slot: CallSlot) {
+    let (mut ws_rx, out_tx, writer) = super::split(socket, services.limits, slot);
     let mut call: Option<(Call, Arc<TwilioSink>)> = None;
     let mut position = 0u64;
     let error = loop {
         let msg = match ws_rx.next().await {
-            None => {
+            Read::Closed => {
                 break call
                     .is_some()
                     .then(|| CallError::Connection("the socket closed".into()));
             }
-            Some(Err(e)) => break Some(CallError::Connection(e.to_string())),
-            Some(Ok(m)) => m,
+            Read::Failed(e) => break Some(e),
+            Read::Message(m) => m,
         };
         let text = match msg {
             Message::Text(t) => t,
@@ -71,6 +94,13 @@ async fn run(services: CallServices, socket: WebSocket) {
                 }
                 if let Err(e) = start.media_format.check() {
                     break Some(e);
+                }
+                if let Some(want) = services.twilio_auth.as_ref().and_then(|a| a.account_sid())
+                    && start.account_sid.as_deref() != Some(want)
+                {
+                    break Some(CallError::Refused(
+                        "the stream's accountSid is not this server's account".into(),
+                    ));
                 }
                 let id = match &start.call_sid {
                     Some(sid) if !sid.is_empty() => format!("twilio-{sid}"),
@@ -98,6 +128,7 @@ async fn run(services: CallServices, socket: WebSocket) {
                 if media.track.as_deref().is_some_and(|t| t != "inbound") {
                     continue;
                 }
+                ws_rx.heard_audio();
                 let bytes = match wire::decode_payload(&media.payload) {
                     Ok(b) => b,
                     Err(e) => break Some(e),

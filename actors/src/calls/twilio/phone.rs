@@ -82,6 +82,8 @@ pub struct SimulatedPhone {
     player: Arc<Shared>,
     stream_sid: String,
     sent_samples: u64,
+    /// When the next 20 ms chunk is due.
+    next_chunk: Option<Instant>,
     _tasks: [AbortOnDrop; 3],
 }
 
@@ -98,7 +100,31 @@ impl SimulatedPhone {
     /// Connects to `url` (`ws://127.0.0.1:PORT/twilio`) and starts a stream
     /// for `call_sid`: `connected`, then `start` (µ-law, 8 kHz, mono).
     pub async fn call(url: &str, call_sid: &str) -> Result<Self, String> {
-        let (ws, _) = tokio_tungstenite::connect_async(url)
+        Self::call_signed(url, call_sid, None).await
+    }
+
+    /// The same, signing the upgrade as Twilio does when `signing` gives the
+    /// auth token and the public URL Twilio would connect to (the signed URL
+    /// is that URL itself: `wss://voice.example.com/twilio`).
+    pub async fn call_signed(
+        url: &str,
+        call_sid: &str,
+        signing: Option<(&colloquy::Secret, &str)>,
+    ) -> Result<Self, String> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = url
+            .into_client_request()
+            .map_err(|e| format!("connect {url}: {e}"))?;
+        if let Some((token, public_url)) = signing {
+            let signature = super::sign(token, public_url, &[]);
+            request.headers_mut().insert(
+                super::SIGNATURE_HEADER,
+                signature
+                    .parse()
+                    .map_err(|e| format!("a signature header: {e}"))?,
+            );
+        }
+        let (ws, _) = tokio_tungstenite::connect_async(request)
             .await
             .map_err(|e| format!("connect {url}: {e}"))?;
         let (mut ws_tx, mut ws_rx) = ws.split();
@@ -139,6 +165,7 @@ impl SimulatedPhone {
             player,
             stream_sid,
             sent_samples: 0,
+            next_chunk: None,
             _tasks: [writer, reader, playing],
         };
         phone.send(json!({"event": "connected", "protocol": "Call", "version": "1.0.0"}));
@@ -162,11 +189,20 @@ impl SimulatedPhone {
 
     /// Streams `samples` (8 kHz) as the caller's voice in real time, 20 ms a
     /// chunk; returns when the last chunk was sent.
+    ///
+    /// The cadence holds across calls, as a phone line's does: back-to-back
+    /// `speak` and `silence` calls send one chunk every 20 ms, not a chunk
+    /// at once at the start of each (a phone fallen more than 60 ms behind
+    /// starts again from now rather than bursting).
     pub async fn speak(&mut self, samples: &[i16]) {
-        let mut tick = tokio::time::interval(Duration::from_millis(20));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
         for chunk in samples.chunks(160) {
-            tick.tick().await;
+            let now = Instant::now();
+            let at = self
+                .next_chunk
+                .filter(|&t| t + Duration::from_millis(60) > now)
+                .unwrap_or(now);
+            tokio::time::sleep_until(at).await;
+            self.next_chunk = Some(at + Duration::from_millis(20));
             let payload = base64::engine::general_purpose::STANDARD.encode(mulaw::encode(chunk));
             self.send(json!({"event": "media", "streamSid": self.stream_sid,
                 "media": {"track": "inbound", "chunk": "0", "timestamp": (self.sent_samples / 8).to_string(), "payload": payload}}));

@@ -51,6 +51,9 @@ pub struct Start {
     /// The call's id.
     #[serde(default)]
     pub call_sid: Option<String>,
+    /// The Twilio account the call belongs to.
+    #[serde(default)]
+    pub account_sid: Option<String>,
     /// The audio's format.
     pub media_format: MediaFormat,
 }
