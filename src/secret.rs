@@ -47,9 +47,19 @@ impl Secret {
         Ok(Self(value.to_string()))
     }
 
-    /// Reads an environment variable as a secret; empty values count as absent.
+    /// Reads an environment variable as a secret, less surrounding
+    /// whitespace (as [`from_file`](Self::from_file): `KEY=$(cat key.txt)`
+    /// or a line pasted with its newline gives the same key as the file);
+    /// empty or blank values count as absent.
     pub fn from_env(var: &str) -> Option<Self> {
-        std::env::var(var).ok().filter(|v| !v.is_empty()).map(Self)
+        Self::from_env_value(std::env::var(var).ok())
+    }
+
+    /// The secret an environment variable's value gives.
+    fn from_env_value(value: Option<String>) -> Option<Self> {
+        let value = value?;
+        let trimmed = value.trim();
+        (!trimmed.is_empty()).then(|| Self(trimmed.to_string()))
     }
 }
 
@@ -87,6 +97,20 @@ mod tests {
         assert_eq!(format!("{s:?}"), "Secret(***)");
         assert_eq!(format!("{s}"), "***");
         assert_eq!(s.expose(), "sk-very-secret");
+    }
+
+    /// The same key from the environment as from a file: a value with a
+    /// newline (`export KEY="$(cat file)"` keeps none, a pasted line or a
+    /// Kubernetes secret made with `echo` does) must not sign or log in with
+    /// a different key than the file would.
+    #[test]
+    fn from_env_trims_like_from_file() {
+        let read = |v: &str| Secret::from_env_value(Some(v.to_string()));
+        assert_eq!(read("  hunter2\n").unwrap().expose(), "hunter2");
+        assert_eq!(read("hunter2").unwrap().expose(), "hunter2");
+        assert!(read("").is_none());
+        assert!(read(" \n").is_none());
+        assert!(Secret::from_env_value(None).is_none());
     }
 
     #[test]

@@ -404,6 +404,11 @@ async fn loadgen_plots_its_latency_distributions() {
     )
     .await;
     assert_eq!(code, Some(0), "{stdout} {stderr}");
+    // A cancelled turn's latency report comes after its end by design: it
+    // is not a stale event (it was counted as one, 3 per session).
+    let report: Value = serde_json::from_str(stdout.trim()).expect("one JSON report");
+    assert_eq!(report["stale_events_after_cancel"], 0, "{report}");
+    assert_eq!(report["invariants"]["stale_events"], 0, "{report}");
     let svg = std::fs::read_to_string(&path).unwrap();
     assert!(
         svg.starts_with("<svg xmlns=\"http://www.w3.org/2000/svg\""),

@@ -197,7 +197,7 @@ async fn drive(
             let RemoteEventKind::Bus(kind) = ev.kind else {
                 continue;
             };
-            if kind.is_user_side() {
+            if kind.is_user_side() || kind.is_report() {
                 continue;
             }
             // The first event of a newer turn is ours (normally its start).
@@ -267,8 +267,11 @@ async fn drive(
                                 if ev.seq >= marker {
                                     break;
                                 }
-                                let user = ev.bus().is_some_and(EventKind::is_user_side);
-                                if ev.turn == turn && !user {
+                                // User events and the turn's latency report are
+                                // not part of the turn's stream.
+                                let outside =
+                                    ev.bus().is_some_and(|k| k.is_user_side() || k.is_report());
+                                if ev.turn == turn && !outside {
                                     t.stale += 1;
                                 }
                             }

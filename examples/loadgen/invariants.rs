@@ -36,8 +36,11 @@ pub(crate) async fn check_invariants(mut rx: BusReceiver, inv: Arc<Invariants>) 
             bump(&inv.seq_violations);
         }
         last_seq = Some(ev.seq);
-        if ev.kind.is_user_side() {
-            continue; // stamped with the latest turn, but not part of it
+        if ev.kind.is_user_side() || ev.kind.is_report() {
+            // User events are stamped with the latest turn, a turn's latency
+            // report with the turn it reports on, after its end: neither is
+            // part of the turn's stream.
+            continue;
         }
         if let EventKind::TurnFinished(end) = &ev.kind {
             let n = endings.entry(ev.turn).or_default();

@@ -4,6 +4,7 @@
 //! events is in `events`.
 
 mod events;
+mod fence;
 mod reply;
 
 pub use events::RemoteEvents;
@@ -20,7 +21,7 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use super::spec::SessionSpec;
-use super::wire::{EventClass, EventClasses, Input, PlaceRequest, Reply, WireError};
+use super::wire::{EventClass, EventClasses, Input, InputKind, PlaceRequest, Reply, WireError};
 use super::{ClusterError, DEFAULT_PREFIX, Names, session_key};
 use crate::bus::ToolOutput;
 use crate::ids::{SessionId, TurnId};
@@ -38,6 +39,13 @@ pub struct RemoteConfig {
     pub unavailable_timeout: Duration,
     /// How long a placement is retried while no worker has room (default 2 s).
     pub placement_timeout: Duration,
+    /// Whether event subscriptions ask the session's owner for its
+    /// generation (an `owner` request on the speech inputs; default `true`),
+    /// so a forged event cannot be taken for a new owner's and a lost
+    /// `resumed` does not stall the subscription. A client without
+    /// permission to publish speech inputs (the observer role) sets it to
+    /// `false`: its subscriptions trust the first generation they see.
+    pub confirm_owner: bool,
 }
 
 impl Default for RemoteConfig {
@@ -47,6 +55,7 @@ impl Default for RemoteConfig {
             request_timeout: Duration::from_secs(5),
             unavailable_timeout: Duration::from_secs(10),
             placement_timeout: Duration::from_secs(2),
+            confirm_owner: true,
         }
     }
 }
@@ -346,25 +355,58 @@ impl RemoteSession {
     /// [`EventClasses::speech`]): the server sends nothing of the others.
     /// Several classes are several subscriptions merged back into the
     /// session's order. Lifecycle (turn boundaries, cuts, `resumed`,
-    /// `session_ended`) is only received if asked for. An empty set is
-    /// [`ClusterError::InvalidName`].
+    /// `session_ended`) is only given out if asked for (it is always
+    /// subscribed to: its `resumed` tells a new owner from a forger). An
+    /// empty set is [`ClusterError::InvalidName`].
+    ///
+    /// With [`RemoteConfig::confirm_owner`] (the default) the owner is asked
+    /// for its generation before this returns (one request; no owner at
+    /// that moment, as during a failover, is not an error).
     pub async fn subscribe_to(&self, classes: EventClasses) -> Result<RemoteEvents, ClusterError> {
         let nats = &self.client.inner.nats;
         let names = &self.client.inner.names;
-        let subjects: Vec<String> = if classes.is_all() {
-            vec![names.all_events(&self.key)]
-        } else {
-            classes.iter().map(|c| names.events(&self.key, c)).collect()
-        };
-        if subjects.is_empty() {
+        if classes.iter().next().is_none() {
             return Err(ClusterError::InvalidName("no event class".into()));
         }
+        let subscribed = classes.with(EventClass::Lifecycle);
+        let subjects: Vec<String> = if subscribed.is_all() {
+            vec![names.all_events(&self.key)]
+        } else {
+            subscribed
+                .iter()
+                .map(|c| names.events(&self.key, c))
+                .collect()
+        };
         let mut subs = Vec::with_capacity(subjects.len());
         for subject in subjects {
             subs.push(nats.subscribe(subject).await.map_err(ClusterError::nats)?);
         }
         nats.flush().await.map_err(ClusterError::nats)?;
-        Ok(RemoteEvents::new(self.id.clone(), subs))
+        let (owner, ask) = if self.client.inner.config.confirm_owner {
+            let session = self.clone();
+            let ask: events::OwnerProbe =
+                Arc::new(move || Box::pin(session.clone().owner_generation()));
+            (self.clone().owner_generation().await, Some(ask))
+        } else {
+            (None, None)
+        };
+        Ok(RemoteEvents::new(
+            self.id.clone(),
+            subs,
+            classes,
+            owner,
+            ask,
+        ))
+    }
+
+    /// The owner's generation, asked once (`None`: no owner answered).
+    async fn owner_generation(self) -> Option<u64> {
+        let payload = Bytes::from(serde_json::to_vec(&Input::Owner).ok()?);
+        let subject = self.client.inner.names.inputs(&self.key, InputKind::Speech);
+        match self.client.send(subject, payload).await {
+            Ok(Sent::Reply(Reply::Ok(v))) => v.get("generation").and_then(Value::as_u64),
+            _ => None,
+        }
     }
 
     /// The subject of one class of the session's events (for a subscriber of

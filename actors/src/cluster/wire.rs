@@ -73,8 +73,10 @@
 //!
 //! The rules of the bus hold on the wire: after `turn_finished` with
 //! `cancelled` or `failed`, or after `interrupted`, nothing more of that turn
-//! is published; after a normal end only its tail speech (`speakable`,
-//! `speech_played`) and `interrupted` may follow. A cancelled or interrupted
+//! is published but its `turn_latency` report (a report on the turn, not
+//! part of its stream: `EventKind::is_report`); after a normal end only its
+//! tail speech (`speakable`, `speech_played`), `interrupted` and the report
+//! may follow. A cancelled or interrupted
 //! turn's text (`token`, `reasoning`, `refusal`, `speakable`) still queued at
 //! the owner when the cut is decided is not published: the cut goes out
 //! right after what was already sent, not behind its turn's tokens. A turn
@@ -102,6 +104,7 @@
 //! | `user_speech_ended` | `user` | `speech` | | the event's `seq` |
 //! | `user_transcript` | `user` | `speech` | `text`, `is_final` | the event's `seq` |
 //! | `speech_played` | `speech` | `speech` | `turn`, `chars` | the event's `seq` |
+//! | `owner` | `speech` | | `{"generation": int}`: the answering owner's generation |
 //! | `send_text` | `control` | `text`, `track` | `null`; with `"track": true`, `{"reply": id}` |
 //! | `send_message` | `control` | `content` (parts: `{"type": "text", "value": str}`, `{"type": "image", "value": {"url": str, "detail": "auto" \| "low" \| "high"}}`: an `https://` URL or a `data:` URL), `respond` (default `true`), `track` | as `send_text` |
 //! | `generate` | `control` | `track` | as `send_text` (dropped while a turn is in flight) |

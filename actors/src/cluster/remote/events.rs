@@ -20,14 +20,25 @@
 //! worker are reported as `lagged` (lifecycle); the server drops messages of
 //! a slow consumer, which the NATS client reports on its connection events.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::task::Poll;
+use std::time::Duration;
 
 use async_nats::Subscriber;
+use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt};
 
-use crate::bus::EventKind;
-use crate::cluster::wire::{self, RemoteEvent, RemoteEventKind};
+use super::fence::{Admitted, GenerationFence};
+use crate::cluster::wire::{self, EventClass, EventClasses, RemoteEvent, RemoteEventKind};
+
+/// Asks the session's owner for its generation (`None`: no answer).
+pub(crate) type OwnerProbe =
+    std::sync::Arc<dyn Fn() -> BoxFuture<'static, Option<u64>> + Send + Sync>;
+
+/// How long events wait for their `resumed` before the owner is asked.
+const FIRST_QUESTION_AFTER: Duration = Duration::from_millis(50);
+/// Between two questions while events still wait.
+const NEXT_QUESTION_AFTER: Duration = Duration::from_millis(250);
 
 /// A subscription to a remote session's events (all of them, or the classes
 /// asked for, in the session's order).
@@ -37,14 +48,41 @@ use crate::cluster::wire::{self, RemoteEvent, RemoteEventKind};
 /// the schema, or that name another session, are skipped (counted in
 /// `colloquy_cluster_invalid_messages_total`).
 ///
-/// A new owner's generation is followed only once its `resumed` event
-/// announces it (a new owner publishes it first, after at most the failed
-/// end of the turn that was in flight, which is held until then): one
-/// message with a large `seq` cannot hide the genuine events that follow
-/// it. Forging a `resumed` needs a worker's permission to publish on the
-/// session's events (see the roles in `docs/nats-roles.conf`).
-#[derive(Debug)]
+/// A new owner's generation is followed only once it is confirmed: by its
+/// `resumed` event (a new owner publishes it first, after at most the failed
+/// end of the turn that was in flight, which is held until then), or by the
+/// owner answering an `owner` request when the `resumed` does not come (lost
+/// on the way, or published before this subscription). So one message with a
+/// large `seq` cannot hide the genuine events that follow it. The lifecycle
+/// class is always subscribed to for this, and given out only if asked for.
+/// Forging a `resumed` or an answer needs a worker's permissions (see the
+/// roles in `docs/nats-roles.conf`).
 pub struct RemoteEvents {
+    source: Source,
+    fence: GenerationFence,
+    /// The classes given out.
+    wanted: EventClasses,
+    /// Asks the owner; `None` when the client cannot (see
+    /// `RemoteConfig::confirm_owner`).
+    ask_owner: Option<OwnerProbe>,
+    /// The question in flight, with the arrivals count when it was asked.
+    question: Option<(u64, BoxFuture<'static, Option<u64>>)>,
+    questions: u64,
+}
+
+impl std::fmt::Debug for RemoteEvents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteEvents")
+            .field("wanted", &self.wanted)
+            .field("fence", &self.fence)
+            .field("questions", &self.questions)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The subscriptions, merged into seq order.
+#[derive(Debug)]
+struct Source {
     subs: Vec<Sub>,
     /// Decoded events not yet given out (one subscription: in order).
     ready: VecDeque<RemoteEvent>,
@@ -52,19 +90,7 @@ pub struct RemoteEvents {
     /// of their take.
     pending: BTreeMap<(u64, u64), (u64, RemoteEvent)>,
     tick: u64,
-    generation: u64,
-    ended: BTreeSet<u64>,
-    /// The session the events must name.
-    session: crate::ids::SessionId,
-    /// Events of a higher generation, held until its `resumed` (bounded).
-    held: Vec<RemoteEvent>,
-    /// Held events released by a `resumed`, given out in order.
-    released: VecDeque<RemoteEvent>,
 }
-
-/// Events of an unannounced generation held at most (a new owner publishes
-/// one or two before its `resumed`).
-const MAX_HELD: usize = 8;
 
 #[derive(Debug)]
 struct Sub {
@@ -73,82 +99,111 @@ struct Sub {
     drained_at: u64,
 }
 
+/// What the wait gave.
+enum Got {
+    Event(Option<RemoteEvent>),
+    Owner(u64, Option<u64>),
+}
+
 impl RemoteEvents {
-    pub(crate) fn new(session: crate::ids::SessionId, subs: Vec<Subscriber>) -> Self {
+    /// Events of `subs` (which cover `wanted` and lifecycle), fenced from
+    /// the generation `owner` gave (`None`: the first one seen is trusted).
+    pub(crate) fn new(
+        session: crate::ids::SessionId,
+        subs: Vec<Subscriber>,
+        wanted: EventClasses,
+        owner: Option<u64>,
+        ask_owner: Option<OwnerProbe>,
+    ) -> Self {
         Self {
-            subs: subs
-                .into_iter()
-                .map(|sub| Sub { sub, drained_at: 0 })
-                .collect(),
-            ready: VecDeque::new(),
-            pending: BTreeMap::new(),
-            tick: 0,
-            generation: 0,
-            ended: BTreeSet::new(),
-            session,
-            held: Vec::new(),
-            released: VecDeque::new(),
+            source: Source {
+                subs: subs
+                    .into_iter()
+                    .map(|sub| Sub { sub, drained_at: 0 })
+                    .collect(),
+                ready: VecDeque::new(),
+                pending: BTreeMap::new(),
+                tick: 0,
+            },
+            fence: GenerationFence::new(session, owner),
+            wanted,
+            ask_owner,
+            question: None,
+            questions: 0,
         }
     }
 
     /// The next event; `None` once the subscription ended.
     pub async fn recv(&mut self) -> Option<RemoteEvent> {
         loop {
-            if let Some(ev) = self.released.pop_front() {
-                if self.accept(&ev) {
+            if let Some(ev) = self.fence.next() {
+                if self.wanted.contains(class_of(&ev)) {
                     return Some(ev);
                 }
                 continue;
             }
-            let ev = if self.subs.len() == 1 {
-                self.next_single().await?
-            } else {
-                self.next_merged().await?
-            };
-            if !self.admit(ev) {
-                continue;
-            }
-            if let Some(ev) = self.released.pop_front()
-                && self.accept(&ev)
+            if self.fence.is_holding()
+                && self.question.is_none()
+                && let Some(ask) = &self.ask_owner
             {
-                return Some(ev);
+                let wait = if self.questions == 0 {
+                    FIRST_QUESTION_AFTER
+                } else {
+                    NEXT_QUESTION_AFTER
+                };
+                let ask = ask.clone();
+                let question = async move {
+                    tokio::time::sleep(wait).await;
+                    ask().await
+                };
+                self.question = Some((self.fence.arrivals(), Box::pin(question)));
+            }
+            let got = match &mut self.question {
+                Some((asked_at, question)) => {
+                    let asked_at = *asked_at;
+                    // Unbiased: a busy stream must not starve the question.
+                    tokio::select! {
+                        ev = self.source.next() => Got::Event(ev),
+                        owner = question => Got::Owner(asked_at, owner),
+                    }
+                }
+                None => Got::Event(self.source.next().await),
+            };
+            match got {
+                Got::Event(None) => return None,
+                Got::Event(Some(ev)) => {
+                    if self.fence.admit(ev) == Admitted::Held {
+                        tracing::debug!("event of an unconfirmed owner held");
+                    }
+                }
+                Got::Owner(asked_at, owner) => {
+                    self.question = None;
+                    self.questions += 1;
+                    if let Some(generation) = owner {
+                        self.fence.owner_is(generation, asked_at);
+                    }
+                }
             }
         }
     }
+}
 
-    /// Checks who an event claims to be from: its session, and its
-    /// generation (a higher one only through its `resumed`). Admitted events
-    /// go to `released`, in order.
-    fn admit(&mut self, ev: RemoteEvent) -> bool {
-        if ev.session != self.session {
-            metrics::counter!("colloquy_cluster_invalid_messages_total").increment(1);
-            tracing::debug!(session = %ev.session, "event naming another session skipped");
-            return false;
+/// The class an event is published under.
+fn class_of(ev: &RemoteEvent) -> EventClass {
+    match &ev.kind {
+        RemoteEventKind::Bus(kind) => EventClass::of(kind),
+        _ => EventClass::Lifecycle,
+    }
+}
+
+impl Source {
+    /// The next event taken, in seq order.
+    async fn next(&mut self) -> Option<RemoteEvent> {
+        if self.subs.len() == 1 {
+            self.next_single().await
+        } else {
+            self.next_merged().await
         }
-        let generation = ev.generation();
-        // The first owner seen is followed (the subscription began under it).
-        if self.generation == 0 || generation <= self.generation {
-            self.released.push_back(ev);
-            return true;
-        }
-        let announced = matches!(ev.kind, RemoteEventKind::Resumed { .. });
-        if !announced {
-            if self.held.len() < MAX_HELD {
-                self.held.push(ev);
-            } else {
-                metrics::counter!("colloquy_cluster_invalid_messages_total").increment(1);
-            }
-            return false;
-        }
-        // The new owner: what it published before its announcement first.
-        let mut held: Vec<RemoteEvent> = std::mem::take(&mut self.held)
-            .into_iter()
-            .filter(|h| h.generation() == generation)
-            .collect();
-        held.sort_by_key(|h| h.seq);
-        self.released.extend(held);
-        self.released.push_back(ev);
-        true
     }
 
     /// One subscription: its events are in order.
@@ -215,24 +270,6 @@ impl RemoteEvents {
             n += 1;
             pending.insert((ev.seq, tick << 16 | (n & 0xffff)), (tick, ev));
         });
-    }
-
-    /// Whether an event is given out: not of a superseded owner, not a
-    /// second end of a turn.
-    fn accept(&mut self, ev: &RemoteEvent) -> bool {
-        if ev.generation() < self.generation {
-            return false;
-        }
-        self.generation = ev.generation();
-        if let RemoteEventKind::Bus(EventKind::TurnFinished(_)) = &ev.kind {
-            if !self.ended.insert(ev.turn.0) {
-                return false;
-            }
-            while self.ended.len() > 64 {
-                self.ended.pop_first();
-            }
-        }
-        true
     }
 }
 

@@ -100,7 +100,11 @@ pub(crate) fn encode_bus_into(
             TextPayload { text: t },
         ),
         _ => {
-            let (name, payload) = bus_payload(kind);
+            let (name, mut payload) = bus_payload(kind);
+            if kind.is_report() {
+                // The report names the owner's local turn; the wire's is global.
+                payload["turn"] = json!(turn);
+            }
             encode_event_into(buf, session, turn, seq, worker, name, payload)
         }
     }

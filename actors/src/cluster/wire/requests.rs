@@ -27,6 +27,9 @@ pub(crate) enum Input {
         turn: u64,
         chars: usize,
     },
+    /// The owner's generation (`{"generation": g}`): how a subscriber tells
+    /// a new owner from a forged event when it missed the `resumed`.
+    Owner,
     SendText {
         text: String,
         /// Follow the reply: the ack is `{"reply": id}` (see `reply`).
@@ -96,6 +99,7 @@ impl Input {
             Input::UserSpeechEnded => "user_speech_ended",
             Input::UserTranscript { .. } => "user_transcript",
             Input::SpeechPlayed { .. } => "speech_played",
+            Input::Owner => "owner",
             Input::SendText { .. } => "send_text",
             Input::SendMessage { .. } => "send_message",
             Input::Generate { .. } => "generate",
@@ -117,7 +121,8 @@ impl Input {
             Input::UserSpeechStarted
             | Input::UserSpeechEnded
             | Input::UserTranscript { .. }
-            | Input::SpeechPlayed { .. } => InputKind::Speech,
+            | Input::SpeechPlayed { .. }
+            | Input::Owner => InputKind::Speech,
             Input::SendText { .. }
             | Input::SendMessage { .. }
             | Input::Generate { .. }

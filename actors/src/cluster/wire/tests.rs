@@ -206,7 +206,7 @@ fn the_bytes_on_the_wire() {
         r#""provider_failed","payload":{"index":1,"label":"backup","base_url":"http://127.0.0.1:2/v1","reason":"circuit_open","message":null,"after_output":false,"usage":null}}"#,
         r#""provider_failed","payload":{"index":2,"label":"hedge","base_url":"http://127.0.0.1:3/v1","reason":"hedge_lost","message":null,"after_output":true,"usage":{"prompt_tokens":10,"completion_tokens":2,"total_tokens":12,"cached_tokens":null,"reasoning_tokens":null,"estimated":true}}}"#,
         r#""speech_audio","payload":{"stage":"played"}}"#,
-        r#""turn_latency","payload":{"turn":3,"end":"failed","speech_end_to_final_ms":-12.5,"final_to_turn_start_ms":1.0,"turn_start_to_first_token_ms":300.0,"first_token_to_speakable_ms":null,"speakable_to_heard_ms":null,"speakable_to_first_audio_ms":null,"first_audio_to_played_ms":null,"played_to_heard_ms":null,"end_to_end_ms":null,"pauses":1,"resumes":1,"cut_at_chars":7,"fallbacks":2,"hedges":0,"session_closed":true,"message":"http: 503"}}"#,
+        r#""turn_latency","payload":{"turn":1,"end":"failed","speech_end_to_final_ms":-12.5,"final_to_turn_start_ms":1.0,"turn_start_to_first_token_ms":300.0,"first_token_to_speakable_ms":null,"speakable_to_heard_ms":null,"speakable_to_first_audio_ms":null,"first_audio_to_played_ms":null,"played_to_heard_ms":null,"end_to_end_ms":null,"pauses":1,"resumes":1,"cut_at_chars":7,"fallbacks":2,"hedges":0,"session_closed":true,"message":"http: 503"}}"#,
     ];
     assert_eq!(written, expected);
 }
@@ -410,5 +410,35 @@ fn a_batch_is_one_event_per_line_and_every_input_has_its_kind() {
         let input: Input = serde_json::from_str(json).unwrap();
         assert_eq!(input.kind(), kind, "{json}");
         assert!(json.contains(&format!("\"{}\"", input.op())), "{json}");
+    }
+}
+
+/// A turn's latency report names the turn it reports on in the cluster's
+/// numbering (a resumed owner's turn 1 is the session's turn 6), as its
+/// envelope does, not the owner's local turn.
+#[test]
+fn a_latency_report_names_the_wire_turn() {
+    let local = crate::latency::TurnLatency::from_json(
+        TurnEnd::Stop,
+        &json!({"turn": 1, "pauses": 0, "resumes": 0, "fallbacks": 0, "hedges": 0}),
+    )
+    .expect("a report");
+    assert_eq!(local.turn, crate::ids::TurnId(1));
+    let bytes = encode_bus(
+        "s",
+        6,
+        (2 << 32) + 9,
+        "w2",
+        &EventKind::TurnLatency(Arc::new(local)),
+    );
+    let v: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(v["turn"], 6);
+    assert_eq!(v["payload"]["turn"], 6, "{v}");
+    let ev = decode_event(&bytes).unwrap();
+    match ev.kind {
+        RemoteEventKind::Bus(EventKind::TurnLatency(r)) => {
+            assert_eq!(r.turn, crate::ids::TurnId(6))
+        }
+        other => panic!("{other:?}"),
     }
 }

@@ -104,6 +104,7 @@ impl InputCtx {
                     .map_err(session)?;
                 Ok(json!(self.wire_seq(seq)))
             }
+            Input::Owner => Ok(json!({"generation": self.seq_base >> 32})),
             Input::SendText { text, track } => self.reply(h.send_text(text), track),
             Input::SendMessage {
                 content,
