@@ -26,6 +26,8 @@ mod access;
 pub mod browser;
 mod call;
 mod limits;
+#[cfg(feature = "nats")]
+mod remote;
 pub mod twilio;
 
 pub use access::{AllowedOrigins, BrowserAccess, Refusal};

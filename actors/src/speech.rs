@@ -58,8 +58,11 @@
 //! [`SessionHandle::stt`]: crate::SessionHandle::stt
 
 pub mod audio;
+pub(crate) mod inputs;
 mod listener;
 mod output;
+#[cfg(feature = "nats")]
+pub(crate) mod remote_speaker;
 mod speaker;
 
 // The typed STT input lives with the bus's events, which it maps onto.

@@ -38,10 +38,14 @@ use colloquy_actors::turn_taking::{InterruptionMode, InterruptionPolicy};
 use colloquy_actors::{AgentSettings, SessionConfig, Supervisor, SupervisorConfig};
 
 mod access;
+#[cfg(feature = "nats")]
+mod cluster;
 #[path = "../common/mod.rs"]
 mod common;
 #[path = "../voice_agent/model.rs"]
 mod model;
+#[path = "../common/nats.rs"]
+mod nats_flags;
 #[path = "../common/otel.rs"]
 mod otel;
 #[path = "../common/prometheus.rs"]
@@ -90,7 +94,18 @@ struct Args {
     /// Serve the metrics for Prometheus at http://ADDR/metrics (port 0: any)
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
+    /// Place each call's session on the workers behind this NATS server
+    /// (examples/worker.rs; needs --features nats): the audio stays here, the
+    /// conversation survives a worker's death. The model is the workers'
+    /// (--model names one they allow); the provider flags do not apply
+    #[arg(long, value_name = "URL")]
+    nats: Option<String>,
+    #[command(flatten)]
+    nats_login: nats_flags::NatsFlags,
 }
+
+/// What the agent is told on every call.
+const INSTRUCTIONS: &str = "You are a friendly voice assistant on a phone call. Answer in one or two short spoken sentences.";
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -114,28 +129,33 @@ async fn run(args: Args, mode: InterruptionMode) -> Result<(), Box<dyn std::erro
         Some(addr) => Some(prometheus::serve(addr).await?),
         None => None,
     };
-    let model = choose_model(&args.provider, args.model.clone()).await?;
-    // Flushed when dropped, after the server stops.
-    let otlp = otel::from_env("voice_server")?;
-    let traced = otel::Traced::of(otlp.as_ref());
     let engines = args
         .speech
         .build(&args.voice, PocketSphinxConfig::default())?;
     eprintln!("voice_server: {}", engines.summary);
+    let start = Instant::now();
+    let printer = report::Printer::new(args.json, start, engines.voice.alignment_is_estimated());
+    let on_call = printer.clone();
+    if let Some(url) = args.nats.clone() {
+        let services = on_cluster(&args, &url, engines.voice.clone(), mode).await?;
+        let services = services
+            .with_transcriber(engines.ears)
+            .on_call(move |notice: CallNotice| on_call.notice(notice));
+        let label = format!("the workers' (sessions on the cluster at {url})");
+        return serve(&args, services, &printer, &label, metrics).await;
+    }
+    let model = choose_model(&args.provider, args.model.clone()).await?;
+    // Flushed when dropped, after the server stops.
+    let otlp = otel::from_env("voice_server")?;
+    let traced = otel::Traced::of(otlp.as_ref());
     let supervisor = Supervisor::start(SupervisorConfig::default()).await?;
     let mut settings = AgentSettings::new(LlmOptions::new(model.model.clone()));
-    settings.instructions = Some(
-        "You are a friendly voice assistant on a phone call. Answer in one or two short spoken sentences."
-            .into(),
-    );
+    settings.instructions = Some(INSTRUCTIONS.into());
     settings.interruption = InterruptionPolicy {
         mode,
         ..InterruptionPolicy::default()
     };
     let client = model.client.clone();
-    let start = Instant::now();
-    let printer = report::Printer::new(args.json, start, engines.voice.alignment_is_estimated());
-    let on_call = printer.clone();
     let services = CallServices::new(
         supervisor.clone(),
         move |_| {
@@ -147,6 +167,50 @@ async fn run(args: Args, mode: InterruptionMode) -> Result<(), Box<dyn std::erro
     )
     .with_transcriber(engines.ears)
     .on_call(move |notice: CallNotice| on_call.notice(notice));
+    serve(&args, services, &printer, &model.label, metrics).await?;
+    supervisor.shutdown().await;
+    Ok(())
+}
+
+/// Calls on the cluster (`--nats`).
+#[cfg(feature = "nats")]
+async fn on_cluster(
+    args: &Args,
+    url: &str,
+    voice: std::sync::Arc<dyn colloquy::audio::Synthesizer>,
+    mode: InterruptionMode,
+) -> Result<CallServices, Box<dyn std::error::Error>> {
+    cluster::services(
+        url,
+        &args.nats_login,
+        voice,
+        mode,
+        args.model.clone(),
+        INSTRUCTIONS,
+    )
+    .await
+}
+
+#[cfg(not(feature = "nats"))]
+async fn on_cluster(
+    _args: &Args,
+    _url: &str,
+    _voice: std::sync::Arc<dyn colloquy::audio::Synthesizer>,
+    _mode: InterruptionMode,
+) -> Result<CallServices, Box<dyn std::error::Error>> {
+    common::usage_error::<Args>(
+        "--nats needs the cluster: build with --features nats (or --all-features)",
+    )
+}
+
+/// Serves the calls until Ctrl-C.
+async fn serve(
+    args: &Args,
+    services: CallServices,
+    printer: &report::Printer,
+    model: &str,
+    metrics: Option<SocketAddr>,
+) -> Result<(), Box<dyn std::error::Error>> {
     let (services, who) = args.access.apply(services)?;
     eprintln!("voice_server: {who}");
     if !args.listen.ip().is_loopback() && services.twilio_auth().is_none() {
@@ -157,13 +221,12 @@ async fn run(args: Args, mode: InterruptionMode) -> Result<(), Box<dyn std::erro
     }
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let addr = listener.local_addr()?;
-    printer.ready(addr, &model.label, metrics);
+    printer.ready(addr, model, metrics);
     let app = colloquy_actors::calls::router(services);
     axum::serve(listener, app)
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
         })
         .await?;
-    supervisor.shutdown().await;
     Ok(())
 }

@@ -109,6 +109,45 @@ impl Printer {
                     }
                 });
             }
+            #[cfg(feature = "nats")]
+            CallNotice::Placed { info, session } => {
+                self.emit(
+                    &info.id,
+                    "call_started",
+                    json!({"transport": info.transport, "placed": "cluster"}),
+                    format!(
+                        "call started ({}), its session on the cluster",
+                        info.transport
+                    ),
+                );
+                let me = self.clone();
+                let call = info.id.clone();
+                tokio::spawn(async move {
+                    let Ok(mut rx) = session.subscribe().await else {
+                        return;
+                    };
+                    while let Some(ev) = rx.recv().await {
+                        match &ev.kind {
+                            colloquy_actors::cluster::RemoteEventKind::Resumed {
+                                previous_worker,
+                                ..
+                            } => me.emit(
+                                &call,
+                                "resumed_elsewhere",
+                                json!({"worker": ev.worker, "previous_worker": previous_worker}),
+                                format!("session resumed on worker {}", ev.worker),
+                            ),
+                            colloquy_actors::cluster::RemoteEventKind::Bus(
+                                EventKind::TurnLatency(r),
+                            ) => me.latency(&call, r),
+                            colloquy_actors::cluster::RemoteEventKind::Bus(kind) => {
+                                me.event(&call, ev.turn.0, kind)
+                            }
+                            _ => {}
+                        }
+                    }
+                });
+            }
             CallNotice::Ended {
                 info,
                 history,

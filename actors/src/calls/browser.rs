@@ -51,7 +51,7 @@ use axum::response::{IntoResponse, Response};
 use colloquy::audio::AudioFrame;
 use serde::Deserialize;
 
-use super::call::{Call, CallError, CallInfo, CallServices};
+use super::call::{Call, CallError, CallInfo, CallServices, CallSession};
 use super::limits::{CallSlot, Read};
 use crate::speech::audio::PlayoutClock;
 use sink::BrowserSink;
@@ -133,7 +133,13 @@ async fn run(services: CallServices, socket: WebSocket, slot: CallSlot, number: 
                         Arc::new(BrowserSink::new(sample_rate, out_tx.clone(), clock.clone()));
                     match Call::start(&services, info, sink.clone(), clock, sample_rate).await {
                         Ok(c) => {
-                            events = Some(sink::forward_events(c.session(), out_tx.clone()));
+                            events = match page_events(&c, out_tx.clone()).await {
+                                Ok(events) => Some(events),
+                                Err(e) => {
+                                    call = Some((c, sink, sample_rate));
+                                    break Some(e);
+                                }
+                            };
                             call = Some((c, sink, sample_rate));
                         }
                         Err(e) => break Some(e),
@@ -184,4 +190,23 @@ async fn run(services: CallServices, socket: WebSocket, slot: CallSlot, number: 
     // The sink's sender goes with it, before the writer is awaited.
     let call = call.map(|(call, _sink, _)| call);
     super::finish(call, error, out_tx, writer).await;
+}
+
+/// Forwards the events of the call's session the page shows.
+async fn page_events(
+    call: &Call,
+    out: tokio::sync::mpsc::UnboundedSender<Message>,
+) -> Result<crate::task::AbortOnDrop, CallError> {
+    match call.session() {
+        CallSession::Local { session, .. } => Ok(sink::forward_events(session, out)),
+        #[cfg(feature = "nats")]
+        CallSession::Remote(remote) => {
+            let events = remote
+                .session()
+                .subscribe()
+                .await
+                .map_err(|e| CallError::Session(e.to_string()))?;
+            Ok(sink::forward_remote_events(events, out))
+        }
+    }
 }

@@ -85,6 +85,15 @@ pub enum CallNotice {
         /// Its session.
         session: SessionHandle,
     },
+    /// The call's session was placed on the cluster's workers
+    /// ([`CallServices::on_cluster`]); subscribe to it for its events.
+    #[cfg(feature = "nats")]
+    Placed {
+        /// The call.
+        info: CallInfo,
+        /// Its session, wherever it runs (it moves on a failover).
+        session: crate::cluster::RemoteSession,
+    },
     /// The call ended: its history as committed, and why it ended (`None`:
     /// its own `stop` or the caller hanging up).
     Ended {
@@ -100,12 +109,27 @@ pub enum CallNotice {
 type ConfigFn = dyn Fn(&CallInfo) -> SessionConfig + Send + Sync;
 type NoticeFn = dyn Fn(CallNotice) + Send + Sync;
 
+/// Where the calls' sessions run.
+#[derive(Clone)]
+pub(crate) enum Sessions {
+    /// In this process.
+    Local {
+        supervisor: Supervisor,
+        config: Arc<ConfigFn>,
+    },
+    /// On the cluster's workers (see `remote`).
+    #[cfg(feature = "nats")]
+    Cluster {
+        client: crate::cluster::ClusterClient,
+        spec: Arc<super::remote::SpecFn>,
+    },
+}
+
 /// What every call of a server shares: where sessions run, how each call's
 /// session is configured, the speech engines.
 #[derive(Clone)]
 pub struct CallServices {
-    pub(crate) supervisor: Supervisor,
-    pub(crate) session_config: Arc<ConfigFn>,
+    pub(crate) sessions: Sessions,
     pub(crate) synthesizer: Arc<dyn Synthesizer>,
     pub(crate) transcriber: Option<Arc<dyn Transcriber>>,
     pub(crate) listener: ListenerConfig,
@@ -120,8 +144,13 @@ pub struct CallServices {
 
 impl std::fmt::Debug for CallServices {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let sessions = match &self.sessions {
+            Sessions::Local { supervisor, .. } => format!("{} local", supervisor.session_count()),
+            #[cfg(feature = "nats")]
+            Sessions::Cluster { .. } => "on the cluster".to_string(),
+        };
         f.debug_struct("CallServices")
-            .field("sessions", &self.supervisor.session_count())
+            .field("sessions", &sessions)
             .field("listener", &self.listener)
             .field("output", &self.output)
             .field("twilio_auth", &self.twilio_auth)
@@ -139,9 +168,18 @@ impl CallServices {
         session_config: impl Fn(&CallInfo) -> SessionConfig + Send + Sync + 'static,
         synthesizer: Arc<dyn Synthesizer>,
     ) -> Self {
+        Self::with_sessions(
+            Sessions::Local {
+                supervisor,
+                config: Arc::new(session_config),
+            },
+            synthesizer,
+        )
+    }
+
+    pub(crate) fn with_sessions(sessions: Sessions, synthesizer: Arc<dyn Synthesizer>) -> Self {
         Self {
-            supervisor,
-            session_config: Arc::new(session_config),
+            sessions,
             synthesizer,
             transcriber: None,
             listener: ListenerConfig::default(),
@@ -223,7 +261,7 @@ impl CallServices {
             + 1
     }
 
-    fn notify(&self, notice: CallNotice) {
+    pub(crate) fn notify(&self, notice: CallNotice) {
         if let Some(n) = &self.notice {
             n(notice);
         }
@@ -243,12 +281,23 @@ const HEARING_QUEUE: usize = 100;
 pub(crate) struct Call {
     services: CallServices,
     info: CallInfo,
-    session: SessionHandle,
+    session: CallSession,
     hearing: mpsc::Sender<AudioFrame>,
     hearing_failed: Arc<std::sync::Mutex<Option<AudioError>>>,
     dropped: u64,
     _hearing: AbortOnDrop,
-    speaker: Option<Speaker>,
+}
+
+/// A call's session and its speaker.
+pub(crate) enum CallSession {
+    /// In this process.
+    Local {
+        session: SessionHandle,
+        speaker: Option<Speaker>,
+    },
+    /// On a worker.
+    #[cfg(feature = "nats")]
+    Remote(super::remote::RemoteCall),
 }
 
 impl Call {
@@ -261,34 +310,47 @@ impl Call {
         clock: PlayoutClock,
         input_rate: u32,
     ) -> Result<Self, CallError> {
-        let mut config = (services.session_config)(&info);
-        config.speech_output = true;
-        // The page and `--json` follow a call's bus while its tokens stream:
-        // room enough that they do not lag behind a reply.
-        config.bus_capacity = config.bus_capacity.max(1024);
-        let session = services
-            .supervisor
-            .start_session(SessionId::new(info.id.clone()), config)
-            .await
-            .map_err(|e| CallError::Session(e.to_string()))?;
         let output = AudioOutput::new(services.synthesizer.clone(), sink, clock, services.output);
-        let speaker = Speaker::spawn(&session, output);
-        let listener = match Listener::new(
-            &session,
-            input_rate,
-            services.transcriber.as_deref(),
-            services.listener,
-        ) {
-            Ok(l) => l,
-            Err(e) => {
-                let _ = services.supervisor.stop_session(session.id()).await;
-                return Err(e.into());
+        let (session, listener) = match &services.sessions {
+            Sessions::Local { supervisor, config } => {
+                let mut config = config(&info);
+                config.speech_output = true;
+                // The page and `--json` follow a call's bus while its tokens
+                // stream: room enough that they do not lag behind a reply.
+                config.bus_capacity = config.bus_capacity.max(1024);
+                let session = supervisor
+                    .start_session(SessionId::new(info.id.clone()), config)
+                    .await
+                    .map_err(|e| CallError::Session(e.to_string()))?;
+                let speaker = Speaker::spawn(&session, output);
+                let listener = match Listener::new(
+                    &session,
+                    input_rate,
+                    services.transcriber.as_deref(),
+                    services.listener,
+                ) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        let _ = supervisor.stop_session(session.id()).await;
+                        return Err(e.into());
+                    }
+                };
+                services.notify(CallNotice::Started {
+                    info: info.clone(),
+                    session: session.clone(),
+                });
+                let speaker = Some(speaker);
+                (CallSession::Local { session, speaker }, listener)
+            }
+            #[cfg(feature = "nats")]
+            Sessions::Cluster { client, spec } => {
+                let (call, listener) = super::remote::RemoteCall::start(
+                    services, client, &**spec, &info, output, input_rate,
+                )
+                .await?;
+                (CallSession::Remote(call), listener)
             }
         };
-        services.notify(CallNotice::Started {
-            info: info.clone(),
-            session: session.clone(),
-        });
         let (hearing, mut frames) = mpsc::channel::<AudioFrame>(HEARING_QUEUE);
         let hearing_failed = Arc::new(std::sync::Mutex::new(None));
         let failed = hearing_failed.clone();
@@ -309,12 +371,11 @@ impl Call {
             hearing_failed,
             dropped: 0,
             _hearing: AbortOnDrop(task),
-            speaker: Some(speaker),
         })
     }
 
     /// The call's session.
-    pub(crate) fn session(&self) -> &SessionHandle {
+    pub(crate) fn session(&self) -> &CallSession {
         &self.session
     }
 
@@ -347,18 +408,27 @@ impl Call {
 
     /// Ends the call: the speaker stopped, the history taken, the session
     /// stopped, the end reported.
-    pub(crate) async fn end(mut self, error: Option<CallError>) -> ChatContext {
-        // Silence first: nothing more is spoken into a call that ended.
-        drop(self.speaker.take());
-        let history = match self.session.context().await {
-            Ok(h) => h,
-            Err(_) => (*self.session.checkpoint()).clone(),
+    pub(crate) async fn end(self, error: Option<CallError>) -> ChatContext {
+        let history = match self.session {
+            CallSession::Local {
+                session,
+                mut speaker,
+            } => {
+                // Silence first: nothing more is spoken into a call that ended.
+                drop(speaker.take());
+                let history = match session.context().await {
+                    Ok(h) => h,
+                    Err(_) => (*session.checkpoint()).clone(),
+                };
+                #[allow(irrefutable_let_patterns)] // without the `nats` feature
+                if let Sessions::Local { supervisor, .. } = &self.services.sessions {
+                    let _ = supervisor.stop_session(session.id()).await;
+                }
+                history
+            }
+            #[cfg(feature = "nats")]
+            CallSession::Remote(call) => call.end().await,
         };
-        let _ = self
-            .services
-            .supervisor
-            .stop_session(self.session.id())
-            .await;
         self.services.notify(CallNotice::Ended {
             info: self.info.clone(),
             history: history.clone(),

@@ -80,6 +80,11 @@ impl std::fmt::Debug for ClusterClient {
     }
 }
 
+/// How long a subscription waits for the owner to say its generation (a
+/// dead owner's subscription lingers on the server until its ping timeout:
+/// without this bound each subscribe would wait the request timeout).
+const OWNER_QUESTION_TIMEOUT: Duration = Duration::from_millis(500);
+
 /// A wait that grows from 5 ms to 200 ms.
 struct Backoff(Duration);
 
@@ -143,9 +148,19 @@ impl ClusterClient {
     }
 
     async fn send(&self, subject: String, payload: Bytes) -> Result<Sent, ClusterError> {
+        self.send_within(subject, payload, self.inner.config.request_timeout)
+            .await
+    }
+
+    async fn send_within(
+        &self,
+        subject: String,
+        payload: Bytes,
+        timeout: Duration,
+    ) -> Result<Sent, ClusterError> {
         let request = async_nats::Request::new()
             .payload(payload)
-            .timeout(Some(self.inner.config.request_timeout));
+            .timeout(Some(timeout));
         match self.inner.nats.send_request(subject, request).await {
             Ok(msg) => serde_json::from_slice::<Reply>(&msg.payload)
                 .map(Sent::Reply)
@@ -386,7 +401,7 @@ impl RemoteSession {
             let session = self.clone();
             let ask: events::OwnerProbe =
                 Arc::new(move || Box::pin(session.clone().owner_generation()));
-            (self.clone().owner_generation().await, Some(ask))
+            (Some(self.clone().owner_generation().await), Some(ask))
         } else {
             (None, None)
         };
@@ -399,13 +414,28 @@ impl RemoteSession {
         ))
     }
 
-    /// The owner's generation, asked once (`None`: no owner answered).
-    async fn owner_generation(self) -> Option<u64> {
-        let payload = Bytes::from(serde_json::to_vec(&Input::Owner).ok()?);
+    /// The owner's generation, asked once, waiting at most
+    /// [`OWNER_QUESTION_TIMEOUT`] (or the request timeout, if shorter).
+    async fn owner_generation(self) -> events::OwnerAnswer {
+        use events::OwnerAnswer;
+        let Ok(payload) = serde_json::to_vec(&Input::Owner) else {
+            return OwnerAnswer::NoAnswer;
+        };
         let subject = self.client.inner.names.inputs(&self.key, InputKind::Speech);
-        match self.client.send(subject, payload).await {
-            Ok(Sent::Reply(Reply::Ok(v))) => v.get("generation").and_then(Value::as_u64),
-            _ => None,
+        let timeout = OWNER_QUESTION_TIMEOUT.min(self.client.inner.config.request_timeout);
+        match self
+            .client
+            .send_within(subject, Bytes::from(payload), timeout)
+            .await
+        {
+            Ok(Sent::Reply(Reply::Ok(v))) => v
+                .get("generation")
+                .and_then(Value::as_u64)
+                .map_or(OwnerAnswer::NoAnswer, OwnerAnswer::Generation),
+            // An older worker refuses an op it does not know.
+            Ok(Sent::Reply(Reply::Error(e))) if e.kind == "invalid" => OwnerAnswer::Unsupported,
+            Ok(Sent::NoResponders) => OwnerAnswer::NoOwner,
+            _ => OwnerAnswer::NoAnswer,
         }
     }
 

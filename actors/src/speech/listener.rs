@@ -26,6 +26,7 @@ use colloquy::audio::{
 };
 use tokio::sync::mpsc;
 
+use super::inputs::SpeechInputs;
 use crate::bus::HeardSpan;
 use crate::session::SessionHandle;
 use crate::task::AbortOnDrop;
@@ -62,7 +63,7 @@ struct Recognizer {
 
 /// Hears one call: feed it the caller's audio with [`push`](Listener::push).
 pub struct Listener {
-    session: SessionHandle,
+    inputs: SpeechInputs,
     vad: VoiceActivity,
     rate: u32,
     recognizer: Option<Recognizer>,
@@ -72,7 +73,7 @@ pub struct Listener {
 impl std::fmt::Debug for Listener {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Listener")
-            .field("session", self.session.id())
+            .field("inputs", &self.inputs)
             .field("rate", &self.rate)
             .field("speaking", &self.speaking)
             .finish()
@@ -89,6 +90,21 @@ impl Listener {
         transcriber: Option<&dyn Transcriber>,
         config: ListenerConfig,
     ) -> Result<Self, AudioError> {
+        Self::reporting_to(
+            SpeechInputs::Local(session.clone()),
+            rate,
+            transcriber,
+            config,
+        )
+    }
+
+    /// The same, reporting to `inputs` (a remote session's queue).
+    pub(crate) fn reporting_to(
+        inputs: SpeechInputs,
+        rate: u32,
+        transcriber: Option<&dyn Transcriber>,
+        config: ListenerConfig,
+    ) -> Result<Self, AudioError> {
         let vad = VoiceActivity::new(rate, config.vad)?;
         let recognizer = match transcriber {
             None => None,
@@ -98,7 +114,7 @@ impl Listener {
                 let resampler = (rec_rate != rate)
                     .then(|| Resampler::new(rate, rec_rate))
                     .transpose()?;
-                let forward = session.clone();
+                let forward = inputs.clone();
                 let mut transcripts = recognition.transcripts;
                 let input_rate = rate;
                 let task = tokio::spawn(async move {
@@ -112,7 +128,7 @@ impl Listener {
                                     end: convert_position(t.end, rec_rate, input_rate),
                                     sample_rate: input_rate,
                                 };
-                                forward.user_transcript_heard(t.text, t.is_final, heard);
+                                forward.transcript(t.text, t.is_final, heard);
                             }
                             Err(e) => {
                                 tracing::warn!(error = %e, "listener: the recognizer failed");
@@ -132,7 +148,7 @@ impl Listener {
             }
         };
         Ok(Self {
-            session: session.clone(),
+            inputs,
             vad,
             rate,
             recognizer,
@@ -171,7 +187,7 @@ impl Listener {
             match *event {
                 VadEvent::SpeechStarted { position, .. } => {
                     self.speaking = true;
-                    self.session.user_speech_started();
+                    self.inputs.speech_started();
                     if let Some(r) = &mut self.recognizer {
                         let at = convert_position(position, self.rate, r.rate);
                         r.send(RecognizerInput::SpeechStarted { position: at });
@@ -187,7 +203,7 @@ impl Listener {
                 }
                 VadEvent::SpeechEnded { position, .. } => {
                     self.speaking = false;
-                    self.session.user_speech_ended();
+                    self.inputs.speech_ended();
                     if let Some(r) = &mut self.recognizer {
                         let at = convert_position(position, self.rate, r.rate);
                         r.send(RecognizerInput::SpeechEnded { position: at });

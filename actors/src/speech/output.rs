@@ -75,8 +75,17 @@ pub trait SpeechOutput: Send + Sync + 'static {
     fn stop(&self);
 }
 
+/// Where a segment's progress goes.
+enum ReportTo {
+    /// The session's bus (a session in this process).
+    Bus(SessionBus),
+    /// A remote session's input queue (its audio milestones stay here).
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
+    Remote(tokio::sync::mpsc::Sender<super::inputs::SpeechInput>),
+}
+
 struct Reporter {
-    bus: SessionBus,
+    to: ReportTo,
     turn: TurnId,
     offset: usize,
     chars: usize,
@@ -119,13 +128,37 @@ impl Segment {
         text: Arc<str>,
         last: bool,
     ) -> Self {
+        Self::reporting_to(ReportTo::Bus(bus), turn, index, offset, text, last)
+    }
+
+    /// A segment of a remote session's turn: progress goes to its queue.
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
+    pub(crate) fn remote(
+        queue: tokio::sync::mpsc::Sender<super::inputs::SpeechInput>,
+        turn: TurnId,
+        index: usize,
+        offset: usize,
+        text: Arc<str>,
+        last: bool,
+    ) -> Self {
+        Self::reporting_to(ReportTo::Remote(queue), turn, index, offset, text, last)
+    }
+
+    fn reporting_to(
+        to: ReportTo,
+        turn: TurnId,
+        index: usize,
+        offset: usize,
+        text: Arc<str>,
+        last: bool,
+    ) -> Self {
         let chars = text.chars().count();
         Self {
             text,
             last,
             index,
             reporter: Arc::new(Reporter {
-                bus,
+                to,
                 turn,
                 offset,
                 chars,
@@ -179,13 +212,21 @@ impl Segment {
             return;
         }
         *last = chars;
-        // Under `last`'s lock, so positions reach the bus in increasing order.
-        let _ = r.bus.publish(
-            r.turn,
-            EventKind::SpeechPlayed {
-                chars: r.offset + chars,
-            },
-        );
+        // Under `last`'s lock, so positions reach the bus (or the queue) in
+        // increasing order.
+        match &r.to {
+            ReportTo::Bus(bus) => {
+                let _ = bus.publish(
+                    r.turn,
+                    EventKind::SpeechPlayed {
+                        chars: r.offset + chars,
+                    },
+                );
+            }
+            ReportTo::Remote(queue) => {
+                super::inputs::SpeechInputs::played(queue, r.turn, r.offset + chars)
+            }
+        }
     }
 
     /// Reports that the segment's first audio is synthesized and ready to
@@ -204,7 +245,10 @@ impl Segment {
     fn audio(&self, stage: AudioStage, once: &std::sync::atomic::AtomicBool) {
         if !once.swap(true, std::sync::atomic::Ordering::AcqRel) {
             let r = &*self.reporter;
-            let _ = r.bus.publish(r.turn, EventKind::SpeechAudio(stage));
+            // A remote session's wire takes no audio milestones.
+            if let ReportTo::Bus(bus) = &r.to {
+                let _ = bus.publish(r.turn, EventKind::SpeechAudio(stage));
+            }
         }
     }
 

@@ -77,46 +77,72 @@ pub(crate) fn forward_events(
                 Err(BusRecvError::Lagged { .. }) => continue,
                 Err(_) => return,
             };
-            let turn = ev.turn.0;
-            let msg = match &ev.kind {
-                // Each turn's latency breakdown, for the page's waterfall.
-                EventKind::TurnLatency(report) => {
-                    let mut msg = report.to_json();
-                    msg["type"] = serde_json::json!("turn_latency");
-                    msg
-                }
-                EventKind::UserSpeechStarted => serde_json::json!({"type": "speech_started"}),
-                EventKind::UserSpeechEnded => serde_json::json!({"type": "speech_ended"}),
-                EventKind::UserTranscript { text, is_final, .. } => {
-                    serde_json::json!({"type": "user", "text": &**text, "final": is_final})
-                }
-                EventKind::TurnStarted => serde_json::json!({"type": "turn", "turn": turn}),
-                EventKind::Speakable { text, .. } => {
-                    serde_json::json!({"type": "agent", "turn": turn, "text": &**text})
-                }
-                EventKind::SpeechPlayed { chars } => {
-                    serde_json::json!({"type": "heard", "turn": turn, "chars": chars})
-                }
-                EventKind::PlaybackPaused { heard_chars } => {
-                    serde_json::json!({"type": "paused", "turn": turn, "heard_chars": heard_chars})
-                }
-                EventKind::PlaybackResumed { heard_chars } => {
-                    serde_json::json!({"type": "resumed", "turn": turn, "heard_chars": heard_chars})
-                }
-                EventKind::Interrupted { heard_chars } => {
-                    serde_json::json!({"type": "cut", "turn": turn, "heard_chars": heard_chars})
-                }
-                EventKind::TurnFinished(TurnEnd::Cancelled) => {
-                    serde_json::json!({"type": "cut", "turn": turn, "end": "cancelled"})
-                }
-                EventKind::TurnFinished(end) => {
-                    serde_json::json!({"type": "turn_finished", "turn": turn, "end": end.label()})
-                }
-                _ => continue,
+            let Some(msg) = page_message(ev.turn.0, &ev.kind) else {
+                continue;
             };
             if out.send(Message::Text(msg.to_string().into())).is_err() {
                 return;
             }
         }
     }))
+}
+
+/// Sends a remote session's events the page shows (its turn numbers are the
+/// cluster's, which run on across failovers).
+#[cfg(feature = "nats")]
+pub(crate) fn forward_remote_events(
+    mut events: crate::cluster::RemoteEvents,
+    out: mpsc::UnboundedSender<Message>,
+) -> AbortOnDrop {
+    AbortOnDrop(tokio::spawn(async move {
+        while let Some(ev) = events.recv().await {
+            let Some(msg) = ev.bus().and_then(|kind| page_message(ev.turn.0, kind)) else {
+                continue;
+            };
+            if out.send(Message::Text(msg.to_string().into())).is_err() {
+                return;
+            }
+        }
+    }))
+}
+
+/// The page's message for an event it shows.
+fn page_message(turn: u64, kind: &EventKind) -> Option<serde_json::Value> {
+    let msg = match kind {
+        // Each turn's latency breakdown, for the page's waterfall.
+        EventKind::TurnLatency(report) => {
+            let mut msg = report.to_json();
+            msg["type"] = serde_json::json!("turn_latency");
+            msg
+        }
+        EventKind::UserSpeechStarted => serde_json::json!({"type": "speech_started"}),
+        EventKind::UserSpeechEnded => serde_json::json!({"type": "speech_ended"}),
+        EventKind::UserTranscript { text, is_final, .. } => {
+            serde_json::json!({"type": "user", "text": &**text, "final": is_final})
+        }
+        EventKind::TurnStarted => serde_json::json!({"type": "turn", "turn": turn}),
+        EventKind::Speakable { text, .. } => {
+            serde_json::json!({"type": "agent", "turn": turn, "text": &**text})
+        }
+        EventKind::SpeechPlayed { chars } => {
+            serde_json::json!({"type": "heard", "turn": turn, "chars": chars})
+        }
+        EventKind::PlaybackPaused { heard_chars } => {
+            serde_json::json!({"type": "paused", "turn": turn, "heard_chars": heard_chars})
+        }
+        EventKind::PlaybackResumed { heard_chars } => {
+            serde_json::json!({"type": "resumed", "turn": turn, "heard_chars": heard_chars})
+        }
+        EventKind::Interrupted { heard_chars } => {
+            serde_json::json!({"type": "cut", "turn": turn, "heard_chars": heard_chars})
+        }
+        EventKind::TurnFinished(TurnEnd::Cancelled) => {
+            serde_json::json!({"type": "cut", "turn": turn, "end": "cancelled"})
+        }
+        EventKind::TurnFinished(end) => {
+            serde_json::json!({"type": "turn_finished", "turn": turn, "end": end.label()})
+        }
+        _ => return None,
+    };
+    Some(msg)
 }

@@ -31,14 +31,32 @@ use futures_util::{FutureExt, StreamExt};
 use super::fence::{Admitted, GenerationFence};
 use crate::cluster::wire::{self, EventClass, EventClasses, RemoteEvent, RemoteEventKind};
 
-/// Asks the session's owner for its generation (`None`: no answer).
+/// Asks the session's owner for its generation.
 pub(crate) type OwnerProbe =
-    std::sync::Arc<dyn Fn() -> BoxFuture<'static, Option<u64>> + Send + Sync>;
+    std::sync::Arc<dyn Fn() -> BoxFuture<'static, OwnerAnswer> + Send + Sync>;
+
+/// What asking the owner gave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OwnerAnswer {
+    /// The owner's generation.
+    Generation(u64),
+    /// The owner does not know the question (an older worker).
+    Unsupported,
+    /// No worker owns the session right now (a failover or hand-over).
+    NoOwner,
+    /// No answer (a timeout, a refused publish, an error).
+    NoAnswer,
+}
 
 /// How long events wait for their `resumed` before the owner is asked.
 const FIRST_QUESTION_AFTER: Duration = Duration::from_millis(50);
-/// Between two questions while events still wait.
+/// Between two questions while events still wait: doubling from this...
 const NEXT_QUESTION_AFTER: Duration = Duration::from_millis(250);
+/// ...up to this.
+const LAST_QUESTION_AFTER: Duration = Duration::from_secs(2);
+/// Questions without any answer before the first generation seen is trusted
+/// (this client may not ask: an observer left with `confirm_owner`).
+const UNANSWERED_AT_MOST: u32 = 3;
 
 /// A subscription to a remote session's events (all of them, or the classes
 /// asked for, in the session's order).
@@ -55,8 +73,11 @@ const NEXT_QUESTION_AFTER: Duration = Duration::from_millis(250);
 /// on the way, or published before this subscription). So one message with a
 /// large `seq` cannot hide the genuine events that follow it. The lifecycle
 /// class is always subscribed to for this, and given out only if asked for.
-/// Forging a `resumed` or an answer needs a worker's permissions (see the
-/// roles in `docs/nats-roles.conf`).
+/// A forged `resumed` or answer is believed: sending one needs a worker's
+/// permissions (see the roles in `docs/nats-roles.conf`), so this guards
+/// against deployments without the roles and lost messages, not against a
+/// leaked worker credential. The rules and their limits: docs/cluster.md,
+/// "The wire".
 pub struct RemoteEvents {
     source: Source,
     fence: GenerationFence,
@@ -66,8 +87,11 @@ pub struct RemoteEvents {
     /// `RemoteConfig::confirm_owner`).
     ask_owner: Option<OwnerProbe>,
     /// The question in flight, with the arrivals count when it was asked.
-    question: Option<(u64, BoxFuture<'static, Option<u64>>)>,
-    questions: u64,
+    question: Option<(u64, BoxFuture<'static, OwnerAnswer>)>,
+    /// Questions since events began waiting (the next one's delay).
+    questions: u32,
+    /// Questions in a row that got no answer at all.
+    unanswered: u32,
 }
 
 impl std::fmt::Debug for RemoteEvents {
@@ -102,19 +126,35 @@ struct Sub {
 /// What the wait gave.
 enum Got {
     Event(Option<RemoteEvent>),
-    Owner(u64, Option<u64>),
+    Owner(u64, OwnerAnswer),
 }
 
 impl RemoteEvents {
     /// Events of `subs` (which cover `wanted` and lifecycle), fenced from
-    /// the generation `owner` gave (`None`: the first one seen is trusted).
+    /// what asking the owner gave at subscribe time (`None`: it was not
+    /// asked, and cannot be: the first generation seen is trusted).
     pub(crate) fn new(
         session: crate::ids::SessionId,
         subs: Vec<Subscriber>,
         wanted: EventClasses,
-        owner: Option<u64>,
+        owner: Option<OwnerAnswer>,
         ask_owner: Option<OwnerProbe>,
     ) -> Self {
+        let known = match owner {
+            Some(OwnerAnswer::Generation(g)) => Some(g),
+            _ => None,
+        };
+        let mut fence = GenerationFence::new(session, known);
+        let mut ask_owner = ask_owner;
+        let mut unanswered = 0;
+        match owner {
+            None | Some(OwnerAnswer::Unsupported) => {
+                fence.trust_first_held();
+                ask_owner = None;
+            }
+            Some(OwnerAnswer::NoAnswer) => unanswered = 1,
+            Some(OwnerAnswer::Generation(_) | OwnerAnswer::NoOwner) => {}
+        }
         Self {
             source: Source {
                 subs: subs
@@ -125,11 +165,12 @@ impl RemoteEvents {
                 pending: BTreeMap::new(),
                 tick: 0,
             },
-            fence: GenerationFence::new(session, owner),
+            fence,
             wanted,
             ask_owner,
             question: None,
             questions: 0,
+            unanswered,
         }
     }
 
@@ -137,19 +178,22 @@ impl RemoteEvents {
     pub async fn recv(&mut self) -> Option<RemoteEvent> {
         loop {
             if let Some(ev) = self.fence.next() {
-                if self.wanted.contains(class_of(&ev)) {
+                if class_of(&ev).is_none_or(|c| self.wanted.contains(c)) {
                     return Some(ev);
                 }
                 continue;
+            }
+            if !self.fence.is_holding() {
+                self.questions = 0;
             }
             if self.fence.is_holding()
                 && self.question.is_none()
                 && let Some(ask) = &self.ask_owner
             {
-                let wait = if self.questions == 0 {
-                    FIRST_QUESTION_AFTER
-                } else {
-                    NEXT_QUESTION_AFTER
+                let wait = match self.questions {
+                    0 => FIRST_QUESTION_AFTER,
+                    n => (NEXT_QUESTION_AFTER * 2u32.saturating_pow(n - 1).min(64))
+                        .min(LAST_QUESTION_AFTER),
                 };
                 let ask = ask.clone();
                 let question = async move {
@@ -176,11 +220,22 @@ impl RemoteEvents {
                         tracing::debug!("event of an unconfirmed owner held");
                     }
                 }
-                Got::Owner(asked_at, owner) => {
+                Got::Owner(asked_at, answer) => {
                     self.question = None;
-                    self.questions += 1;
-                    if let Some(generation) = owner {
-                        self.fence.owner_is(generation, asked_at);
+                    self.questions = self.questions.saturating_add(1);
+                    match answer {
+                        OwnerAnswer::Generation(generation) => {
+                            self.unanswered = 0;
+                            self.fence.owner_is(generation, asked_at);
+                        }
+                        OwnerAnswer::NoOwner => self.unanswered = 0,
+                        OwnerAnswer::Unsupported => self.stop_asking(),
+                        OwnerAnswer::NoAnswer => {
+                            self.unanswered += 1;
+                            if self.unanswered >= UNANSWERED_AT_MOST {
+                                self.stop_asking();
+                            }
+                        }
                     }
                 }
             }
@@ -188,11 +243,22 @@ impl RemoteEvents {
     }
 }
 
-/// The class an event is published under.
-fn class_of(ev: &RemoteEvent) -> EventClass {
+impl RemoteEvents {
+    /// Nobody answers questions here: the first generation held is trusted.
+    fn stop_asking(&mut self) {
+        tracing::debug!("the owner cannot be asked; trusting the first generation seen");
+        self.ask_owner = None;
+        self.fence.trust_first_held();
+    }
+}
+
+/// The class an event is published under; `None` for a kind this version
+/// does not know (given to every reader: its class is not known here).
+fn class_of(ev: &RemoteEvent) -> Option<EventClass> {
     match &ev.kind {
-        RemoteEventKind::Bus(kind) => EventClass::of(kind),
-        _ => EventClass::Lifecycle,
+        RemoteEventKind::Bus(kind) => Some(EventClass::of(kind)),
+        RemoteEventKind::Unknown { .. } => None,
+        _ => Some(EventClass::Lifecycle),
     }
 }
 

@@ -16,6 +16,9 @@
 //! high generations evicts its own events, never the genuine new owner's.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::bus::EventKind;
 use crate::cluster::wire::{RemoteEvent, RemoteEventKind};
@@ -23,6 +26,10 @@ use crate::ids::SessionId;
 
 /// Events of unconfirmed generations held at most.
 pub(super) const MAX_HELD: usize = 256;
+
+/// How long an event of an unconfirmed generation is kept while the
+/// confirmed owner keeps answering.
+pub(super) const HELD_AT_MOST: Duration = Duration::from_secs(10);
 
 /// The generation fence of one subscription.
 #[derive(Debug)]
@@ -34,8 +41,8 @@ pub(super) struct GenerationFence {
     trust_first: bool,
     /// The generation of the last event given out (older ones are dropped).
     given: u64,
-    /// Held events by (generation, seq), with their arrival number.
-    held: BTreeMap<(u64, u64), (u64, RemoteEvent)>,
+    /// Held events by (generation, seq), with their arrival number and time.
+    held: BTreeMap<(u64, u64), (u64, RemoteEvent, Instant)>,
     arrivals: u64,
     /// Admitted events, in order, not yet given out.
     released: VecDeque<RemoteEvent>,
@@ -54,13 +61,13 @@ pub(super) enum Admitted {
 
 impl GenerationFence {
     /// A fence for `session`; `owner` is the generation its owner gave when
-    /// asked, `None` when nobody could be asked (then the first generation
-    /// seen is trusted, as before the owner could be asked).
+    /// asked, `None` when it is not known yet (every event is held until a
+    /// `resumed` or an answer, or [`trust_first_held`](Self::trust_first_held)).
     pub(super) fn new(session: SessionId, owner: Option<u64>) -> Self {
         Self {
             session,
             confirmed: owner.unwrap_or(0),
-            trust_first: owner.is_none(),
+            trust_first: false,
             given: 0,
             held: BTreeMap::new(),
             arrivals: 0,
@@ -100,11 +107,36 @@ impl GenerationFence {
     /// its held events are released; events held before the question of
     /// any other unconfirmed generation are dropped (the owner at that time
     /// did not publish them).
+    ///
+    /// An answer below the confirmed generation is a superseded owner that
+    /// has not noticed yet (both answer; the first reply wins): ignored. An
+    /// answer equal to it drops only events held longer than
+    /// [`HELD_AT_MOST`] — a genuine new owner's answer or `resumed` comes
+    /// well within that, even when the old one keeps answering first.
     pub(super) fn owner_is(&mut self, generation: u64, asked_at: u64) {
         if generation > self.confirmed {
             self.confirm(generation, asked_at);
-        } else {
-            self.drop_held(|g, arrival| g > generation && arrival <= asked_at);
+        } else if generation == self.confirmed {
+            let now = Instant::now();
+            self.drop_held(|g, arrival, since| {
+                g > generation && arrival <= asked_at && now.duration_since(since) >= HELD_AT_MOST
+            });
+        }
+    }
+
+    /// Nobody can be asked (an old worker does not know `owner`, or this
+    /// client may not ask): the generation of the earliest event held is
+    /// trusted, as before owners could be asked.
+    pub(super) fn trust_first_held(&mut self) {
+        self.trust_first = true;
+        let first = self
+            .held
+            .iter()
+            .min_by_key(|(_, (arrival, _, _))| *arrival)
+            .map(|((g, _), _)| *g);
+        if let Some(g) = first {
+            self.trust_first = false;
+            self.confirm(g, 0);
         }
     }
 
@@ -145,11 +177,11 @@ impl GenerationFence {
     fn confirm(&mut self, generation: u64, asked_at: u64) {
         self.confirmed = generation;
         let mut keep = BTreeMap::new();
-        for ((g, seq), (arrival, ev)) in std::mem::take(&mut self.held) {
+        for ((g, seq), (arrival, ev, since)) in std::mem::take(&mut self.held) {
             if g == generation {
                 self.released.push_back(ev);
             } else if g > generation && arrival > asked_at {
-                keep.insert((g, seq), (arrival, ev));
+                keep.insert((g, seq), (arrival, ev, since));
             } else {
                 metrics::counter!("colloquy_cluster_invalid_messages_total").increment(1);
             }
@@ -174,12 +206,15 @@ impl GenerationFence {
             }
             metrics::counter!("colloquy_cluster_invalid_messages_total").increment(1);
         }
-        self.held.insert(key, (self.arrivals, ev));
+        // The first copy of a key stays (a forged duplicate replaces nothing).
+        self.held
+            .entry(key)
+            .or_insert((self.arrivals, ev, Instant::now()));
     }
 
-    fn drop_held(&mut self, mut dropped: impl FnMut(u64, u64) -> bool) {
-        self.held.retain(|&(g, _), (arrival, _)| {
-            let drop = dropped(g, *arrival);
+    fn drop_held(&mut self, mut dropped: impl FnMut(u64, u64, Instant) -> bool) {
+        self.held.retain(|&(g, _), (arrival, _, since)| {
+            let drop = dropped(g, *arrival, *since);
             if drop {
                 metrics::counter!("colloquy_cluster_invalid_messages_total").increment(1);
             }

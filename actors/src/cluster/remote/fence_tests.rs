@@ -81,38 +81,39 @@ fn a_forger_filling_the_hold_evicts_its_own_events_not_the_new_owners() {
     assert_eq!(drain(&mut f), vec![(2, 1), (2, 2)]);
 }
 
-#[test]
-fn a_first_event_of_a_forged_generation_hides_nothing() {
+#[tokio::test(start_paused = true)]
+async fn a_first_event_of_a_forged_generation_hides_nothing() {
     let mut f = fence(Some(1));
     assert_eq!(f.admit(token(2, 1000, 1, "FORGED")), Admitted::Held);
     assert_eq!(f.admit(token(2, 1, 7, "genuine")), Admitted::Done);
     assert_eq!(drain(&mut f), vec![(1, 7)]);
-    // The owner's answer drops the forgery that was held when asked.
-    let asked = f.arrivals();
-    f.owner_is(1, asked);
+    // The owner's answers drop the forgery once it was held long enough
+    // that a genuine new owner would have been confirmed.
+    f.owner_is(1, f.arrivals());
+    assert!(f.is_holding());
+    tokio::time::advance(HELD_AT_MOST).await;
+    f.owner_is(1, f.arrivals());
     assert!(!f.is_holding());
     assert_eq!(drain(&mut f), vec![]);
 }
 
-#[test]
-fn an_answer_keeps_what_arrived_after_the_question() {
+#[tokio::test(start_paused = true)]
+async fn an_answer_drops_only_what_was_held_long_before_the_question() {
     let mut f = fence(Some(1));
-    f.admit(token(2, 5, 1, "before"));
+    f.admit(token(2, 5, 1, "old"));
+    tokio::time::advance(HELD_AT_MOST).await;
     let asked = f.arrivals();
     f.admit(token(2, 5, 2, "after"));
     f.owner_is(1, asked);
-    assert!(
-        f.is_holding(),
-        "the event held after the question waits for the next one"
-    );
-    let asked = f.arrivals();
-    f.owner_is(5, asked);
+    assert!(f.is_holding(), "the event held after the question waits");
+    f.owner_is(5, f.arrivals());
     assert_eq!(drain(&mut f), vec![(5, 2)]);
 }
 
 #[test]
 fn without_anyone_to_ask_the_first_generation_is_trusted() {
     let mut f = fence(None);
+    f.trust_first_held();
     assert_eq!(f.admit(token(4, 3, 1, "a")), Admitted::Done);
     assert_eq!(f.admit(token(4, 4, 1, "b")), Admitted::Held);
     assert_eq!(drain(&mut f), vec![(3, 1)]);
@@ -127,4 +128,55 @@ fn other_sessions_second_ends_and_superseded_owners_are_dropped() {
     f.admit(lost(3, 2, 3));
     f.admit(token(3, 1, 9, "old owner, after the new one"));
     assert_eq!(drain(&mut f), vec![(2, 2)]);
+}
+
+#[test]
+fn an_unknown_owner_holds_everything_until_it_is_known() {
+    let mut f = fence(None);
+    assert_eq!(f.admit(token(1, 1000, 1, "FORGED")), Admitted::Held);
+    assert_eq!(f.admit(token(1, 1, 1, "a")), Admitted::Held);
+    assert_eq!(drain(&mut f), vec![]);
+    let asked = f.arrivals();
+    f.owner_is(1, asked);
+    assert_eq!(drain(&mut f), vec![(1, 1)]);
+}
+
+#[test]
+fn asking_is_given_up_by_trusting_the_earliest_event_held() {
+    let mut f = fence(None);
+    f.admit(token(1, 3, 1, "a"));
+    f.admit(token(1, 4, 1, "b"));
+    f.trust_first_held();
+    assert_eq!(drain(&mut f), vec![(3, 1)]);
+    assert!(f.is_holding(), "generation 4 waits for its confirmation");
+}
+
+/// A superseded owner that has not noticed still answers (both answer, the
+/// first reply wins): its answer must not drop the new owner's events.
+#[test]
+fn a_superseded_owners_answer_drops_nothing_of_the_new_one() {
+    let mut f = fence(Some(1));
+    f.admit(lost(2, 2, 1));
+    f.admit(token(3, 2, 2, "b"));
+    let asked = f.arrivals();
+    f.owner_is(1, asked);
+    f.owner_is(0, asked);
+    assert!(f.is_holding());
+    assert_eq!(drain(&mut f), vec![]);
+    f.owner_is(2, f.arrivals());
+    assert_eq!(drain(&mut f), vec![(2, 1), (2, 2)]);
+}
+
+#[test]
+fn a_forged_copy_of_a_held_event_replaces_nothing() {
+    let mut f = fence(Some(1));
+    f.admit(lost(2, 2, 1));
+    f.admit(token(2, 2, 1, "FORGED copy with the same seq"));
+    f.admit(resumed(2, 2));
+    let given: Vec<RemoteEvent> = std::iter::from_fn(|| f.next()).collect();
+    assert!(matches!(
+        given[0].kind,
+        RemoteEventKind::Bus(EventKind::TurnFinished(_))
+    ));
+    assert_eq!(given.len(), 2);
 }

@@ -33,6 +33,9 @@ use crate::ids::TurnId;
 use crate::reply::SayOptions;
 use crate::session::{ReplyHandle, SessionHandle};
 
+/// The `owner` input as clients encode it.
+const OWNER_QUESTION: &[u8] = br#"{"op":"owner"}"#;
+
 /// What the input task of one session needs.
 pub(super) struct InputCtx {
     pub(super) nats: Client,
@@ -295,6 +298,15 @@ pub(super) async fn run_inputs(ctx: InputCtx, mut sub: Subscriber) {
                 break;
             }
         };
+        // A reader asking who owns the session is not the session's
+        // activity: answered before the rate and idle accounting (the
+        // client's exact encoding; any other goes the normal way).
+        if msg.payload.as_ref() == OWNER_QUESTION {
+            let generation = ctx.seq_base >> 32;
+            let answer = Reply::Ok(json!({ "generation": generation }));
+            reply_to(&ctx.nats, msg.reply, answer).await;
+            continue;
+        }
         let admitted =
             PlacementPolicy::size("input", msg.payload.len(), ctx.policy.max_input_bytes)
                 .and_then(|()| bucket.take());
@@ -397,5 +409,17 @@ pub(super) async fn run_inputs(ctx: InputCtx, mut sub: Subscriber) {
                 reply_to(&ctx.nats, msg.reply, body).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The worker answers `owner` before its rate and idle accounting by
+    /// matching the client's encoding: they must not drift apart.
+    #[test]
+    fn the_owner_question_is_what_clients_send() {
+        assert_eq!(serde_json::to_vec(&Input::Owner).unwrap(), OWNER_QUESTION);
     }
 }

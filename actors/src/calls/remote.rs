@@ -1,0 +1,157 @@
+//! Calls whose sessions run on the cluster's workers
+//! ([`CallServices::on_cluster`]): the voice server terminates the audio —
+//! hears the caller, speaks the replies, keeps the playout clock — and the
+//! session (its history, its model requests, its turn-taking) lives on a
+//! worker, placed per call.
+//!
+//! Why this split: audio is heavy and latency-bound, the conversation is
+//! what must survive a machine. A worker killed mid-call loses only the
+//! turn in flight: its new owner ends that turn as failed ("worker lost",
+//! which silences the speaker like any cut), resumes the history, and the
+//! call goes on. The caller's voice activity, transcripts and playback
+//! progress travel as speech inputs, in the order the audio produced them
+//! (one queue, one sender task; each input is retried while no worker owns
+//! the session); the replies come back as the session's speech and
+//! lifecycle events.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use super::call::{CallError, CallInfo, CallNotice, CallServices, Sessions};
+use crate::cluster::{ClusterClient, EventClasses, RemoteSession, SessionSpec};
+use crate::speech::Listener;
+use crate::speech::audio::AudioOutput;
+use crate::speech::inputs::{SpeechInput, SpeechInputs};
+use crate::speech::remote_speaker::RemoteSpeaker;
+use crate::task::AbortOnDrop;
+use colloquy::context::ChatContext;
+
+/// How each call's session is specified.
+pub(crate) type SpecFn = dyn Fn(&CallInfo) -> SessionSpec + Send + Sync;
+
+impl CallServices {
+    /// Calls whose sessions are placed on the cluster `client` reaches
+    /// (one session per call, specified by `spec`; its segmenter is always
+    /// on), speaking with `synthesizer`. The audio stays here: the listener,
+    /// the speaker and the playout clock run in this process.
+    pub fn on_cluster(
+        client: ClusterClient,
+        spec: impl Fn(&CallInfo) -> SessionSpec + Send + Sync + 'static,
+        synthesizer: Arc<dyn colloquy::audio::Synthesizer>,
+    ) -> Self {
+        Self::with_sessions(
+            Sessions::Cluster {
+                client,
+                spec: Arc::new(spec),
+            },
+            synthesizer,
+        )
+    }
+}
+
+/// A call's session on a worker: the session, its speaker, and the task
+/// that sends the call's speech inputs.
+pub(crate) struct RemoteCall {
+    session: RemoteSession,
+    speaker: Option<RemoteSpeaker>,
+    _inputs: AbortOnDrop,
+}
+
+impl RemoteCall {
+    /// Places the call's session, starts its speaker on `output` and a
+    /// listener for audio at `input_rate`.
+    pub(crate) async fn start(
+        services: &CallServices,
+        client: &ClusterClient,
+        spec: &SpecFn,
+        info: &CallInfo,
+        output: AudioOutput,
+        input_rate: u32,
+    ) -> Result<(Self, Listener), CallError> {
+        let mut spec = spec(info);
+        spec.segmenter = true;
+        let session = client
+            .place(info.id.clone(), spec)
+            .await
+            .map_err(|e| CallError::Session(e.to_string()))?;
+        let started = async {
+            let events = session
+                .subscribe_to(EventClasses::speech())
+                .await
+                .map_err(|e| CallError::Session(e.to_string()))?;
+            let (inputs, queue) = SpeechInputs::queue();
+            let SpeechInputs::Queue(progress) = &inputs else {
+                unreachable!("a queue")
+            };
+            let speaker = RemoteSpeaker::spawn(events, progress.clone(), output);
+            let listener = Listener::reporting_to(
+                inputs,
+                input_rate,
+                services.transcriber.as_deref(),
+                services.listener,
+            )?;
+            Ok::<_, CallError>((speaker, listener, queue))
+        };
+        let (speaker, listener, queue) = match started.await {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = session.close().await;
+                return Err(e);
+            }
+        };
+        let inputs = AbortOnDrop(tokio::spawn(send_inputs(session.clone(), queue)));
+        services.notify(CallNotice::Placed {
+            info: info.clone(),
+            session: session.clone(),
+        });
+        Ok((
+            Self {
+                session,
+                speaker: Some(speaker),
+                _inputs: inputs,
+            },
+            listener,
+        ))
+    }
+
+    /// The call's session.
+    pub(crate) fn session(&self) -> &RemoteSession {
+        &self.session
+    }
+
+    /// Silence, the history as committed, the session closed on its worker.
+    pub(crate) async fn end(mut self) -> ChatContext {
+        drop(self.speaker.take());
+        let history = match self.session.context().await {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(session = %self.session.id(), error = %e, "call: the history could not be read");
+                ChatContext::new()
+            }
+        };
+        if let Err(e) = self.session.close().await {
+            tracing::warn!(session = %self.session.id(), error = %e, "call: the session could not be closed");
+        }
+        history
+    }
+}
+
+/// Sends a call's speech inputs in order, each retried while no worker owns
+/// the session (a failover); one refused (a report of a turn a failover
+/// ended) is logged and skipped.
+async fn send_inputs(session: RemoteSession, mut queue: mpsc::Receiver<SpeechInput>) {
+    while let Some(input) = queue.recv().await {
+        let sent = match input {
+            SpeechInput::SpeechStarted => session.user_speech_started().await,
+            SpeechInput::SpeechEnded => session.user_speech_ended().await,
+            SpeechInput::Transcript { text, is_final } => {
+                session.user_transcript(text, is_final).await
+            }
+            SpeechInput::Played { turn, chars } => session.speech_played(turn, chars).await,
+        };
+        if let Err(e) = sent {
+            tracing::debug!(session = %session.id(), error = %e, "call: a speech input was refused");
+        }
+    }
+}

@@ -1,0 +1,221 @@
+//! The speaker of a session on a worker: the same protocol as
+//! [`Speaker`](super::Speaker), driven by the session's remote events.
+//!
+//! Why a second speaker: a [`Speaker`](super::Speaker) hooks into the
+//! session's ledger in this process to go silent within microseconds of a
+//! cut. A remote session's ledger is on its worker; what reaches here is
+//! its ordered event stream (`speech` and `lifecycle` classes), so this one
+//! task applies each decision as it arrives: a cut (`interrupted`, a
+//! cancelled or failed end — also the "worker lost" end a new owner
+//! publishes for the turn in flight) stops the output at once, a pause
+//! freezes it, a resume continues from the exact sample. The decision is
+//! the worker's alone (one owner of turn-taking); the cost of distance is
+//! one NATS hop each way. Progress goes back through the call's input queue
+//! ([`SpeechInputs`](super::inputs)), in order with the caller's voice
+//! activity.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use super::inputs::SpeechInput;
+use super::output::{PlayEnd, Segment, SpeechOutput};
+use crate::bus::EventKind;
+use crate::cluster::{RemoteEventKind, RemoteEvents};
+use crate::ids::TurnId;
+use crate::task::AbortOnDrop;
+
+/// Speaks a remote session's replies; dropping it silences the output.
+pub(crate) struct RemoteSpeaker {
+    stop: Box<dyn Fn() + Send + Sync>,
+    _task: AbortOnDrop,
+}
+
+impl std::fmt::Debug for RemoteSpeaker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteSpeaker").finish_non_exhaustive()
+    }
+}
+
+impl RemoteSpeaker {
+    /// Speaks the turns `events` announces on `output`, reporting progress
+    /// to `progress`. `events` must cover the speech and lifecycle classes.
+    pub(crate) fn spawn<O: SpeechOutput>(
+        events: RemoteEvents,
+        progress: mpsc::Sender<SpeechInput>,
+        output: O,
+    ) -> Self {
+        let output = Arc::new(output);
+        let task = Task {
+            output: output.clone(),
+            progress,
+            turn: TurnId(0),
+            cut_through: TurnId(0),
+            paused: false,
+            queue: VecDeque::new(),
+            offset: 0,
+            index: 0,
+        };
+        Self {
+            stop: Box::new(move || output.stop()),
+            _task: AbortOnDrop(tokio::spawn(task.run(events))),
+        }
+    }
+}
+
+impl Drop for RemoteSpeaker {
+    fn drop(&mut self) {
+        (self.stop)();
+    }
+}
+
+struct Task<O> {
+    output: Arc<O>,
+    progress: mpsc::Sender<SpeechInput>,
+    /// The turn being spoken.
+    turn: TurnId,
+    /// The latest turn cut: nothing of it or before it is played.
+    cut_through: TurnId,
+    /// The owner paused playback.
+    paused: bool,
+    /// Segments of the turn not yet started (already prepared).
+    queue: VecDeque<Segment>,
+    offset: usize,
+    index: usize,
+}
+
+type Playing = Pin<Box<dyn Future<Output = PlayEnd> + Send>>;
+
+enum Step {
+    Event(Option<crate::cluster::RemoteEvent>),
+    Played(PlayEnd),
+}
+
+impl<O: SpeechOutput> Task<O> {
+    async fn run(mut self, mut events: RemoteEvents) {
+        let mut playing: Option<(Playing, Segment)> = None;
+        loop {
+            if playing.is_none() && !self.paused && self.cut_through < self.turn {
+                while let Some(segment) = self.queue.pop_front() {
+                    if segment.text().is_empty() {
+                        continue;
+                    }
+                    let output = self.output.clone();
+                    let s = segment.clone();
+                    playing = Some((Box::pin(async move { output.play(s).await }), segment));
+                    break;
+                }
+            }
+            let step = tokio::select! {
+                biased;
+                ev = events.recv() => Step::Event(ev),
+                end = async {
+                    match playing.as_mut() {
+                        Some((p, _)) => p.await,
+                        None => std::future::pending().await,
+                    }
+                } => Step::Played(end),
+            };
+            match step {
+                Step::Event(None) => {
+                    self.output.stop();
+                    return;
+                }
+                Step::Event(Some(ev)) => {
+                    let ended = matches!(ev.kind, RemoteEventKind::SessionEnded { .. });
+                    if self.event(ev.turn, ev.kind, playing.is_some()) {
+                        playing = None;
+                    }
+                    if ended {
+                        self.output.stop();
+                        return;
+                    }
+                }
+                Step::Played(end) => {
+                    if let Some((_, segment)) = playing.take()
+                        && end == PlayEnd::Finished
+                    {
+                        segment.played(segment.chars());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Applies one event; returns whether the segment playing is dropped.
+    fn event(&mut self, turn: TurnId, kind: RemoteEventKind, playing: bool) -> bool {
+        let RemoteEventKind::Bus(kind) = kind else {
+            return false;
+        };
+        match kind {
+            EventKind::TurnStarted if turn > self.turn => self.switch(turn, playing),
+            EventKind::Speakable { text, last } if turn >= self.turn => {
+                let dropped = turn > self.turn && self.switch(turn, playing);
+                if self.cut_through < self.turn {
+                    let segment = Segment::remote(
+                        self.progress.clone(),
+                        self.turn,
+                        self.index,
+                        self.offset,
+                        text,
+                        last,
+                    );
+                    self.offset += segment.chars();
+                    self.index += 1;
+                    if !segment.text().is_empty() {
+                        self.output.prepare(&segment);
+                    }
+                    self.queue.push_back(segment);
+                }
+                dropped
+            }
+            EventKind::TurnFinished(end) if end.is_abort() && turn >= self.turn => {
+                self.cut(turn, playing)
+            }
+            EventKind::Interrupted { .. } if turn >= self.turn => self.cut(turn, playing),
+            EventKind::PlaybackPaused { .. } if turn == self.turn => {
+                if !self.paused {
+                    self.paused = true;
+                    self.output.pause();
+                }
+                false
+            }
+            EventKind::PlaybackResumed { .. } if turn == self.turn => {
+                if self.paused {
+                    self.paused = false;
+                    self.output.resume();
+                }
+                false
+            }
+            _ => false,
+        }
+    }
+
+    /// Moves to a newer turn: what is left of the old one is dropped.
+    fn switch(&mut self, turn: TurnId, playing: bool) -> bool {
+        if playing {
+            self.output.stop();
+        }
+        self.turn = turn;
+        self.queue.clear();
+        self.offset = 0;
+        self.index = 0;
+        self.paused = false;
+        playing
+    }
+
+    /// `turn` was cut: silent at once, nothing more of it played.
+    fn cut(&mut self, turn: TurnId, playing: bool) -> bool {
+        if turn > self.turn {
+            self.switch(turn, playing);
+        }
+        self.cut_through = self.cut_through.max(turn);
+        self.output.stop();
+        self.queue.clear();
+        self.paused = false;
+        playing
+    }
+}
