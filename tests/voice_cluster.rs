@@ -146,8 +146,12 @@ async fn a_worker_killed_mid_call_keeps_the_call_with_its_history() {
                 tokio::spawn(async move {
                     let mut rx = session.subscribe().await.expect("subscribe");
                     while let Some(ev) = rx.recv().await {
+                        let ended = matches!(ev.kind, RemoteEventKind::SessionEnded { .. });
                         s.record.lock().unwrap().events.push(ev);
                         s.changed.notify_waiters();
+                        if ended {
+                            return;
+                        }
                     }
                 });
             }

@@ -143,6 +143,10 @@ impl Printer {
                             colloquy_actors::cluster::RemoteEventKind::Bus(kind) => {
                                 me.event(&call, ev.turn.0, kind)
                             }
+                            // The session is over: so is this subscription.
+                            colloquy_actors::cluster::RemoteEventKind::SessionEnded { .. } => {
+                                return;
+                            }
                             _ => {}
                         }
                     }

@@ -133,11 +133,12 @@ async fn run(services: CallServices, socket: WebSocket, slot: CallSlot, number: 
                         Arc::new(BrowserSink::new(sample_rate, out_tx.clone(), clock.clone()));
                     match Call::start(&services, info, sink.clone(), clock, sample_rate).await {
                         Ok(c) => {
+                            // The page's view only: the call goes on without it.
                             events = match page_events(&c, out_tx.clone()).await {
                                 Ok(events) => Some(events),
                                 Err(e) => {
-                                    call = Some((c, sink, sample_rate));
-                                    break Some(e);
+                                    tracing::warn!(error = %e, "browser call: the page will not show the session's events");
+                                    None
                                 }
                             };
                             call = Some((c, sink, sample_rate));

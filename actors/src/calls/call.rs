@@ -136,6 +136,10 @@ pub struct CallServices {
     pub(crate) output: AudioOutputConfig,
     pub(crate) notice: Option<Arc<NoticeFn>>,
     pub(crate) next_call: Arc<std::sync::atomic::AtomicU64>,
+    /// This server's tag, in the ids of sessions it places on a cluster
+    /// (its call names are only unique here).
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
+    pub(crate) instance: Arc<str>,
     pub(crate) twilio_auth: Option<Arc<TwilioAuth>>,
     pub(crate) browser: BrowserAccess,
     pub(crate) limits: CallLimits,
@@ -186,6 +190,7 @@ impl CallServices {
             output: AudioOutputConfig::default(),
             notice: None,
             next_call: Arc::default(),
+            instance: instance_tag().into(),
             twilio_auth: None,
             browser: BrowserAccess::default(),
             limits: CallLimits::default(),
@@ -382,6 +387,14 @@ impl Call {
     /// Queues the next frame of the caller for hearing; an error once the
     /// hearing task refused the audio (a wrong rate).
     pub(crate) fn hear(&mut self, frame: AudioFrame) -> Result<(), CallError> {
+        #[cfg(feature = "nats")]
+        if let CallSession::Remote(remote) = &self.session
+            && remote.session_ended()
+        {
+            // Idle or lifetime limit, a close, no worker to take it: the
+            // call cannot go on silently.
+            return Err(CallError::Session("the call's session ended".into()));
+        }
         match self.hearing.try_send(frame) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(_)) => {
@@ -409,6 +422,10 @@ impl Call {
     /// Ends the call: the speaker stopped, the history taken, the session
     /// stopped, the end reported.
     pub(crate) async fn end(self, error: Option<CallError>) -> ChatContext {
+        // Hearing stops first: nothing the caller said after the end reaches
+        // the session while its history is read.
+        drop(self._hearing);
+        drop(self.hearing);
         let history = match self.session {
             CallSession::Local {
                 session,
@@ -436,4 +453,17 @@ impl Call {
         });
         history
     }
+}
+
+/// Eight random hex digits (the time's low bits if the system has no
+/// randomness to give).
+fn instance_tag() -> String {
+    let mut bytes = [0u8; 4];
+    if getrandom::fill(&mut bytes).is_err() {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        bytes = nanos.to_le_bytes();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -16,13 +16,13 @@
 
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
-
 use super::call::{CallError, CallInfo, CallNotice, CallServices, Sessions};
-use crate::cluster::{ClusterClient, EventClasses, RemoteSession, SessionSpec};
+use crate::cluster::{
+    ClusterClient, ClusterError, EventClass, EventClasses, RemoteSession, SessionSpec,
+};
 use crate::speech::Listener;
 use crate::speech::audio::AudioOutput;
-use crate::speech::inputs::{SpeechInput, SpeechInputs};
+use crate::speech::inputs::{InputQueue, InputReceiver, SpeechInput, SpeechInputs};
 use crate::speech::remote_speaker::RemoteSpeaker;
 use crate::task::AbortOnDrop;
 use colloquy::context::ChatContext;
@@ -71,8 +71,18 @@ impl RemoteCall {
     ) -> Result<(Self, Listener), CallError> {
         let mut spec = spec(info);
         spec.segmenter = true;
+        // The speaker reads speech and lifecycle, the page the user's words.
+        if let Some(classes) = &mut spec.event_classes {
+            for class in [EventClass::Lifecycle, EventClass::Speech, EventClass::User] {
+                if !classes.contains(&class) {
+                    classes.push(class);
+                }
+            }
+        }
+        // Call names are per server (`web-1`, …); sessions are cluster-wide.
+        let id = format!("{}-{}", info.id, services.instance);
         let session = client
-            .place(info.id.clone(), spec)
+            .place(id, spec)
             .await
             .map_err(|e| CallError::Session(e.to_string()))?;
         let started = async {
@@ -80,13 +90,10 @@ impl RemoteCall {
                 .subscribe_to(EventClasses::speech())
                 .await
                 .map_err(|e| CallError::Session(e.to_string()))?;
-            let (inputs, queue) = SpeechInputs::queue();
-            let SpeechInputs::Queue(progress) = &inputs else {
-                unreachable!("a queue")
-            };
-            let speaker = RemoteSpeaker::spawn(events, progress.clone(), output);
+            let (inputs, queue) = InputQueue::new();
+            let speaker = RemoteSpeaker::spawn(events, inputs.clone(), output);
             let listener = Listener::reporting_to(
-                inputs,
+                SpeechInputs::Queue(inputs),
                 input_rate,
                 services.transcriber.as_deref(),
                 services.listener,
@@ -120,6 +127,13 @@ impl RemoteCall {
         &self.session
     }
 
+    /// The session ended on the cluster (see [`RemoteSpeaker::session_ended`]).
+    pub(crate) fn session_ended(&self) -> bool {
+        self.speaker
+            .as_ref()
+            .is_some_and(RemoteSpeaker::session_ended)
+    }
+
     /// Silence, the history as committed, the session closed on its worker.
     pub(crate) async fn end(mut self) -> ChatContext {
         drop(self.speaker.take());
@@ -138,20 +152,33 @@ impl RemoteCall {
 }
 
 /// Sends a call's speech inputs in order, each retried while no worker owns
-/// the session (a failover); one refused (a report of a turn a failover
-/// ended) is logged and skipped.
-async fn send_inputs(session: RemoteSession, mut queue: mpsc::Receiver<SpeechInput>) {
-    while let Some(input) = queue.recv().await {
-        let sent = match input {
-            SpeechInput::SpeechStarted => session.user_speech_started().await,
-            SpeechInput::SpeechEnded => session.user_speech_ended().await,
-            SpeechInput::Transcript { text, is_final } => {
-                session.user_transcript(text, is_final).await
+/// the session (a failover) and, idempotent as they are, up to twice more on
+/// a timeout (a dead machine's subscription lingers until the server's ping
+/// timeout); one refused (a report of a turn a failover ended) is skipped.
+async fn send_inputs(session: RemoteSession, mut queue: InputReceiver) {
+    while let Some(inputs) = queue.next().await {
+        for input in inputs {
+            for attempt in 0..3 {
+                let sent = match &input {
+                    SpeechInput::SpeechStarted => session.user_speech_started().await,
+                    SpeechInput::SpeechEnded => session.user_speech_ended().await,
+                    SpeechInput::Transcript { text, is_final } => {
+                        session.user_transcript(text.clone(), *is_final).await
+                    }
+                    SpeechInput::Played { turn, chars } => {
+                        session.speech_played(*turn, *chars).await
+                    }
+                };
+                match sent {
+                    Ok(_) => break,
+                    Err(ClusterError::Timeout(_)) if attempt < 2 => continue,
+                    Err(e) => {
+                        metrics::counter!("colloquy_call_inputs_refused_total").increment(1);
+                        tracing::debug!(session = %session.id(), error = %e, "call: a speech input was refused");
+                        break;
+                    }
+                }
             }
-            SpeechInput::Played { turn, chars } => session.speech_played(turn, chars).await,
-        };
-        if let Err(e) = sent {
-            tracing::debug!(session = %session.id(), error = %e, "call: a speech input was refused");
         }
     }
 }

@@ -5,17 +5,22 @@
 //! Why a queue for remote sessions: a [`Listener`](super::Listener) decides
 //! voice activity in the audio's thread and a segment reports progress from
 //! the audio clock; neither may wait for a network round trip. So for a
-//! session on a worker they push onto one bounded queue, and one task sends
-//! the queue in order (see `calls::remote`): the owner applies "heard 42
-//! characters" before "the user started speaking" if that is the order the
-//! audio said it in. The queue is bounded: a full one (the worker
-//! unreachable for a long while) drops progress reports first (a later one
-//! supersedes them) and counts every drop in
-//! `colloquy_speech_inputs_dropped_total`.
+//! session on a worker they hand their reports to an [`InputQueue`], and one
+//! task sends them in order (see `calls::remote`). Voice activity and
+//! transcripts go through a bounded queue (a full one — the worker
+//! unreachable for a long while — drops them, counted in
+//! `colloquy_speech_inputs_dropped_total`); progress is not queued at all:
+//! each turn's latest position is kept in a slot (the highest, per turn) that
+//! the sender empties before every voice activity or transcript it sends and
+//! whenever it is idle — so "heard 42 characters" reaches the owner before
+//! the "user started speaking" that followed it in the audio, a burst of
+//! reports costs one request, and a turn's last position is never dropped.
 
 #![cfg_attr(not(feature = "nats"), allow(dead_code))]
 
-use tokio::sync::mpsc;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{Notify, mpsc};
 
 use crate::bus::HeardSpan;
 use crate::ids::TurnId;
@@ -34,13 +39,118 @@ pub(crate) enum SpeechInput {
     Played { turn: TurnId, chars: usize },
 }
 
-/// Reports queued for a remote session at most (about a minute of a busy
-/// call: a word played every 300 ms, a few transcripts).
+/// Voice activity and transcripts queued for a remote session at most.
 pub(crate) const QUEUE: usize = 256;
 
-/// Room kept in the queue for what must not be dropped (voice activity and
-/// transcripts): progress reports are dropped before the queue is this full.
-const KEEP_FOR_SPEECH: usize = 32;
+/// Turns whose progress is kept at most (the one playing and the one before,
+/// whose last position may not have been sent yet).
+const PROGRESS_TURNS: usize = 4;
+
+/// The sending side of a remote session's speech inputs.
+#[derive(Clone)]
+pub(crate) struct InputQueue {
+    tx: mpsc::Sender<SpeechInput>,
+    progress: Arc<Progress>,
+}
+
+/// The receiving side, for the task that sends them.
+pub(crate) struct InputReceiver {
+    rx: mpsc::Receiver<SpeechInput>,
+    progress: Arc<Progress>,
+}
+
+#[derive(Default)]
+struct Progress {
+    /// The latest position of each turn not yet sent, oldest turn first.
+    latest: Mutex<Vec<(TurnId, usize)>>,
+    changed: Notify,
+}
+
+impl InputQueue {
+    /// A queue and its receiving end.
+    pub(crate) fn new() -> (Self, InputReceiver) {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let progress = Arc::new(Progress::default());
+        (
+            Self {
+                tx,
+                progress: progress.clone(),
+            },
+            InputReceiver { rx, progress },
+        )
+    }
+
+    fn push(&self, input: SpeechInput) {
+        match self.tx.try_send(input) {
+            Ok(()) => {}
+            // The session's call ended: nothing to tell.
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                metrics::counter!("colloquy_speech_inputs_dropped_total").increment(1);
+                tracing::warn!(
+                    "speech inputs for a remote session are behind; a report was dropped"
+                );
+            }
+        }
+    }
+
+    /// `chars` characters of `turn` were played (kept if it is the highest).
+    pub(crate) fn played(&self, turn: TurnId, chars: usize) {
+        {
+            let mut latest = self
+                .progress
+                .latest
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            match latest.iter_mut().find(|(t, _)| *t == turn) {
+                Some((_, c)) => *c = (*c).max(chars),
+                None => {
+                    latest.push((turn, chars));
+                    latest.sort_by_key(|(t, _)| *t);
+                    if latest.len() > PROGRESS_TURNS {
+                        latest.remove(0);
+                    }
+                }
+            }
+        }
+        self.progress.changed.notify_one();
+    }
+}
+
+impl InputReceiver {
+    /// The next input to send: pending progress first, then the queue in
+    /// order; `None` once every sender is gone and nothing is left.
+    pub(crate) async fn next(&mut self) -> Option<Vec<SpeechInput>> {
+        loop {
+            let progress = self.take_progress();
+            if !progress.is_empty() {
+                return Some(progress);
+            }
+            tokio::select! {
+                input = self.rx.recv() => {
+                    let input = input?;
+                    // What was played before this input was queued goes first.
+                    let mut out = self.take_progress();
+                    out.push(input);
+                    return Some(out);
+                }
+                () = self.progress.changed.notified() => {}
+            }
+        }
+    }
+
+    fn take_progress(&self) -> Vec<SpeechInput> {
+        let mut latest = self
+            .progress
+            .latest
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        latest
+            .drain(..)
+            .map(|(turn, chars)| SpeechInput::Played { turn, chars })
+            .collect()
+    }
+}
 
 /// Where reports go.
 #[derive(Clone)]
@@ -48,7 +158,7 @@ pub(crate) enum SpeechInputs {
     /// A session in this process: published at once.
     Local(SessionHandle),
     /// A session elsewhere: queued for the task that sends them in order.
-    Queue(mpsc::Sender<SpeechInput>),
+    Queue(InputQueue),
 }
 
 impl std::fmt::Debug for SpeechInputs {
@@ -61,18 +171,12 @@ impl std::fmt::Debug for SpeechInputs {
 }
 
 impl SpeechInputs {
-    /// A queue for a remote session, and its receiving end.
-    pub(crate) fn queue() -> (Self, mpsc::Receiver<SpeechInput>) {
-        let (tx, rx) = mpsc::channel(QUEUE);
-        (Self::Queue(tx), rx)
-    }
-
     pub(crate) fn speech_started(&self) {
         match self {
             Self::Local(s) => {
                 s.user_speech_started();
             }
-            Self::Queue(q) => push(q, SpeechInput::SpeechStarted),
+            Self::Queue(q) => q.push(SpeechInput::SpeechStarted),
         }
     }
 
@@ -81,7 +185,7 @@ impl SpeechInputs {
             Self::Local(s) => {
                 s.user_speech_ended();
             }
-            Self::Queue(q) => push(q, SpeechInput::SpeechEnded),
+            Self::Queue(q) => q.push(SpeechInput::SpeechEnded),
         }
     }
 
@@ -93,69 +197,59 @@ impl SpeechInputs {
             Self::Local(s) => {
                 s.user_transcript_heard(text, is_final, heard);
             }
-            Self::Queue(q) => push(q, SpeechInput::Transcript { text, is_final }),
+            Self::Queue(q) => q.push(SpeechInput::Transcript { text, is_final }),
         }
     }
-
-    /// Playback progress of a turn, from a queue's owner (a segment).
-    pub(crate) fn played(queue: &mpsc::Sender<SpeechInput>, turn: TurnId, chars: usize) {
-        if queue.capacity() <= KEEP_FOR_SPEECH {
-            dropped();
-            return;
-        }
-        push(queue, SpeechInput::Played { turn, chars });
-    }
-}
-
-fn push(queue: &mpsc::Sender<SpeechInput>, input: SpeechInput) {
-    match queue.try_send(input) {
-        Ok(()) => {}
-        // The session's call ended: nothing to tell.
-        Err(mpsc::error::TrySendError::Closed(_)) => {}
-        Err(mpsc::error::TrySendError::Full(_)) => dropped(),
-    }
-}
-
-fn dropped() {
-    metrics::counter!("colloquy_speech_inputs_dropped_total").increment(1);
-    tracing::warn!("speech inputs for a remote session are behind; a report was dropped");
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn progress_is_dropped_before_speech_when_the_queue_fills() {
-        let (inputs, mut rx) = SpeechInputs::queue();
-        let SpeechInputs::Queue(q) = &inputs else {
-            unreachable!()
-        };
-        for chars in 0..QUEUE {
-            SpeechInputs::played(q, TurnId(1), chars);
+    #[tokio::test]
+    async fn progress_is_coalesced_per_turn_and_goes_before_what_follows_it() {
+        let (q, mut rx) = InputQueue::new();
+        let inputs = SpeechInputs::Queue(q.clone());
+        for chars in 0..1000 {
+            q.played(TurnId(1), chars);
         }
-        // Progress stopped with room left for voice activity and transcripts.
+        q.played(TurnId(2), 3);
         inputs.speech_started();
-        inputs.transcript(
-            "stop".into(),
-            true,
-            HeardSpan {
-                start: 0,
-                end: 8_000,
-                sample_rate: 8_000,
-            },
-        );
-        let mut got = Vec::new();
-        while let Ok(i) = rx.try_recv() {
-            got.push(i);
-        }
-        assert_eq!(got.len(), QUEUE - KEEP_FOR_SPEECH + 2);
-        assert_eq!(got[got.len() - 2], SpeechInput::SpeechStarted);
+        q.played(TurnId(2), 9);
+        // Nothing dropped, nothing repeated: each turn's latest, then the
+        // voice activity that came after them.
         assert_eq!(
-            got[got.len() - 1],
-            SpeechInput::Transcript {
-                text: "stop".into(),
-                is_final: true
+            rx.next().await.unwrap(),
+            vec![
+                SpeechInput::Played {
+                    turn: TurnId(1),
+                    chars: 999
+                },
+                SpeechInput::Played {
+                    turn: TurnId(2),
+                    chars: 9
+                },
+            ]
+        );
+        assert_eq!(rx.next().await.unwrap(), vec![SpeechInput::SpeechStarted]);
+        drop((inputs, q));
+        assert_eq!(rx.next().await, None);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_speech_but_never_a_turns_last_position() {
+        let (q, mut rx) = InputQueue::new();
+        let inputs = SpeechInputs::Queue(q.clone());
+        for _ in 0..QUEUE + 10 {
+            inputs.speech_ended();
+        }
+        q.played(TurnId(4), 120);
+        let first = rx.next().await.unwrap();
+        assert_eq!(
+            first[0],
+            SpeechInput::Played {
+                turn: TurnId(4),
+                chars: 120
             }
         );
     }

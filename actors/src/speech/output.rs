@@ -81,7 +81,7 @@ enum ReportTo {
     Bus(SessionBus),
     /// A remote session's input queue (its audio milestones stay here).
     #[cfg_attr(not(feature = "nats"), allow(dead_code))]
-    Remote(tokio::sync::mpsc::Sender<super::inputs::SpeechInput>),
+    Remote(super::inputs::InputQueue),
 }
 
 struct Reporter {
@@ -134,7 +134,7 @@ impl Segment {
     /// A segment of a remote session's turn: progress goes to its queue.
     #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     pub(crate) fn remote(
-        queue: tokio::sync::mpsc::Sender<super::inputs::SpeechInput>,
+        queue: super::inputs::InputQueue,
         turn: TurnId,
         index: usize,
         offset: usize,
@@ -223,9 +223,7 @@ impl Segment {
                     },
                 );
             }
-            ReportTo::Remote(queue) => {
-                super::inputs::SpeechInputs::played(queue, r.turn, r.offset + chars)
-            }
+            ReportTo::Remote(queue) => queue.played(r.turn, r.offset + chars),
         }
     }
 

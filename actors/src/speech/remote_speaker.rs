@@ -18,10 +18,9 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use tokio::sync::mpsc;
-
-use super::inputs::SpeechInput;
+use super::inputs::InputQueue;
 use super::output::{PlayEnd, Segment, SpeechOutput};
 use crate::bus::EventKind;
 use crate::cluster::{RemoteEventKind, RemoteEvents};
@@ -31,7 +30,8 @@ use crate::task::AbortOnDrop;
 /// Speaks a remote session's replies; dropping it silences the output.
 pub(crate) struct RemoteSpeaker {
     stop: Box<dyn Fn() + Send + Sync>,
-    _task: AbortOnDrop,
+    ended: Arc<AtomicBool>,
+    task: AbortOnDrop,
 }
 
 impl std::fmt::Debug for RemoteSpeaker {
@@ -45,11 +45,13 @@ impl RemoteSpeaker {
     /// to `progress`. `events` must cover the speech and lifecycle classes.
     pub(crate) fn spawn<O: SpeechOutput>(
         events: RemoteEvents,
-        progress: mpsc::Sender<SpeechInput>,
+        progress: InputQueue,
         output: O,
     ) -> Self {
         let output = Arc::new(output);
+        let ended = Arc::new(AtomicBool::new(false));
         let task = Task {
+            ended: ended.clone(),
             output: output.clone(),
             progress,
             turn: TurnId(0),
@@ -61,20 +63,30 @@ impl RemoteSpeaker {
         };
         Self {
             stop: Box::new(move || output.stop()),
-            _task: AbortOnDrop(tokio::spawn(task.run(events))),
+            ended,
+            task: AbortOnDrop(tokio::spawn(task.run(events))),
         }
+    }
+
+    /// The session ended (`session_ended`, or its events stopped): nothing
+    /// more will be said on this call.
+    pub(crate) fn session_ended(&self) -> bool {
+        self.ended.load(Ordering::Acquire)
     }
 }
 
 impl Drop for RemoteSpeaker {
     fn drop(&mut self) {
+        // The task first, so it prepares nothing after the output's stop.
+        self.task.0.abort();
         (self.stop)();
     }
 }
 
 struct Task<O> {
     output: Arc<O>,
-    progress: mpsc::Sender<SpeechInput>,
+    ended: Arc<AtomicBool>,
+    progress: InputQueue,
     /// The turn being spoken.
     turn: TurnId,
     /// The latest turn cut: nothing of it or before it is played.
@@ -122,6 +134,7 @@ impl<O: SpeechOutput> Task<O> {
             match step {
                 Step::Event(None) => {
                     self.output.stop();
+                    self.ended.store(true, Ordering::Release);
                     return;
                 }
                 Step::Event(Some(ev)) => {
@@ -131,6 +144,7 @@ impl<O: SpeechOutput> Task<O> {
                     }
                     if ended {
                         self.output.stop();
+                        self.ended.store(true, Ordering::Release);
                         return;
                     }
                 }
@@ -147,8 +161,23 @@ impl<O: SpeechOutput> Task<O> {
 
     /// Applies one event; returns whether the segment playing is dropped.
     fn event(&mut self, turn: TurnId, kind: RemoteEventKind, playing: bool) -> bool {
-        let RemoteEventKind::Bus(kind) = kind else {
-            return false;
+        let kind = match kind {
+            RemoteEventKind::Bus(kind) => kind,
+            // Events of the session were lost on the way: a cut among them
+            // cannot be ruled out, so the turn goes silent here.
+            RemoteEventKind::Lagged { .. } => {
+                tracing::warn!(
+                    turn = turn.0,
+                    "speaker: events were lost; the turn is cut here"
+                );
+                return self.cut(self.turn, playing);
+            }
+            // A new owner: a paused turn of the old one is never resumed by
+            // it (a turn in flight ends as failed, which cuts it anyway).
+            RemoteEventKind::Resumed { .. } if self.paused => {
+                return self.cut(self.turn, playing);
+            }
+            _ => return false,
         };
         match kind {
             EventKind::TurnStarted if turn > self.turn => self.switch(turn, playing),
@@ -167,6 +196,11 @@ impl<O: SpeechOutput> Task<O> {
                     self.index += 1;
                     if !segment.text().is_empty() {
                         self.output.prepare(&segment);
+                        if self.paused {
+                            // A pause decided before the turn's first segment:
+                            // the output learns of the turn only now.
+                            self.output.pause();
+                        }
                     }
                     self.queue.push_back(segment);
                 }
@@ -196,9 +230,9 @@ impl<O: SpeechOutput> Task<O> {
 
     /// Moves to a newer turn: what is left of the old one is dropped.
     fn switch(&mut self, turn: TurnId, playing: bool) -> bool {
-        if playing {
-            self.output.stop();
-        }
+        // Always: what the output prepared of the old turn must not run on
+        // into the new one.
+        self.output.stop();
         self.turn = turn;
         self.queue.clear();
         self.offset = 0;

@@ -96,6 +96,12 @@ pub(crate) fn forward_remote_events(
 ) -> AbortOnDrop {
     AbortOnDrop(tokio::spawn(async move {
         while let Some(ev) = events.recv().await {
+            if matches!(
+                ev.kind,
+                crate::cluster::RemoteEventKind::SessionEnded { .. }
+            ) {
+                return;
+            }
             let Some(msg) = ev.bus().and_then(|kind| page_message(ev.turn.0, kind)) else {
                 continue;
             };

@@ -35,7 +35,7 @@ pub(super) const HELD_AT_MOST: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub(super) struct GenerationFence {
     session: SessionId,
-    /// The highest generation confirmed (0: none yet).
+    /// The highest generation confirmed (at least the first owner's, 1).
     confirmed: u64,
     /// Trust the first generation seen (nobody could be asked).
     trust_first: bool,
@@ -61,12 +61,15 @@ pub(super) enum Admitted {
 
 impl GenerationFence {
     /// A fence for `session`; `owner` is the generation its owner gave when
-    /// asked, `None` when it is not known yet (every event is held until a
-    /// `resumed` or an answer, or [`trust_first_held`](Self::trust_first_held)).
+    /// asked, `None` when it is not known yet (nobody owns the session yet,
+    /// or a failover is under way): then the first owner's generation, 1,
+    /// passes — a forgery of it hides nothing, events of the generation
+    /// followed pass anyway — and every higher one is held until a
+    /// `resumed` or an answer, or [`trust_first_held`](Self::trust_first_held).
     pub(super) fn new(session: SessionId, owner: Option<u64>) -> Self {
         Self {
             session,
-            confirmed: owner.unwrap_or(0),
+            confirmed: owner.unwrap_or(1),
             trust_first: false,
             given: 0,
             held: BTreeMap::new(),
