@@ -83,6 +83,11 @@ struct Args {
     /// environment, else none].
     #[arg(long, value_name = "PATH")]
     state_key_file: Option<std::path::PathBuf>,
+    /// With a state key: resume checkpoints that carry no tag (written
+    /// before the key was configured) and seal them with the key, for a
+    /// rolling upgrade that adds the key; drop it once every worker has it.
+    #[arg(long)]
+    accept_unsigned_checkpoints: bool,
     /// Azure OpenAI: the resource endpoint.
     #[arg(long, value_name = "URL")]
     azure_endpoint: Option<String>,
@@ -190,7 +195,9 @@ async fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
         None => Secret::from_env("COLLOQUY_STATE_KEY"),
     };
     if let Some(key) = state_key {
-        config = config.with_state_key(key);
+        config = config
+            .with_state_key(key)
+            .accept_unsigned_checkpoints(a.accept_unsigned_checkpoints);
     }
     // Flushed when dropped, after the drain.
     let otlp = otel::from_env("worker")?;

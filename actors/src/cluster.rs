@@ -71,6 +71,8 @@ mod admission;
 #[cfg(test)]
 mod admission_tests;
 mod connect;
+#[cfg(test)]
+mod fencing_tests;
 mod lease;
 mod policy;
 mod remote;
