@@ -90,6 +90,11 @@ mod spec;
 mod subject;
 #[cfg(test)]
 pub(crate) mod test_hooks;
+/// The test server of the cluster's unit tests (one copy for all of them).
+#[cfg(test)]
+#[path = "../../tests/support/nats.rs"]
+#[allow(unreachable_pub)]
+mod test_nats;
 pub mod wire;
 mod worker;
 

@@ -2,9 +2,7 @@
 //! the insert of the session), and a close slower than the lease time, each
 //! held inside its window by a test hook.
 
-#[path = "../../../tests/support/nats.rs"]
-#[allow(unreachable_pub)]
-mod nats;
+use super::test_nats as nats;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

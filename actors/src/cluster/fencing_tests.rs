@@ -4,9 +4,7 @@
 //! sessions; once it resumes, its held write is refused, its next heartbeat
 //! is refused, and it stops every session it held, writing nothing.
 
-#[path = "../../../tests/support/nats.rs"]
-#[allow(unreachable_pub)]
-mod nats;
+use super::test_nats as nats;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
