@@ -41,6 +41,10 @@ struct View {
     records: HashMap<String, Seen<Lease>>,
     /// Fences in flight, by instance and revision (one at a time each).
     fencing: HashSet<(String, u64)>,
+    /// Whether the watch delivered every key's last value. Heartbeats are
+    /// the most recent writes, so they come last in that replay: until then
+    /// a record whose worker's heartbeat is not seen yet says nothing.
+    caught_up: bool,
 }
 
 impl View {
@@ -49,7 +53,7 @@ impl View {
     fn owner_gone(&self, record: &Seen<Lease>) -> bool {
         match self.hearts.get(&record.value.instance) {
             Some(h) => h.value.state == Liveness::Dead || h.value.epoch > record.value.epoch,
-            None => record.at.elapsed() > ttl(record.value.ttl_ms),
+            None => self.caught_up && record.at.elapsed() > ttl(record.value.ttl_ms),
         }
     }
 
@@ -86,7 +90,16 @@ pub(super) async fn monitor(inner: Arc<Inner>) {
         loop {
             tokio::select! {
                 entry = watch.next() => match entry {
-                    Some(Ok(entry)) => on_entry(&inner, &mut view, entry),
+                    Some(Ok(entry)) => {
+                    let current = entry.seen_current;
+                    on_entry(&inner, &mut view, entry);
+                    if current && !view.caught_up {
+                        // A record's clock starts once the replay is over.
+                        view.caught_up = true;
+                        let now = Instant::now();
+                        view.records.values_mut().for_each(|s| s.at = now);
+                    }
+                }
                     Some(Err(e)) => {
                         tracing::warn!(error = %e, "lease watch failed; restarting it");
                         break;
