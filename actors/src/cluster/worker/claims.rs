@@ -282,7 +282,10 @@ async fn claim(
     // A checkpoint this worker may not resume (unsigned or forged, with a
     // state key) is not claimed at all: the record stays for a worker that
     // may (one without the key, or accepting unsigned ones in a rollout).
-    if let Err(StoreError::Unverified(why)) = inner.store.read_checkpoint(key).await {
+    // (Only a worker with a state key refuses one: the others skip the read.)
+    if inner.config.state_key.is_some()
+        && let Err(StoreError::Unverified(why)) = inner.store.read_checkpoint(key).await
+    {
         tracing::warn!(session = %id, %why, "checkpoint refused: session left for another worker");
         inner.refused.insert(key.to_string(), revision);
         return Err(ClusterError::Protocol(why));
