@@ -219,3 +219,54 @@ async fn a_keyed_worker_accepting_unsigned_checkpoints_resumes_and_seals_them() 
     let ctx = s.context().await.unwrap();
     assert_eq!(texts(&ctx, Role::User), ["question one", "question two"]);
 }
+
+/// An idle session's record and checkpoint are written only when ownership
+/// changes, so nothing renews them against the buckets' `max_age`: its driver
+/// rewrites both, unchanged, every quarter to third of it. Here `max_age` is
+/// 2 s: after five refreshes (more than 2 s) both keys are there and the next
+/// turn works on the history. (Before, the lease was renewed but an idle
+/// session's checkpoint was not: it expired, and the next turn's write found
+/// it gone.)
+#[tokio::test]
+async fn an_idle_session_outlives_the_buckets_max_age() {
+    let Some(server) = NatsServer::start().await else {
+        return;
+    };
+    let model = model().await;
+    let policy = colloquy_actors::cluster::PlacementPolicy {
+        store_max_age: Some(Duration::from_secs(2)),
+        ..colloquy_actors::cluster::PlacementPolicy::default()
+    };
+    let config = worker_config(&model, "a", 10, NO_FAILOVER).with_policy(policy);
+    let _a = Worker::start(connect(&server.url(), "a").await.unwrap(), config)
+        .await
+        .unwrap();
+    let client = cluster_client(&server).await;
+    let s = client
+        .place("long-idle", SessionSpec::default())
+        .await
+        .unwrap();
+    let mut rx = s.subscribe().await.unwrap();
+    let (_, end, _, _) = turn(&s, &mut rx, "question one").await;
+    assert_eq!(end, TurnEnd::Stop);
+    let leases = bucket(&server, "colloquy_leases").await;
+    let mut watch = leases.watch("long-idle").await.unwrap();
+    tokio::time::timeout(GUARD, async {
+        for _ in 0..5 {
+            let entry = watch.next().await.expect("watching").unwrap();
+            assert_eq!(entry.operation, Operation::Put, "the record went");
+        }
+    })
+    .await
+    .expect("the record is refreshed");
+    assert!(leases.get("long-idle").await.unwrap().is_some());
+    let checkpoints = bucket(&server, "colloquy_checkpoints").await;
+    assert!(checkpoints.get("long-idle").await.unwrap().is_some());
+    let (_, end, text, _) = turn(&s, &mut rx, "question two").await;
+    assert_eq!(
+        (end, text.as_str()),
+        (TurnEnd::Stop, "Answer to question two.")
+    );
+    let ctx = s.context().await.unwrap();
+    assert_eq!(texts(&ctx, Role::User), ["question one", "question two"]);
+}
