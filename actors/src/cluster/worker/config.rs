@@ -106,8 +106,8 @@ impl WorkerConfig {
     }
 
     /// Resumes untagged checkpoints (and seals them) despite the state key,
-    /// for a rolling upgrade that adds the key (see
-    /// [`accept_unsigned_checkpoints`](Self::accept_unsigned_checkpoints)).
+    /// for a rolling upgrade that adds the key (see the field of the same
+    /// name).
     pub fn accept_unsigned_checkpoints(mut self, accept: bool) -> Self {
         self.accept_unsigned_checkpoints = accept;
         self
