@@ -18,7 +18,7 @@
 //!
 //! It prints one line containing `ready` once it takes sessions, and one line
 //! when it stops. SIGTERM or Ctrl-C drains it: no new sessions, turns in flight
-//! finish (up to `--drain-timeout-ms`), then each session's lease is released
+//! finish (up to `--drain-timeout-ms`), then each session's record is released
 //! so another worker takes it over at once. It registers one demo tool,
 //! `get_weather`, that specs may name.
 
@@ -57,7 +57,7 @@ struct Args {
     /// The NATS server (scheme://host:port; a comma-separated list for a cluster).
     #[arg(long, value_name = "URL", default_value = "nats://127.0.0.1:4222")]
     nats: String,
-    /// The worker's name, in events, leases and logs [default: worker-PID].
+    /// The worker's name, in events, heartbeats, records and logs [default: worker-PID].
     #[arg(long)]
     name: Option<String>,
     /// Sessions at most; a full worker takes no more.
@@ -83,6 +83,11 @@ struct Args {
     /// environment, else none].
     #[arg(long, value_name = "PATH")]
     state_key_file: Option<std::path::PathBuf>,
+    /// With a state key: resume checkpoints that carry no tag (written
+    /// before the key was configured) and seal them with the key, for a
+    /// rolling upgrade that adds the key; drop it once every worker has it.
+    #[arg(long)]
+    accept_unsigned_checkpoints: bool,
     /// Azure OpenAI: the resource endpoint.
     #[arg(long, value_name = "URL")]
     azure_endpoint: Option<String>,
@@ -95,7 +100,8 @@ struct Args {
     /// Prefix of the cluster's subjects and buckets (letters, digits, - and _).
     #[arg(long, value_name = "P", default_value = "colloquy")]
     prefix: String,
-    /// A lease not renewed for this long (milliseconds) is taken over by another worker.
+    /// A worker whose heartbeat is not renewed for this long (milliseconds)
+    /// is fenced, and its sessions are taken over by another worker.
     #[arg(long, value_name = "MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
     lease_ms: u64,
     /// How long a drain lets turns in flight finish (milliseconds).
@@ -190,7 +196,9 @@ async fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
         None => Secret::from_env("COLLOQUY_STATE_KEY"),
     };
     if let Some(key) = state_key {
-        config = config.with_state_key(key);
+        config = config
+            .with_state_key(key)
+            .accept_unsigned_checkpoints(a.accept_unsigned_checkpoints);
     }
     // Flushed when dropped, after the drain.
     let otlp = otel::from_env("worker")?;

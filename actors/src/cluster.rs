@@ -26,34 +26,42 @@
 //!   A cancel is executed by the owning worker on receipt: the turn is closed
 //!   on its ledger, and the worker forwards the bus in order, so no event of
 //!   the turn follows its `turn_finished` (`cancelled`) on the wire either.
-//! - **Ownership and failover.** Each session has a lease in the JetStream KV
-//!   bucket `{prefix}_leases`, renewed by its worker every third of the lease
-//!   time, and a checkpoint (spec, committed context, last committed and last
-//!   started turn) in `{prefix}_checkpoints`, written after every commit (from
-//!   [`SessionHandle::watch_checkpoint`](crate::SessionHandle::watch_checkpoint)).
-//!   Every worker watches the leases; one that has not changed for the lease
-//!   time (its worker died or is cut off) is claimed with a compare-and-set on
-//!   its revision — exactly one claimer wins — and the winner restores the
-//!   checkpoint and resumes the session: it ends the turn that was in flight
-//!   as `failed` ("worker lost") and publishes `resumed` naming the last
-//!   committed turn. A worker that loses its lease (a compare-and-set refused)
-//!   stops its copy of the session at once. A lease whose checkpoint is gone
-//!   (a session being closed or ended; a close deletes the lease first and
-//!   renews it until then) or does not decode is deleted by its claimer, not
-//!   given back: it is never claimed in a loop
+//! - **Ownership and failover.** Each worker keeps one heartbeat in the
+//!   JetStream KV bucket `{prefix}_leases` (`workers.<instance>`), renewed
+//!   every third of the lease time; each session has an ownership record
+//!   there, written only when its owner changes (placement, claim, release,
+//!   close), and a checkpoint (spec, committed context, last committed and
+//!   last started turn) in `{prefix}_checkpoints`, written after every commit
+//!   (from [`SessionHandle::watch_checkpoint`](crate::SessionHandle::watch_checkpoint)).
+//!   An idle session costs no write. Every worker watches the bucket; a
+//!   heartbeat that has not changed for the lease time (its worker died, is
+//!   paused or is cut off) is fenced (set `dead` by compare-and-set), then
+//!   each of its sessions is claimed with a compare-and-set on its record —
+//!   exactly one claimer wins — and the winner rewrites the checkpoint under
+//!   its generation and resumes the session: it ends a turn the store knew
+//!   was in flight as `failed` ("worker lost") and publishes `resumed` naming
+//!   the last committed turn. A worker whose heartbeat compare-and-set is
+//!   refused stops every session it holds at once (and registers again); one
+//!   whose checkpoint compare-and-set is refused stops that copy. A record
+//!   whose checkpoint is gone (a session being closed or ended; a close
+//!   deletes the record first) or does not decode is deleted by its claimer,
+//!   not given back: it is never claimed in a loop
 //!   (`colloquy_cluster_orphan_leases_total`).
 //! - **Committed means durable.** A turn's normal `turn_finished` is forwarded
-//!   only once the checkpoint holding the turn is stored, and `turn_started`
-//!   only once the store knows the turn began: a subscriber never sees a turn
-//!   finish that a failover could lose, and a resumed session never reuses a
-//!   turn number. A checkpoint larger than the server's maximum message size
+//!   only once the checkpoint holding the turn is stored: a subscriber never
+//!   sees a turn finish that a failover could lose. `turn_started` goes out
+//!   first and is stored right after, so no store round trip delays a turn
+//!   start; a session resumed after a failover numbers its turns past one the
+//!   lost worker may have started unstored, so it never reuses a turn number.
+//!   A checkpoint larger than the server's maximum message size
 //!   is not chunked: it is reported ([`RemoteEventKind::CheckpointTooLarge`],
 //!   `colloquy_cluster_checkpoint_too_large_total`) and the session runs on
 //!   without a durable copy.
 //! - **Draining.** [`Worker::drain`] (or SIGTERM with
 //!   [`Worker::drain_on_signal`]) stops taking sessions, lets turns in flight
-//!   finish up to the drain timeout, then releases each lease, so another
-//!   worker claims the session at once instead of after expiry. A speculative
+//!   finish up to the drain timeout, then releases each session's record, so
+//!   another worker claims the session at once instead of after the worker's
+//!   heartbeat stops. A speculative
 //!   turn is not waited for (nobody heard it; stopping the session drops it),
 //!   and a placement or claim in progress when the drain begins is admitted
 //!   first and handed over with the rest.
@@ -71,6 +79,8 @@ mod admission;
 #[cfg(test)]
 mod admission_tests;
 mod connect;
+#[cfg(test)]
+mod fencing_tests;
 mod lease;
 mod policy;
 mod remote;
@@ -80,6 +90,11 @@ mod spec;
 mod subject;
 #[cfg(test)]
 pub(crate) mod test_hooks;
+/// The test server of the cluster's unit tests (one copy for all of them).
+#[cfg(test)]
+#[path = "../../tests/support/nats.rs"]
+#[allow(unreachable_pub)]
+mod test_nats;
 pub mod wire;
 mod worker;
 
@@ -193,7 +208,8 @@ pub enum ClusterError {
     /// A message from the network did not follow the schema.
     #[error("invalid message: {0}")]
     Protocol(String),
-    /// The worker lost the session's lease to another worker.
+    /// The worker lost the session's ownership to another worker (or its
+    /// heartbeat was fenced).
     #[error("lease of session {0} lost")]
     LeaseLost(SessionId),
     /// The worker's [`PlacementPolicy`] refused the placement or the input.

@@ -268,11 +268,10 @@ async fn a_killed_workers_sessions_resume_elsewhere_with_their_history() {
         let (t, end, text, w) = turn(s, rx, &format!("question {i} again")).await;
         assert_eq!((end, w.as_str()), (TurnEnd::Stop, "b"));
         assert_eq!(text, format!("Answer to question {i} again."));
-        assert_eq!(
-            t,
-            if i == 0 { TurnId(3) } else { TurnId(2) },
-            "turn numbers are never reused"
-        );
+        // Turn numbers are never reused: after a failover the new owner's
+        // begin past one the lost worker may have started unstored (for
+        // session 0 the store knew turn 2: it ended as failed).
+        assert_eq!(t, TurnId(3), "turn numbers are never reused");
         let ctx = s.context().await.unwrap();
         let mut users = vec![format!("question {i}")];
         if i == 0 {
@@ -459,19 +458,25 @@ async fn an_oversized_context_is_reported() {
     s.send_text(format!("question {}", "y".repeat(30_000)))
         .await
         .unwrap();
-    let ev = next(&mut rx, |e| {
-        matches!(e.kind, RemoteEventKind::CheckpointTooLarge { .. })
-    })
-    .await;
-    let RemoteEventKind::CheckpointTooLarge { bytes, max_bytes } = ev.kind else {
-        unreachable!()
-    };
+    // The turn start goes out before its store (which reports the size),
+    // unless the commit of the question was stored first: either order.
+    let (mut started, mut too_large) = (None, None);
+    while started.is_none() || too_large.is_none() {
+        let ev = next(&mut rx, |_| true).await;
+        match ev.kind {
+            RemoteEventKind::CheckpointTooLarge { bytes, max_bytes } => {
+                too_large = Some((bytes, max_bytes))
+            }
+            RemoteEventKind::Bus(EventKind::TurnStarted) => started = Some(ev.turn),
+            _ => {}
+        }
+    }
+    let (bytes, max_bytes) = too_large.unwrap();
     assert!(
         bytes > max_bytes && max_bytes < 65_536,
         "{bytes} {max_bytes}"
     );
-    let started = next(&mut rx, |e| e.bus() == Some(&EventKind::TurnStarted)).await;
-    let (_, end, _, _) = finish(&mut rx, started.turn).await;
+    let (_, end, _, _) = finish(&mut rx, started.unwrap()).await;
     assert_eq!(end, TurnEnd::Stop);
     assert!(counter(snap, "colloquy_cluster_checkpoint_too_large_total") >= before + 2);
 }

@@ -160,11 +160,12 @@ async fn a_dropped_speculation_is_not_announced_as_failed_after_a_failover() {
         "a speculation nobody heard is announced as failed: {before_resume:?}"
     );
     assert_eq!(resumed.worker, "b");
-    // The next turn is an ordinary one, numbered after the speculation's.
+    // The next turn is an ordinary one, numbered after the speculation's
+    // (and past the one a failover skips: see docs/cluster.md).
     let (t, end, text, by) = turn(&s, &mut rx, "question three").await;
     assert_eq!(
         (t, end, text.as_str(), by.as_str()),
-        (TurnId(3), TurnEnd::Stop, "Answer to question three.", "b")
+        (TurnId(4), TurnEnd::Stop, "Answer to question three.", "b")
     );
     let ctx = s.context().await.unwrap();
     assert_eq!(texts(&ctx, Role::User), ["question one", "question three"]);
@@ -369,7 +370,8 @@ async fn forged_events_neither_pass_nor_hide_the_genuine_ones() {
 /// a higher generation) was resumed by another worker: the writer's system
 /// message went into the next request. With a state key, checkpoints carry
 /// an HMAC tag bound to their key: a genuine one resumes after a failover, a
-/// forged one is never resumed (its lease is deleted) and reaches no model.
+/// forged one is never resumed (nor claimed: its record is left for an
+/// operator) and reaches no model.
 #[tokio::test]
 async fn a_forged_checkpoint_is_not_resumed_and_a_signed_one_is() {
     let Some(server) = NatsServer::start().await else {
@@ -423,24 +425,30 @@ async fn a_forged_checkpoint_is_not_resumed_and_a_signed_one_is() {
         .await
         .unwrap();
     let leases = js.get_key_value("colloquy_leases").await.unwrap();
-    let mut watch = leases.watch_with_history("forged").await.unwrap();
     let lease = serde_json::json!({
         "worker": "attacker", "instance": "x", "generation": 10,
         "state": "released", "ttl_ms": 1000,
     });
-    leases
+    let snap = metrics();
+    let refused = counter(snap, "colloquy_cluster_checkpoints_refused_total");
+    let put = leases
         .put("forged", Bytes::from(lease.to_string()))
         .await
         .unwrap();
+    // Refused, and left alone: not claimed (no write on its record).
     tokio::time::timeout(GUARD, async {
-        while let Some(entry) = watch.next().await {
-            if entry.unwrap().operation != Operation::Put {
-                return;
-            }
+        while counter(snap, "colloquy_cluster_checkpoints_refused_total") == refused {
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     })
     .await
-    .expect("the forged session's lease was deleted, not resumed");
+    .expect("the forged checkpoint was refused");
+    let entry = leases.entry("forged").await.unwrap().expect("record kept");
+    assert_eq!(
+        (entry.revision, entry.operation),
+        (put, Operation::Put),
+        "the forged session's record was claimed"
+    );
 
     // The genuine session survives its worker: resumed from its signed
     // checkpoint, its history intact.

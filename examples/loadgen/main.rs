@@ -7,6 +7,9 @@
 //! cargo run --release --example loadgen -- --base-url http://127.0.0.1:8089/v1 \
 //!     --sessions 1000 --turns 3 --cancel-after-tokens 5 --json
 //! cargo run --release --example loadgen -- --sessions 0 --idle-sessions 10000 --json
+//! # what 1,000 idle sessions cost the cluster's store (nats-server -m 8222):
+//! cargo run --release --example loadgen -- --nats nats://127.0.0.1:4222 --sessions 0 \
+//!     --idle-sessions 1000 --nats-monitor http://127.0.0.1:8222 --json
 //!
 //! # a bounded soak with random barge-ins, checking the runtime's invariants:
 //! cargo run --release --example loadgen -- --sessions 200 --turns 20 \
@@ -191,6 +194,19 @@ struct Args {
     /// encoded or sent
     #[arg(long)]
     pub(crate) speech_only: bool,
+    /// `--nats` with `--sessions 0 --idle-sessions N`: the NATS server's
+    /// monitoring endpoint (`nats-server -m 8222`: http://127.0.0.1:8222);
+    /// reports the key-value writes and JetStream API requests per second
+    /// while the N sessions idle (examples/loadgen/idle.rs)
+    #[arg(long, value_name = "URL")]
+    pub(crate) nats_monitor: Option<String>,
+    /// With --nats-monitor: seconds between placing the idle sessions and
+    /// the first reading
+    #[arg(long, value_name = "S", default_value_t = 5)]
+    pub(crate) idle_settle_secs: u64,
+    /// With --nats-monitor: seconds between the two readings
+    #[arg(long, value_name = "S", default_value_t = 20)]
+    pub(crate) idle_secs: u64,
 }
 
 /// `--recognizer`.
@@ -247,6 +263,8 @@ impl Args {
 
 #[cfg(feature = "nats")]
 mod cluster;
+#[cfg(feature = "nats")]
+mod idle;
 mod plot;
 
 /// Cluster mode (`--nats`).
@@ -256,6 +274,21 @@ async fn run_cluster(nats: String, a: &Args) -> ExitCode {
         Ok(login) => login,
         Err(e) => return common::fail(e),
     };
+    if let Some(monitor) = a.nats_monitor.clone() {
+        let run = idle::run(idle::IdleArgs {
+            nats,
+            login,
+            sessions: a.idle_sessions,
+            monitor,
+            settle_secs: a.idle_settle_secs,
+            window_secs: a.idle_secs,
+            json: a.json,
+        });
+        return match run.await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => common::fail(e),
+        };
+    }
     let run = cluster::run(cluster::ClusterArgs {
         nats,
         login,

@@ -86,9 +86,13 @@ impl NatsServer {
                 );
             }
         };
+        // The counter is per copy of this file (a crate may include it in
+        // several modules), so the port, unique among live servers, is in
+        // the name too: two servers never share a store.
         static N: AtomicU64 = AtomicU64::new(0);
+        let port = free_port();
         let dir = std::env::temp_dir().join(format!(
-            "colloquy-nats-{}-{}",
+            "colloquy-nats-{}-{}-{port}",
             std::process::id(),
             N.fetch_add(1, Ordering::Relaxed)
         ));
@@ -98,7 +102,6 @@ impl NatsServer {
             std::fs::write(&path, c).expect("config written");
             path
         });
-        let port = free_port();
         let mut server = Self {
             bin,
             port,

@@ -1,9 +1,20 @@
-//! Leases and checkpoints in JetStream key-value buckets.
+//! Heartbeats, ownership records and checkpoints in JetStream key-value
+//! buckets.
 //!
-//! A lease is `{worker, instance, generation, state, ttl_ms}` under the
-//! session's key; every change is a compare-and-set on the key's revision, so
-//! of two workers claiming the same expired lease exactly one succeeds. A
-//! checkpoint holds the session's spec, its committed context, and the last
+//! The lease bucket holds two kinds of keys. `workers.<instance>` is a
+//! worker's [`Heartbeat`], rewritten (compare-and-set) every third of its
+//! lease time: the only write whose rate is per worker and per second. A
+//! session's key holds its ownership record ([`Lease`]: `{worker, instance,
+//! epoch, generation, state, ttl_ms}`), written only when ownership changes
+//! (placement, claim, release, close; and a rare refresh against the
+//! bucket's `max_age`), so an idle session costs no write at all. A session
+//! is owned while its record names a worker whose heartbeat is alive under
+//! the record's epoch; every change is a compare-and-set on the key's
+//! revision, so of two workers claiming the same session exactly one
+//! succeeds. Session keys never hold a `.` (see `session_key`), so the two
+//! kinds never meet.
+//!
+//! A checkpoint holds the session's spec, its committed context, and the last
 //! committed and last started turns; it is also written by compare-and-set, so
 //! a worker that lost the session cannot overwrite the new owner's copy.
 
@@ -12,7 +23,7 @@ use bytes::Bytes;
 use colloquy::context::ChatContext;
 use serde::{Deserialize, Serialize};
 
-use super::signing::{StateKey, open, seal};
+use super::signing::{SealError, StateKey, open, seal};
 use super::spec::SessionSpec;
 use super::{ClusterError, Names, PlacementPolicy};
 
@@ -27,14 +38,62 @@ pub(crate) enum LeaseState {
     Released,
 }
 
-/// Ownership of one session.
+/// Ownership of one session (its record under the session's key).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Lease {
     pub(crate) worker: String,
     pub(crate) instance: String,
+    /// The epoch of the owner's heartbeat the record was written under: a
+    /// heartbeat of a later epoch (or dead) means the owner lost it.
+    #[serde(default)]
+    pub(crate) epoch: u64,
     pub(crate) generation: u64,
     pub(crate) state: LeaseState,
+    /// The owner's lease time: a record whose owner never had a heartbeat
+    /// is claimed once it was seen for this long.
     pub(crate) ttl_ms: u64,
+}
+
+/// Whether a heartbeat's worker is alive, or was fenced by another worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Liveness {
+    Alive,
+    Dead,
+}
+
+/// A worker's heartbeat (under [`heartbeat_key`]): rewritten every third of
+/// `ttl_ms`; one unchanged for `ttl_ms` is fenced (set `dead` by
+/// compare-and-set) by another worker before any of its sessions is claimed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Heartbeat {
+    pub(crate) worker: String,
+    pub(crate) instance: String,
+    /// Raised each time the worker finds itself fenced and registers again.
+    pub(crate) epoch: u64,
+    pub(crate) state: Liveness,
+    pub(crate) ttl_ms: u64,
+}
+
+impl Heartbeat {
+    pub(crate) fn encode(&self) -> Bytes {
+        Bytes::from(serde_json::to_vec(self).unwrap_or_default())
+    }
+
+    pub(crate) fn decode(bytes: &[u8]) -> Option<Self> {
+        serde_json::from_slice(bytes).ok()
+    }
+}
+
+/// Where heartbeats are kept in the lease bucket.
+pub(crate) const HEARTBEAT_PREFIX: &str = "workers.";
+
+/// The key of an instance's heartbeat (the instance escaped as a session
+/// key is, so any worker name makes a valid key).
+pub(crate) fn heartbeat_key(instance: &str) -> String {
+    let escaped = super::session_key(&crate::ids::SessionId::from(instance.to_string()))
+        .unwrap_or_else(|_| "invalid".into());
+    format!("{HEARTBEAT_PREFIX}{escaped}")
 }
 
 impl Lease {
@@ -73,6 +132,9 @@ pub(crate) enum StoreError {
     TooLarge { bytes: usize, max_bytes: usize },
     /// A stored value that does not decode (not worth retrying).
     Invalid(String),
+    /// A checkpoint whose tag does not verify, or that has none, with a
+    /// state key (see `signing.rs`): not ours to resume, nor to delete.
+    Unverified(String),
     /// Transport or server trouble; worth retrying.
     Other(String),
 }
@@ -88,7 +150,7 @@ impl From<StoreError> for ClusterError {
                 bytes,
                 max_bytes,
             },
-            StoreError::Invalid(m) => ClusterError::Protocol(m),
+            StoreError::Invalid(m) | StoreError::Unverified(m) => ClusterError::Protocol(m),
             StoreError::Other(m) => ClusterError::Nats(m),
         }
     }
@@ -102,6 +164,9 @@ pub(crate) struct Store {
     client: async_nats::Client,
     /// Checkpoints are tagged and verified with it (`signing.rs`).
     state_key: Option<StateKey>,
+    /// With a state key: an untagged checkpoint is read (and re-sealed at
+    /// the next write) instead of refused.
+    accept_unsigned: bool,
 }
 
 async fn bucket(
@@ -138,6 +203,7 @@ impl Store {
         names: &Names,
         policy: &PlacementPolicy,
         state_key: Option<StateKey>,
+        accept_unsigned: bool,
     ) -> Result<Self, ClusterError> {
         let js = jetstream::new(client.clone());
         Ok(Self {
@@ -145,6 +211,7 @@ impl Store {
             checkpoints: bucket(&js, names.checkpoint_bucket(), policy).await?,
             client: client.clone(),
             state_key,
+            accept_unsigned,
         })
     }
 
@@ -182,6 +249,42 @@ impl Store {
         revision: u64,
     ) -> Result<u64, StoreError> {
         cas(&self.leases, key, lease.encode(), revision).await
+    }
+
+    /// Creates a heartbeat (its key must not exist).
+    pub(crate) async fn create_heartbeat(&self, hb: &Heartbeat) -> Result<u64, StoreError> {
+        self.leases
+            .create(heartbeat_key(&hb.instance), hb.encode())
+            .await
+            .map_err(|e| match e.kind() {
+                kv::CreateErrorKind::AlreadyExists => StoreError::Exists,
+                _ => StoreError::Other(e.to_string()),
+            })
+    }
+
+    /// Writes a heartbeat if its key is still at `revision`.
+    pub(crate) async fn cas_heartbeat(
+        &self,
+        hb: &Heartbeat,
+        revision: u64,
+    ) -> Result<u64, StoreError> {
+        cas(
+            &self.leases,
+            &heartbeat_key(&hb.instance),
+            hb.encode(),
+            revision,
+        )
+        .await
+    }
+
+    /// The value and revision under a key of the lease bucket (`None`:
+    /// absent or deleted).
+    pub(crate) async fn lease_entry(&self, key: &str) -> Result<Option<(Bytes, u64)>, StoreError> {
+        match self.leases.entry(key).await {
+            Ok(Some(e)) if e.operation == kv::Operation::Put => Ok(Some((e.value, e.revision))),
+            Ok(_) => Ok(None),
+            Err(e) => Err(StoreError::Other(e.to_string())),
+        }
     }
 
     pub(crate) async fn delete_lease(&self, key: &str, revision: u64) -> Result<(), StoreError> {
@@ -234,10 +337,23 @@ impl Store {
             .map_err(|e| StoreError::Other(e.to_string()))?;
         match entry {
             Some(e) if e.operation == kv::Operation::Put => {
-                let body = open(self.state_key.as_ref(), key, &e.value).map_err(|err| {
-                    metrics::counter!("colloquy_cluster_checkpoints_refused_total").increment(1);
-                    StoreError::Invalid(format!("checkpoint of {key}: {err}"))
-                })?;
+                let body = match open(self.state_key.as_ref(), key, &e.value) {
+                    Ok(body) => body,
+                    // A rolling upgrade that adds the key: what was written
+                    // before it is taken (and sealed at its next write).
+                    Err(SealError::Unsigned) if self.accept_unsigned => {
+                        metrics::counter!("colloquy_cluster_checkpoints_unsigned_accepted_total")
+                            .increment(1);
+                        &e.value[..]
+                    }
+                    Err(err) => {
+                        metrics::counter!("colloquy_cluster_checkpoints_refused_total")
+                            .increment(1);
+                        return Err(StoreError::Unverified(format!(
+                            "checkpoint of {key}: {err}"
+                        )));
+                    }
+                };
                 let cp = serde_json::from_slice(body)
                     .map_err(|err| StoreError::Invalid(format!("checkpoint of {key}: {err}")))?;
                 Ok(Some((cp, e.revision)))

@@ -600,7 +600,7 @@ impl RemoteSession {
         serde_json::from_value(v).map_err(|e| ClusterError::Protocol(e.to_string()))
     }
 
-    /// Ends the session: it stops on its worker and its lease and checkpoint
+    /// Ends the session: it stops on its worker and its ownership record and checkpoint
     /// are deleted.
     pub async fn close(&self) -> Result<(), ClusterError> {
         self.call(&Input::Close).await.map(|_| ())

@@ -11,14 +11,15 @@
 //! - [`config`]: what a worker is started with.
 //! - [`placement`]: offering capacity in the queue group and taking new
 //!   sessions placed on it.
-//! - [`claims`]: watching every lease and taking over (compare-and-set) the
-//!   sessions of workers that died or drained.
+//! - [`heartbeat`]: the worker's one periodic write, its heartbeat, and the
+//!   fencing of a worker whose heartbeat stopped.
+//! - [`claims`]: watching every heartbeat and ownership record, and taking
+//!   over (compare-and-set) the sessions of workers that died or drained.
 //! - [`driver`]: one session running here, from its start (placed or claimed)
 //!   to its end: the task that owns it.
 //! - [`inputs`]: the input requests of a session (speech, transcripts, text,
 //!   messages, `say`, `generate`, tool results, cancel, context, settings,
 //!   close); [`replies`]: the replies a client follows (`track`).
-//! - [`lease_keeper`]: the per-session task that renews its lease.
 //! - [`forwarder`]: the session's bus published to NATS in order, with the
 //!   checkpoint writes the durability rules need around turn starts and ends;
 //!   [`batch`]: what it publishes per message, and a cut's queued text dropped.
@@ -30,8 +31,8 @@ mod config;
 mod driver;
 mod forwarder;
 mod handover;
+mod heartbeat;
 mod inputs;
-mod lease_keeper;
 mod placement;
 mod replies;
 
@@ -43,7 +44,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use async_nats::Client;
 use dashmap::{DashMap, DashSet};
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use super::admission::{Admission, Ticket};
@@ -69,8 +70,9 @@ pub struct DrainReport {
     /// Of those, sessions whose turn was still in flight at the drain timeout
     /// (cancelled and committed before the hand-over).
     pub cut_at_timeout: usize,
-    /// Sessions that could not be handed over (their lease was lost, or the
-    /// store failed); others claim them when their lease expires.
+    /// Sessions that could not be handed over (their ownership was lost, or
+    /// the store failed); others claim them once this worker's heartbeat
+    /// stops.
     pub failed: usize,
 }
 
@@ -130,6 +132,12 @@ struct Inner {
     sessions: DashMap<String, Local>,
     /// Session keys with a claim in progress (one claim per key at a time).
     claiming: DashSet<String>,
+    /// Records whose checkpoint this worker refused (unsigned or forged), by
+    /// key and record revision: not claimed again until the record changes.
+    refused: DashMap<String, u64>,
+    /// The epoch our heartbeat is alive under; a session admitted under an
+    /// earlier one stops (the heartbeat was fenced).
+    epoch: watch::Sender<u64>,
     /// Slots taken: sessions running here and admissions in progress.
     reserved: AtomicUsize,
     /// Draining and the admissions in progress (see admission.rs).
@@ -207,11 +215,12 @@ impl Inner {
         }))
     }
 
-    /// A lease of this worker for `generation`.
-    fn lease(&self, generation: u64, state: LeaseState) -> Lease {
+    /// An ownership record of this worker for `generation`, under `epoch`.
+    fn lease(&self, epoch: u64, generation: u64, state: LeaseState) -> Lease {
         Lease {
             worker: self.config.name.clone(),
             instance: self.instance.clone(),
+            epoch,
             generation,
             state,
             ttl_ms: self.config.lease_ttl.as_millis() as u64,
@@ -221,9 +230,11 @@ impl Inner {
 
 /// How a session came to run here.
 struct Ownership {
-    /// The owner generation of our lease (1 for a placement).
+    /// The heartbeat epoch the record was written under.
+    epoch: u64,
+    /// The owner generation of our record (1 for a placement).
     generation: u64,
-    /// The revision of our lease in the store.
+    /// The revision of our ownership record in the store.
     lease_rev: u64,
     /// The revision of the checkpoint we wrote.
     checkpoint_rev: u64,
@@ -234,18 +245,23 @@ struct Ownership {
     started_turn: u64,
     /// Set when resumed from another worker's checkpoint.
     resumed_from: Option<Option<String>>,
+    /// Taken from a worker that did not release it (its turn numbers may
+    /// have gone one past the checkpoint's).
+    failover: bool,
 }
 
-/// The session lost its lease (another worker owns it now).
+/// The session lost its ownership (another worker owns it now, or our
+/// heartbeat was fenced).
 struct Lost;
 
 /// A worker process's part of the cluster: it runs sessions in a local
 /// [`Supervisor`], takes new ones from the placement queue while it has room,
-/// claims sessions whose lease expired, and hands its own over when draining.
+/// claims the sessions of workers whose heartbeat stopped, and hands its own
+/// over when draining.
 ///
 /// Dropping a worker (or [`Worker::abort`]) stops its tasks without releasing
-/// its leases, as a crash would: other workers resume its sessions once the
-/// leases expire.
+/// anything, as a crash would: other workers fence its heartbeat once it is
+/// a lease time old, and resume its sessions.
 pub struct Worker {
     inner: Arc<Inner>,
     tasks: Vec<tokio::task::AbortHandle>,
@@ -264,7 +280,8 @@ impl std::fmt::Debug for Worker {
 impl Worker {
     /// Starts a worker on a NATS connection (see [`connect`](super::connect)):
     /// opens (or creates) the buckets, subscribes to the placement subject
-    /// (registered at the server when this returns), and starts watching leases.
+    /// (registered at the server when this returns), and starts its heartbeat
+    /// and watching the others'.
     pub async fn start(nats: Client, config: WorkerConfig) -> Result<Self, ClusterError> {
         let names = Names::new(&config.prefix)?;
         if config.name.is_empty() {
@@ -276,6 +293,7 @@ impl Worker {
             &names,
             &config.policy,
             config.state_key.clone().map(super::signing::StateKey::new),
+            config.accept_unsigned_checkpoints,
         )
         .await?;
         let supervisor = Supervisor::start(SupervisorConfig {
@@ -295,12 +313,20 @@ impl Worker {
             supervisor,
             sessions: DashMap::new(),
             claiming: DashSet::new(),
+            refused: DashMap::new(),
+            epoch: watch::channel(1).0,
             reserved: AtomicUsize::new(0),
             admission: Arc::default(),
             changed: Notify::new(),
             encoded: Default::default(),
             config,
         });
+        // Alive before any session names us.
+        let beat_rev = inner
+            .store
+            .create_heartbeat(&inner.heartbeat(1))
+            .await
+            .map_err(ClusterError::from)?;
         let first = if inner.offering() {
             let sub = nats
                 .queue_subscribe(inner.names.place(), inner.names.queue_group())
@@ -314,6 +340,7 @@ impl Worker {
         let tasks = vec![
             tokio::spawn(placement::offer(inner.clone(), first)).abort_handle(),
             tokio::spawn(claims::monitor(inner.clone())).abort_handle(),
+            tokio::spawn(heartbeat::beat(inner.clone(), beat_rev)).abort_handle(),
         ];
         tracing::info!(worker = %inner.config.name, instance = %inner.instance, "worker started");
         Ok(Self { inner, tasks })
@@ -324,7 +351,8 @@ impl Worker {
         &self.inner.config.name
     }
 
-    /// This run's unique id (the name and a random suffix), as in its leases.
+    /// This run's unique id (the name and a random suffix), as in its
+    /// heartbeat and its sessions' ownership records.
     pub fn instance(&self) -> &str {
         &self.inner.instance
     }
@@ -358,15 +386,16 @@ impl Worker {
         self.inner.supervisor.session(id)
     }
 
-    /// Stops everything now without releasing a lease or publishing anything
-    /// more, as a crash would (other workers resume the sessions once their
-    /// leases expire).
+    /// Stops everything now without releasing a session or publishing
+    /// anything more, as a crash would (other workers resume the sessions
+    /// once the heartbeat is a lease time old).
     pub async fn abort(mut self) {
         self.stop_tasks();
         self.inner.supervisor.clone().shutdown().await;
     }
 
-    /// Aborts the placement and claim tasks and every session's driver.
+    /// Aborts the placement, claim and heartbeat tasks and every session's
+    /// driver.
     fn stop_tasks(&mut self) {
         for t in self.tasks.drain(..) {
             t.abort();

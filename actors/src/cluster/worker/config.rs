@@ -25,8 +25,9 @@ pub struct WorkerConfig {
     pub max_sessions: usize,
     /// Prefix of subjects and buckets (default `colloquy`).
     pub prefix: String,
-    /// A lease not renewed for this long is claimed by another worker (it is
-    /// renewed every third of it). Default 1 s.
+    /// A worker whose heartbeat is not renewed for this long is fenced and
+    /// its sessions are claimed by the others (the heartbeat is renewed every
+    /// third of it). Default 1 s.
     pub lease_ttl: Duration,
     /// How long [`Worker::drain`](super::Worker::drain) lets turns in flight finish. Default 10 s.
     pub drain_timeout: Duration,
@@ -45,6 +46,12 @@ pub struct WorkerConfig {
     /// tag and a checkpoint that does not verify is never resumed. Give
     /// every worker of a cluster the same key (none: untagged, unverified).
     pub state_key: Option<colloquy::Secret>,
+    /// With a state key: resume a checkpoint that carries no tag (one written
+    /// before the key was configured: a rolling upgrade that adds it) and
+    /// seal it with the key at its next write, instead of refusing it. A
+    /// forged tag is refused all the same. Default `false`; turn it off once
+    /// every worker has the key (docs/cluster-security.md).
+    pub accept_unsigned_checkpoints: bool,
 }
 
 impl std::fmt::Debug for WorkerConfig {
@@ -61,6 +68,10 @@ impl std::fmt::Debug for WorkerConfig {
             .field("bus_capacity", &self.bus_capacity)
             .field("policy", &self.policy)
             .field("state_key", &self.state_key.as_ref().map(|_| "***"))
+            .field(
+                "accept_unsigned_checkpoints",
+                &self.accept_unsigned_checkpoints,
+            )
             .finish()
     }
 }
@@ -84,12 +95,21 @@ impl WorkerConfig {
             tracing: None,
             policy: PlacementPolicy::default(),
             state_key: None,
+            accept_unsigned_checkpoints: false,
         }
     }
 
     /// Tags checkpoints with `key` and resumes only those that verify.
     pub fn with_state_key(mut self, key: colloquy::Secret) -> Self {
         self.state_key = Some(key);
+        self
+    }
+
+    /// Resumes untagged checkpoints (and seals them) despite the state key,
+    /// for a rolling upgrade that adds the key (see the field of the same
+    /// name).
+    pub fn accept_unsigned_checkpoints(mut self, accept: bool) -> Self {
+        self.accept_unsigned_checkpoints = accept;
         self
     }
 

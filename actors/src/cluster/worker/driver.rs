@@ -1,25 +1,30 @@
 //! A session running here: [`start_local`] starts it in the local supervisor
-//! with its input subscription, its lease keeper and its [`Driver`], the one
-//! task that owns the session on this worker until it is handed over, closed,
-//! stopped, or its lease is lost. The driver's work is split by concern: the
-//! bus forwarded to NATS in `forwarder`, hand-over and close in `handover`.
+//! with its input subscription and its [`Driver`], the one task that owns the
+//! session on this worker until it is handed over, closed, stopped, or its
+//! ownership is lost (a checkpoint write refused, or the worker's heartbeat
+//! fenced). No task of its own renews anything: an idle session costs no
+//! store write (the worker's heartbeat stands for all its sessions), but for
+//! a refresh against the buckets' `max_age`. The driver's work is split by
+//! concern: the bus forwarded to NATS in `forwarder`, hand-over and close in
+//! `handover`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_nats::Subject;
 use colloquy::context::ChatContext;
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
 
 use super::batch::Batch;
 use super::inputs::{InputCtx, run_inputs};
-use super::lease_keeper::{Held, renew_lease};
 use super::replies::Replies;
 use super::{Control, Inner, Local, Lost, Ownership};
 use crate::bus::{BusReceiver, BusRecvError};
 use crate::cluster::ClusterError;
 use crate::cluster::admission::Ticket;
-use crate::cluster::lease::{Checkpoint, LeaseState};
+use crate::cluster::lease::{Checkpoint, Lease, LeaseState, StoreError};
 use crate::cluster::spec::SessionSpec;
 use crate::cluster::wire::{EventClass, EventClasses, WorkerEventName};
 use crate::ids::SessionId;
@@ -71,7 +76,13 @@ pub(super) async fn start_local(
             return Err(ClusterError::nats(e));
         }
     };
-    let turn_base = own.started_turn.max(own.committed_turn);
+    // After a failover a turn may have started on the lost worker that the
+    // checkpoint does not name (a start is stored after it is announced): the
+    // numbers of this owner begin past it, so none is ever used twice.
+    let mut turn_base = own.started_turn.max(own.committed_turn);
+    if own.failover {
+        turn_base = turn_base.max(own.committed_turn + 1);
+    }
     let seq_base = own.generation << 32;
     let (control_tx, control_rx) = mpsc::unbounded_channel();
     let input_ctx = InputCtx {
@@ -89,14 +100,6 @@ pub(super) async fn start_local(
         max_reply_bytes: crate::cluster::max_payload(&inner.nats).saturating_sub(1024),
     };
     let inputs_task = tokio::spawn(run_inputs(input_ctx, inputs));
-    let (lost_tx, lost) = watch::channel(false);
-    let held = Arc::new(Held {
-        lease: inner.lease(own.generation, LeaseState::Held),
-        revision: tokio::sync::Mutex::new(own.lease_rev),
-        lost: lost_tx,
-    });
-    let (stop_renewing, stop) = oneshot::channel();
-    let renewer = tokio::spawn(renew_lease(inner.clone(), key.clone(), held.clone(), stop));
     let mut driver = Driver {
         inner: inner.clone(),
         subjects: EventClass::ALL
@@ -107,9 +110,12 @@ pub(super) async fn start_local(
         batch: Batch::default(),
         max_batch_bytes: crate::cluster::max_payload(&inner.nats) / 2,
         generation: own.generation,
-        held,
-        lost,
-        renewer: Some((stop_renewing, renewer)),
+        record: inner.lease(own.epoch, own.generation, LeaseState::Held),
+        record_rev: own.lease_rev,
+        epoch: own.epoch,
+        epochs: inner.epoch.subscribe(),
+        refresh_at: refresh_at(inner),
+        checkpoint_gone: false,
         id,
         key: key.clone(),
         handle,
@@ -213,14 +219,23 @@ pub(super) struct Driver {
     /// The last wire turn whose history is stored (or will never be: the
     /// checkpoint is too large), for the input task's tracked replies.
     pub(super) durable: watch::Sender<u64>,
-    /// Our generation (the lease's).
+    /// Our generation (the record's).
     pub(super) generation: u64,
-    /// Our lease, shared with its keeper.
-    pub(super) held: Arc<Held>,
-    /// Set by the keeper once the lease is lost.
-    pub(super) lost: watch::Receiver<bool>,
-    /// Stops the keeper, and its task.
-    pub(super) renewer: Option<(oneshot::Sender<()>, tokio::task::JoinHandle<()>)>,
+    /// Our ownership record as we wrote it.
+    pub(super) record: Lease,
+    /// Its revision after our last write.
+    pub(super) record_rev: u64,
+    /// The heartbeat epoch the record names.
+    pub(super) epoch: u64,
+    /// The worker's epoch: once it moves on, our heartbeat was fenced.
+    pub(super) epochs: watch::Receiver<u64>,
+    /// When the record and checkpoint are rewritten, so the buckets'
+    /// `max_age` never removes them under an idle session.
+    pub(super) refresh_at: Instant,
+    /// Set when a checkpoint write found no usable checkpoint (deleted, or
+    /// overwritten with one that does not decode or verify): the record is
+    /// released on the way out, for a claimer to settle.
+    pub(super) checkpoint_gone: bool,
     /// The revision of our last checkpoint write.
     pub(super) checkpoint_rev: u64,
     /// Wire turn numbers of this owner start after it.
@@ -237,34 +252,63 @@ pub(super) struct Driver {
     pub(super) too_large: Option<usize>,
 }
 
+/// When a session's record and checkpoint are rewritten next: every third
+/// of the buckets' `max_age` (spread by the clock's low bits), or never.
+fn refresh_at(inner: &Inner) -> Instant {
+    let far = Instant::now() + Duration::from_secs(365 * 24 * 3600);
+    match inner.config.policy.store_max_age {
+        Some(age) if !age.is_zero() => {
+            let spread = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+            let third = age / 3;
+            Instant::now() + third.mul_f64(0.75 + f64::from(spread % 1000) / 4000.0)
+        }
+        _ => far,
+    }
+}
+
 impl Drop for Driver {
     fn drop(&mut self) {
-        // Aborted with the worker: the input subscription and the renewals go too.
+        // Aborted with the worker: the input subscription goes too.
         self.stop_inputs();
-        if let Some((_, task)) = self.renewer.take() {
-            task.abort();
-        }
     }
 }
 
 impl Driver {
-    /// Stops the renewals and waits for one in flight.
-    pub(super) async fn stop_renewing(&mut self) {
-        if let Some((stop, task)) = self.renewer.take() {
-            let _ = stop.send(());
-            let _ = task.await;
-        }
-    }
-
-    /// Resolves once the lease is lost.
-    pub(super) async fn lease_lost(lost: &mut watch::Receiver<bool>) {
-        if lost.wait_for(|l| *l).await.is_err() {
+    /// Resolves once the worker's heartbeat moved on from `epoch` (fenced).
+    pub(super) async fn fenced(epochs: &mut watch::Receiver<u64>, epoch: u64) {
+        if epochs.wait_for(|e| *e != epoch).await.is_err() {
             std::future::pending::<()>().await;
         }
     }
 
+    /// Rewrites the checkpoint and the record unchanged (compare-and-set on
+    /// ours), so the buckets' `max_age` does not remove them.
+    async fn refresh(&mut self) -> Result<(), Lost> {
+        self.refresh_at = refresh_at(&self.inner);
+        self.flush().await?;
+        match self
+            .inner
+            .store
+            .cas_lease(&self.key, &self.record, self.record_rev)
+            .await
+        {
+            Ok(rev) => {
+                self.record_rev = rev;
+                Ok(())
+            }
+            Err(StoreError::Conflict) => Err(Lost),
+            Err(e) => {
+                tracing::warn!(session = %self.id, error = ?e, "record not refreshed");
+                Ok(())
+            }
+        }
+    }
+
     /// The session's loop: control messages first, then bus events,
-    /// checkpoints and the lease; then what the way it ended asks for.
+    /// checkpoints, the heartbeat's epoch and the refresh; then what the way
+    /// it ended asks for.
     async fn run(mut self) {
         let end = loop {
             tokio::select! {
@@ -298,16 +342,32 @@ impl Driver {
                         break End::Lost;
                     }
                 },
-                _ = Self::lease_lost(&mut self.lost) => break End::Lost,
+                _ = Self::fenced(&mut self.epochs, self.epoch) => break End::Lost,
+                _ = tokio::time::sleep_until(self.refresh_at) => {
+                    if self.refresh().await.is_err() {
+                        break End::Lost;
+                    }
+                }
             }
         };
-        self.stop_renewing().await;
         match end {
             End::Lost => {
                 metrics::counter!("colloquy_cluster_leases_lost_total").increment(1);
-                tracing::warn!(session = %self.id, "lease lost: stopping this copy of the session");
+                tracing::warn!(session = %self.id, "ownership lost: stopping this copy of the session");
                 self.stop_inputs();
                 let _ = self.inner.supervisor.stop_session(&self.id).await;
+                if self.checkpoint_gone {
+                    // Nobody else holds it (our record is still at our
+                    // revision): a claimer settles it (resumes it, or deletes
+                    // a record without a usable checkpoint).
+                    let mut released = self.record.clone();
+                    released.state = LeaseState::Released;
+                    let _ = self
+                        .inner
+                        .store
+                        .cas_lease(&self.key, &released, self.record_rev)
+                        .await;
+                }
             }
             End::Stopped => {
                 // The local session stopped by itself (too many restarts).
@@ -315,14 +375,13 @@ impl Driver {
                 let _ = self.inner.supervisor.stop_session(&self.id).await;
                 self.worker_event(WorkerEventName::SessionEnded, json!({"reason": "stopped"}))
                     .await;
-                // The lease first (as in `close`): no lease without a checkpoint.
-                if let Ok(revision) = self.held.settle(&self.inner.store, &self.key).await
-                    && self
-                        .inner
-                        .store
-                        .delete_lease(&self.key, revision)
-                        .await
-                        .is_ok()
+                // The record first (as in `close`): no record without a checkpoint.
+                if self
+                    .inner
+                    .store
+                    .delete_lease(&self.key, self.record_rev)
+                    .await
+                    .is_ok()
                 {
                     let _ = self.inner.store.delete_checkpoint(&self.key).await;
                 }

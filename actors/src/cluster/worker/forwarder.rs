@@ -2,8 +2,11 @@
 //! (one per [`EventClass`]) in bus order, numbered for the wire (turns global
 //! across owners, seq numbers fenced by generation), with the worker's own
 //! events between them; and the bookkeeping of turns that makes "committed
-//! means durable" hold: a turn's start is stored before it is announced, and
-//! its normal end is published only once the history holding it is stored.
+//! means durable" hold: a turn's normal end is published only once the
+//! history holding it is stored. A turn's start is stored right after it is
+//! announced, not before: no store round trip delays a turn start, and a new
+//! owner after a failover numbers its turns past one the checkpoint may not
+//! name (see `start_local`), so no turn number is used twice.
 //!
 //! Events already queued on the bus are taken together and batched (see
 //! `batch`); a class the session does not publish is never encoded.
@@ -70,11 +73,13 @@ impl Driver {
             // A turn starts when its TurnStarted goes out (a promoted
             // speculation's comes right after its `hit`): every earlier turn
             // is committed (the ledger begins no turn while one waits for its
-            // commit), and the store learns the turn began before anyone else.
+            // commit). It goes out first, then the store learns it began (so a
+            // new owner ends it as failed); what follows it waits for that.
             EventKind::TurnStarted if turn > self.started_turn => {
                 self.committed_turn = self.committed_turn.max(turn - 1);
                 self.started_turn = turn;
-                self.flush().await?;
+                self.publish_bus(&ev, turn).await;
+                return self.flush().await;
             }
             // A speculation nobody heard is over: it did not start (a
             // failover must not end it as failed), nothing of it is in the
@@ -267,6 +272,8 @@ impl Driver {
                 return Ok(());
             }
         };
+        #[cfg(test)]
+        crate::cluster::test_hooks::at(&self.inner.config.name, "checkpoint").await;
         let mut backoff = Duration::from_millis(20);
         loop {
             match self
@@ -287,7 +294,16 @@ impl Driver {
                         Ok(Some((cp, rev))) if cp.generation == self.generation => {
                             self.checkpoint_rev = rev;
                         }
-                        Ok(_) => return Err(Lost),
+                        // Another owner's checkpoint.
+                        Ok(Some(_)) => return Err(Lost),
+                        // Deleted, or replaced by a value that does not
+                        // decode or verify: not ours any more, and retrying
+                        // cannot change that. This copy stops; the record is
+                        // released for a claimer to settle.
+                        Ok(None) | Err(StoreError::Invalid(_) | StoreError::Unverified(_)) => {
+                            self.checkpoint_gone = true;
+                            return Err(Lost);
+                        }
                         Err(_) => tokio::time::sleep(backoff).await,
                     }
                 }

@@ -1,7 +1,8 @@
 //! Hand-over and close: a drain stops the worker taking sessions, lets each
 //! session's live turn finish up to the drain timeout, stores its final
-//! checkpoint and releases its lease, so another worker claims it at once; a
-//! close ends a session for good, deleting its lease and its checkpoint.
+//! checkpoint and releases its ownership record, so another worker claims it
+//! at once; a close ends a session for good, deleting its record and its
+//! checkpoint.
 
 use serde_json::json;
 use tokio::sync::oneshot;
@@ -17,8 +18,8 @@ use crate::cluster::wire::WorkerEventName;
 impl Worker {
     /// Stops taking sessions (placements and claims), lets turns in flight
     /// finish up to the drain timeout (then cancels and commits them), stores
-    /// each session's final checkpoint and releases its lease, so another
-    /// worker claims it at once.
+    /// each session's final checkpoint and releases its ownership record, so
+    /// another worker claims it at once.
     pub async fn drain(&self) -> DrainReport {
         // No admission from now on; those in progress end first, so every
         // session admitted is in the set handed over below.
@@ -100,7 +101,7 @@ impl Driver {
                     Err(BusRecvError::Lagged { missed }) => self.worker_event(WorkerEventName::Lagged, json!({"missed": missed})).await,
                     Err(_) => break,
                 },
-                _ = Self::lease_lost(&mut self.lost) => return Err(Lost),
+                _ = Self::fenced(&mut self.epochs, self.epoch) => return Err(Lost),
                 _ = tokio::time::sleep_until(deadline) => {
                     cut = self.live_turn_open();
                     break;
@@ -112,19 +113,17 @@ impl Driver {
         self.forward_rest().await?;
         self.committed_turn = self.committed_turn.max(self.started_turn);
         self.flush().await?;
-        self.stop_renewing().await;
-        let mut released = self.held.lease.clone();
+        let mut released = self.record.clone();
         released.state = LeaseState::Released;
-        let revision = self.held.settle(&self.inner.store, &self.key).await?;
         match self
             .inner
             .store
-            .cas_lease(&self.key, &released, revision)
+            .cas_lease(&self.key, &released, self.record_rev)
             .await
         {
             Ok(_) => Ok(cut),
             Err(StoreError::Conflict) => Err(Lost),
-            // The lease expires by itself: another worker claims it then.
+            // Claimed once this worker's heartbeat stops.
             Err(_) => Ok(cut),
         }
     }
@@ -151,14 +150,14 @@ impl Driver {
 
     /// Ends the session for good: stops it, publishes `session_ended` with
     /// `reason` (`closed`, `idle_timeout`, `max_lifetime`), and deletes its
-    /// checkpoint and lease.
+    /// ownership record and checkpoint.
     ///
-    /// The lease is renewed until just before it is deleted, so a close
-    /// slower than the lease time is never claimed midway; and it is deleted
-    /// before the checkpoint, so no worker finds a lease without a
-    /// checkpoint (one that does deletes the lease: see `claim`). A crash
-    /// between the two leaves a checkpoint without a lease: never resumed,
-    /// overwritten by the next placement of the id.
+    /// The worker's heartbeat goes on meanwhile, so a close slower than the
+    /// lease time is never claimed midway; and the record is deleted before
+    /// the checkpoint, so no worker finds a record without a checkpoint (one
+    /// that does deletes the record: see `claim`). A crash between the two
+    /// leaves a checkpoint without a record: never resumed, overwritten by
+    /// the next placement of the id.
     pub(super) async fn close(&mut self, reason: &'static str) -> Result<(), ClusterError> {
         self.stop_inputs();
         let _ = self.inner.supervisor.stop_session(&self.id).await;
@@ -167,15 +166,12 @@ impl Driver {
         crate::cluster::test_hooks::at(&self.inner.config.name, "closing").await;
         self.worker_event(WorkerEventName::SessionEnded, json!({"reason": reason}))
             .await;
-        self.stop_renewing().await;
-        let revision = self
-            .held
-            .settle(&self.inner.store, &self.key)
-            .await
-            .map_err(|Lost| ClusterError::LeaseLost(self.id.clone()))?;
+        if *self.epochs.borrow() != self.epoch {
+            return Err(ClusterError::LeaseLost(self.id.clone()));
+        }
         self.inner
             .store
-            .delete_lease(&self.key, revision)
+            .delete_lease(&self.key, self.record_rev)
             .await
             .map_err(ClusterError::from)?;
         self.inner

@@ -1,7 +1,8 @@
 //! Placement: a worker offers capacity on the placement subject, in the
 //! queue group of all workers, exactly while it has room and is not draining,
 //! so NATS hands a new session only to a worker that can take it. A placement
-//! creates the session's lease and first checkpoint, then starts it here.
+//! creates the session's ownership record and first checkpoint, then starts
+//! it here.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -104,9 +105,9 @@ fn too_large(bytes: usize, max_bytes: usize) -> WireError {
     )
 }
 
-/// Places a session here: its lease (created, so an id placed already is
-/// refused), its first checkpoint, then the local session; on failure the
-/// lease and checkpoint are deleted again.
+/// Places a session here: its ownership record (created, so an id placed
+/// already is refused), its first checkpoint, then the local session; on
+/// failure the record and checkpoint are deleted again.
 async fn place(inner: &Arc<Inner>, payload: &[u8], ticket: Ticket) -> Result<(), WireError> {
     let policy = &inner.config.policy;
     PlacementPolicy::size("placement", payload.len(), policy.max_placement_bytes)
@@ -130,7 +131,8 @@ async fn place(inner: &Arc<Inner>, payload: &[u8], ticket: Ticket) -> Result<(),
     };
     let key = session_key(&id).map_err(refusal)?;
     inner.tools_for(&req.spec).map_err(refusal)?;
-    let lease = inner.lease(1, LeaseState::Held);
+    let epoch = inner.epoch();
+    let lease = inner.lease(epoch, 1, LeaseState::Held);
     let checkpoint = Checkpoint {
         v: 1,
         session: id.as_str().to_string(),
@@ -163,12 +165,14 @@ async fn place(inner: &Arc<Inner>, payload: &[u8], ticket: Ticket) -> Result<(),
             .await
             .map_err(|e| WireError::new("internal", format!("{e:?}")))?;
         let own = Ownership {
+            epoch,
             generation: 1,
             lease_rev,
             checkpoint_rev,
             committed_turn: 0,
             started_turn: 0,
             resumed_from: None,
+            failover: false,
         };
         start_local(inner, id.clone(), key.clone(), checkpoint, own, ticket)
             .await
