@@ -6,6 +6,8 @@
 mod events;
 mod fence;
 mod reply;
+#[cfg(all(test, feature = "calls"))]
+mod speaker_tests;
 
 pub use events::RemoteEvents;
 pub use reply::{RemoteReply, RemoteReplyError};
