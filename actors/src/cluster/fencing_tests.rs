@@ -203,3 +203,93 @@ async fn a_paused_then_resumed_old_owner_cannot_write_and_stops_every_session() 
     }
     assert_eq!((a.session_count(), b.session_count()), (0, 2));
 }
+
+/// Review finding: a new owner numbered its turns past the one the lost
+/// owner may have announced without storing, but did not store that skip.
+/// An owner that announced its own first turn and died before storing it
+/// left the next claimer the same numbers: it used that turn number again.
+/// The claim now raises the checkpoint's floor before anything is published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn back_to_back_failovers_never_reuse_a_turn_number() {
+    let Some(server) = NatsServer::start().await else {
+        return;
+    };
+    let model = MockServer::start(|req| {
+        let q = req.last_message()["content"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        MockResponse::text(&["Answer to ", &q, "."])
+    })
+    .await
+    .unwrap();
+    // "floor-b"'s checkpoint writes wait once armed: its next turn start is
+    // announced and never stored.
+    let (arm, armed) = watch::channel(false);
+    let (held_tx, held) = oneshot::channel::<()>();
+    let held_tx = Arc::new(Mutex::new(Some(held_tx)));
+    test_hooks::install(
+        "floor-b",
+        Arc::new(move |point| {
+            let armed = *armed.borrow();
+            let held_tx = held_tx.clone();
+            async move {
+                if !armed || point != "checkpoint" {
+                    return;
+                }
+                if let Some(tx) = held_tx.lock().unwrap().take() {
+                    let _ = tx.send(());
+                }
+                std::future::pending::<()>().await;
+            }
+            .boxed()
+        }),
+    );
+    let a = start_worker(&server, &model, "floor-a").await;
+    let client = ClusterClient::with_config(
+        connect(&server.url(), "client").await.unwrap(),
+        super::RemoteConfig {
+            placement_timeout: GUARD,
+            ..super::RemoteConfig::default()
+        },
+    )
+    .unwrap();
+    let s = client
+        .place("floor-1", SessionSpec::default())
+        .await
+        .unwrap();
+    let mut rx = s.subscribe().await.unwrap();
+    let (first, end, _) = turn(&s, &mut rx, "question one").await;
+    assert_eq!(end, TurnEnd::Stop);
+
+    // First failover: b takes the session.
+    let b = start_worker(&server, &model, "floor-b").await;
+    a.abort().await;
+    next(&mut rx, |e| {
+        matches!(e.kind, RemoteEventKind::Resumed { .. })
+    })
+    .await;
+    // b announces a turn, and dies before storing it.
+    arm.send_replace(true);
+    s.send_text("question two").await.unwrap();
+    let announced = next(&mut rx, |e| {
+        e.bus() == Some(&EventKind::TurnStarted) && e.worker == "floor-b"
+    })
+    .await
+    .turn;
+    assert!(announced > first);
+    tokio::time::timeout(GUARD, held).await.unwrap().unwrap();
+    let _c = start_worker(&server, &model, "floor-c").await;
+    b.abort().await;
+    next(&mut rx, |e| {
+        matches!(e.kind, RemoteEventKind::Resumed { .. }) && e.worker == "floor-c"
+    })
+    .await;
+    // The third owner's first turn comes after every number announced.
+    let (third, end, worker) = turn(&s, &mut rx, "question three").await;
+    assert_eq!((end, worker.as_str()), (TurnEnd::Stop, "floor-c"));
+    assert!(
+        third > announced,
+        "turn {third:?} used again (announced {announced:?} by the lost owner)"
+    );
+}

@@ -52,6 +52,10 @@ pub(crate) struct Lease {
     /// The owner's lease time: a record whose owner never had a heartbeat
     /// is claimed once it was seen for this long.
     pub(crate) ttl_ms: u64,
+    /// Released by a claimer that could not resume it, after its owner was
+    /// lost (not handed over): the next claim is still a failover.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) owner_lost: bool,
 }
 
 /// Whether a heartbeat's worker is alive, or was fenced by another worker.
@@ -119,6 +123,17 @@ pub(crate) struct Checkpoint {
     pub(crate) committed_turn: u64,
     /// The last turn whose start was published.
     pub(crate) started_turn: u64,
+    /// Turn numbers up to this one are taken: an owner that lost the session
+    /// may have announced one past what it stored (a start is stored right
+    /// after it is announced). Each failover's claim raises it past
+    /// everything the lost owner could have used, before anything is
+    /// published, so no number is used twice even across failovers in a row.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub(crate) turn_floor: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Why a store operation failed.

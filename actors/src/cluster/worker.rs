@@ -224,6 +224,7 @@ impl Inner {
             generation,
             state,
             ttl_ms: self.config.lease_ttl.as_millis() as u64,
+            owner_lost: false,
         }
     }
 }
@@ -245,9 +246,8 @@ struct Ownership {
     started_turn: u64,
     /// Set when resumed from another worker's checkpoint.
     resumed_from: Option<Option<String>>,
-    /// Taken from a worker that did not release it (its turn numbers may
-    /// have gone one past the checkpoint's).
-    failover: bool,
+    /// Turn numbers up to this one are taken (the checkpoint's `turn_floor`).
+    turn_floor: u64,
 }
 
 /// The session lost its ownership (another worker owns it now, or our

@@ -10,7 +10,7 @@
 //! An idle session costs nothing here: its record is only read from the
 //! watch, and the clocks are per worker.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,8 +39,11 @@ struct Seen<T> {
 struct View {
     hearts: HashMap<String, Seen<Heartbeat>>,
     records: HashMap<String, Seen<Lease>>,
-    /// Fences in flight, by instance and revision (one at a time each).
-    fencing: HashSet<(String, u64)>,
+    /// Fences tried, by instance and revision, with when: one at a time
+    /// each, and again after a lease time if the watch shows no change (the
+    /// store failed, rather than refused: a refusal is a renewal, which
+    /// changes the revision).
+    fencing: HashMap<(String, u64), Instant>,
     /// Whether the watch delivered every key's last value. Heartbeats are
     /// the most recent writes, so they come last in that replay: until then
     /// a record whose worker's heartbeat is not seen yet says nothing.
@@ -51,9 +54,14 @@ impl View {
     /// Whether the owner of `record` lost it: its heartbeat is fenced, or of a
     /// later epoch, or was never seen for the record's lease time.
     fn owner_gone(&self, record: &Seen<Lease>) -> bool {
+        let unseen = || self.caught_up && record.at.elapsed() > ttl(record.value.ttl_ms);
         match self.hearts.get(&record.value.instance) {
+            // Written under an epoch whose heartbeat is not seen yet (a
+            // fenced worker registering again writes records first): as if
+            // no heartbeat were seen, not as the old epoch's `dead`.
+            Some(h) if h.value.epoch < record.value.epoch => unseen(),
             Some(h) => h.value.state == Liveness::Dead || h.value.epoch > record.value.epoch,
-            None => self.caught_up && record.at.elapsed() > ttl(record.value.ttl_ms),
+            None => unseen(),
         }
     }
 
@@ -201,13 +209,19 @@ fn sweep(inner: &Arc<Inner>, view: &mut View) {
             continue;
         }
         let id = (instance.clone(), h.revision);
-        if !view.fencing.insert(id.clone()) {
+        let retry_after = ttl(h.value.ttl_ms);
+        if view
+            .fencing
+            .get(&id)
+            .is_some_and(|at| at.elapsed() < retry_after)
+        {
             continue;
         }
+        view.fencing.insert(id, Instant::now());
         let inner = inner.clone();
         let (hb, revision) = (h.value.clone(), h.revision);
         // What the watch shows next (dead, or renewed) decides; a fence that
-        // failed on the store is tried again at its revision's next sweep.
+        // failed on the store is tried again a lease time later.
         tokio::spawn(async move {
             heartbeat::fence(&inner, &hb, revision).await;
         });
@@ -215,7 +229,7 @@ fn sweep(inner: &Arc<Inner>, view: &mut View) {
     // Forget the fences of revisions no longer current.
     let hearts = &view.hearts;
     view.fencing
-        .retain(|(i, rev)| hearts.get(i).is_some_and(|h| h.revision == *rev));
+        .retain(|(i, rev), _| hearts.get(i).is_some_and(|h| h.revision == *rev));
     for (key, record) in &view.records {
         if view.claimable(record) {
             consider_claim(inner, key, record);
@@ -261,9 +275,13 @@ fn consider_claim(inner: &Arc<Inner>, key: &str, seen: &Seen<Lease>) {
 
 /// Gives a record we claimed back (`released`, compare-and-set on our
 /// revision): another worker may resume it now.
-async fn release(inner: &Inner, key: &str, lease: &Lease, revision: u64) {
+/// Gives a record back after a claim that could not resume its session;
+/// `owner_lost` when the owner before was lost, not handed over (so the next
+/// claim still skips the turn number it may have announced).
+async fn release(inner: &Inner, key: &str, lease: &Lease, revision: u64, owner_lost: bool) {
     let mut released = lease.clone();
     released.state = LeaseState::Released;
+    released.owner_lost = owner_lost;
     let _ = inner.store.cas_lease(key, &released, revision).await;
 }
 
@@ -300,8 +318,14 @@ async fn claim(
             return Err(ClusterError::Nats(format!("claim refused: {e:?}")));
         }
     };
+    // A session taken from a worker that did not release it may have had a
+    // turn start that is not in the checkpoint (turn starts are not stored
+    // before they are announced): the new owner's turns begin after it.
+    let failover = old.state == LeaseState::Held || old.owner_lost;
     // Rewrite the checkpoint under the new generation: from now on the old
     // owner's compare-and-set fails, so it cannot overwrite what we resume.
+    // After a failover its floor goes past every number the lost owner could
+    // have announced, stored before this owner publishes anything.
     let mut attempts = 0;
     let (checkpoint, checkpoint_rev) = loop {
         attempts += 1;
@@ -310,6 +334,9 @@ async fn claim(
             Ok(Some((mut cp, rev))) => {
                 cp.generation = generation;
                 cp.worker = inner.config.name.clone();
+                if failover {
+                    cp.turn_floor = cp.turn_floor.max(cp.started_turn).max(cp.committed_turn) + 1;
+                }
                 match inner.store.encode_checkpoint(key, &cp) {
                     Ok(bytes) => inner
                         .store
@@ -335,7 +362,7 @@ async fn claim(
                 // Rewritten since the first read: left for another worker,
                 // as above (released: nobody else holds it now).
                 tracing::warn!(session = %id, %why, "checkpoint refused: session released");
-                release(inner, key, &lease, lease_rev).await;
+                release(inner, key, &lease, lease_rev, failover).await;
                 return Err(ClusterError::Protocol(why));
             }
             Err(None | Some(StoreError::Invalid(_))) => {
@@ -351,15 +378,11 @@ async fn claim(
             }
             Err(Some(e)) => {
                 tracing::error!(session = %id, error = ?e, "cannot resume now: the store failed");
-                release(inner, key, &lease, lease_rev).await;
+                release(inner, key, &lease, lease_rev, failover).await;
                 return Err(e.into());
             }
         }
     };
-    // A session taken from a worker that did not release it may have had a
-    // turn start that is not in the checkpoint (turn starts are not stored
-    // before they are announced): the new owner's turns begin after it.
-    let failover = old.state == LeaseState::Held;
     let own = Ownership {
         epoch,
         generation,
@@ -368,10 +391,10 @@ async fn claim(
         committed_turn: checkpoint.committed_turn,
         started_turn: checkpoint.started_turn,
         resumed_from: Some(Some(old.worker.clone())),
-        failover,
+        turn_floor: checkpoint.turn_floor,
     };
     if let Err(e) = start_local(inner, id.clone(), key.to_string(), checkpoint, own, ticket).await {
-        release(inner, key, &lease, lease_rev).await;
+        release(inner, key, &lease, lease_rev, failover).await;
         return Err(e);
     }
     metrics::counter!("colloquy_cluster_sessions_resumed_total").increment(1);

@@ -79,10 +79,10 @@ pub(super) async fn start_local(
     // After a failover a turn may have started on the lost worker that the
     // checkpoint does not name (a start is stored after it is announced): the
     // numbers of this owner begin past it, so none is ever used twice.
-    let mut turn_base = own.started_turn.max(own.committed_turn);
-    if own.failover {
-        turn_base = turn_base.max(own.committed_turn + 1);
-    }
+    // (The claim raised the checkpoint's floor past it, durably, before
+    // this owner published anything: a failover right after this one skips
+    // past this owner's numbers too.)
+    let turn_base = own.started_turn.max(own.committed_turn).max(own.turn_floor);
     let seq_base = own.generation << 32;
     let (control_tx, control_rx) = mpsc::unbounded_channel();
     let input_ctx = InputCtx {

@@ -237,6 +237,8 @@ impl Driver {
             context: (**self.checkpoints.borrow_and_update()).clone(),
             committed_turn: self.committed_turn,
             started_turn: self.started_turn,
+            // Every number up to this owner's base was taken before it.
+            turn_floor: self.turn_base,
         }
     }
 

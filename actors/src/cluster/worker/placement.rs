@@ -142,6 +142,7 @@ async fn place(inner: &Arc<Inner>, payload: &[u8], ticket: Ticket) -> Result<(),
         context: req.context.unwrap_or_default(),
         committed_turn: 0,
         started_turn: 0,
+        turn_floor: 0,
     };
     let bytes = match inner.store.encode_checkpoint(&key, &checkpoint) {
         Ok(b) => b,
@@ -172,7 +173,7 @@ async fn place(inner: &Arc<Inner>, payload: &[u8], ticket: Ticket) -> Result<(),
             committed_turn: 0,
             started_turn: 0,
             resumed_from: None,
-            failover: false,
+            turn_floor: 0,
         };
         start_local(inner, id.clone(), key.clone(), checkpoint, own, ticket)
             .await
