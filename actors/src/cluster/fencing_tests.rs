@@ -293,3 +293,59 @@ async fn back_to_back_failovers_never_reuse_a_turn_number() {
         "turn {third:?} used again (announced {announced:?} by the lost owner)"
     );
 }
+
+/// Review finding: a record naming a live worker that does not run its
+/// session (a claim whose write landed but reported an error, a release or a
+/// delete the store failed) was never taken by anyone: the per-session
+/// lease used to expire by itself, a record does not. The holder now gives
+/// such a record back after two lease times, and the session runs again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_of_a_live_worker_without_its_session_is_given_back() {
+    let Some(server) = NatsServer::start().await else {
+        return;
+    };
+    let model = MockServer::start(|req| {
+        let q = req.last_message()["content"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        MockResponse::text(&["Answer to ", &q, "."])
+    })
+    .await
+    .unwrap();
+    let a = start_worker(&server, &model, "orphan-a").await;
+    let client = ClusterClient::with_config(
+        connect(&server.url(), "client").await.unwrap(),
+        super::RemoteConfig {
+            placement_timeout: GUARD,
+            unavailable_timeout: GUARD,
+            ..super::RemoteConfig::default()
+        },
+    )
+    .unwrap();
+    let s = client
+        .place("orphan-1", SessionSpec::default())
+        .await
+        .unwrap();
+    let mut rx = s.subscribe().await.unwrap();
+    assert_eq!(turn(&s, &mut rx, "question one").await.1, TurnEnd::Stop);
+    // A second session's record and checkpoint as a's own, with no session
+    // of it running anywhere.
+    let js = jetstream::new(connect(&server.url(), "inspector").await.unwrap());
+    let leases = js.get_key_value("colloquy_leases").await.unwrap();
+    let checkpoints = js.get_key_value("colloquy_checkpoints").await.unwrap();
+    let (from, to) = (
+        super::session_key(&"orphan-1".into()).unwrap(),
+        super::session_key(&"orphan-2".into()).unwrap(),
+    );
+    let record = leases.get(&from).await.unwrap().unwrap();
+    let checkpoint = checkpoints.get(&from).await.unwrap().unwrap();
+    checkpoints.put(&to, checkpoint).await.unwrap();
+    leases.put(&to, record).await.unwrap();
+    // It is answered: its record was given back and claimed.
+    let orphan = client.session("orphan-2").unwrap();
+    let mut rx2 = orphan.subscribe().await.unwrap();
+    let (_, end, worker) = turn(&orphan, &mut rx2, "question two").await;
+    assert_eq!((end, worker.as_str()), (TurnEnd::Stop, "orphan-a"));
+    drop(a);
+}

@@ -132,6 +132,9 @@ struct Inner {
     sessions: DashMap<String, Local>,
     /// Session keys with a claim in progress (one claim per key at a time).
     claiming: DashSet<String>,
+    /// Sessions being placed here (their record written, the session not
+    /// running yet): not orphans.
+    placing: DashSet<String>,
     /// Records whose checkpoint this worker refused (unsigned or forged), by
     /// key and record revision: not claimed again until the record changes.
     refused: DashMap<String, u64>,
@@ -313,6 +316,7 @@ impl Worker {
             supervisor,
             sessions: DashMap::new(),
             claiming: DashSet::new(),
+            placing: DashSet::new(),
             refused: DashMap::new(),
             epoch: watch::channel(1).0,
             reserved: AtomicUsize::new(0),

@@ -44,6 +44,8 @@ struct View {
     /// store failed, rather than refused: a refusal is a renewal, which
     /// changes the revision).
     fencing: HashMap<(String, u64), Instant>,
+    /// Revisions of our own orphaned records being released.
+    releasing: std::collections::HashSet<u64>,
     /// Whether the watch delivered every key's last value. Heartbeats are
     /// the most recent writes, so they come last in that replay: until then
     /// a record whose worker's heartbeat is not seen yet says nothing.
@@ -233,8 +235,37 @@ fn sweep(inner: &Arc<Inner>, view: &mut View) {
     for (key, record) in &view.records {
         if view.claimable(record) {
             consider_claim(inner, key, record);
+        } else if orphaned_here(inner, key, record) && view.releasing.insert(record.revision) {
+            // Held by us on paper only (a claim whose write landed but
+            // reported an error, a release or a delete the store failed, a
+            // session that stopped): nobody else would ever take it.
+            tracing::warn!(session = %key, "a record of ours with no session here: released");
+            metrics::counter!("colloquy_cluster_orphan_leases_total").increment(1);
+            let (inner, key, lease, revision) = (
+                inner.clone(),
+                key.clone(),
+                record.value.clone(),
+                record.revision,
+            );
+            tokio::spawn(async move { release(&inner, &key, &lease, revision, true).await });
         }
     }
+    let records = &view.records;
+    view.releasing
+        .retain(|rev| records.values().any(|r| r.revision == *rev));
+}
+
+/// A record naming this worker (its current epoch) as holder, unchanged for
+/// two lease times, with no session, claim or placement of it here.
+fn orphaned_here(inner: &Inner, key: &str, record: &Seen<Lease>) -> bool {
+    let r = &record.value;
+    r.instance == inner.instance
+        && r.epoch == inner.epoch()
+        && r.state == LeaseState::Held
+        && record.at.elapsed() > ttl(r.ttl_ms) * 2
+        && !inner.sessions.contains_key(key)
+        && !inner.claiming.contains(key)
+        && !inner.placing.contains(key)
 }
 
 /// Starts a claim of `key` unless it is ours and held, running here, being

@@ -149,6 +149,8 @@ async fn place(inner: &Arc<Inner>, payload: &[u8], ticket: Ticket) -> Result<(),
         Err(StoreError::TooLarge { bytes, max_bytes }) => return Err(too_large(bytes, max_bytes)),
         Err(e) => return Err(WireError::new("internal", format!("{e:?}"))),
     };
+    inner.placing.insert(key.clone());
+    let _placing = Placing(inner, key.clone());
     let lease_rev = match inner.store.create_lease(&key, &lease).await {
         Ok(r) => r,
         Err(StoreError::Exists) => {
@@ -180,9 +182,20 @@ async fn place(inner: &Arc<Inner>, payload: &[u8], ticket: Ticket) -> Result<(),
             .map_err(|e| WireError::new("internal", e))
     }
     .await;
-    if started.is_err() {
+    // The record first, by its revision: a checkpoint is deleted only if the
+    // session is still ours (a claimer may have taken it meanwhile, and its
+    // checkpoint is not ours to delete).
+    if started.is_err() && inner.store.delete_lease(&key, lease_rev).await.is_ok() {
         let _ = inner.store.delete_checkpoint(&key).await;
-        let _ = inner.store.delete_lease(&key, lease_rev).await;
     }
     started
+}
+
+/// Marks a session as being placed while it lives.
+struct Placing<'a>(&'a Inner, String);
+
+impl Drop for Placing<'_> {
+    fn drop(&mut self) {
+        self.0.placing.remove(&self.1);
+    }
 }
