@@ -44,8 +44,8 @@ struct View {
     /// store failed, rather than refused: a refusal is a renewal, which
     /// changes the revision).
     fencing: HashMap<(String, u64), Instant>,
-    /// Revisions of our own orphaned records being released.
-    releasing: std::collections::HashSet<u64>,
+    /// Revisions of our own orphaned records released, with when.
+    releasing: HashMap<u64, Instant>,
     /// Whether the watch delivered every key's last value. Heartbeats are
     /// the most recent writes, so they come last in that replay: until then
     /// a record whose worker's heartbeat is not seen yet says nothing.
@@ -235,24 +235,42 @@ fn sweep(inner: &Arc<Inner>, view: &mut View) {
     for (key, record) in &view.records {
         if view.claimable(record) {
             consider_claim(inner, key, record);
-        } else if orphaned_here(inner, key, record) && view.releasing.insert(record.revision) {
+        } else if orphaned_here(inner, key, record)
+            && view
+                .releasing
+                .get(&record.revision)
+                .is_none_or(|at| at.elapsed() >= ttl(record.value.ttl_ms))
+        {
             // Held by us on paper only (a claim whose write landed but
             // reported an error, a release or a delete the store failed, a
-            // session that stopped): nobody else would ever take it.
-            tracing::warn!(session = %key, "a record of ours with no session here: released");
-            metrics::counter!("colloquy_cluster_orphan_leases_total").increment(1);
+            // session that stopped): nobody else would ever take it. Tried
+            // again a lease time later if the store failed the release.
+            view.releasing.insert(record.revision, Instant::now());
             let (inner, key, lease, revision) = (
                 inner.clone(),
                 key.clone(),
                 record.value.clone(),
                 record.revision,
             );
-            tokio::spawn(async move { release(&inner, &key, &lease, revision, true).await });
+            tokio::spawn(async move {
+                // As a claim does: nothing else of this key starts here while
+                // it is decided, and a start that finished is seen (its
+                // session is registered before its mark goes).
+                if !inner.claiming.insert(key.clone()) {
+                    return;
+                }
+                if !inner.placing.contains(&key) && !inner.sessions.contains_key(&key) {
+                    tracing::warn!(session = %key, "a record of ours with no session here: released");
+                    metrics::counter!("colloquy_cluster_orphan_leases_total").increment(1);
+                    release(&inner, &key, &lease, revision, true).await;
+                }
+                inner.claiming.remove(&key);
+            });
         }
     }
     let records = &view.records;
     view.releasing
-        .retain(|rev| records.values().any(|r| r.revision == *rev));
+        .retain(|rev, _| records.values().any(|r| r.revision == *rev));
 }
 
 /// A record naming this worker (its current epoch) as holder, unchanged for
@@ -304,11 +322,10 @@ fn consider_claim(inner: &Arc<Inner>, key: &str, seen: &Seen<Lease>) {
     });
 }
 
-/// Gives a record we claimed back (`released`, compare-and-set on our
-/// revision): another worker may resume it now.
-/// Gives a record back after a claim that could not resume its session;
-/// `owner_lost` when the owner before was lost, not handed over (so the next
-/// claim still skips the turn number it may have announced).
+/// Gives a record back (`released`, compare-and-set on our revision):
+/// another worker may resume it now. `owner_lost` when the owner before was
+/// lost, not handed over (so the next claim still skips the turn number it
+/// may have announced).
 async fn release(inner: &Inner, key: &str, lease: &Lease, revision: u64, owner_lost: bool) {
     let mut released = lease.clone();
     released.state = LeaseState::Released;

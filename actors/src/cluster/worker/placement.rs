@@ -149,7 +149,14 @@ async fn place(inner: &Arc<Inner>, payload: &[u8], ticket: Ticket) -> Result<(),
         Err(StoreError::TooLarge { bytes, max_bytes }) => return Err(too_large(bytes, max_bytes)),
         Err(e) => return Err(WireError::new("internal", format!("{e:?}"))),
     };
-    inner.placing.insert(key.clone());
+    // One placement of an id at a time here (a client's retry of one still
+    // starting must not clear its mark when it is refused).
+    if !inner.placing.insert(key.clone()) {
+        return Err(WireError::new(
+            "already_exists",
+            ClusterError::AlreadyExists(id),
+        ));
+    }
     let _placing = Placing(inner, key.clone());
     let lease_rev = match inner.store.create_lease(&key, &lease).await {
         Ok(r) => r,
