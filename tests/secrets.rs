@@ -220,3 +220,30 @@ async fn a_conversation_with_echoed_keys_shows_none_of_them() {
         "the scrubbed refusal is logged (the log was looked at)"
     );
 }
+
+/// A speech endpoint's URL with credentials in it (a gateway's user info, a
+/// `?token=` query) never shows in its configuration's `Debug` (issue 19's
+/// leftover: both configs printed `base_url` as given).
+#[cfg(all(feature = "deepgram", feature = "elevenlabs"))]
+#[test]
+fn speech_configs_debug_no_credentials_of_their_url() {
+    use colloquy::audio::deepgram::DeepgramConfig;
+    use colloquy::audio::elevenlabs::ElevenLabsConfig;
+    let url = "wss://gw-user:gw-pass-7f3@speech.test/v1/listen?token=tok-9d1e";
+    let mut deepgram = DeepgramConfig::new("dg-key-55aa");
+    deepgram.base_url = url.into();
+    let mut eleven = ElevenLabsConfig::new("voice", "xi-key-66bb");
+    eleven.base_url = url.into();
+    for shown in [format!("{deepgram:?}"), format!("{eleven:?}")] {
+        for secret in [
+            "gw-pass-7f3",
+            "tok-9d1e",
+            "dg-key-55aa",
+            "xi-key-66bb",
+            "gw-user",
+        ] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(shown.contains("speech.test/v1/listen"), "{shown}");
+    }
+}

@@ -41,8 +41,9 @@ impl DeepgramEncoding {
 }
 
 /// How [`DeepgramTranscriber`](super::DeepgramTranscriber) talks to
-/// Deepgram's live endpoint.
-#[derive(Clone, Debug)]
+/// Deepgram's live endpoint. Its `Debug` shows the URL without user info or
+/// query ([`display_url`](crate::secret::display_url)) and no key.
+#[derive(Clone)]
 pub struct DeepgramConfig {
     /// The socket's URL without a query (`wss://api.deepgram.com/v1/listen`;
     /// `ws://127.0.0.1:PORT/v1/listen` for the mock or a self-hosted server).
@@ -91,6 +92,54 @@ pub struct DeepgramConfig {
     pub reconnect_backoff: Duration,
     /// The most audio kept for a resend; beyond it the oldest is dropped.
     pub max_buffered: Duration,
+}
+
+impl std::fmt::Debug for DeepgramConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Destructured: a field added later does not compile until shown here.
+        let Self {
+            base_url,
+            key,
+            model,
+            language,
+            encoding,
+            sample_rate,
+            interim_results,
+            endpointing_ms,
+            utterance_end_ms,
+            vad_events,
+            smart_format,
+            keep_alive,
+            connect_timeout,
+            first_result_timeout,
+            result_gap_timeout,
+            close_timeout,
+            reconnect_attempts,
+            reconnect_backoff,
+            max_buffered,
+        } = self;
+        f.debug_struct("DeepgramConfig")
+            .field("base_url", &crate::secret::display_url(base_url))
+            .field("key", key)
+            .field("model", model)
+            .field("language", language)
+            .field("encoding", encoding)
+            .field("sample_rate", sample_rate)
+            .field("interim_results", interim_results)
+            .field("endpointing_ms", endpointing_ms)
+            .field("utterance_end_ms", utterance_end_ms)
+            .field("vad_events", vad_events)
+            .field("smart_format", smart_format)
+            .field("keep_alive", keep_alive)
+            .field("connect_timeout", connect_timeout)
+            .field("first_result_timeout", first_result_timeout)
+            .field("result_gap_timeout", result_gap_timeout)
+            .field("close_timeout", close_timeout)
+            .field("reconnect_attempts", reconnect_attempts)
+            .field("reconnect_backoff", reconnect_backoff)
+            .field("max_buffered", max_buffered)
+            .finish()
+    }
 }
 
 impl Default for DeepgramConfig {

@@ -60,7 +60,9 @@ pub struct VoiceSettings {
 }
 
 /// Where ElevenLabs is, which voice speaks, and the deadlines it is held to.
-#[derive(Clone, Debug)]
+/// Its `Debug` shows the URL without user info or query
+/// ([`display_url`](crate::secret::display_url)) and no key.
+#[derive(Clone)]
 pub struct ElevenLabsConfig {
     /// Up to `/v1`: `wss://api.elevenlabs.io/v1` (a regional or mock server
     /// otherwise; `ws://` is accepted for local servers).
@@ -89,6 +91,38 @@ pub struct ElevenLabsConfig {
     /// Between audio messages once they began; pings and messages without
     /// audio do not count.
     pub gap_timeout: Duration,
+}
+
+impl std::fmt::Debug for ElevenLabsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Destructured: a field added later does not compile until shown here.
+        let Self {
+            base_url,
+            voice_id,
+            model_id,
+            key,
+            rate,
+            voice_settings,
+            chunk_length_schedule,
+            inactivity_timeout,
+            connect_timeout,
+            first_audio_timeout,
+            gap_timeout,
+        } = self;
+        f.debug_struct("ElevenLabsConfig")
+            .field("base_url", &crate::secret::display_url(base_url))
+            .field("voice_id", voice_id)
+            .field("model_id", model_id)
+            .field("key", key)
+            .field("rate", rate)
+            .field("voice_settings", voice_settings)
+            .field("chunk_length_schedule", chunk_length_schedule)
+            .field("inactivity_timeout", inactivity_timeout)
+            .field("connect_timeout", connect_timeout)
+            .field("first_audio_timeout", first_audio_timeout)
+            .field("gap_timeout", gap_timeout)
+            .finish()
+    }
 }
 
 impl ElevenLabsConfig {
