@@ -58,6 +58,7 @@ impl RemoteSpeaker {
             cut_through: TurnId(0),
             paused: false,
             queue: VecDeque::new(),
+            holding: false,
             offset: 0,
             index: 0,
         };
@@ -95,6 +96,9 @@ struct Task<O> {
     paused: bool,
     /// Segments of the turn not yet started (already prepared).
     queue: VecDeque<Segment>,
+    /// The output holds something of the current turn (prepared or
+    /// playing) that a stop has not ended.
+    holding: bool,
     offset: usize,
     index: usize,
 }
@@ -195,6 +199,7 @@ impl<O: SpeechOutput> Task<O> {
                     self.offset += segment.chars();
                     self.index += 1;
                     if !segment.text().is_empty() {
+                        self.holding = true;
                         self.output.prepare(&segment);
                         if self.paused {
                             // A pause decided before the turn's first segment:
@@ -230,9 +235,12 @@ impl<O: SpeechOutput> Task<O> {
 
     /// Moves to a newer turn: what is left of the old one is dropped.
     fn switch(&mut self, turn: TurnId, playing: bool) -> bool {
-        // Always: what the output prepared of the old turn must not run on
-        // into the new one.
-        self.output.stop();
+        // What the output prepared of the old turn must not run on into the
+        // new one; with nothing of it there, no stop (a phone would get a
+        // `clear` at every turn start).
+        if playing || self.holding {
+            self.stop();
+        }
         self.turn = turn;
         self.queue.clear();
         self.offset = 0;
@@ -241,13 +249,19 @@ impl<O: SpeechOutput> Task<O> {
         playing
     }
 
+    /// Silences the output (what it held of the turn is gone).
+    fn stop(&mut self) {
+        self.output.stop();
+        self.holding = false;
+    }
+
     /// `turn` was cut: silent at once, nothing more of it played.
     fn cut(&mut self, turn: TurnId, playing: bool) -> bool {
         if turn > self.turn {
             self.switch(turn, playing);
         }
         self.cut_through = self.cut_through.max(turn);
-        self.output.stop();
+        self.stop();
         self.queue.clear();
         self.paused = false;
         playing

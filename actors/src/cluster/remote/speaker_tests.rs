@@ -156,6 +156,12 @@ async fn a_pause_before_the_turns_first_segment_holds_its_audio() {
     let s = output.state.lock().unwrap();
     assert!(s.paused, "the prepared segment's audio runs during a pause");
     assert_eq!(s.plays, 0);
+    // Nothing was there to stop: a stop here is a `clear` at the phone at
+    // every turn start.
+    assert_eq!(
+        s.stops, 0,
+        "a turn start with nothing prepared stops nothing"
+    );
 }
 
 #[tokio::test]
