@@ -25,13 +25,15 @@
 mod access;
 pub mod browser;
 mod call;
+mod info;
 mod limits;
 #[cfg(feature = "nats")]
 mod remote;
 pub mod twilio;
 
 pub use access::{AllowedOrigins, BrowserAccess, Refusal};
-pub use call::{CallError, CallInfo, CallNotice, CallServices};
+pub use call::{CallNotice, CallServices};
+pub use info::{CallError, CallInfo};
 pub use limits::{CallLimits, LimitExceeded};
 
 use axum::Router;

@@ -9,70 +9,15 @@ use colloquy::context::ChatContext;
 use tokio::sync::mpsc;
 
 use super::access::BrowserAccess;
-use super::limits::{CallLimits, CallSlot, LimitExceeded};
-use super::twilio::TwilioAuth;
+pub(crate) use super::info::{CallError, CallInfo};
+use super::limits::{CallLimits, CallSlot};
+use super::twilio::signature::TwilioAuth;
 use crate::ids::SessionId;
 use crate::session::SessionHandle;
 use crate::speech::audio::{AudioOutput, AudioOutputConfig, AudioSink, PlayoutClock};
 use crate::speech::{Listener, ListenerConfig, Speaker};
 use crate::supervisor::{SessionConfig, Supervisor};
 use crate::task::AbortOnDrop;
-
-/// Why a call ended other than by its own `stop`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum CallError {
-    /// The far end broke the protocol (a malformed or out-of-order message).
-    #[error("protocol error: {0}")]
-    Protocol(String),
-    /// Audio in a format this call does not take.
-    #[error("unsupported audio: {0}")]
-    Audio(#[from] AudioError),
-    /// The call's session could not be started.
-    #[error("the call's session could not start: {0}")]
-    Session(String),
-    /// The socket failed or closed before the call's end.
-    #[error("the connection ended: {0}")]
-    Connection(String),
-    /// The call crossed one of the server's limits.
-    #[error("the call was closed: {0}")]
-    Limit(#[from] LimitExceeded),
-    /// The call is not one this server takes (a `start` naming another
-    /// Twilio account).
-    #[error("the call was refused: {0}")]
-    Refused(String),
-}
-
-impl CallError {
-    /// The close frame the call's socket ends with: 1009 for a message too
-    /// big, 1008 for another limit or a refusal, 1002 for a protocol error,
-    /// 1003 for unsupported audio; `None` for a connection already gone.
-    pub fn close_frame(&self) -> Option<(u16, String)> {
-        let code = match self {
-            Self::Limit(l) => l.close_code(),
-            Self::Refused(_) => 1008,
-            Self::Protocol(_) => 1002,
-            Self::Audio(_) => 1003,
-            Self::Session(_) => 1011,
-            Self::Connection(_) => return None,
-        };
-        // A close frame's reason is at most 123 bytes.
-        let mut reason = self.to_string();
-        while reason.len() > 123 {
-            reason.pop();
-        }
-        Some((code, reason))
-    }
-}
-
-/// What is known about a call when it starts.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CallInfo {
-    /// The call's name (the session's id): `twilio-<callSid>`, `web-<n>`.
-    pub id: String,
-    /// Which transport: `twilio` or `browser`.
-    pub transport: &'static str,
-}
 
 /// A call started or ended, for the embedder (logs, `--json`).
 #[derive(Debug, Clone)]
@@ -111,7 +56,7 @@ type NoticeFn = dyn Fn(CallNotice) + Send + Sync;
 
 /// Where the calls' sessions run.
 #[derive(Clone)]
-pub(crate) enum Sessions {
+enum Sessions {
     /// In this process.
     Local {
         supervisor: Supervisor,
@@ -129,7 +74,7 @@ pub(crate) enum Sessions {
 /// session is configured, the speech engines.
 #[derive(Clone)]
 pub struct CallServices {
-    pub(crate) sessions: Sessions,
+    sessions: Sessions,
     pub(crate) synthesizer: Arc<dyn Synthesizer>,
     pub(crate) transcriber: Option<Arc<dyn Transcriber>>,
     pub(crate) listener: ListenerConfig,
@@ -181,7 +126,27 @@ impl CallServices {
         )
     }
 
-    pub(crate) fn with_sessions(sessions: Sessions, synthesizer: Arc<dyn Synthesizer>) -> Self {
+    /// Calls whose sessions are placed on the cluster `client` reaches
+    /// (one session per call, specified by `spec`; its segmenter is always
+    /// on), speaking with `synthesizer`. The audio stays here: the listener,
+    /// the speaker and the playout clock run in this process (see
+    /// `calls::remote`).
+    #[cfg(feature = "nats")]
+    pub fn on_cluster(
+        client: crate::cluster::ClusterClient,
+        spec: impl Fn(&CallInfo) -> crate::cluster::SessionSpec + Send + Sync + 'static,
+        synthesizer: Arc<dyn Synthesizer>,
+    ) -> Self {
+        Self::with_sessions(
+            Sessions::Cluster {
+                client,
+                spec: Arc::new(spec),
+            },
+            synthesizer,
+        )
+    }
+
+    fn with_sessions(sessions: Sessions, synthesizer: Arc<dyn Synthesizer>) -> Self {
         Self {
             sessions,
             synthesizer,
@@ -266,7 +231,7 @@ impl CallServices {
             + 1
     }
 
-    pub(crate) fn notify(&self, notice: CallNotice) {
+    fn notify(&self, notice: CallNotice) {
         if let Some(n) = &self.notice {
             n(notice);
         }
@@ -350,9 +315,20 @@ impl Call {
             #[cfg(feature = "nats")]
             Sessions::Cluster { client, spec } => {
                 let (call, listener) = super::remote::RemoteCall::start(
-                    services, client, &**spec, &info, output, input_rate,
+                    client,
+                    &**spec,
+                    &info,
+                    &services.instance,
+                    output,
+                    input_rate,
+                    services.transcriber.as_deref(),
+                    services.listener,
                 )
                 .await?;
+                services.notify(CallNotice::Placed {
+                    info: info.clone(),
+                    session: call.session().clone(),
+                });
                 (CallSession::Remote(call), listener)
             }
         };

@@ -1,5 +1,5 @@
 //! Calls whose sessions run on the cluster's workers
-//! ([`CallServices::on_cluster`]): the voice server terminates the audio —
+//! ([`CallServices::on_cluster`](super::CallServices::on_cluster)): the voice server terminates the audio —
 //! hears the caller, speaks the replies, keeps the playout clock — and the
 //! session (its history, its model requests, its turn-taking) lives on a
 //! worker, placed per call.
@@ -14,41 +14,20 @@
 //! the session); the replies come back as the session's speech and
 //! lifecycle events.
 
-use std::sync::Arc;
-
-use super::call::{CallError, CallInfo, CallNotice, CallServices, Sessions};
+use super::info::{CallError, CallInfo};
 use crate::cluster::{
     ClusterClient, ClusterError, EventClass, EventClasses, RemoteSession, SessionSpec,
 };
-use crate::speech::Listener;
 use crate::speech::audio::AudioOutput;
 use crate::speech::inputs::{InputQueue, InputReceiver, SpeechInput, SpeechInputs};
 use crate::speech::remote_speaker::RemoteSpeaker;
+use crate::speech::{Listener, ListenerConfig};
 use crate::task::AbortOnDrop;
+use colloquy::audio::Transcriber;
 use colloquy::context::ChatContext;
 
 /// How each call's session is specified.
 pub(crate) type SpecFn = dyn Fn(&CallInfo) -> SessionSpec + Send + Sync;
-
-impl CallServices {
-    /// Calls whose sessions are placed on the cluster `client` reaches
-    /// (one session per call, specified by `spec`; its segmenter is always
-    /// on), speaking with `synthesizer`. The audio stays here: the listener,
-    /// the speaker and the playout clock run in this process.
-    pub fn on_cluster(
-        client: ClusterClient,
-        spec: impl Fn(&CallInfo) -> SessionSpec + Send + Sync + 'static,
-        synthesizer: Arc<dyn colloquy::audio::Synthesizer>,
-    ) -> Self {
-        Self::with_sessions(
-            Sessions::Cluster {
-                client,
-                spec: Arc::new(spec),
-            },
-            synthesizer,
-        )
-    }
-}
 
 /// A call's session on a worker: the session, its speaker, and the task
 /// that sends the call's speech inputs.
@@ -61,13 +40,16 @@ pub(crate) struct RemoteCall {
 impl RemoteCall {
     /// Places the call's session, starts its speaker on `output` and a
     /// listener for audio at `input_rate`.
+    #[allow(clippy::too_many_arguments)] // what a call of the server brings
     pub(crate) async fn start(
-        services: &CallServices,
         client: &ClusterClient,
         spec: &SpecFn,
         info: &CallInfo,
+        server_tag: &str,
         output: AudioOutput,
         input_rate: u32,
+        transcriber: Option<&dyn Transcriber>,
+        listener: ListenerConfig,
     ) -> Result<(Self, Listener), CallError> {
         let mut spec = spec(info);
         spec.segmenter = true;
@@ -80,7 +62,7 @@ impl RemoteCall {
             }
         }
         // Call names are per server (`web-1`, …); sessions are cluster-wide.
-        let id = format!("{}-{}", info.id, services.instance);
+        let id = format!("{}-{}", info.id, server_tag);
         let session = client
             .place(id, spec)
             .await
@@ -95,8 +77,8 @@ impl RemoteCall {
             let listener = Listener::reporting_to(
                 SpeechInputs::Queue(inputs),
                 input_rate,
-                services.transcriber.as_deref(),
-                services.listener,
+                transcriber,
+                listener,
             )?;
             Ok::<_, CallError>((speaker, listener, queue))
         };
@@ -108,10 +90,6 @@ impl RemoteCall {
             }
         };
         let inputs = AbortOnDrop(tokio::spawn(send_inputs(session.clone(), queue)));
-        services.notify(CallNotice::Placed {
-            info: info.clone(),
-            session: session.clone(),
-        });
         Ok((
             Self {
                 session,

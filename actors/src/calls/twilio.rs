@@ -16,7 +16,7 @@
 //! closed, 1008).
 
 mod phone;
-mod signature;
+pub(super) mod signature;
 mod sink;
 pub mod wire;
 
